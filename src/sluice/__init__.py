@@ -1,0 +1,64 @@
+"""Sluice: stream processing for Python — columnar, event-time, exactly-once.
+
+    import sluice as sl
+    flow = sl.Flow("demo")
+    ...
+    sl.run(flow)
+"""
+
+from sluice.time import aggregates as agg
+from sluice.connectors.console import ConsoleSink
+from sluice.connectors.files import CsvSink, CsvSource, JsonLinesSink, JsonLinesSource, ParquetSink, ParquetSource
+from sluice.connectors.generator import GeneratorSource
+from sluice.connectors.log import LogSink, LogSource
+from sluice.connectors.memory import CollectSink, MemorySource
+from sluice.core.errors import (
+    DecodeError,
+    MissingTimestampError,
+    PlanError,
+    SchemaError,
+    SluiceError,
+    StepError,
+    UserFunctionError,
+)
+from sluice.core.schema import Optional
+from sluice.flow import Flow, Stream
+from sluice.formats.json import Json
+from sluice.runtime.executor import RunResult, run
+from sluice.time.watermark import BoundedOutOfOrderness
+from sluice.time.windows import Session, Sliding, Tumbling
+
+__version__ = "0.1.0"
+
+__all__ = [
+    "BoundedOutOfOrderness",
+    "CollectSink",
+    "ConsoleSink",
+    "CsvSink",
+    "CsvSource",
+    "DecodeError",
+    "Flow",
+    "GeneratorSource",
+    "Json",
+    "JsonLinesSink",
+    "JsonLinesSource",
+    "LogSink",
+    "LogSource",
+    "MemorySource",
+    "MissingTimestampError",
+    "Optional",
+    "ParquetSink",
+    "ParquetSource",
+    "PlanError",
+    "RunResult",
+    "SchemaError",
+    "Session",
+    "Sliding",
+    "SluiceError",
+    "StepError",
+    "Stream",
+    "Tumbling",
+    "UserFunctionError",
+    "agg",
+    "run",
+]

@@ -1,0 +1,1 @@
+"""Connectors: where records come from and go to. Each is independent of the others."""

@@ -1,0 +1,315 @@
+"""Files: JSON Lines, CSV and Parquet, read and written; Parquet/JSONL output partitioned by date/hour.
+
+Each input file is one source partition. Output files appear atomically (written under a dot-name,
+then renamed), so a reader never sees half a file.
+"""
+
+from __future__ import annotations
+
+import io
+import os
+import uuid
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass, field
+from glob import glob
+from pathlib import Path
+
+import numpy as np
+import polars as pl
+import pyarrow.parquet as pq
+
+from sluice.connectors.api import SinkContext, SourceContext
+from sluice.core.batch import OFFSET, TIME, Batch, Origin, user_columns
+from sluice.core.deadletter import dead_letters
+from sluice.core.errors import DEAD_LETTER_FIX, DecodeError, PlanError
+from sluice.core.schema import Schema, resolve_schema
+from sluice.formats.json import BadRecord, Json
+
+
+def _expand(paths: str | Path | Sequence[str | Path]) -> list[Path]:
+    items = [paths] if isinstance(paths, str | Path) else list(paths)
+    out: list[Path] = []
+    for item in items:
+        matched = sorted(glob(str(item))) if any(c in str(item) for c in "*?[") else [str(item)]
+        out.extend(Path(m) for m in matched)
+    if not out:
+        raise PlanError(f"no input files match {paths!r}")
+    return out
+
+
+def _slices(df: pl.DataFrame, size: int) -> Iterator[pl.DataFrame]:
+    for start in range(0, df.height, size):
+        yield df.slice(start, size)
+
+
+def _eof(origin: Origin) -> tuple[str, Batch]:
+    return "out", Batch(pl.DataFrame(), origin=origin, end_of_partition=True)
+
+
+# --- JSON Lines ---------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class JsonLinesSource:
+    """One JSON object per line. `path` may be a glob or a list; each file is one partition."""
+
+    path: str | Path | Sequence[str | Path]
+    block_bytes: int = 8 << 20
+
+    def open(self, ctx: SourceContext) -> _JsonLinesReader:
+        return _JsonLinesReader(self, ctx, _expand(self.path))
+
+
+class _JsonLinesReader:
+    def __init__(self, spec: JsonLinesSource, ctx: SourceContext, files: list[Path]) -> None:
+        self.spec = spec
+        self.ctx = ctx
+        self.files = files
+        self.format = Json()
+        self.schema = ctx.schema
+
+    def partitions(self) -> int:
+        return len(self.files)
+
+    def close(self) -> None:
+        pass
+
+    def _blocks(self, path: Path) -> Iterator[bytes]:
+        with open(path, "rb") as f:
+            rest = b""
+            while True:
+                data = f.read(self.spec.block_bytes)
+                if not data:
+                    if rest.strip():
+                        yield rest
+                    return
+                buf = rest + data
+                cut = buf.rfind(b"\n")
+                if cut < 0:
+                    rest = buf
+                    continue
+                yield buf[: cut + 1]
+                rest = buf[cut + 1 :]
+
+    def batches(self) -> Iterator[tuple[str, Batch]]:
+        for p, path in enumerate(self.files):
+            origin = Origin(self.ctx.step, p, str(path), unit="record")
+            ordinal, line = 0, 1
+            for block in self._blocks(path):
+                if self.schema is None:
+                    inferred = pl.read_ndjson(io.BytesIO(block)).schema
+                    self.schema = Schema(inferred, ())
+                df, bad, index = self.format.decode_block(block, self.schema)
+                if bad:
+                    lines = _record_lines(block, line)
+                    yield from self._reject(path, bad, lines)
+                    offsets = ordinal + np.asarray(index, dtype=np.int64)
+                else:
+                    offsets = ordinal + np.arange(df.height, dtype=np.int64)
+                df = df.with_columns(pl.Series(OFFSET, offsets, dtype=pl.Int64))
+                for piece in _slices(df, self.ctx.batch_size):
+                    yield "out", Batch(piece, origin=origin)
+                ordinal += df.height + len(bad)
+                line += block.count(b"\n")
+            yield _eof(origin)
+
+    def _reject(self, path: Path, bad: list[BadRecord], lines: list[int]) -> Iterator[tuple[str, Batch]]:
+        positions = [f"{path}:{lines[b.index]}" for b in bad]
+        if self.ctx.on_error != "dead_letter":
+            first = bad[0]
+            raise DecodeError(
+                self.ctx.step, positions[0], f"{first.reason}; the line reads {first.raw[:200]!r}", DEAD_LETTER_FIX
+            )
+        yield "dead_letters", dead_letters(self.ctx.step, positions, [b.reason for b in bad], [b.raw for b in bad])
+
+
+def _record_lines(block: bytes, first_line: int) -> list[int]:
+    """The 1-based line number of each non-blank line of `block`."""
+    return [first_line + i for i, ln in enumerate(block.split(b"\n")) if ln.strip()]
+
+
+# --- CSV and Parquet sources --------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class CsvSource:
+    """CSV with a header row. Each file is one partition."""
+
+    path: str | Path | Sequence[str | Path]
+    separator: str = ","
+
+    def open(self, ctx: SourceContext) -> _TableReader:
+        def load(path: Path) -> pl.DataFrame:
+            schema = ctx.schema.polars if ctx.schema is not None else None
+            try:
+                return pl.read_csv(path, schema_overrides=schema, separator=self.separator)
+            except pl.exceptions.PolarsError as exc:
+                raise DecodeError(ctx.step, str(path), f"CSV could not be read: {exc}", "check the file against the declared schema") from exc
+
+        return _TableReader(ctx, _expand(self.path), load)
+
+
+@dataclass(frozen=True)
+class ParquetSource:
+    """Parquet files, read row group by row group. Each file is one partition."""
+
+    path: str | Path | Sequence[str | Path]
+
+    def open(self, ctx: SourceContext) -> _TableReader:
+        def load(path: Path) -> Iterator[pl.DataFrame]:
+            pf = pq.ParquetFile(path)
+            cols = ctx.schema.names if ctx.schema is not None else None
+            for rb in pf.iter_batches(batch_size=max(ctx.batch_size, 1), columns=cols):
+                frame = pl.from_arrow(rb)
+                assert isinstance(frame, pl.DataFrame)
+                yield frame
+
+        return _TableReader(ctx, _expand(self.path), load)
+
+
+class _TableReader:
+    def __init__(self, ctx: SourceContext, files: list[Path], load: object) -> None:
+        self.ctx = ctx
+        self.files = files
+        self.load = load
+
+    def partitions(self) -> int:
+        return len(self.files)
+
+    def close(self) -> None:
+        pass
+
+    def batches(self) -> Iterator[tuple[str, Batch]]:
+        for p, path in enumerate(self.files):
+            origin = Origin(self.ctx.step, p, str(path), unit="record")
+            loaded = self.load(path)  # type: ignore[operator]
+            frames = [loaded] if isinstance(loaded, pl.DataFrame) else loaded
+            ordinal = 0
+            for frame in frames:
+                frame = frame.with_columns(pl.int_range(ordinal, ordinal + frame.height, dtype=pl.Int64).alias(OFFSET))
+                ordinal += frame.height
+                for piece in _slices(frame, self.ctx.batch_size):
+                    yield "out", Batch(piece, origin=origin)
+            yield _eof(origin)
+
+
+# --- sinks --------------------------------------------------------------------------------------
+
+PARTITIONINGS = ("date", "hour")
+
+
+@dataclass(frozen=True)
+class _FileSink:
+    path: str | Path
+    partition_by: str | None = None  # "date" or "hour": Hive-style date=YYYY-MM-DD[/hour=HH] directories
+    time_column: str | None = None  # which column partitions; default: the event time
+    rows_per_file: int = 1_000_000
+
+    suffix = ""
+
+    def __post_init__(self) -> None:
+        if self.partition_by is not None and self.partition_by not in PARTITIONINGS:
+            raise PlanError(f"partition_by must be one of {PARTITIONINGS}, got {self.partition_by!r}")
+
+    def open(self, ctx: SinkContext) -> _FileWriter:
+        return _FileWriter(self, ctx)
+
+    def write_file(self, df: pl.DataFrame, path: Path) -> None:
+        raise NotImplementedError
+
+
+@dataclass(frozen=True)
+class ParquetSink(_FileSink):
+    """Parquet files. Unpartitioned: `path` is a directory of part files (or a file ending in .parquet)."""
+
+    compression: str = "zstd"
+    suffix = ".parquet"
+
+    def write_file(self, df: pl.DataFrame, path: Path) -> None:
+        df.write_parquet(path, compression=self.compression)  # type: ignore[arg-type]
+
+
+@dataclass(frozen=True)
+class JsonLinesSink(_FileSink):
+    """JSON Lines files, one object per row."""
+
+    suffix = ".jsonl"
+
+    def write_file(self, df: pl.DataFrame, path: Path) -> None:
+        df.write_ndjson(path)
+
+
+@dataclass(frozen=True)
+class CsvSink(_FileSink):
+    """CSV files with a header row."""
+
+    suffix = ".csv"
+
+    def write_file(self, df: pl.DataFrame, path: Path) -> None:
+        df.write_csv(path)
+
+
+@dataclass
+class _FileWriter:
+    spec: _FileSink
+    ctx: SinkContext
+    buffers: dict[str, list[pl.DataFrame]] = field(default_factory=dict)
+    rows: dict[str, int] = field(default_factory=dict)
+    seq: int = 0
+    run_id: str = field(default_factory=lambda: uuid.uuid4().hex[:8])
+    written: list[Path] = field(default_factory=list)
+
+    @property
+    def single_file(self) -> bool:
+        return self.spec.partition_by is None and str(self.spec.path).endswith(self.spec.suffix)
+
+    def write(self, df: pl.DataFrame) -> None:
+        if df.height == 0:
+            return
+        if self.spec.partition_by is None:
+            self._buffer("", user_columns(df))
+            return
+        for key, part in self._partition(df):
+            self._buffer(key, part)
+
+    def _partition(self, df: pl.DataFrame) -> Iterator[tuple[str, pl.DataFrame]]:
+        col = self.spec.time_column
+        if col is None:
+            if TIME not in df.columns:
+                raise PlanError(f"sink {self.ctx.step!r} partitions by time but the stream has no event time; pass time_column=")
+            ts = pl.col(TIME).cast(pl.Datetime("ms", "UTC"))
+        else:
+            dtype = df.schema[col]
+            ts = pl.col(col).cast(pl.Datetime("ms", "UTC")) if dtype.is_integer() else pl.col(col).dt.convert_time_zone("UTC") if getattr(dtype, "time_zone", None) else pl.col(col)
+        fmt = "date=%Y-%m-%d" if self.spec.partition_by == "date" else "date=%Y-%m-%d/hour=%H"
+        keyed = df.with_columns(ts.dt.strftime(fmt).alias("__sl_part"))
+        for (key,), part in keyed.partition_by("__sl_part", as_dict=True, maintain_order=True).items():
+            yield str(key), user_columns(part.drop("__sl_part"))
+
+    def _buffer(self, key: str, df: pl.DataFrame) -> None:
+        self.buffers.setdefault(key, []).append(df)
+        self.rows[key] = self.rows.get(key, 0) + df.height
+        if self.rows[key] >= self.spec.rows_per_file and not self.single_file:
+            self._flush(key)
+
+    def _flush(self, key: str) -> None:
+        frames = self.buffers.pop(key, [])
+        self.rows.pop(key, None)
+        if not frames:
+            return
+        df = pl.concat(frames, how="diagonal_relaxed")
+        if self.single_file:
+            target = Path(self.spec.path)
+        else:
+            directory = Path(self.spec.path) / key if key else Path(self.spec.path)
+            self.seq += 1
+            target = directory / f"part-{self.run_id}-{self.seq:06d}{self.spec.suffix}"
+        target.parent.mkdir(parents=True, exist_ok=True)
+        tmp = target.with_name(f".{target.name}.tmp")
+        self.spec.write_file(df, tmp)
+        os.replace(tmp, target)
+        self.written.append(target)
+
+    def close(self) -> None:
+        for key in list(self.buffers):
+            self._flush(key)

@@ -1,0 +1,6 @@
+"""The embedded default: a durable, partitioned, CRC-checked local log, and its source and sink."""
+
+from sluice.connectors.log.connector import LogSink, LogSource
+from sluice.connectors.log.store import Log, Partition, RecordBatch
+
+__all__ = ["Log", "LogSink", "LogSource", "Partition", "RecordBatch"]

@@ -1,0 +1,183 @@
+"""Source and sink on the embedded log."""
+
+from __future__ import annotations
+
+import time
+import zlib
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import polars as pl
+
+from sluice.connectors.api import SinkContext, SourceContext
+from sluice.connectors.log.segment import NEWLINE_JOINED
+from sluice.connectors.log.store import Log, LogSettings, Partition
+from sluice.core.batch import OFFSET, TIME, Batch, Origin, user_columns
+from sluice.core.deadletter import dead_letters
+from sluice.core.errors import DEAD_LETTER_FIX, DecodeError, PlanError
+from sluice.core.schema import Schema
+from sluice.formats.json import Json
+
+DEFAULT_ROOT = ".sluice/log"
+
+
+@dataclass(frozen=True)
+class LogSource:
+    """Read a topic of the embedded log. Bounded by default: it reads what is there when the run starts;
+    `follow=True` keeps reading new records until stopped."""
+
+    topic: str
+    root: str | Path = DEFAULT_ROOT
+    format: Json = field(default_factory=Json)
+    start: str = "earliest"  # "earliest" | "latest"
+    follow: bool = False
+    block_bytes: int = 8 << 20
+    poll_interval_s: float = 0.1
+
+    def open(self, ctx: SourceContext) -> _LogReader:
+        if ctx.schema is None:
+            raise PlanError(f"read step {ctx.step!r}: a log source needs schema= (the fields of its JSON records)")
+        return _LogReader(self, ctx, ctx.schema)
+
+
+class _LogReader:
+    def __init__(self, spec: LogSource, ctx: SourceContext, schema: Schema) -> None:
+        self.spec = spec
+        self.ctx = ctx
+        self.schema = schema
+        log = Log(spec.root)
+        self.parts = [log.partition(spec.topic, p) for p in range(log.partition_count(spec.topic))]
+        self.positions = [p.end_offset if spec.start == "latest" else p.start_offset for p in self.parts]
+        self.ends = None if spec.follow else [p.end_offset for p in self.parts]
+
+    def partitions(self) -> int:
+        return len(self.parts)
+
+    def close(self) -> None:
+        for p in self.parts:
+            p.close()
+
+    def _block(self, p: int) -> tuple[bytes, int, int]:
+        """Up to block_bytes of newline-joined values from partition p: (blob, first offset, records)."""
+        part = self.parts[p]
+        until = self.ends[p] if self.ends is not None else None
+        blobs: list[bytes] = []
+        size = count = 0
+        first = self.positions[p]
+        for batch, skip in part.read(first, until):
+            stop = batch.count if until is None else min(batch.count, until - batch.base_offset)
+            if stop <= skip:
+                break
+            if stop == batch.count:
+                blob = batch.newline_blob(skip)
+            elif batch.flags & NEWLINE_JOINED:
+                blob = batch.values[int(batch.value_offsets[skip]) : int(batch.value_offsets[stop])]
+            else:
+                blob = b"".join(batch.value(i) + b"\n" for i in range(skip, stop))
+            blobs.append(blob)
+            size += len(blob)
+            count += stop - skip
+            if size >= self.spec.block_bytes:
+                break
+        return b"".join(blobs), first, count
+
+    def batches(self) -> Iterator[tuple[str, Batch]]:
+        live = set(range(len(self.parts)))
+        while live:
+            progressed = False
+            for p in sorted(live):
+                origin = Origin(self.ctx.step, p, f"log:{self.spec.topic}/{p}")
+                if self.ends is None:
+                    self.parts[p].refresh()
+                blob, first, count = self._block(p)
+                if count == 0:
+                    if self.ends is not None:
+                        live.discard(p)
+                        yield "out", Batch(pl.DataFrame(), origin=origin, end_of_partition=True)
+                    continue
+                progressed = True
+                self.positions[p] = first + count
+                df, bad, index = self.spec.format.decode_block(blob, self.schema)
+                if bad:
+                    positions = [origin.position(first + b.index) for b in bad]
+                    if self.ctx.on_error != "dead_letter":
+                        raise DecodeError(self.ctx.step, positions[0], f"{bad[0].reason}; the record reads {bad[0].raw[:200]!r}", DEAD_LETTER_FIX)
+                    yield "dead_letters", dead_letters(self.ctx.step, positions, [b.reason for b in bad], [b.raw for b in bad])
+                    offsets = first + np.asarray(index, dtype=np.int64)
+                else:
+                    offsets = first + np.arange(df.height, dtype=np.int64)
+                df = df.with_columns(pl.Series(OFFSET, offsets, dtype=pl.Int64))
+                for start in range(0, df.height, self.ctx.batch_size):
+                    yield "out", Batch(df.slice(start, self.ctx.batch_size), origin=origin)
+            if not progressed and self.ends is None:
+                time.sleep(self.spec.poll_interval_s)
+
+
+@dataclass(frozen=True)
+class LogSink:
+    """Append to a topic of the embedded log (created with `partitions` if missing).
+
+    With `key`, records with equal keys go to the same partition (CRC-32 of the key's UTF-8 text,
+    stable across versions); without, each write goes to the next partition in turn.
+    """
+
+    topic: str
+    root: str | Path = DEFAULT_ROOT
+    partitions: int = 1
+    key: str | None = None
+    format: Json = field(default_factory=Json)
+    settings: LogSettings = field(default_factory=LogSettings)
+
+    def open(self, ctx: SinkContext) -> _LogWriter:
+        log = Log(self.root, self.settings)
+        log.create_topic(self.topic, self.partitions)
+        return _LogWriter(self, [log.partition(self.topic, p, writable=True) for p in range(self.partitions)])
+
+
+def partition_of(keys: pl.Series, partitions: int) -> np.ndarray:
+    """Partition per key: CRC-32 of the key text, computed once per distinct key."""
+    text = keys.cast(pl.String).fill_null("")
+    uniq = text.unique()
+    table = {k: zlib.crc32(k.encode()) % partitions for k in uniq.to_list()}
+    return text.replace_strict(table, return_dtype=pl.Int64).to_numpy()
+
+
+class _LogWriter:
+    def __init__(self, spec: LogSink, parts: list[Partition]) -> None:
+        self.spec = spec
+        self.parts = parts
+        self.turn = 0
+        self.records = 0
+
+    def write(self, df: pl.DataFrame) -> None:
+        if df.height == 0:
+            return
+        ts = df[TIME].to_numpy() if TIME in df.columns else np.full(df.height, int(time.time() * 1000), dtype=np.int64)
+        rows = user_columns(df)
+        if self.spec.key is None:
+            self._append(self.parts[self.turn % len(self.parts)], rows, ts, None)
+            self.turn += 1
+            return
+        where = partition_of(rows[self.spec.key], len(self.parts))
+        for p in np.unique(where):
+            sel = np.flatnonzero(where == p)
+            sub = rows[sel]
+            self._append(self.parts[int(p)], sub, ts[sel], sub[self.spec.key].cast(pl.String).fill_null(""))
+
+    def _append(self, part: Partition, rows: pl.DataFrame, ts: np.ndarray, keys: pl.Series | None) -> None:
+        blob = self.spec.format.encode(rows)
+        ends = np.flatnonzero(np.frombuffer(blob, dtype=np.uint8) == 10).astype(np.uint32) + 1
+        voffs = np.concatenate([np.zeros(1, dtype=np.uint32), ends])
+        kblob, koffs = b"", None
+        if keys is not None:
+            encoded = [k.encode() for k in keys.to_list()]
+            kblob = b"".join(encoded)
+            koffs = np.concatenate([[0], np.cumsum([len(k) for k in encoded])]).astype(np.uint32)
+        part.append(np.ascontiguousarray(ts, dtype=np.int64), blob, voffs, kblob, koffs, NEWLINE_JOINED)
+        self.records += rows.height
+
+    def close(self) -> None:
+        for p in self.parts:
+            p.close()

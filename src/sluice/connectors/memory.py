@@ -1,0 +1,99 @@
+"""In-memory sources and sinks: the test harness's input and output, and handy in notebooks."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator, Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import polars as pl
+
+from sluice.connectors.api import SinkContext, SourceContext
+from sluice.core.batch import OFFSET, Batch, Origin, user_columns
+
+
+def to_frame(data: pl.DataFrame | Sequence[Mapping[str, Any]] | Mapping[str, Sequence[Any]], schema: Any = None) -> pl.DataFrame:
+    if isinstance(data, pl.DataFrame):
+        return data
+    if isinstance(data, Mapping):
+        return pl.DataFrame(data, schema=schema)
+    return pl.DataFrame(list(data), schema=schema, orient="row") if data and not isinstance(data[0], Mapping) else pl.from_dicts(list(data), schema=schema)
+
+
+@dataclass(frozen=True, eq=False)
+class MemorySource:
+    """Rows held in memory, one partition per frame in `partitions` (or one frame).
+
+    Partitions are read in turn, one batch from each, which is how a multi-partition log is read.
+    """
+
+    data: Any = None
+    partitions_data: tuple[Any, ...] = ()
+
+    def frames(self, schema: Any) -> list[pl.DataFrame]:
+        parts = self.partitions_data or (self.data,)
+        return [to_frame(p, schema) for p in parts]
+
+    def open(self, ctx: SourceContext) -> _MemoryReader:
+        return _MemoryReader(self, ctx)
+
+
+class _MemoryReader:
+    def __init__(self, spec: MemorySource, ctx: SourceContext) -> None:
+        schema = ctx.schema.polars if ctx.schema is not None else None
+        self.frames = spec.frames(schema)
+        self.ctx = ctx
+
+    def partitions(self) -> int:
+        return len(self.frames)
+
+    def close(self) -> None:
+        pass
+
+    def batches(self) -> Iterator[tuple[str, Batch]]:
+        size = self.ctx.batch_size
+        cursors = [0] * len(self.frames)
+        live = set(range(len(self.frames)))
+        while live:
+            for p in sorted(live):
+                frame = self.frames[p]
+                origin = Origin(self.ctx.step, p, f"memory[{p}]", unit="record")
+                start = cursors[p]
+                if start >= frame.height:
+                    live.discard(p)
+                    yield "out", Batch(pl.DataFrame(), origin=origin, end_of_partition=True)
+                    continue
+                piece = frame.slice(start, size)
+                cursors[p] = start + piece.height
+                piece = piece.with_columns(pl.int_range(start, start + piece.height, dtype=pl.Int64).alias(OFFSET))
+                yield "out", Batch(piece, origin=origin)
+
+
+@dataclass(frozen=True, eq=False)
+class CollectSink:
+    """Keeps every written row in memory; `frame()` returns them in arrival order."""
+
+    frames_written: list[pl.DataFrame] = field(default_factory=list)
+
+    def open(self, ctx: SinkContext) -> _CollectWriter:
+        self.frames_written.clear()
+        return _CollectWriter(self)
+
+    def frame(self) -> pl.DataFrame:
+        frames = [f for f in self.frames_written if f.width]
+        return pl.concat(frames, how="diagonal_relaxed") if frames else pl.DataFrame()
+
+    def rows(self) -> list[dict[str, Any]]:
+        return self.frame().to_dicts()
+
+
+@dataclass
+class _CollectWriter:
+    spec: CollectSink
+
+    def write(self, df: pl.DataFrame) -> None:
+        if df.height:
+            self.spec.frames_written.append(user_columns(df))
+
+    def close(self) -> None:
+        pass

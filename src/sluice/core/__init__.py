@@ -1,0 +1,1 @@
+"""Plan, schema, batches and errors: the layer everything else imports."""

@@ -1,0 +1,68 @@
+"""The unit that flows between steps: a Polars DataFrame (Arrow memory) plus its time and origin.
+
+Internal columns carry what the engine needs per row; sinks never write them:
+  __sl_off   the record's position in its source partition (offset or record ordinal)
+  __sl_time  event time, epoch milliseconds (after an event_time step)
+  __sl_wm    the watermark at the moment the record arrived, before it (after an event_time step)
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, replace
+
+import polars as pl
+
+OFFSET = "__sl_off"
+TIME = "__sl_time"
+WATERMARK = "__sl_wm"
+INTERNAL_PREFIX = "__sl_"
+
+NO_WATERMARK = -(2**62)  # "no watermark yet"; far below any epoch-ms time, safe from overflow
+END_OF_TIME = 2**62  # the watermark at the end of a bounded input
+
+
+@dataclass(frozen=True)
+class Origin:
+    """Where a batch's rows came from: the source step and one of its partitions."""
+
+    step: str
+    partition: int
+    label: str  # human-readable partition: a file path or topic/partition
+    unit: str = "offset"  # what __sl_off counts: "offset" in a log, "record" (0-based) in a file
+
+    def position(self, offset: int | None) -> str:
+        if offset is None:
+            return f"{self.label} (position unknown)"
+        return f"{self.label} {self.unit} {offset}"
+
+
+@dataclass(frozen=True)
+class Batch:
+    """Rows that travel together. `watermark` is the watermark after the last row (None before event time)."""
+
+    df: pl.DataFrame
+    watermark: int | None = None
+    origin: Origin | None = None
+    end_of_partition: bool = False
+    time_dtype: pl.DataType | None = None  # the event-time column's type when it was not epoch ms
+
+    @property
+    def height(self) -> int:
+        return self.df.height
+
+    def with_df(self, df: pl.DataFrame) -> Batch:
+        return replace(self, df=df)
+
+    def position_of(self, row: int) -> str:
+        offset = None
+        if OFFSET in self.df.columns and 0 <= row < self.df.height:
+            offset = self.df[OFFSET][row]
+        if self.origin is None:
+            return f"row {row} of a derived batch" if offset is None else f"offset {offset}"
+        return self.origin.position(offset)
+
+
+def user_columns(df: pl.DataFrame) -> pl.DataFrame:
+    """The frame without the engine's internal columns."""
+    internal = [c for c in df.columns if c.startswith(INTERNAL_PREFIX)]
+    return df.drop(internal) if internal else df

@@ -1,0 +1,199 @@
+"""A pipeline is a plan: immutable data naming every step. Nothing runs until a runtime gets it.
+
+Every front end (the Python `Flow` builder, SQL, CEP, CDC helpers) produces these steps. Stateful steps
+(read, window, write) carry the stable name under which their state and metrics are found.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field, fields
+from typing import Any
+
+import polars as pl
+
+from sluice.core.errors import PlanError
+from sluice.core.schema import Schema
+
+OnError = str  # "fail" | "dead_letter"
+ON_ERROR_CHOICES = ("fail", "dead_letter")
+
+
+@dataclass(frozen=True)
+class Ref:
+    """An output port of a step: `out` is the main stream; others are `late`, `dead_letters`, branch labels."""
+
+    step: str
+    port: str = "out"
+
+    def __str__(self) -> str:
+        return self.step if self.port == "out" else f"{self.step}.{self.port}"
+
+
+@dataclass(frozen=True, eq=False)
+class Step:
+    name: str
+    inputs: tuple[Ref, ...]
+
+    kind = "step"
+    stateful = False
+
+    def ports(self) -> tuple[str, ...]:
+        return ("out",)
+
+    def describe(self) -> str:
+        parts = []
+        for f in fields(self):
+            if f.name in ("name", "inputs"):
+                continue
+            parts.append(f"{f.name}={_show(getattr(self, f.name))}")
+        return ", ".join(parts)
+
+
+def _show(value: Any) -> str:
+    if isinstance(value, pl.Expr):
+        return str(value)
+    if isinstance(value, Mapping):
+        return "{" + ", ".join(f"{k}: {_show(v)}" for k, v in value.items()) + "}"
+    if isinstance(value, tuple | list):
+        return "[" + ", ".join(_show(v) for v in value) + "]"
+    if isinstance(value, Schema):
+        return "{" + value.describe() + "}"
+    if callable(value) and hasattr(value, "__qualname__"):
+        return f"{getattr(value, '__module__', '?')}.{value.__qualname__}"
+    return repr(value)
+
+
+@dataclass(frozen=True, eq=False)
+class Read(Step):
+    source: Any
+    schema: Schema | None
+    on_error: OnError = "fail"
+    kind = "read"
+    stateful = True
+
+    def ports(self) -> tuple[str, ...]:
+        return ("out", "dead_letters")
+
+
+@dataclass(frozen=True, eq=False)
+class Filter(Step):
+    predicate: pl.Expr
+    kind = "filter"
+
+
+@dataclass(frozen=True, eq=False)
+class Select(Step):
+    exprs: tuple[pl.Expr, ...]
+    kind = "select"
+
+
+@dataclass(frozen=True, eq=False)
+class WithColumns(Step):
+    exprs: tuple[pl.Expr, ...]
+    kind = "with_columns"
+
+
+@dataclass(frozen=True, eq=False)
+class Map(Step):
+    fn: Callable[[dict[str, Any]], Any]
+    flat: bool
+    schema: Schema | None
+    on_error: OnError = "fail"
+    kind = "map"
+
+    def ports(self) -> tuple[str, ...]:
+        return ("out", "dead_letters")
+
+
+@dataclass(frozen=True, eq=False)
+class KeyBy(Step):
+    keys: tuple[pl.Expr, ...]
+    kind = "key_by"
+
+
+@dataclass(frozen=True, eq=False)
+class EventTime(Step):
+    column: pl.Expr
+    watermark: Any  # time.watermark.BoundedOutOfOrderness
+    on_error: OnError = "fail"
+    kind = "event_time"
+
+    def ports(self) -> tuple[str, ...]:
+        return ("out", "dead_letters")
+
+
+@dataclass(frozen=True, eq=False)
+class Window(Step):
+    keys: tuple[pl.Expr, ...]
+    window: Any  # time.windows.Tumbling | Sliding | Session
+    aggregates: Mapping[str, Any]  # output column → time.aggregates.Aggregate
+    kind = "window"
+    stateful = True
+
+    def ports(self) -> tuple[str, ...]:
+        return ("out", "late")
+
+
+@dataclass(frozen=True, eq=False)
+class Union(Step):
+    kind = "union"
+
+
+@dataclass(frozen=True, eq=False)
+class Branch(Step):
+    routes: Mapping[str, pl.Expr]  # label → predicate; a row takes the first label that matches
+    kind = "branch"
+
+    def ports(self) -> tuple[str, ...]:
+        return (*self.routes.keys(), "other")
+
+
+@dataclass(frozen=True, eq=False)
+class Write(Step):
+    sink: Any
+    kind = "write"
+    stateful = True
+
+
+@dataclass(frozen=True)
+class Plan:
+    """The steps of one flow, in the order they were declared (which is a topological order)."""
+
+    name: str
+    steps: tuple[Step, ...] = field(default_factory=tuple)
+
+    def step(self, name: str) -> Step:
+        for s in self.steps:
+            if s.name == name:
+                return s
+        raise PlanError(f"flow {self.name!r} has no step {name!r}; steps: {', '.join(s.name for s in self.steps)}")
+
+    def consumers(self, ref: Ref) -> list[Step]:
+        return [s for s in self.steps if ref in s.inputs]
+
+    def validate(self) -> None:
+        seen: set[str] = set()
+        for s in self.steps:
+            if s.name in seen:
+                raise PlanError(f"two steps are named {s.name!r}; step names must be unique in a flow")
+            for ref in s.inputs:
+                if ref.step not in seen:
+                    raise PlanError(f"step {s.name!r} reads {ref} which is not declared before it")
+                if ref.port not in self.step(ref.step).ports():
+                    raise PlanError(f"step {s.name!r} reads port {ref.port!r} that {ref.step!r} does not have")
+            seen.add(s.name)
+        if not any(isinstance(s, Write) for s in self.steps):
+            raise PlanError(f"flow {self.name!r} writes nowhere; end it with .write(name, sink)")
+
+    def explain(self) -> str:
+        lines = [f"flow {self.name!r}: {len(self.steps)} steps"]
+        for s in self.steps:
+            src = ", ".join(str(r) for r in s.inputs)
+            mark = " [stateful]" if s.stateful else ""
+            arrow = f" <- {src}" if src else ""
+            lines.append(f"  {s.name}: {s.kind}{mark}{arrow}")
+            detail = s.describe()
+            if detail:
+                lines.append(f"      {detail}")
+        return "\n".join(lines)

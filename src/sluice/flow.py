@@ -1,0 +1,207 @@
+"""The Python front end: build a plan step by step.
+
+    flow = sl.Flow("clicks")
+    (flow.read("events", sl.JsonLinesSource("events.jsonl"), schema={"ts": int, "user": str})
+         .event_time("ts", watermark=timedelta(seconds=5))
+         .key_by("user")
+         .window("per_minute", sl.Tumbling(timedelta(minutes=1)), clicks=sl.agg.count())
+         .write("out", sl.ConsoleSink()))
+
+Stateful steps (read, window, write) take a name: it is how their state and metrics are found.
+Stateless steps are named automatically unless you pass name=.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterable, Mapping
+from datetime import timedelta
+from typing import Any
+
+import polars as pl
+
+from sluice.core.errors import PlanError
+from sluice.core.plan import (
+    ON_ERROR_CHOICES,
+    Branch,
+    EventTime,
+    Filter,
+    KeyBy,
+    Map,
+    Plan,
+    Read,
+    Ref,
+    Select,
+    Step,
+    Union,
+    Window,
+    WithColumns,
+    Write,
+)
+from sluice.core.schema import Schema, SchemaLike, column, resolve_schema
+from sluice.time.aggregates import Aggregate, Percentile
+from sluice.time.watermark import BoundedOutOfOrderness
+from sluice.time.windows import Session, Sliding, Tumbling
+
+
+def _on_error(value: str) -> str:
+    if value not in ON_ERROR_CHOICES:
+        raise PlanError(f"on_error must be one of {ON_ERROR_CHOICES}, got {value!r}")
+    return value
+
+
+def _exprs(exprs: Iterable[str | pl.Expr], named: Mapping[str, str | pl.Expr]) -> tuple[pl.Expr, ...]:
+    out = [column(e) for e in exprs]
+    out += [column(e).alias(k) for k, e in named.items()]
+    return tuple(out)
+
+
+class Flow:
+    """A pipeline under construction. `plan()` freezes it; `run()` runs it."""
+
+    def __init__(self, name: str) -> None:
+        self.name = name
+        self._steps: list[Step] = []
+        self._counts: dict[str, int] = {}
+
+    def _name(self, kind: str, name: str | None) -> str:
+        if name is not None:
+            return name
+        self._counts[kind] = self._counts.get(kind, 0) + 1
+        return f"{kind}_{self._counts[kind]}"
+
+    def _add(self, step: Step, keys: tuple[pl.Expr, ...] = ()) -> Stream:
+        if any(s.name == step.name for s in self._steps):
+            raise PlanError(f"flow {self.name!r} already has a step named {step.name!r}")
+        self._steps.append(step)
+        return Stream(self, Ref(step.name), keys)
+
+    def read(self, name: str, source: Any, *, schema: SchemaLike | Schema | None = None, on_error: str = "fail") -> Stream:
+        """Read from a source. `schema` maps field → type; undeclared fields are not read."""
+        resolved = resolve_schema(schema) if schema is not None else None
+        return self._add(Read(name, (), source, resolved, _on_error(on_error)))
+
+    def plan(self) -> Plan:
+        plan = Plan(self.name, tuple(self._steps))
+        plan.validate()
+        return plan
+
+    def explain(self) -> str:
+        return self.plan().explain()
+
+    def run(self, **kwargs: Any) -> Any:
+        from sluice.runtime.executor import run
+
+        return run(self, **kwargs)
+
+
+class Stream:
+    """A handle on one output of a step; every method adds a step and returns the new stream."""
+
+    def __init__(self, flow: Flow, ref: Ref, keys: tuple[pl.Expr, ...] = ()) -> None:
+        self.flow = flow
+        self.ref = ref
+        self.keys = keys
+
+    def __repr__(self) -> str:
+        return f"<Stream {self.ref} of flow {self.flow.name!r}>"
+
+    def _port(self, port: str) -> Stream:
+        step = next(s for s in self.flow._steps if s.name == self.ref.step)
+        if port not in step.ports():
+            raise PlanError(f"step {step.name!r} ({step.kind}) has no {port!r} stream; it has {', '.join(step.ports())}")
+        return Stream(self.flow, Ref(step.name, port), self.keys)
+
+    @property
+    def late(self) -> Stream:
+        """Records that arrived after their window closed: one row per missed window."""
+        return self._port("late")
+
+    @property
+    def dead_letters(self) -> Stream:
+        """Records this step set aside, with columns step, position, reason, raw."""
+        return self._port("dead_letters")
+
+    # stateless ------------------------------------------------------------------------------
+    def filter(self, predicate: pl.Expr, *, name: str | None = None) -> Stream:
+        return self.flow._add(Filter(self.flow._name("filter", name), (self.ref,), predicate), self.keys)
+
+    def select(self, *exprs: str | pl.Expr, name: str | None = None, **named: str | pl.Expr) -> Stream:
+        return self.flow._add(Select(self.flow._name("select", name), (self.ref,), _exprs(exprs, named)), self.keys)
+
+    def with_columns(self, *exprs: str | pl.Expr, name: str | None = None, **named: str | pl.Expr) -> Stream:
+        step = WithColumns(self.flow._name("with_columns", name), (self.ref,), _exprs(exprs, named))
+        return self.flow._add(step, self.keys)
+
+    def map(self, fn: Callable[[dict[str, Any]], dict[str, Any]], *, name: str | None = None,
+            schema: SchemaLike | None = None, on_error: str = "fail") -> Stream:
+        """Apply a Python function to each record (a dict); it returns the new record (a dict)."""
+        resolved = resolve_schema(schema) if schema is not None else None
+        step = Map(self.flow._name("map", name), (self.ref,), fn, False, resolved, _on_error(on_error))
+        return self.flow._add(step, self.keys)
+
+    def flat_map(self, fn: Callable[[dict[str, Any]], Iterable[dict[str, Any]]], *, name: str | None = None,
+                 schema: SchemaLike | None = None, on_error: str = "fail") -> Stream:
+        """Apply a Python function to each record; it returns any number of records."""
+        resolved = resolve_schema(schema) if schema is not None else None
+        step = Map(self.flow._name("flat_map", name), (self.ref,), fn, True, resolved, _on_error(on_error))
+        return self.flow._add(step, self.keys)
+
+    def key_by(self, *keys: str | pl.Expr, name: str | None = None) -> Stream:
+        """Partition by these columns: windows after this aggregate per key."""
+        exprs = tuple(column(k) for k in keys)
+        if not exprs:
+            raise PlanError("key_by needs at least one column")
+        return self.flow._add(KeyBy(self.flow._name("key_by", name), (self.ref,), exprs), exprs)
+
+    def event_time(self, column_ref: str | pl.Expr, watermark: BoundedOutOfOrderness | timedelta, *,
+                   name: str | None = None, on_error: str = "fail") -> Stream:
+        """Declare the event-time column (epoch ms or Datetime) and how the watermark follows it."""
+        if isinstance(watermark, timedelta):
+            watermark = BoundedOutOfOrderness(watermark)
+        watermark.delay_ms  # validates
+        step = EventTime(self.flow._name("event_time", name), (self.ref,), column(column_ref), watermark, _on_error(on_error))
+        return self.flow._add(step, self.keys)
+
+    def union(self, *others: Stream, name: str | None = None) -> Stream:
+        refs = (self.ref, *(o.ref for o in others))
+        return self.flow._add(Union(self.flow._name("union", name), refs), self.keys)
+
+    def branch(self, name: str, **routes: pl.Expr) -> Branches:
+        """Split by predicates: each row goes to the first route that matches, else to `.other`."""
+        if not routes:
+            raise PlanError("branch needs at least one route, e.g. branch('split', big=pl.col('amount') > 1000)")
+        step = self.flow._add(Branch(name, (self.ref,), dict(routes)), self.keys)
+        return Branches(step, list(routes))
+
+    # stateful -------------------------------------------------------------------------------
+    def window(self, name: str, shape: Tumbling | Sliding | Session, **aggregates: Aggregate | Percentile) -> Stream:
+        """Aggregate per key and window. Output: keys, window_start, window_end, one column per aggregate."""
+        if not isinstance(shape, Tumbling | Sliding | Session):
+            raise PlanError(f"window {name!r}: shape must be Tumbling, Sliding or Session, got {shape!r}")
+        if not aggregates:
+            raise PlanError(f"window {name!r}: name at least one aggregate, e.g. count=sl.agg.count()")
+        if isinstance(shape, Session):
+            shape.gap_ms  # validates
+        else:
+            shape.size_ms, shape.slide_ms  # validates  # noqa: B018
+        keys = self.keys or (pl.lit(0).alias("__sl_all"),)
+        return self.flow._add(Window(name, (self.ref,), keys, shape, dict(aggregates)))
+
+    def write(self, name: str, sink: Any) -> None:
+        self.flow._add(Write(name, (self.ref,), sink))
+
+
+class Branches:
+    """The outputs of `branch`: one attribute per route, plus `other`."""
+
+    def __init__(self, stream: Stream, labels: list[str]) -> None:
+        self._stream = stream
+        self._labels = labels
+
+    def __getattr__(self, label: str) -> Stream:
+        if label.startswith("_"):
+            raise AttributeError(label)
+        return self._stream._port(label)
+
+    def __getitem__(self, label: str) -> Stream:
+        return self._stream._port(label)

@@ -1,0 +1,1 @@
+"""Operators: the logic of each step, over whole batches. Pure: no I/O."""

@@ -1,0 +1,26 @@
+"""What every operator is: batches in, (port, batch) pairs out."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+from sluice.core.batch import Batch
+
+Emitted = list[tuple[str, Batch]]
+
+
+class Operator:
+    """One step at run time. `on_batch` gets a batch from input `index`; `on_end` flushes at end of input."""
+
+    name: str
+
+    def on_batch(self, index: int, batch: Batch) -> Emitted:
+        raise NotImplementedError
+
+    def on_end(self) -> Emitted:
+        return []
+
+
+def nonempty(pairs: Sequence[tuple[str, Batch]]) -> Emitted:
+    """Drop empty batches, except those that carry watermark progress downstream."""
+    return [(port, b) for port, b in pairs if b.height > 0 or b.watermark is not None]

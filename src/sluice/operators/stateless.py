@@ -1,0 +1,271 @@
+"""Steps that look at one batch at a time: filter, select, with_columns, map, branch, union, event_time."""
+
+from __future__ import annotations
+
+import time
+import traceback
+from typing import Any
+
+import numpy as np
+import polars as pl
+
+from sluice.core.batch import INTERNAL_PREFIX, OFFSET, TIME, WATERMARK, Batch, user_columns
+from sluice.core.deadletter import dead_letters, rows_as_json
+from sluice.core.errors import DEAD_LETTER_FIX, MissingTimestampError, PlanError, StepError, UserFunctionError
+from sluice.core.plan import Branch, EventTime, Filter, Map, Select, Union, WithColumns
+from sluice.operators.base import Emitted, Operator
+from sluice.time.watermark import PartitionWatermarks
+
+
+def _internal(df: pl.DataFrame) -> list[str]:
+    return [c for c in df.columns if c.startswith(INTERNAL_PREFIX)]
+
+
+def _expression_error(step: str, batch: Batch, exc: Exception) -> StepError:
+    first = batch.position_of(0)
+    return StepError(step, f"a batch starting at {first}", f"an expression failed: {exc}", "check the expression against the column types")
+
+
+class FilterOperator(Operator):
+    def __init__(self, step: Filter) -> None:
+        self.name = step.name
+        self.predicate = step.predicate
+
+    def on_batch(self, index: int, batch: Batch) -> Emitted:
+        if batch.height == 0:
+            return [("out", batch)]
+        try:
+            return [("out", batch.with_df(batch.df.filter(self.predicate)))]
+        except pl.exceptions.PolarsError as exc:
+            raise _expression_error(self.name, batch, exc) from exc
+
+
+class SelectOperator(Operator):
+    def __init__(self, step: Select | WithColumns) -> None:
+        self.name = step.name
+        self.exprs = step.exprs
+        self.keep_all = isinstance(step, WithColumns)
+
+    def on_batch(self, index: int, batch: Batch) -> Emitted:
+        if batch.height == 0:
+            return [("out", batch)]
+        df = batch.df
+        try:
+            if self.keep_all:
+                out = df.with_columns(*self.exprs)
+            else:
+                out = df.select(*self.exprs, *[pl.col(c) for c in _internal(df)])
+        except pl.exceptions.PolarsError as exc:
+            raise _expression_error(self.name, batch, exc) from exc
+        return [("out", batch.with_df(out))]
+
+
+class MapOperator(Operator):
+    """The per-record escape hatch: a Python function per row (map) or per row to many (flat_map)."""
+
+    def __init__(self, step: Map) -> None:
+        self.name = step.name
+        self.fn = step.fn
+        self.flat = step.flat
+        self.schema = step.schema.polars if step.schema is not None else None
+        self.on_error = step.on_error
+
+    def on_batch(self, index: int, batch: Batch) -> Emitted:
+        if batch.height == 0:
+            return [("out", batch)]
+        rows = user_columns(batch.df).to_dicts()
+        results: list[dict[str, Any]] = []
+        source_rows: list[int] = []
+        bad: list[int] = []
+        reasons: list[str] = []
+        for i, row in enumerate(rows):
+            try:
+                produced = self.fn(row)
+                items = list(produced) if self.flat else [produced]
+            except Exception as exc:
+                if self.on_error != "dead_letter":
+                    where = traceback.extract_tb(exc.__traceback__)[-1]
+                    raise UserFunctionError(
+                        self.name,
+                        batch.position_of(i),
+                        f"{type(exc).__name__}: {exc} (in {where.filename}:{where.lineno}); the record is {row!r}",
+                        f"fix the function or {DEAD_LETTER_FIX}",
+                    ) from exc
+                bad.append(i)
+                reasons.append(f"{type(exc).__name__}: {exc}")
+                continue
+            for item in items:
+                if not isinstance(item, dict):
+                    raise UserFunctionError(
+                        self.name, batch.position_of(i), f"the function returned {type(item).__name__}, not a dict",
+                        "return a dict of column name to value",
+                    )
+                results.append(item)
+                source_rows.append(i)
+        out_df = pl.from_dicts(results, schema=self.schema) if results else pl.DataFrame(schema=self.schema)
+        internal = batch.df.select(_internal(batch.df))
+        if internal.width:
+            out_df = pl.concat([out_df, internal[np.asarray(source_rows, dtype=np.int64)]], how="horizontal")
+        emitted: Emitted = [("out", batch.with_df(out_df))]
+        if bad:
+            failed = batch.df[bad]
+            emitted.append(
+                ("dead_letters", dead_letters(self.name, [batch.position_of(i) for i in bad], reasons, rows_as_json(user_columns(failed))))
+            )
+        return emitted
+
+
+class BranchOperator(Operator):
+    """Each row goes to the first route whose predicate holds, or to `other`."""
+
+    def __init__(self, step: Branch) -> None:
+        self.name = step.name
+        self.labels = list(step.routes)
+        route = pl.lit(len(self.labels))
+        for i in reversed(range(len(self.labels))):
+            route = pl.when(step.routes[self.labels[i]].fill_null(False)).then(pl.lit(i)).otherwise(route)
+        self.route = route.alias("__sl_route")
+
+    def on_batch(self, index: int, batch: Batch) -> Emitted:
+        ports = [*self.labels, "other"]
+        if batch.height == 0:
+            return [(p, batch) for p in ports]
+        routed = batch.df.with_columns(self.route)
+        return [(p, batch.with_df(routed.filter(pl.col("__sl_route") == i).drop("__sl_route"))) for i, p in enumerate(ports)]
+
+
+class UnionOperator(Operator):
+    """Merges streams. Its watermark is the minimum over its inputs, per record too."""
+
+    def __init__(self, step: Union) -> None:
+        self.name = step.name
+        self.inputs = len(step.inputs)
+        self.wms: list[int | None] = [None] * self.inputs
+
+    def on_batch(self, index: int, batch: Batch) -> Emitted:
+        if batch.watermark is None:
+            return [("out", batch)]
+        from sluice.core.batch import NO_WATERMARK
+
+        self.wms[index] = batch.watermark
+        others = [w if w is not None else NO_WATERMARK for i, w in enumerate(self.wms) if i != index]
+        floor = min(others) if others else None
+        if floor is None:
+            return [("out", batch)]
+        df = batch.df
+        if df.height and WATERMARK in df.columns:
+            df = df.with_columns(pl.min_horizontal(pl.col(WATERMARK), pl.lit(floor)).alias(WATERMARK))
+        from dataclasses import replace
+
+        return [("out", replace(batch, df=df, watermark=min(batch.watermark, floor)))]
+
+
+class EventTimeOperator(Operator):
+    """Sets each record's event time and the watermark before it (DESIGN.md §3)."""
+
+    def __init__(self, step: EventTime) -> None:
+        self.name = step.name
+        self.column = step.column
+        self.on_error = step.on_error
+        wm = step.watermark
+        idle = wm.idle_timeout.total_seconds() if wm.idle_timeout is not None else None
+        self.wms = PartitionWatermarks(wm.delay_ms, idle)
+        self.partitions: dict[tuple[str, int], int] = {}
+        self.expected = 0
+        self.finished = 0
+
+    def declare(self, sources: dict[str, int]) -> None:
+        """The source partitions upstream: each holds the watermark back until it delivers or ends."""
+        now = time.monotonic()
+        for step, count in sources.items():
+            for p in range(count):
+                self._pid(step, p)
+        self.expected = len(self.partitions)
+        self.wms.declare(0, now)
+        for pid in self.partitions.values():
+            self.wms.max_time.setdefault(pid, self.wms.current)
+            self.wms.last_active.setdefault(pid, now)
+
+    def _pid(self, step: str, partition: int) -> int:
+        return self.partitions.setdefault((step, partition), len(self.partitions))
+
+    def on_batch(self, index: int, batch: Batch) -> Emitted:
+        from dataclasses import replace
+
+        from sluice.core.batch import END_OF_TIME, NO_WATERMARK
+
+        origin = batch.origin
+        pid = self._pid(origin.step, origin.partition) if origin is not None else 0
+        now = time.monotonic()
+        if batch.end_of_partition:
+            self.finished += 1
+            wm = self.wms.finish(pid, now)
+            if self.finished >= max(self.expected, len(self.partitions)):
+                wm = END_OF_TIME
+                self.wms.current = wm
+            return [("out", replace(batch, df=pl.DataFrame(), watermark=wm))]
+        if batch.height == 0:
+            return [("out", replace(batch, watermark=self.wms.current))]
+        df = batch.df
+        try:
+            ts = df.select(self.column).to_series()
+        except pl.exceptions.PolarsError as exc:
+            raise PlanError(f"event_time step {self.name!r}: cannot read the time column: {exc}") from exc
+        time_dtype = None
+        if ts.dtype == pl.Datetime or isinstance(ts.dtype, pl.Datetime):
+            time_dtype = ts.dtype
+            ms = ts.dt.epoch("ms")
+        elif ts.dtype.is_integer():
+            ms = ts.cast(pl.Int64)
+        else:
+            raise PlanError(
+                f"event_time step {self.name!r}: column {ts.name!r} is {ts.dtype}; it must be epoch milliseconds "
+                "(an integer) or a Datetime. Parse strings first, e.g. .with_columns(pl.col(c).str.to_datetime())"
+            )
+        emitted: Emitted = []
+        if ms.has_nulls():
+            missing = ms.is_null()
+            bad_rows = np.flatnonzero(missing.to_numpy())
+            if self.on_error != "dead_letter":
+                raise MissingTimestampError(
+                    self.name, batch.position_of(int(bad_rows[0])), f"the event-time column {ts.name!r} is null or missing",
+                    f"make the producer set it, or {DEAD_LETTER_FIX}",
+                )
+            failed = df[bad_rows]
+            emitted.append(("dead_letters", dead_letters(
+                self.name, [batch.position_of(int(i)) for i in bad_rows],
+                [f"event-time column {ts.name!r} is null or missing"] * len(bad_rows), rows_as_json(user_columns(failed)),
+            )))
+            keep = ~missing
+            df = df.filter(keep)
+            ms = ms.filter(keep)
+        if df.height == 0:
+            emitted.append(("out", replace(batch, df=df, watermark=self.wms.current)))
+            return emitted
+        times = ms.to_numpy()
+        wm, after = self.wms.advance(pid, times, now)
+        if after < NO_WATERMARK:
+            after = NO_WATERMARK
+        df = df.with_columns(pl.Series(TIME, times, dtype=pl.Int64), pl.Series(WATERMARK, wm, dtype=pl.Int64))
+        emitted.append(("out", replace(batch, df=df, watermark=after, time_dtype=time_dtype or batch.time_dtype)))
+        return emitted
+
+
+class PassThrough(Operator):
+    def __init__(self, name: str) -> None:
+        self.name = name
+
+    def on_batch(self, index: int, batch: Batch) -> Emitted:
+        return [("out", batch)]
+
+
+__all__ = [
+    "OFFSET",
+    "BranchOperator",
+    "EventTimeOperator",
+    "FilterOperator",
+    "MapOperator",
+    "PassThrough",
+    "SelectOperator",
+    "UnionOperator",
+]

@@ -1,0 +1,378 @@
+"""Window aggregation in event time, exact per record, vectorized per batch (DESIGN.md §3).
+
+Each record is judged against the watermark before it (column __sl_wm). A window [start, end) takes the
+records that arrived while W < end, is emitted once when W ≥ end, and records that arrive later go to
+the `late` port, one row per window they missed. Emitted rows are sorted by (end, keys, start); since
+every emission round covers a later range of ends than the one before, the output sequence is the same
+for any batch size.
+
+Fixed windows (tumbling, sliding) aggregate per *pane* (gcd of size and slide) first, so a record costs
+one group-by row however many windows overlap it; panes then fan out to windows as partials.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Mapping
+
+import numpy as np
+import polars as pl
+
+from sluice.core.batch import NO_WATERMARK, OFFSET, TIME, WATERMARK, Batch, user_columns
+from sluice.core.plan import Window
+from sluice.operators.base import Emitted, Operator
+from sluice.time.aggregates import Aggregate, Percentile
+from sluice.time.windows import Session, pane_ms
+
+WS = "__sl_ws"  # window start (ms)
+WE = "__sl_we"  # window end, exclusive (ms)
+PANE = "__sl_pane"
+LO = "__sl_lo"  # earliest window start this record is not late for
+S0 = "__sl_s0"  # earliest window start that contains this record
+BUCKET = "__sl_bucket"
+ROW = "__sl_row"
+
+
+def _ceil_div(a: pl.Expr, b: int) -> pl.Expr:
+    return -((-a) // b)
+
+
+def key_names(keys: tuple[pl.Expr, ...]) -> list[str]:
+    return [k.meta.output_name() for k in keys]
+
+
+class _Aggregation:
+    """The aggregates of one window step, split into row partials and sketches."""
+
+    def __init__(self, aggregates: Mapping[str, object]) -> None:
+        self.rows: dict[str, Aggregate] = {}
+        self.sketches: dict[str, Percentile] = {}
+        for out, agg in aggregates.items():
+            if isinstance(agg, Percentile):
+                self.sketches[out] = agg
+            elif isinstance(agg, Aggregate):
+                self.rows[out] = agg
+            else:
+                raise TypeError(f"aggregate {out!r} is {agg!r}; use sl.agg.* or subclass sl.agg.Aggregate")
+
+    def value_columns(self) -> list[pl.Expr]:
+        cols = [agg.of.alias(f"__sl_v_{out}") for out, agg in self.rows.items() if agg.of is not None]
+        cols += [agg.bucket(agg.of).alias(f"__sl_b_{out}") for out, agg in self.sketches.items()]
+        return cols
+
+    def update(self) -> list[pl.Expr]:
+        exprs = []
+        for out, agg in self.rows.items():
+            value = pl.col(f"__sl_v_{out}") if agg.of is not None else pl.lit(None)
+            for part, e in agg.update(value, pl.col(TIME)).items():
+                exprs.append(e.alias(f"{out}.{part}"))
+        return exprs
+
+    def merge(self) -> list[pl.Expr]:
+        exprs = []
+        for out, agg in self.rows.items():
+            for part, e in agg.merge(lambda n, o=out: pl.col(f"{o}.{n}")).items():  # type: ignore[misc]
+                exprs.append(e.alias(f"{out}.{part}"))
+        return exprs
+
+    def finish(self) -> list[pl.Expr]:
+        return [agg.finish(lambda n, o=out: pl.col(f"{o}.{n}")).alias(out) for out, agg in self.rows.items()]  # type: ignore[misc]
+
+
+class WindowOperator(Operator):
+    """Shared by fixed and session windows: state, emission, output shaping."""
+
+    def __init__(self, step: Window) -> None:
+        self.name = step.name
+        self.step = step
+        self.keys = list(step.keys)
+        self.key_cols = key_names(step.keys)
+        self.aggs = _Aggregation(step.aggregates)
+        self.state: pl.DataFrame | None = None  # keys, WS, WE, partials
+        self.sketch_state: dict[str, pl.DataFrame] = {}  # keys, WS, BUCKET, n
+        self.watermark = NO_WATERMARK
+        self.carry_wm = NO_WATERMARK  # the last per-record watermark seen
+        self.time_dtype: pl.DataType | None = None
+        self._pending: list[pl.DataFrame] = []  # emitted mid-batch (sessions), sent with the batch's output
+
+    # --- input ---------------------------------------------------------------------------------
+    def _prepare(self, batch: Batch) -> pl.DataFrame:
+        if TIME not in batch.df.columns:
+            from sluice.core.errors import PlanError
+
+            raise PlanError(f"window {self.name!r} needs event time: call .event_time(column, watermark) before it")
+        if batch.time_dtype is not None:
+            self.time_dtype = batch.time_dtype
+        return batch.df.with_columns(*self.keys, *self.aggs.value_columns())
+
+    def _narrow(self, df: pl.DataFrame, extra: list[str]) -> pl.DataFrame:
+        cols = [*self.key_cols, TIME, *extra]
+        cols += [f"__sl_v_{o}" for o, a in self.aggs.rows.items() if a.of is not None]
+        cols += [f"__sl_b_{o}" for o in self.aggs.sketches]
+        return df.select(list(dict.fromkeys(cols)))  # keeps order, drops duplicates
+
+    def _partials(self, rows: pl.DataFrame, by: list[str]) -> tuple[pl.DataFrame, dict[str, pl.DataFrame]]:
+        """Row partials grouped by `by`, and per sketch the (by, bucket) counts."""
+        parts = rows.group_by(by).agg(self.aggs.update()) if self.aggs.rows else rows.group_by(by).agg()
+        sketches = {}
+        for out in self.aggs.sketches:
+            b = f"__sl_b_{out}"
+            sketches[out] = (
+                rows.filter(pl.col(b).is_not_null())
+                .group_by([*by, b])
+                .agg(n=pl.len().cast(pl.Int64))
+                .rename({b: BUCKET})
+            )
+        return parts, sketches
+
+    def _merge_state(self, parts: pl.DataFrame, sketches: dict[str, pl.DataFrame], by: list[str]) -> None:
+        frames = [parts] if self.state is None else [self.state, parts]
+        merged = pl.concat(frames, how="diagonal_relaxed")
+        self.state = merged.group_by(by).agg(self.aggs.merge()) if self.aggs.rows else merged.unique(by)
+        for out, sk in sketches.items():
+            prev = self.sketch_state.get(out)
+            both = sk if prev is None else pl.concat([prev, sk], how="diagonal_relaxed")
+            self.sketch_state[out] = both.group_by([*by, BUCKET]).agg(n=pl.col("n").sum())
+
+    # --- output --------------------------------------------------------------------------------
+    def _emit(self, closing: pl.DataFrame, wms: np.ndarray) -> pl.DataFrame:
+        """Finish the closing windows (keys, WS, WE, partials) into output rows."""
+        by = [*self.key_cols, WS]
+        out = closing.select(*self.key_cols, WS, WE, *self._bounds(closing), *self.aggs.finish())
+        for name, agg in self.aggs.sketches.items():
+            sk = self.sketch_state.get(name)
+            if sk is None:
+                out = out.with_columns(pl.lit(None, pl.Float64).alias(name))
+                continue
+            mine = sk.join(closing.select(by), on=by, how="semi", nulls_equal=True)
+            self.sketch_state[name] = sk.join(closing.select(by), on=by, how="anti", nulls_equal=True)
+            ranked = mine.sort([*by, BUCKET]).with_columns(
+                cum=pl.col("n").cum_sum().over(by), total=pl.col("n").sum().over(by)
+            )
+            rank = (pl.col("total") * agg.q).ceil().clip(lower_bound=1)
+            picked = ranked.group_by(by).agg(pl.col(BUCKET).filter(pl.col("cum") >= rank).min())
+            picked = picked.select(*by, agg.bucket_value(pl.col(BUCKET)).alias(name))
+            out = out.join(picked, on=by, how="left", nulls_equal=True)
+        out = out.sort([WE, *self.key_cols, WS], nulls_last=True)
+        ends = out[WE].to_numpy()
+        idx = np.searchsorted(wms, ends, side="left") - 1
+        wm_out = np.where(idx >= 0, wms[np.maximum(idx, 0)] if len(wms) else self.carry_wm, self.carry_wm)
+        return out.with_columns(
+            pl.Series(TIME, ends - 1, dtype=pl.Int64), pl.Series(WATERMARK, wm_out, dtype=pl.Int64)
+        ).drop(WS, WE)
+
+    def _bounds(self, closing: pl.DataFrame) -> list[pl.Expr]:
+        start, end = self._reported_bounds()
+        return [self._as_time(start).alias("window_start"), self._as_time(end).alias("window_end")]
+
+    def _as_time(self, e: pl.Expr) -> pl.Expr:
+        """Window bounds have the event-time column's type: epoch ms stays ms, datetimes stay datetimes."""
+        if self.time_dtype is None:
+            return e
+        tz = getattr(self.time_dtype, "time_zone", None)
+        return e.cast(pl.Datetime("ms", tz)).cast(self.time_dtype)
+
+    def _reported_bounds(self) -> tuple[pl.Expr, pl.Expr]:
+        return pl.col(WS), pl.col(WE)
+
+    def _close(self, watermark: int, wms: np.ndarray) -> pl.DataFrame | None:
+        if self.state is None or self.state.height == 0:
+            return None
+        done = pl.col(WE) <= watermark
+        closing = self.state.filter(done)
+        if closing.height == 0:
+            return None
+        self.state = self.state.filter(~done)
+        self._on_closed(closing)
+        return self._emit(closing, wms)
+
+    def _on_closed(self, closing: pl.DataFrame) -> None:
+        """Hook: sessions remember what they emitted."""
+
+    def _out_batch(self, frames: list[pl.DataFrame], like: Batch | None, watermark: int) -> Batch:
+        frames = [f for f in frames if f is not None and f.height > 0]
+        df = pl.concat(frames, how="vertical_relaxed") if frames else pl.DataFrame()
+        return Batch(df, watermark=watermark, origin=None, time_dtype=self.time_dtype)
+
+    def _advance(self, batch: Batch, late: pl.DataFrame | None) -> Emitted:
+        """Move the watermark to the batch's, emit what closed, pass late rows on."""
+        wms = batch.df[WATERMARK].to_numpy() if batch.height else np.array([], dtype=np.int64)
+        watermark = batch.watermark if batch.watermark is not None else self.watermark
+        self.watermark = max(self.watermark, watermark)
+        emitted = self._close(self.watermark, wms)
+        if len(wms):
+            self.carry_wm = int(wms[-1])
+        frames = [*self._pending, *([emitted] if emitted is not None else [])]
+        self._pending = []
+        result: Emitted = [("out", self._out_batch(frames, batch, self.watermark))]
+        if late is not None:
+            result.append(("late", Batch(late, watermark=self.watermark, origin=batch.origin, time_dtype=batch.time_dtype)))
+        return result
+
+    def on_end(self) -> Emitted:
+        from sluice.core.batch import END_OF_TIME
+
+        wms = np.array([], dtype=np.int64)
+        out = self._close(END_OF_TIME, wms)
+        self.watermark = END_OF_TIME
+        return [("out", self._out_batch([out] if out is not None else [], None, END_OF_TIME))]
+
+
+class FixedWindowOperator(WindowOperator):
+    """Tumbling and sliding windows."""
+
+    def __init__(self, step: Window) -> None:
+        super().__init__(step)
+        w = step.window
+        self.size = w.size_ms
+        self.slide = w.slide_ms
+        self.offset = w.offset_ms
+        self.pane = pane_ms(w)
+        self.fan = (self.size - self.pane) // self.slide + 1  # windows that contain one pane
+
+    def on_batch(self, index: int, batch: Batch) -> Emitted:
+        late = self._ingest(batch) if batch.height else None
+        return self._advance(batch, late)
+
+    def _ingest(self, batch: Batch) -> pl.DataFrame | None:
+        df = self._prepare(batch)
+        size, slide, off, g = self.size, self.slide, self.offset, self.pane
+        t = pl.col(TIME)
+        pane = ((t - off) // g) * g + off
+        s0 = _ceil_div(pl.col(PANE) + (g - size - off), slide) * slide + off
+        wp = pl.max_horizontal(pl.col(WATERMARK), pl.col(PANE) - 2 * size)
+        not_late = _ceil_div(wp - (size - 1 + off), slide) * slide + off
+        df = df.with_columns(pane.alias(PANE)).with_columns(s0.alias(S0), not_late.alias(LO))
+        df = df.with_columns(pl.max_horizontal(S0, LO).alias(LO))
+
+        late = self._late_rows(batch, df)
+        ontime = self._narrow(df.filter(pl.col(LO) <= pl.col(PANE)), [PANE, LO])
+        if ontime.height:
+            parts, sketches = self._partials(ontime, [*self.key_cols, PANE, LO])
+            parts = self._fan_out(parts)
+            sketches = {k: self._fan_out(v) for k, v in sketches.items()}
+            self._merge_state(parts, sketches, [*self.key_cols, WS])
+        return late
+
+    def _fan_out(self, parts: pl.DataFrame) -> pl.DataFrame:
+        """Pane partials → window partials: a pane's rows go to every window start in [lo, pane]."""
+        copies = [parts.with_columns((pl.col(LO) + j * self.slide).alias(WS)) for j in range(self.fan)]
+        fanned = pl.concat(copies) if len(copies) > 1 else copies[0]
+        if len(copies) > 1:
+            fanned = fanned.filter(pl.col(WS) <= pl.col(PANE))
+        return fanned.drop(PANE, LO).with_columns((pl.col(WS) + self.size).alias(WE))
+
+    def _merge_state(self, parts: pl.DataFrame, sketches: dict[str, pl.DataFrame], by: list[str]) -> None:
+        if self.state is not None:
+            self.state = self.state.drop(WE)
+        super()._merge_state(parts.drop(WE), {k: v.drop(WE) for k, v in sketches.items()}, by)
+        assert self.state is not None
+        self.state = self.state.with_columns((pl.col(WS) + self.size).alias(WE))
+
+    def _late_rows(self, batch: Batch, df: pl.DataFrame) -> pl.DataFrame | None:
+        late = df.filter(pl.col(LO) > pl.col(S0))
+        if late.height == 0:
+            return None
+        late = late.with_row_index(ROW)
+        copies = [late.with_columns((pl.col(S0) + j * self.slide).alias(WS)) for j in range(self.fan)]
+        missed = pl.concat(copies).filter((pl.col(WS) < pl.col(LO)) & (pl.col(WS) <= pl.col(PANE)))
+        missed = missed.sort([ROW, WS]).with_columns((pl.col(WS) + self.size).alias(WE))
+        return missed.select(
+            *batch.df.columns,
+            self._as_time(pl.col(WS)).alias("missed_window_start"),
+            self._as_time(pl.col(WE)).alias("missed_window_end"),
+        )
+
+
+
+LAST = "__sl_last"
+
+
+class SessionWindowOperator(WindowOperator):
+    """Per-key sessions. Exact per record: a record that sits behind the watermark (t < W) is handled
+    at the exact moment it arrived, because only such a record can touch a session that has closed;
+    batches without one (the usual case) are merged in one vectorized pass."""
+
+    def __init__(self, step: Window) -> None:
+        super().__init__(step)
+        assert isinstance(step.window, Session)
+        self.gap = step.window.gap_ms
+        self.emitted_last: pl.DataFrame | None = None  # keys, LAST of the newest emitted session
+
+    def _reported_bounds(self) -> tuple[pl.Expr, pl.Expr]:
+        return pl.col(WS), pl.col(LAST) + self.gap
+
+    def on_batch(self, index: int, batch: Batch) -> Emitted:
+        if not batch.height:
+            return self._advance(batch, None)
+        df = self._prepare(batch)
+        times = df[TIME].to_numpy()
+        wms = df[WATERMARK].to_numpy()
+        behind = np.flatnonzero(times < wms)
+        starts = [0, *[int(i) for i in behind if i > 0], df.height]
+        late_rows = []
+        for a, b in zip(starts[:-1], starts[1:], strict=True):
+            seg = df.slice(a, b - a)
+            if times[a] < wms[a]:
+                emitted = self._close(int(wms[a]), wms)
+                if emitted is not None:
+                    self._pending.append(emitted)
+                first = seg.head(1)
+                if self._is_late(first, int(times[a]), int(wms[a])):
+                    late_rows.append(first)
+                    seg = seg.slice(1)
+            if seg.height:
+                self._ingest(seg)
+        late = None
+        if late_rows:
+            late = pl.concat(late_rows).select(
+                *batch.df.columns,
+                pl.lit(None, pl.Int64).alias("missed_window_start"),
+                pl.lit(None, pl.Int64).alias("missed_window_end"),
+            )
+        return self._advance(batch, late)
+
+    def _is_late(self, row: pl.DataFrame, t: int, wm: int) -> bool:
+        if t + self.gap + 1 <= wm:
+            return True
+        if self.emitted_last is None:
+            return False
+        hit = row.select(self.key_cols).join(self.emitted_last, on=self.key_cols, how="inner", nulls_equal=True)
+        return hit.height > 0 and t <= int(hit[LAST][0]) + self.gap
+
+    def _ingest(self, seg: pl.DataFrame) -> None:
+        k = self.key_cols
+        rows = self._narrow(seg, []).sort([*k, TIME], maintain_order=True, nulls_last=True)
+        brk = ((pl.col(TIME) - pl.col(TIME).shift(1).over(k)) > self.gap).fill_null(True)
+        rows = rows.with_columns(brk.cum_sum().alias("__sl_cid"))
+        rows = rows.with_columns(pl.col(TIME).min().over("__sl_cid").alias(WS))
+        parts, sketches = self._partials(rows, [*k, WS])
+        lasts = rows.group_by([*k, WS]).agg(pl.col(TIME).max().alias(LAST))
+        parts = parts.join(lasts, on=[*k, WS], nulls_equal=True)
+        frames = [parts] if self.state is None else [self.state.drop(WE), parts]
+        allp = pl.concat(frames, how="diagonal_relaxed").sort([*k, WS], maintain_order=True, nulls_last=True)
+        prev_last = pl.col(LAST).cum_max().shift(1).over(k)
+        cid = (pl.col(WS) > prev_last + self.gap).fill_null(True).cum_sum()
+        allp = allp.with_columns(pl.col(WS).min().over(cid).alias("__sl_new_ws"))
+        mapping = allp.select(*k, WS, "__sl_new_ws").unique()
+        merged = allp.drop(WS).rename({"__sl_new_ws": WS})
+        self.state = merged.group_by([*k, WS]).agg(pl.col(LAST).max(), *self.aggs.merge()).with_columns(
+            (pl.col(LAST) + self.gap + 1).alias(WE)
+        )
+        for out, sk in sketches.items():
+            prev = self.sketch_state.get(out)
+            both = sk if prev is None else pl.concat([prev, sk], how="diagonal_relaxed")
+            both = both.join(mapping, on=[*k, WS], nulls_equal=True).drop(WS).rename({"__sl_new_ws": WS})
+            self.sketch_state[out] = both.group_by([*k, WS, BUCKET]).agg(n=pl.col("n").sum())
+
+    def _on_closed(self, closing: pl.DataFrame) -> None:
+        done = closing.select(*self.key_cols, LAST)
+        both = done if self.emitted_last is None else pl.concat([self.emitted_last, done])
+        both = both.group_by(self.key_cols).agg(pl.col(LAST).max())
+        self.emitted_last = both.filter(pl.col(LAST) > self.watermark - 2 * self.gap - 1)
+
+
+def window_operator(step: Window) -> WindowOperator:
+    if isinstance(step.window, Session):
+        return SessionWindowOperator(step)
+    return FixedWindowOperator(step)

@@ -1,0 +1,1 @@
+"""Event time, pure: watermarks, window shapes, aggregates. No I/O, no runtime."""

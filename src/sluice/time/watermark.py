@@ -1,0 +1,107 @@
+"""Watermarks, computed per record in input order (DESIGN.md §3).
+
+On one source partition, the watermark after record i is max(t_0..t_i) − delay. A record is judged
+against the watermark *before* it, W_prev(i) = max(t_0..t_{i-1}) − delay. Both are running maxima, so a
+whole batch is one `np.maximum.accumulate`, and the result does not depend on where batches are cut.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from datetime import timedelta
+
+import numpy as np
+import numpy.typing as npt
+
+from sluice.core.batch import NO_WATERMARK
+from sluice.core.errors import PlanError
+
+
+def to_ms(d: timedelta, what: str) -> int:
+    if not isinstance(d, timedelta):
+        raise PlanError(f"{what} must be a datetime.timedelta, got {d!r}")
+    ms = d // timedelta(milliseconds=1)
+    if ms < 0:
+        raise PlanError(f"{what} must not be negative, got {d}")
+    return int(ms)
+
+
+@dataclass(frozen=True)
+class BoundedOutOfOrderness:
+    """Watermark = largest event time seen − `delay`. Records up to `delay` out of order are never late.
+
+    `idle_timeout`: a source partition that has delivered nothing for this long (processing time)
+    stops holding the watermark back.
+    """
+
+    delay: timedelta
+    idle_timeout: timedelta | None = None
+
+    @property
+    def delay_ms(self) -> int:
+        return to_ms(self.delay, "watermark delay")
+
+
+def running_watermarks(
+    times: npt.NDArray[np.int64], prev_max: int, delay_ms: int
+) -> tuple[npt.NDArray[np.int64], int]:
+    """The watermark before each record, and the new largest event time."""
+    run = np.maximum.accumulate(times)
+    np.maximum(run, prev_max, out=run)
+    before = np.empty_like(run)
+    before[0] = prev_max
+    before[1:] = run[:-1]
+    wm = before - delay_ms
+    np.maximum(wm, NO_WATERMARK, out=wm)
+    return wm, int(run[-1])
+
+
+class PartitionWatermarks:
+    """The watermark of a multi-partition input: the minimum over its live partitions."""
+
+    def __init__(self, delay_ms: int, idle_timeout_s: float | None) -> None:
+        self.delay_ms = delay_ms
+        self.idle_timeout_s = idle_timeout_s
+        self.max_time: dict[int, int] = {}
+        self.last_active: dict[int, float] = {}
+        self.finished: set[int] = set()
+        self.current = NO_WATERMARK
+
+    def declare(self, partitions: int, now: float) -> None:
+        for p in range(partitions):
+            self.max_time.setdefault(p, NO_WATERMARK)
+            self.last_active.setdefault(p, now)
+
+    def _floor_excluding(self, partition: int, now: float) -> int:
+        """Min over the other live partitions of (max time − delay); +inf when there are none."""
+        floor = 2**62
+        for p, mx in self.max_time.items():
+            if p == partition or p in self.finished:
+                continue
+            if self.idle_timeout_s is not None and now - self.last_active[p] > self.idle_timeout_s:
+                continue
+            floor = min(floor, mx - self.delay_ms if mx > NO_WATERMARK else NO_WATERMARK)
+        return floor
+
+    def advance(
+        self, partition: int, times: npt.NDArray[np.int64], now: float
+    ) -> tuple[npt.NDArray[np.int64], int]:
+        """Per-record watermarks for a batch from `partition`, and the watermark after it."""
+        self.max_time.setdefault(partition, NO_WATERMARK)
+        self.last_active[partition] = now
+        own, new_max = running_watermarks(times, self.max_time[partition], self.delay_ms)
+        self.max_time[partition] = new_max
+        floor = self._floor_excluding(partition, now)
+        wm = np.minimum(own, floor) if floor < 2**62 else own
+        # The watermark never goes back, even when a partition wakes up from idleness.
+        np.maximum(wm, self.current, out=wm)
+        after = max(self.current, min(new_max - self.delay_ms, floor))
+        self.current = after
+        return wm, after
+
+    def finish(self, partition: int, now: float) -> int:
+        self.finished.add(partition)
+        floor = self._floor_excluding(-1, now)
+        if floor < 2**62:
+            self.current = max(self.current, floor)
+        return self.current
