@@ -7,9 +7,11 @@ then renamed), so a reader never sees half a file.
 from __future__ import annotations
 
 import io
+import mmap
 import os
 import uuid
 from collections.abc import Iterator, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from glob import glob
 from pathlib import Path
@@ -74,34 +76,51 @@ class _JsonLinesReader:
     def close(self) -> None:
         pass
 
-    def _blocks(self, path: Path) -> Iterator[bytes]:
-        with open(path, "rb") as f:
-            rest = b""
-            while True:
-                data = f.read(self.spec.block_bytes)
-                if not data:
-                    if rest.strip():
-                        yield rest
-                    return
-                buf = rest + data
-                cut = buf.rfind(b"\n")
-                if cut < 0:
-                    rest = buf
-                    continue
-                yield buf[: cut + 1]
-                rest = buf[cut + 1 :]
+    def _blocks(self, path: Path) -> Iterator[tuple[int, bytes]]:
+        """(byte position, block) pairs; each block ends at a line end."""
+        size = path.stat().st_size
+        if size == 0:
+            return
+        with open(path, "rb") as f, mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_READ) as mm:
+            pos = 0
+            while pos < size:
+                end = min(pos + self.spec.block_bytes, size)
+                if end < size:
+                    cut = mm.rfind(b"\n", pos, end)
+                    end = cut + 1 if cut >= pos else (mm.find(b"\n", end) + 1 or size)
+                yield pos, mm[pos:end]
+                pos = end
+
+    def _decoded(self, path: Path) -> Iterator[tuple[int, bytes, pl.DataFrame, list[BadRecord], list[int]]]:
+        """Blocks with their decoded rows; the next block is parsed in the background meanwhile
+        (Polars releases the GIL while parsing, so parsing overlaps the operators' work)."""
+        blocks = self._blocks(path)
+        first = next(blocks, None)
+        if first is None:
+            return
+        if self.schema is None:
+            self.schema = Schema(pl.read_ndjson(io.BytesIO(first[1])).schema, ())
+        schema = self.schema
+
+        def decode(item: tuple[int, bytes]) -> tuple[int, bytes, pl.DataFrame, list[BadRecord], list[int]]:
+            df, bad, index = self.format.decode_block(item[1], schema)
+            return item[0], item[1], df, bad, index
+
+        with ThreadPoolExecutor(max_workers=1, thread_name_prefix="sluice-parse") as pool:
+            pending = pool.submit(decode, first)
+            for item in blocks:
+                done = pending.result()
+                pending = pool.submit(decode, item)
+                yield done
+            yield pending.result()
 
     def batches(self) -> Iterator[tuple[str, Batch]]:
         for p, path in enumerate(self.files):
             origin = Origin(self.ctx.step, p, str(path), unit="record")
-            ordinal, line = 0, 1
-            for block in self._blocks(path):
-                if self.schema is None:
-                    inferred = pl.read_ndjson(io.BytesIO(block)).schema
-                    self.schema = Schema(inferred, ())
-                df, bad, index = self.format.decode_block(block, self.schema)
+            ordinal = 0
+            for byte_pos, block, df, bad, index in self._decoded(path):
                 if bad:
-                    lines = _record_lines(block, line)
+                    lines = _record_lines(block, _line_at(path, byte_pos))
                     yield from self._reject(path, bad, lines)
                     offsets = ordinal + np.asarray(index, dtype=np.int64)
                 else:
@@ -110,7 +129,6 @@ class _JsonLinesReader:
                 for piece in _slices(df, self.ctx.batch_size):
                     yield "out", Batch(piece, origin=origin)
                 ordinal += df.height + len(bad)
-                line += block.count(b"\n")
             yield _eof(origin)
 
     def _reject(self, path: Path, bad: list[BadRecord], lines: list[int]) -> Iterator[tuple[str, Batch]]:
@@ -121,6 +139,12 @@ class _JsonLinesReader:
                 self.ctx.step, positions[0], f"{first.reason}; the line reads {first.raw[:200]!r}", DEAD_LETTER_FIX
             )
         yield "dead_letters", dead_letters(self.ctx.step, positions, [b.reason for b in bad], [b.raw for b in bad])
+
+
+def _line_at(path: Path, byte_pos: int) -> int:
+    """The 1-based line number at `byte_pos` (counted only when an error needs it)."""
+    with open(path, "rb") as f:
+        return f.read(byte_pos).count(b"\n") + 1
 
 
 def _record_lines(block: bytes, first_line: int) -> list[int]:

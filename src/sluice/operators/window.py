@@ -246,6 +246,17 @@ class FixedWindowOperator(WindowOperator):
         df = df.with_columns(pl.max_horizontal(S0, LO).alias(LO))
 
         late = self._late_rows(batch, df)
+        if late is None:
+            # the usual case: no record missed any window, so lo = s0 is a function of the pane
+            ontime = self._narrow(df, [PANE])
+            parts, sketches = self._partials(ontime, [*self.key_cols, PANE])
+            lo = _ceil_div(pl.col(PANE) + (g - size - off), slide) * slide + off
+            parts = parts.with_columns(lo.alias(LO))
+            sketches = {k: v.with_columns(lo.alias(LO)) for k, v in sketches.items()}
+            parts = self._fan_out(parts)
+            sketches = {k: self._fan_out(v) for k, v in sketches.items()}
+            self._merge_state(parts, sketches, [*self.key_cols, WS])
+            return None
         ontime = self._narrow(df.filter(pl.col(LO) <= pl.col(PANE)), [PANE, LO])
         if ontime.height:
             parts, sketches = self._partials(ontime, [*self.key_cols, PANE, LO])

@@ -1,0 +1,49 @@
+#!/usr/bin/env python3
+"""Run one benchmark workload over a JSON Lines file of events and report its speed.
+
+    python bench/run.py w1 --input events.jsonl --output out.jsonl [--batch-size N]
+
+The last line printed is JSON: {"workload", "events", "seconds", "events_per_s", "peak_rss_mb"}.
+Make input with: python bench/gen_events.py events --n 1000000 --out events.jsonl
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import resource
+import sys
+import time
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+import sluice as sl  # noqa: E402
+from workloads import WORKLOADS, file_flow  # noqa: E402
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("workload", choices=WORKLOADS)
+    ap.add_argument("--input", required=True, help="JSON Lines events file")
+    ap.add_argument("--output", required=True, help="results as JSON Lines")
+    ap.add_argument("--batch-size", type=int, default=65_536, help="rows per micro-batch (default 65536)")
+    a = ap.parse_args(argv)
+    out = Path(a.output)
+    if out.exists():
+        out.unlink()
+    start = time.perf_counter()
+    result = sl.run(file_flow(a.workload, a.input, out), batch_size=a.batch_size)
+    seconds = time.perf_counter() - start
+    rss_mb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    if not out.exists():
+        out.touch()
+    print(json.dumps({
+        "workload": a.workload, "events": result.rows_read, "seconds": round(seconds, 3),
+        "events_per_s": round(result.rows_read / seconds), "peak_rss_mb": round(rss_mb),
+    }))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,48 @@
+"""The benchmark workloads as Sluice flows, shared by bench/run.py and the oracle tests."""
+
+from __future__ import annotations
+
+from datetime import timedelta
+from pathlib import Path
+
+import polars as pl
+
+import sluice as sl
+
+DELAY = timedelta(seconds=5)
+EVENT_FIELDS = {
+    "w1": {"timestamp": pl.Int64, "user_id": pl.String, "metrics": {"value": pl.Float64}},
+    "w2": {"timestamp": pl.Int64, "event_type": pl.String, "metrics": {"response_time": pl.Float64}},
+    "w3": {"timestamp": pl.Int64, "user_id": pl.String},
+}
+WORKLOADS = tuple(EVENT_FIELDS)
+
+
+def build(workload: str, source: object, sink: object) -> sl.Flow:
+    """The flow of one workload from `source` (JSON events) to `sink`."""
+    flow = sl.Flow(workload)
+    events = flow.read("events", source, schema=EVENT_FIELDS[workload]).event_time("timestamp", DELAY)
+    if workload == "w1":
+        out = events.key_by("user_id").window(
+            "per_user_minute", sl.Tumbling(timedelta(seconds=60)),
+            count=sl.agg.count(), sum=sl.agg.sum("metrics.value"),
+            min=sl.agg.min("metrics.value"), max=sl.agg.max("metrics.value"),
+        )
+    elif workload == "w2":
+        out = events.key_by("event_type").window(
+            "per_type_sliding", sl.Sliding(timedelta(seconds=300), timedelta(seconds=60)),
+            count=sl.agg.count(), avg_response_time=sl.agg.mean("metrics.response_time"),
+            p99_response_time=sl.agg.percentile("metrics.response_time", 0.99),
+        )
+    elif workload == "w3":
+        out = events.key_by("user_id").window(
+            "sessions", sl.Session(timedelta(seconds=60)), count=sl.agg.count()
+        ).select("user_id", "count", session_start="window_start", session_end="window_end")
+    else:
+        raise ValueError(f"unknown workload {workload!r}; choose from {', '.join(WORKLOADS)}")
+    out.write("results", sink)
+    return flow
+
+
+def file_flow(workload: str, input_path: str | Path, output_path: str | Path) -> sl.Flow:
+    return build(workload, sl.JsonLinesSource(input_path), sl.JsonLinesSink(output_path))
