@@ -85,3 +85,18 @@ def assert_frames_match(actual: pl.DataFrame, expected: pl.DataFrame, keys: list
         else:
             mismatch = (x != y).sum()
             assert mismatch == 0 and x.null_count() == y.null_count(), f"column {col}: {mismatch} rows differ"
+
+
+def assert_same_output(a: pl.DataFrame, b: pl.DataFrame, rel: float = 1e-12) -> None:
+    """Same rows in the same order; non-float columns bit-identical, floats equal up to rounding
+    (float addition is not associative, so partial sums over other batch cuts differ in the last bits)."""
+    assert a.columns == b.columns and a.height == b.height, (a.shape, b.shape)
+    for col in a.columns:
+        x, y = a[col], b[col]
+        if x.dtype.is_float():
+            assert (x.is_null() == y.is_null()).all(), col
+            scale = y.abs().clip(lower_bound=1e-300)
+            worst = ((x - y).abs() / scale).max()
+            assert worst is None or worst <= rel, f"column {col}: relative difference {worst}"
+        else:
+            assert x.equals(y), f"column {col} differs"

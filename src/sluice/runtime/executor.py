@@ -190,5 +190,4 @@ def run(flow: object, *, batch_size: int = DEFAULT_BATCH_SIZE, progress: Progres
     plan = flow.plan() if hasattr(flow, "plan") else flow
     if not isinstance(plan, Plan):
         raise PlanError(f"run() takes a Flow or a Plan, got {type(flow).__name__}")
-    with pl.StringCache():
-        return Executor(plan, batch_size, progress).run()
+    return Executor(plan, batch_size, progress).run()
