@@ -18,8 +18,8 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-import sluice as sl  # noqa: E402
-from workloads import WORKLOADS, file_flow  # noqa: E402
+import sluice as sl
+from workloads import WORKLOADS, file_flow
 
 
 def main(argv: list[str] | None = None) -> int:

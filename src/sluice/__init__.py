@@ -6,9 +6,15 @@
     sl.run(flow)
 """
 
-from sluice.time import aggregates as agg
 from sluice.connectors.console import ConsoleSink
-from sluice.connectors.files import CsvSink, CsvSource, JsonLinesSink, JsonLinesSource, ParquetSink, ParquetSource
+from sluice.connectors.files import (
+    CsvSink,
+    CsvSource,
+    JsonLinesSink,
+    JsonLinesSource,
+    ParquetSink,
+    ParquetSource,
+)
 from sluice.connectors.generator import GeneratorSource
 from sluice.connectors.log import LogSink, LogSource
 from sluice.connectors.memory import CollectSink, MemorySource
@@ -25,6 +31,7 @@ from sluice.core.schema import Optional
 from sluice.flow import Flow, Stream
 from sluice.formats.json import Json
 from sluice.runtime.executor import RunResult, run
+from sluice.time import aggregates as agg
 from sluice.time.watermark import BoundedOutOfOrderness
 from sluice.time.windows import Session, Sliding, Tumbling
 

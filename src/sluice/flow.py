@@ -158,7 +158,7 @@ class Stream:
         """Declare the event-time column (epoch ms or Datetime) and how the watermark follows it."""
         if isinstance(watermark, timedelta):
             watermark = BoundedOutOfOrderness(watermark)
-        watermark.delay_ms  # validates
+        _ = watermark.delay_ms  # validates the delay now, at the declaring line
         step = EventTime(self.flow._name("event_time", name), (self.ref,), column(column_ref), watermark, _on_error(on_error))
         return self.flow._add(step, self.keys)
 
@@ -180,10 +180,7 @@ class Stream:
             raise PlanError(f"window {name!r}: shape must be Tumbling, Sliding or Session, got {shape!r}")
         if not aggregates:
             raise PlanError(f"window {name!r}: name at least one aggregate, e.g. count=sl.agg.count()")
-        if isinstance(shape, Session):
-            shape.gap_ms  # validates
-        else:
-            shape.size_ms, shape.slide_ms  # validates  # noqa: B018
+        _ = shape.gap_ms if isinstance(shape, Session) else (shape.size_ms, shape.slide_ms)  # validates now
         keys = self.keys or (pl.lit(0).alias("__sl_all"),)
         return self.flow._add(Window(name, (self.ref,), keys, shape, dict(aggregates)))
 

@@ -49,7 +49,7 @@ def reference_sessions(recs, gap, delay):
     open_s: dict[str, list[list[int]]] = {}
     emitted_last: dict[str, int] = {}
     flags = []
-    for t, k, v in recs:
+    for t, k, _v in recs:
         wprev = maxt - delay if maxt is not None else NEG_INF
         late = t + gap + 1 <= wprev or (k in emitted_last and t <= emitted_last[k] + gap)
         flags.append(not late)

@@ -4,12 +4,12 @@ from __future__ import annotations
 
 from pathlib import Path
 
-import oracle
 import polars as pl
 import pytest
-from workloads import file_flow
 
+import oracle
 import sluice as sl
+from workloads import file_flow
 
 KEYS = {"w1": ["user_id", "window_start"], "w2": ["event_type", "window_start"], "w3": ["user_id", "session_start"]}
 APPROX = {"w2": {"p99_response_time": 0.01}}

@@ -24,7 +24,7 @@ from sluice.connectors.api import SinkContext, SourceContext
 from sluice.core.batch import OFFSET, TIME, Batch, Origin, user_columns
 from sluice.core.deadletter import dead_letters
 from sluice.core.errors import DEAD_LETTER_FIX, DecodeError, PlanError
-from sluice.core.schema import Schema, resolve_schema
+from sluice.core.schema import Schema
 from sluice.formats.json import BadRecord, Json
 
 

@@ -13,7 +13,7 @@ from __future__ import annotations
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass
-from datetime import datetime, timedelta, timezone
+from datetime import UTC, datetime, timedelta
 
 import numpy as np
 import polars as pl
@@ -24,7 +24,7 @@ from sluice.core.errors import PlanError
 
 EVENT_TYPES = ["page_view", "click", "search", "add_to_cart", "checkout", "login", "logout", "purchase", "error", "api_call"]
 COUNTRIES = ["US", "DE", "FR", "GB", "JP", "BR", "IN", "CA", "AU", "NL"]
-T0 = datetime(2026, 1, 1, tzinfo=timezone.utc)
+T0 = datetime(2026, 1, 1, tzinfo=UTC)
 BLOCK = 65_536
 
 

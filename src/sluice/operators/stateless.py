@@ -243,10 +243,9 @@ class EventTimeOperator(Operator):
             emitted.append(("out", replace(batch, df=df, watermark=self.wms.current)))
             return emitted
         times = ms.to_numpy()
-        wm, after = self.wms.advance(pid, times, now)
-        if after < NO_WATERMARK:
-            after = NO_WATERMARK
-        df = df.with_columns(pl.Series(TIME, times, dtype=pl.Int64), pl.Series(WATERMARK, wm, dtype=pl.Int64))
+        row_wm, after = self.wms.advance(pid, times, now)
+        after = max(after, NO_WATERMARK)
+        df = df.with_columns(pl.Series(TIME, times, dtype=pl.Int64), pl.Series(WATERMARK, row_wm, dtype=pl.Int64))
         emitted.append(("out", replace(batch, df=df, watermark=after, time_dtype=time_dtype or batch.time_dtype)))
         return emitted
 

@@ -12,13 +12,13 @@ one group-by row however many windows overlap it; panes then fan out to windows 
 
 from __future__ import annotations
 
-import math
 from collections.abc import Mapping
+from itertools import pairwise
 
 import numpy as np
 import polars as pl
 
-from sluice.core.batch import NO_WATERMARK, OFFSET, TIME, WATERMARK, Batch, user_columns
+from sluice.core.batch import NO_WATERMARK, TIME, WATERMARK, Batch
 from sluice.core.plan import Window
 from sluice.operators.base import Emitted, Operator
 from sluice.time.aggregates import Aggregate, Percentile
@@ -322,7 +322,7 @@ class SessionWindowOperator(WindowOperator):
         behind = np.flatnonzero(times < wms)
         starts = [0, *[int(i) for i in behind if i > 0], df.height]
         late_rows = []
-        for a, b in zip(starts[:-1], starts[1:], strict=True):
+        for a, b in pairwise(starts):
             seg = df.slice(a, b - a)
             if times[a] < wms[a]:
                 emitted = self._close(int(wms[a]), wms)

@@ -271,15 +271,15 @@ def count(of: str | pl.Expr | None = None) -> Count:
     return Count(None if of is None else _of(of))
 
 
-def sum(of: str | pl.Expr) -> Sum:  # noqa: A001 - mirrors SQL and Polars
+def sum(of: str | pl.Expr) -> Sum:
     return Sum(_of(of))
 
 
-def min(of: str | pl.Expr) -> Min:  # noqa: A001
+def min(of: str | pl.Expr) -> Min:
     return Min(_of(of))
 
 
-def max(of: str | pl.Expr) -> Max:  # noqa: A001
+def max(of: str | pl.Expr) -> Max:
     return Max(_of(of))
 
 

@@ -11,6 +11,7 @@ can parse the blob as is, without splitting it into records.
 
 from __future__ import annotations
 
+import mmap
 import struct
 import zlib
 from dataclasses import dataclass
@@ -80,7 +81,7 @@ class FrameError(Exception):
     """A frame is incomplete or fails its CRC."""
 
 
-def decode(buf: memoryview | bytes, pos: int) -> tuple[RecordBatch, int]:
+def decode(buf: memoryview | bytes | mmap.mmap, pos: int) -> tuple[RecordBatch, int]:
     """The frame at `pos` and the position after it."""
     if len(buf) - pos < PREFIX.size:
         raise FrameError("incomplete frame prefix")
@@ -111,7 +112,7 @@ def decode(buf: memoryview | bytes, pos: int) -> tuple[RecordBatch, int]:
     return RecordBatch(base, ts, koffs, keys, voffs, values, flags), end
 
 
-def peek(buf: memoryview | bytes, pos: int) -> tuple[int, int, int]:
+def peek(buf: memoryview | bytes | mmap.mmap, pos: int) -> tuple[int, int, int]:
     """(base offset, count, next position) of the frame at `pos`, without checking its CRC."""
     if len(buf) - pos < PREFIX.size + HEADER.size:
         raise FrameError("incomplete frame")

@@ -1,0 +1,40 @@
+# One command each for what people do here. `make test` is exactly what CI runs (.ci/run).
+PY ?= python3
+UV := $(PY) -m uv
+VENV := .venv
+BIN := $(VENV)/bin
+
+.PHONY: setup demo test test-fast lint bench bench-data clean
+
+setup: $(VENV)/.synced
+
+$(VENV)/.synced: pyproject.toml uv.lock
+	@$(PY) -m uv --version >/dev/null 2>&1 || $(PY) -m pip install --quiet --disable-pip-version-check uv
+	$(UV) sync --frozen --quiet
+	@touch $@
+
+demo: setup  ## the real-time analytics job on the embedded default
+	$(BIN)/sluice demo --events 1000000
+
+test: setup  ## the whole suite (what CI runs)
+	$(BIN)/ruff check src tests bench
+	$(BIN)/mypy
+	$(BIN)/python -m pytest
+
+test-fast: setup
+	$(BIN)/python -m pytest -x -q -m "not slow"
+
+lint: setup
+	$(BIN)/ruff check src tests bench
+	$(BIN)/mypy
+
+bench-data: setup  ## 1M and 5M benchmark events under bench/data/
+	@mkdir -p bench/data
+	@test -f bench/data/events-1m.jsonl || $(BIN)/python bench/gen_events.py events --n 1000000 --out bench/data/events-1m.jsonl
+	@test -f bench/data/events-5m.jsonl || $(BIN)/python bench/gen_events.py events --n 5000000 --span-s 36000 --out bench/data/events-5m.jsonl
+
+bench: bench-data  ## w1–w3 side by side with the plain-Python baseline, medians of 3
+	$(BIN)/python bench/compare.py --input bench/data/events-1m.jsonl --repeat 3
+
+clean:
+	rm -rf $(VENV) out .sluice bench/data bench/results

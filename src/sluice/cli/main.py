@@ -1,0 +1,137 @@
+"""sluice — run, inspect and demo stream-processing flows.
+
+    sluice run pipeline.py            run the flow defined in pipeline.py to the end of its input
+    sluice explain pipeline.py        print the flow's plan, step by step
+    sluice demo                       the real-time analytics demo on the embedded log
+    sluice log topics | tail TOPIC    look inside the embedded log
+"""
+
+from __future__ import annotations
+
+import argparse
+import runpy
+import sys
+from pathlib import Path
+
+from sluice.core.errors import SluiceError
+from sluice.flow import Flow
+
+
+def load_flow(path: str, name: str | None) -> Flow:
+    """The Flow a pipeline file defines: the one named `name`, the variable `flow`, or the only one."""
+    file = Path(path)
+    if not file.exists():
+        raise SystemExit(f"sluice: no such pipeline file: {path}")
+    sys.path.insert(0, str(file.resolve().parent))
+    namespace = runpy.run_path(str(file), run_name="__sluice__")
+    flows = {k: v for k, v in namespace.items() if isinstance(v, Flow)}
+    if name is not None:
+        by_name = {f.name: f for f in flows.values()}
+        if name not in by_name:
+            raise SystemExit(f"sluice: {path} has no flow named {name!r}; it has: {', '.join(by_name) or 'none'}")
+        return by_name[name]
+    if "flow" in flows:
+        return flows["flow"]
+    if len(flows) == 1:
+        return next(iter(flows.values()))
+    if not flows:
+        raise SystemExit(f"sluice: {path} defines no Flow; create one at module level, e.g. flow = sl.Flow('name')")
+    raise SystemExit(f"sluice: {path} defines several flows ({', '.join(f.name for f in flows.values())}); pick one with --flow")
+
+
+def _progress(rows: int, seconds: float) -> None:
+    print(f"  … {rows:,} records in {seconds:.1f} s ({rows / max(seconds, 1e-9):,.0f}/s)", file=sys.stderr, flush=True)
+
+
+def cmd_run(a: argparse.Namespace) -> int:
+    from sluice.runtime.executor import run
+
+    flow = load_flow(a.pipeline, a.flow)
+    result = run(flow, batch_size=a.batch_size, progress=None if a.quiet else _progress)
+    if not a.quiet:
+        print(result.summary())
+    return 0
+
+
+def cmd_explain(a: argparse.Namespace) -> int:
+    print(load_flow(a.pipeline, a.flow).explain())
+    return 0
+
+
+def cmd_demo(a: argparse.Namespace) -> int:
+    from sluice.cli.demo import run_demo
+
+    return run_demo(Path(a.dir), a.events, a.batch_size)
+
+
+def cmd_log(a: argparse.Namespace) -> int:
+    from sluice.connectors.log.store import Log
+
+    log = Log(a.root)
+    if a.action == "topics":
+        topics = log.topics()
+        if not topics:
+            print(f"no topics under {a.root}")
+        for t in topics:
+            n = log.partition_count(t)
+            ends = [log.partition(t, p).end_offset for p in range(n)]
+            print(f"{t}: {n} partition(s), {sum(ends):,} records (end offsets {ends})")
+        return 0
+    if not a.topic:
+        raise SystemExit("sluice log tail: name a topic")
+    shown = 0
+    for p in range(log.partition_count(a.topic)):
+        part = log.partition(a.topic, p)
+        start = max(part.start_offset, part.end_offset - a.n)
+        for batch, skip in part.read(start):
+            for i in range(skip, batch.count):
+                print(f"{a.topic}/{p}@{batch.base_offset + i}: {batch.value(i).decode('utf-8', 'replace')}")
+                shown += 1
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    ap = argparse.ArgumentParser(prog="sluice", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    sub = ap.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    r = sub.add_parser("run", help="run a pipeline file to the end of its input")
+    r.add_argument("pipeline", help="a Python file that builds a sluice.Flow at module level")
+    r.add_argument("--flow", help="which flow, when the file defines several (by Flow name)")
+    r.add_argument("--batch-size", type=int, default=65_536, help="rows per micro-batch (default: 65536)")
+    r.add_argument("-q", "--quiet", action="store_true", help="no progress or summary")
+    r.set_defaults(fn=cmd_run)
+
+    e = sub.add_parser("explain", help="print a pipeline's plan")
+    e.add_argument("pipeline")
+    e.add_argument("--flow")
+    e.set_defaults(fn=cmd_explain)
+
+    d = sub.add_parser("demo", help="real-time analytics on the embedded log: generate, aggregate, write Parquet")
+    d.add_argument("--dir", default="out/demo", help="where the log and results go (default: out/demo)")
+    d.add_argument("--events", type=int, default=1_000_000, help="events to generate (default: 1,000,000)")
+    d.add_argument("--batch-size", type=int, default=65_536)
+    d.set_defaults(fn=cmd_demo)
+
+    lg = sub.add_parser("log", help="look inside the embedded log")
+    lg.add_argument("action", choices=["topics", "tail"])
+    lg.add_argument("topic", nargs="?")
+    lg.add_argument("-n", type=int, default=10, help="records per partition for tail (default: 10)")
+    lg.add_argument("--root", default=".sluice/log", help="the log directory (default: .sluice/log)")
+    lg.set_defaults(fn=cmd_log)
+    return ap
+
+
+def main(argv: list[str] | None = None) -> int:
+    a = build_parser().parse_args(argv)
+    try:
+        return int(a.fn(a))
+    except SluiceError as exc:
+        print(f"sluice: error: {exc}", file=sys.stderr)
+        return 1
+    except KeyboardInterrupt:
+        print("sluice: interrupted", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())
