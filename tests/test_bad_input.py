@@ -1,0 +1,113 @@
+"""Bad input stops with an error naming the step, the position and the fix — or, with
+on_error="dead_letter", goes aside with its reason while everything else carries on."""
+
+from __future__ import annotations
+
+from datetime import timedelta
+from pathlib import Path
+
+import polars as pl
+import pytest
+
+import sluice as sl
+from sluice import testing
+
+SCHEMA = {"ts": int, "user": str, "amount": float}
+GOOD = [b'{"ts": 1000, "user": "a", "amount": 1.5}', b'{"ts": 2000, "user": "b", "amount": 2.5}']
+
+
+def write_lines(path: Path, lines: list[bytes]) -> Path:
+    path.write_bytes(b"\n".join(lines) + b"\n")
+    return path
+
+
+def flow_over(path: Path, on_error: str = "fail") -> tuple[sl.Flow, sl.CollectSink, sl.CollectSink]:
+    flow = sl.Flow("bad")
+    src = flow.read("orders", sl.JsonLinesSource(path), schema=SCHEMA, on_error=on_error)
+    out = testing.collect(src)
+    dead = testing.collect(src.dead_letters) if on_error == "dead_letter" else sl.CollectSink()
+    return flow, out, dead
+
+
+@pytest.mark.parametrize(("line", "reason"), [
+    (b'{"ts": 3000, "user": "c", "amount": 1.0', "malformed"),
+    (b'{"ts": "yesterday", "user": "c", "amount": 1.0}', "malformed or wrongly typed"),
+    (b'{"ts": 3000, "amount": 1.0}', "required field 'user' is missing"),
+    (b'[1, 2, 3]', "JSON object"),
+])
+def test_bad_line_fails_with_step_position_and_fix(tmp_path: Path, line: bytes, reason: str) -> None:
+    path = write_lines(tmp_path / "orders.jsonl", [GOOD[0], b"", GOOD[1], line, GOOD[0]])
+    flow, _out, _dead = flow_over(path)
+    with pytest.raises(sl.DecodeError) as err:
+        sl.run(flow)
+    msg = str(err.value)
+    assert err.value.step == "orders"
+    assert err.value.position == f"{path}:4"  # the blank line counts: positions are real line numbers
+    assert reason in msg
+    assert 'on_error="dead_letter"' in msg  # the fix
+
+
+def test_dead_letters_keep_everything_else(tmp_path: Path) -> None:
+    lines = [GOOD[0], b'{"ts": 3000, "user": "c", "amount": }', GOOD[1], b'{"ts": 4000, "amount": 1.0}'] * 500
+    path = write_lines(tmp_path / "orders.jsonl", lines)
+    flow, out, dead = flow_over(path, "dead_letter")
+    sl.run(flow, batch_size=333)
+    assert out.frame().height == 1000
+    assert out.frame()["user"].to_list() == ["a", "b"] * 500  # order kept
+    d = dead.frame()
+    assert d.height == 1000
+    assert d.columns == ["step", "position", "reason", "raw"]
+    assert d["position"][0] == f"{path}:2" and d["position"][1] == f"{path}:4"
+    assert d["raw"][0] == '{"ts": 3000, "user": "c", "amount": }'
+    assert "required field 'user'" in d["reason"][1]
+
+
+def test_missing_timestamp_is_named(tmp_path: Path) -> None:
+    flow = sl.Flow("t")
+    rows = [{"ts": 1000, "user": "a"}, {"ts": None, "user": "b"}]
+    src = flow.read("in", testing.rows(pl.DataFrame(rows, schema={"ts": pl.Int64, "user": pl.String})))
+    testing.collect(src.event_time("ts", timedelta(seconds=1), name="stamp"))
+    with pytest.raises(sl.MissingTimestampError) as err:
+        sl.run(flow)
+    assert err.value.step == "stamp" and err.value.position == "memory[0] record 1"
+
+
+def test_missing_timestamp_dead_letter(tmp_path: Path) -> None:
+    flow = sl.Flow("t")
+    rows = pl.DataFrame({"ts": [1000, None, 3000], "user": ["a", "b", "c"]})
+    timed = flow.read("in", testing.rows(rows)).event_time("ts", timedelta(seconds=1), name="stamp", on_error="dead_letter")
+    out, dead = testing.collect(timed), testing.collect(timed.dead_letters)
+    sl.run(flow, batch_size=2)
+    assert out.frame()["user"].to_list() == ["a", "c"]
+    assert dead.frame()["raw"].to_list() == ['{"ts":null,"user":"b"}']
+
+
+def test_map_error_names_step_record_and_function(tmp_path: Path) -> None:
+    def ratio(row: dict) -> dict:
+        return {"user": row["user"], "r": 1 / row["amount"]}
+
+    flow = sl.Flow("t")
+    src = flow.read("in", testing.rows({"user": ["a", "b"], "amount": [2.0, 0.0]}))
+    testing.collect(src.map(ratio, name="ratio"))
+    with pytest.raises(sl.UserFunctionError) as err:
+        sl.run(flow)
+    assert err.value.step == "ratio" and err.value.position == "memory[0] record 1"
+    assert "ZeroDivisionError" in str(err.value) and "test_bad_input.py" in str(err.value)
+
+
+def test_map_dead_letter(tmp_path: Path) -> None:
+    flow = sl.Flow("t")
+    src = flow.read("in", testing.rows({"user": ["a", "b", "c"], "amount": [2.0, 0.0, 4.0]}))
+    mapped = src.map(lambda r: {"user": r["user"], "r": 1 / r["amount"]}, name="ratio", on_error="dead_letter")
+    out, dead = testing.collect(mapped), testing.collect(mapped.dead_letters)
+    sl.run(flow)
+    assert out.frame().to_dicts() == [{"user": "a", "r": 0.5}, {"user": "c", "r": 0.25}]
+    assert dead.frame()["reason"].to_list() == ["ZeroDivisionError: float division by zero"]
+
+
+def test_wrong_time_type_is_a_clear_plan_error() -> None:
+    flow = sl.Flow("t")
+    src = flow.read("in", testing.rows({"ts": ["2026-01-01"], "user": ["a"]}))
+    testing.collect(src.event_time("ts", timedelta(seconds=1)))
+    with pytest.raises(sl.PlanError, match="str.to_datetime"):
+        sl.run(flow)
