@@ -6,6 +6,8 @@
     sl.run(flow)
 """
 
+from polars import col, lit
+
 from sluice.connectors.console import ConsoleSink
 from sluice.connectors.files import (
     CsvSink,
@@ -67,5 +69,7 @@ __all__ = [
     "Tumbling",
     "UserFunctionError",
     "agg",
+    "col",
+    "lit",
     "run",
 ]

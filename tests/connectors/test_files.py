@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from datetime import datetime, timedelta, timezone
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import polars as pl
@@ -11,7 +11,7 @@ import pytest
 import sluice as sl
 from sluice import testing
 
-T0 = int(datetime(2026, 3, 1, 22, 30, tzinfo=timezone.utc).timestamp() * 1000)
+T0 = int(datetime(2026, 3, 1, 22, 30, tzinfo=UTC).timestamp() * 1000)
 ROWS = [{"ts": T0 + i * 60_000, "user": f"u{i % 2}", "amount": float(i)} for i in range(120)]  # 2 hours
 
 
@@ -81,4 +81,4 @@ def test_datetime_event_time_keeps_its_type(tmp_path: Path) -> None:
                           .window("w", sl.Tumbling(timedelta(hours=1)), n=sl.agg.count()))
     sl.run(flow)
     assert out.frame().schema["window_start"] == pl.Datetime("us", "UTC")
-    assert out.frame()["window_start"][0] == datetime(2026, 3, 1, 22, 0, tzinfo=timezone.utc)
+    assert out.frame()["window_start"][0] == datetime(2026, 3, 1, 22, 0, tzinfo=UTC)

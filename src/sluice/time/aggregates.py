@@ -71,16 +71,18 @@ class Count(Aggregate):
 
 @dataclass(frozen=True, eq=False)
 class Sum(Aggregate):
+    """Sum of the non-null values; null when there are none (as in SQL)."""
+
     of: pl.Expr
 
     def update(self, value: pl.Expr, time: pl.Expr) -> dict[str, pl.Expr]:
-        return {"s": value.sum()}
+        return {"s": value.sum(), "n": value.count().cast(pl.Int64)}
 
     def merge(self, p: Partial) -> dict[str, pl.Expr]:
-        return {"s": p("s").sum()}
+        return {"s": p("s").sum(), "n": p("n").sum()}
 
     def finish(self, p: Partial) -> pl.Expr:
-        return p("s")
+        return pl.when(p("n") > 0).then(p("s")).otherwise(None)
 
 
 @dataclass(frozen=True, eq=False)
@@ -247,7 +249,9 @@ class Percentile:
         inv_log_gamma = 1.0 / math.log(self.gamma)
         pos = ((v.abs().log() * inv_log_gamma).ceil().cast(pl.Int64)) + SKETCH_OFFSET
         return (
-            pl.when(v > MIN_INDEXABLE)
+            pl.when(v.is_null())
+            .then(pl.lit(None, pl.Int64))
+            .when(v > MIN_INDEXABLE)
             .then(pos)
             .when(v < -MIN_INDEXABLE)
             .then(-pos)

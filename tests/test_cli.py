@@ -1,0 +1,70 @@
+"""The `sluice` command, run as a user would."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import polars as pl
+
+ROOT = Path(__file__).resolve().parent.parent
+SLUICE = [sys.executable, "-m", "sluice.cli.main"]
+
+
+def sluice(*args: str, cwd: Path) -> subprocess.CompletedProcess[str]:
+    env = {**os.environ, "PYTHONPATH": str(ROOT / "src")}
+    return subprocess.run([*SLUICE, *args], cwd=cwd, capture_output=True, text=True, env=env, timeout=300)
+
+
+def test_help_lists_the_commands(tmp_path: Path) -> None:
+    r = sluice("--help", cwd=tmp_path)
+    assert r.returncode == 0
+    for word in ("run", "explain", "demo", "log"):
+        assert word in r.stdout
+
+
+def test_run_and_explain_the_readme_example(tmp_path: Path) -> None:
+    example = ROOT / "examples" / "clicks.py"
+    r = sluice("explain", str(example), cwd=tmp_path)
+    assert r.returncode == 0, r.stderr
+    assert "clicks: window [stateful]" in r.stdout
+    r = sluice("run", str(example), cwd=tmp_path)
+    assert r.returncode == 0, r.stderr
+    assert "200,000 records read" in r.stdout
+    out = pl.read_parquet(tmp_path / "out" / "clicks" / "**" / "*.parquet")
+    assert out.columns == ["user_id", "window_start", "window_end", "clicks", "p99_ms"]
+    assert out["clicks"].sum() > 15_000
+
+
+def test_errors_are_one_clear_line(tmp_path: Path) -> None:
+    bad = tmp_path / "bad.jsonl"
+    bad.write_text('{"ts": 1}\n{"ts": \n')
+    pipeline = tmp_path / "p.py"
+    pipeline.write_text(
+        "import sluice as sl\n"
+        "flow = sl.Flow('p')\n"
+        f"flow.read('src', sl.JsonLinesSource({str(bad)!r}), schema={{'ts': int}}).write('out', sl.ConsoleSink())\n"
+    )
+    r = sluice("run", str(pipeline), "-q", cwd=tmp_path)
+    assert r.returncode == 1
+    assert r.stderr.startswith(f"sluice: error: step 'src' failed at {bad}:2")
+    assert "Traceback" not in r.stderr
+
+
+def test_missing_pipeline_file(tmp_path: Path) -> None:
+    r = sluice("run", "nope.py", cwd=tmp_path)
+    assert r.returncode != 0 and "no such pipeline file" in r.stderr
+
+
+def test_demo_runs_and_log_can_be_inspected(tmp_path: Path) -> None:
+    r = sluice("demo", "--events", "60000", "--dir", "demo", cwd=tmp_path)
+    assert r.returncode == 0, r.stderr
+    assert "analytics read 60,000 events" in r.stdout
+    files = list((tmp_path / "demo" / "results" / "user_minute").rglob("*.parquet"))
+    assert files and all("hour=" in str(f) for f in files)
+    r = sluice("log", "topics", "--root", "demo/log", cwd=tmp_path)
+    assert "events: 2 partition(s), 60,000 records" in r.stdout
+    r = sluice("log", "tail", "events", "-n", "2", "--root", "demo/log", cwd=tmp_path)
+    assert r.stdout.count('"event_id"') == 4
