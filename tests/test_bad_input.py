@@ -109,5 +109,5 @@ def test_wrong_time_type_is_a_clear_plan_error() -> None:
     flow = sl.Flow("t")
     src = flow.read("in", testing.rows({"ts": ["2026-01-01"], "user": ["a"]}))
     testing.collect(src.event_time("ts", timedelta(seconds=1)))
-    with pytest.raises(sl.PlanError, match="str.to_datetime"):
+    with pytest.raises(sl.PlanError, match=r"str\.to_datetime"):
         sl.run(flow)

@@ -94,6 +94,7 @@ class WindowOperator(Operator):
         self.carry_wm = NO_WATERMARK  # the last per-record watermark seen
         self.time_dtype: pl.DataType | None = None
         self._pending: list[pl.DataFrame] = []  # emitted mid-batch (sessions), sent with the batch's output
+        self.text_keys: list[str] = []
 
     # --- input ---------------------------------------------------------------------------------
     def _prepare(self, batch: Batch) -> pl.DataFrame:
@@ -103,7 +104,13 @@ class WindowOperator(Operator):
             raise PlanError(f"window {self.name!r} needs event time: call .event_time(column, watermark) before it")
         if batch.time_dtype is not None:
             self.time_dtype = batch.time_dtype
-        return batch.df.with_columns(*self.keys, *self.aggs.value_columns())
+        df = batch.df.with_columns(*self.keys, *self.aggs.value_columns())
+        # text keys group several times faster as categoricals; outputs turn them back into text
+        text = [k for k in self.key_cols if df.schema[k] == pl.String]
+        if text:
+            self.text_keys = text
+            df = df.with_columns(pl.col(text).cast(pl.Categorical))
+        return df
 
     def _narrow(self, df: pl.DataFrame, extra: list[str]) -> pl.DataFrame:
         cols = [*self.key_cols, TIME, *extra]
@@ -135,17 +142,18 @@ class WindowOperator(Operator):
             self.sketch_state[out] = both.group_by([*by, BUCKET]).agg(n=pl.col("n").sum())
 
     # --- output --------------------------------------------------------------------------------
-    def _emit(self, closing: pl.DataFrame, wms: np.ndarray) -> pl.DataFrame:
-        """Finish the closing windows (keys, WS, WE, partials) into output rows."""
+    def _emit(self, closing: pl.DataFrame, wms: np.ndarray, sketches: dict[str, pl.DataFrame]) -> pl.DataFrame:
+        """Finish the closing windows (keys, WS, WE, partials; sketches: keys, WS, BUCKET, n) into output rows."""
         by = [*self.key_cols, WS]
         out = closing.select(*self.key_cols, WS, WE, *self._bounds(closing), *self.aggs.finish())
+        if self.text_keys:
+            out = out.with_columns(pl.col(self.text_keys).cast(pl.String))
+            sketches = {k: v.with_columns(pl.col(self.text_keys).cast(pl.String)) for k, v in sketches.items()}
         for name, agg in self.aggs.sketches.items():
-            sk = self.sketch_state.get(name)
-            if sk is None:
+            mine = sketches.get(name)
+            if mine is None:
                 out = out.with_columns(pl.lit(None, pl.Float64).alias(name))
                 continue
-            mine = sk.join(closing.select(by), on=by, how="semi", nulls_equal=True)
-            self.sketch_state[name] = sk.join(closing.select(by), on=by, how="anti", nulls_equal=True)
             ranked = mine.sort([*by, BUCKET]).with_columns(
                 cum=pl.col("n").cum_sum().over(by), total=pl.col("n").sum().over(by)
             )
@@ -184,7 +192,12 @@ class WindowOperator(Operator):
             return None
         self.state = self.state.filter(~done)
         self._on_closed(closing)
-        return self._emit(closing, wms)
+        by = [*self.key_cols, WS]
+        sketches = {}
+        for name, sk in self.sketch_state.items():
+            sketches[name] = sk.join(closing.select(by), on=by, how="semi", nulls_equal=True)
+            self.sketch_state[name] = sk.join(closing.select(by), on=by, how="anti", nulls_equal=True)
+        return self._emit(closing, wms, sketches)
 
     def _on_closed(self, closing: pl.DataFrame) -> None:
         """Hook: sessions remember what they emitted."""
@@ -229,6 +242,7 @@ class FixedWindowOperator(WindowOperator):
         self.offset = w.offset_ms
         self.pane = pane_ms(w)
         self.fan = (self.size - self.pane) // self.slide + 1  # windows that contain one pane
+        self.closed_upto = NO_WATERMARK  # every window ending at or before this has been emitted
 
     def on_batch(self, index: int, batch: Batch) -> Emitted:
         late = self._ingest(batch) if batch.height else None
@@ -246,39 +260,58 @@ class FixedWindowOperator(WindowOperator):
         df = df.with_columns(pl.max_horizontal(S0, LO).alias(LO))
 
         late = self._late_rows(batch, df)
+        by = [*self.key_cols, PANE, LO]
         if late is None:
             # the usual case: no record missed any window, so lo = s0 is a function of the pane
-            ontime = self._narrow(df, [PANE])
-            parts, sketches = self._partials(ontime, [*self.key_cols, PANE])
+            parts, sketches = self._partials(self._narrow(df, [PANE]), [*self.key_cols, PANE])
             lo = _ceil_div(pl.col(PANE) + (g - size - off), slide) * slide + off
             parts = parts.with_columns(lo.alias(LO))
             sketches = {k: v.with_columns(lo.alias(LO)) for k, v in sketches.items()}
-            parts = self._fan_out(parts)
-            sketches = {k: self._fan_out(v) for k, v in sketches.items()}
-            self._merge_state(parts, sketches, [*self.key_cols, WS])
+            self._merge_state(parts, sketches, by)
             return None
         ontime = self._narrow(df.filter(pl.col(LO) <= pl.col(PANE)), [PANE, LO])
         if ontime.height:
-            parts, sketches = self._partials(ontime, [*self.key_cols, PANE, LO])
-            parts = self._fan_out(parts)
-            sketches = {k: self._fan_out(v) for k, v in sketches.items()}
-            self._merge_state(parts, sketches, [*self.key_cols, WS])
+            parts, sketches = self._partials(ontime, by)
+            self._merge_state(parts, sketches, by)
         return late
 
-    def _fan_out(self, parts: pl.DataFrame) -> pl.DataFrame:
-        """Pane partials → window partials: a pane's rows go to every window start in [lo, pane]."""
-        copies = [parts.with_columns((pl.col(LO) + j * self.slide).alias(WS)) for j in range(self.fan)]
-        fanned = pl.concat(copies) if len(copies) > 1 else copies[0]
-        if len(copies) > 1:
-            fanned = fanned.filter(pl.col(WS) <= pl.col(PANE))
-        return fanned.drop(PANE, LO).with_columns((pl.col(WS) + self.size).alias(WE))
+    def _closing_panes(self, after: int, upto: int, min_pane: int, max_pane: int) -> pl.DataFrame:
+        """(pane, window start) for each window ending in (after, upto] that holds a pane in state."""
+        size, slide, off, g = self.size, self.slide, self.offset, self.pane
+        lowest_end = max(after, min_pane) + 1
+        first = -((-(lowest_end - size - off)) // slide) * slide + off  # smallest start on the grid
+        last = min(max_pane, upto - size)
+        starts = np.arange(first, last + 1, slide, dtype=np.int64)
+        offsets = np.arange(0, size, g, dtype=np.int64)
+        panes = (starts[:, None] + offsets[None, :]).ravel()
+        return pl.DataFrame({PANE: panes, WS: np.repeat(starts, len(offsets))})
 
-    def _merge_state(self, parts: pl.DataFrame, sketches: dict[str, pl.DataFrame], by: list[str]) -> None:
-        if self.state is not None:
-            self.state = self.state.drop(WE)
-        super()._merge_state(parts.drop(WE), {k: v.drop(WE) for k, v in sketches.items()}, by)
-        assert self.state is not None
-        self.state = self.state.with_columns((pl.col(WS) + self.size).alias(WE))
+    def _window_rows(self, parts: pl.DataFrame, pairs: pl.DataFrame) -> pl.DataFrame:
+        """Pane rows → rows of the closing windows they belong to (a pane counts for starts ≥ its lo)."""
+        return parts.join(pairs, on=PANE, how="inner").filter(pl.col(WS) >= pl.col(LO)).drop(PANE, LO)
+
+    def _close(self, watermark: int, wms: np.ndarray) -> pl.DataFrame | None:
+        """State is kept per pane; windows are put together from their panes only when they close."""
+        after = self.closed_upto
+        if self.state is None or watermark <= after or self.state.height == 0:
+            return None
+        self.closed_upto = watermark
+        pairs = self._closing_panes(after, watermark, int(self.state[PANE].min()), int(self.state[PANE].max()))  # type: ignore[arg-type]
+        by = [*self.key_cols, WS]
+        rows = self._window_rows(self.state, pairs)
+        closing = None
+        if rows.height:
+            closing = rows.group_by(by).agg(self.aggs.merge()) if self.aggs.rows else rows.unique(by)
+            closing = closing.with_columns((pl.col(WS) + self.size).alias(WE))
+            sketches = {
+                name: self._window_rows(sk, pairs).group_by([*by, BUCKET]).agg(n=pl.col("n").sum())
+                for name, sk in self.sketch_state.items()
+            }
+        done = pl.col(PANE) + self.size <= watermark  # every window holding this pane has closed
+        self.state = self.state.filter(~done)
+        for name, sk in self.sketch_state.items():
+            self.sketch_state[name] = sk.filter(~done)
+        return self._emit(closing, wms, sketches) if closing is not None else None
 
     def _late_rows(self, batch: Batch, df: pl.DataFrame) -> pl.DataFrame | None:
         late = df.filter(pl.col(LO) > pl.col(S0))
