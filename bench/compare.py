@@ -49,7 +49,8 @@ def main() -> int:
     ap.add_argument("--repeat", type=int, default=3)
     ap.add_argument("--workloads", default="w1,w2,w3")
     a = ap.parse_args()
-    events = sum(1 for _ in open(a.input, "rb"))
+    with open(a.input, "rb") as f:
+        events = sum(1 for _ in f)
     rows = []
     with tempfile.TemporaryDirectory() as tmp:
         for w in a.workloads.split(","):

@@ -32,7 +32,7 @@ def build(workload: str, source: object, sink: object) -> sl.Flow:
         out = events.key_by("event_type").window(
             "per_type_sliding", sl.Sliding(timedelta(seconds=300), timedelta(seconds=60)),
             count=sl.agg.count(), avg_response_time=sl.agg.mean("metrics.response_time"),
-            p99_response_time=sl.agg.percentile("metrics.response_time", 0.99),
+            p99_response_time=sl.agg.percentile("metrics.response_time", 0.99, relative_accuracy=0.01),
         )
     elif workload == "w3":
         out = events.key_by("user_id").window(

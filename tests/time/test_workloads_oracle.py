@@ -43,4 +43,4 @@ def test_p99_within_documented_relative_error(events_medium: Path, tmp_path: Pat
     exp = oracle.w2(oracle.flat_events(str(events_medium)))
     joined = got.join(exp, on=["event_type", "window_start"], suffix="_exact")
     rel = ((joined["p99_response_time"] - joined["p99_response_time_exact"]).abs() / joined["p99_response_time_exact"])
-    assert rel.max() <= 0.005 + 1e-12  # the sketch's documented bound (default relative_accuracy)
+    assert rel.max() <= 0.01 + 1e-12  # w2 sizes its sketch to the 1% bound it must meet (relative_accuracy=0.01)
