@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from collections.abc import Iterator
 from dataclasses import dataclass
-from typing import Protocol
+from typing import Any, Protocol
 
 import polars as pl
 
@@ -26,9 +26,15 @@ class SourceContext:
 
 
 class SourceReader(Protocol):
+    """Yields batches; `position()` after a batch says where to resume so that it is not read again."""
+
     def partitions(self) -> int: ...
 
     def batches(self) -> Iterator[tuple[str, Batch]]: ...
+
+    def position(self) -> dict[str, Any]: ...
+
+    def seek(self, position: dict[str, Any]) -> None: ...
 
     def close(self) -> None: ...
 
@@ -40,10 +46,22 @@ class Source(Protocol):
 @dataclass(frozen=True)
 class SinkContext:
     step: str
+    exactly_once: bool = False  # a checkpointed run: stage until commit
 
 
 class SinkWriter(Protocol):
+    """Two-phase: rows written during an epoch are staged; `prepare` makes them durable and returns the
+    transaction (JSON) that the checkpoint records; `commit` publishes it (and must be idempotent, since
+    recovery commits the last checkpoint's transaction again); `recover` also drops whatever was staged
+    after that checkpoint."""
+
     def write(self, df: pl.DataFrame) -> None: ...
+
+    def prepare(self, epoch: int) -> dict[str, Any]: ...
+
+    def commit(self, txn: dict[str, Any]) -> None: ...
+
+    def recover(self, txn: dict[str, Any] | None) -> None: ...
 
     def close(self) -> None: ...
 

@@ -44,5 +44,15 @@ class _ConsoleWriter:
             self.out.write(df.write_ndjson())
         self.out.flush()
 
+    # printing cannot be taken back: the console is at-least-once
+    def prepare(self, epoch: int) -> dict[str, object]:
+        return {}
+
+    def commit(self, txn: dict[str, object]) -> None:
+        pass
+
+    def recover(self, txn: dict[str, object] | None) -> None:
+        pass
+
     def close(self) -> None:
         pass

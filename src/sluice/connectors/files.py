@@ -9,12 +9,14 @@ from __future__ import annotations
 import io
 import mmap
 import os
+import shutil
 import uuid
 from collections.abc import Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from glob import glob
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import polars as pl
@@ -69,6 +71,17 @@ class _JsonLinesReader:
         self.files = files
         self.format = Json()
         self.schema = ctx.schema
+        # where to resume: file index, byte where its current block starts, rows of that block consumed,
+        # and the record ordinal at the block's start
+        self.pos: dict[str, int] = {"file": 0, "byte": 0, "skip": 0, "ordinal": 0}
+        self.start = dict(self.pos)
+
+    def position(self) -> dict[str, Any]:
+        return dict(self.pos)
+
+    def seek(self, position: dict[str, Any]) -> None:
+        self.pos = {k: int(v) for k, v in position.items()}
+        self.start = dict(self.pos)
 
     def partitions(self) -> int:
         return len(self.files)
@@ -76,13 +89,13 @@ class _JsonLinesReader:
     def close(self) -> None:
         pass
 
-    def _blocks(self, path: Path) -> Iterator[tuple[int, bytes]]:
-        """(byte position, block) pairs; each block ends at a line end."""
+    def _blocks(self, path: Path, start: int) -> Iterator[tuple[int, bytes]]:
+        """(byte position, block) pairs from `start`; each block ends at a line end."""
         size = path.stat().st_size
-        if size == 0:
+        if size == 0 or start >= size:
             return
         with open(path, "rb") as f, mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_READ) as mm:
-            pos = 0
+            pos = start
             while pos < size:
                 end = min(pos + self.spec.block_bytes, size)
                 if end < size:
@@ -91,10 +104,10 @@ class _JsonLinesReader:
                 yield pos, mm[pos:end]
                 pos = end
 
-    def _decoded(self, path: Path) -> Iterator[tuple[int, bytes, pl.DataFrame, list[BadRecord], list[int]]]:
+    def _decoded(self, path: Path, start: int) -> Iterator[tuple[int, bytes, pl.DataFrame, list[BadRecord], list[int]]]:
         """Blocks with their decoded rows; the next block is parsed in the background meanwhile
         (Polars releases the GIL while parsing, so parsing overlaps the operators' work)."""
-        blocks = self._blocks(path)
+        blocks = self._blocks(path, start)
         first = next(blocks, None)
         if first is None:
             return
@@ -115,20 +128,33 @@ class _JsonLinesReader:
             yield pending.result()
 
     def batches(self) -> Iterator[tuple[str, Batch]]:
+        start = self.start
         for p, path in enumerate(self.files):
+            if p < start["file"]:
+                continue
+            resume = p == start["file"]
             origin = Origin(self.ctx.step, p, str(path), unit="record")
-            ordinal = 0
-            for byte_pos, block, df, bad, index in self._decoded(path):
+            ordinal = start["ordinal"] if resume else 0
+            skip = start["skip"] if resume else 0
+            for byte_pos, block, df, bad, index in self._decoded(path, start["byte"] if resume else 0):
+                records = df.height + len(bad)
                 if bad:
                     lines = _record_lines(block, _line_at(path, byte_pos))
-                    yield from self._reject(path, bad, lines)
+                    if not skip:
+                        yield from self._reject(path, bad, lines)
                     offsets = ordinal + np.asarray(index, dtype=np.int64)
                 else:
                     offsets = ordinal + np.arange(df.height, dtype=np.int64)
                 df = df.with_columns(pl.Series(OFFSET, offsets, dtype=pl.Int64))
-                for piece in _slices(df, self.ctx.batch_size):
+                size = self.ctx.batch_size
+                for first in range(skip, df.height, size):
+                    piece = df.slice(first, size)
+                    self.pos = {"file": p, "byte": byte_pos, "skip": first + piece.height, "ordinal": ordinal}
                     yield "out", Batch(piece, origin=origin)
-                ordinal += df.height + len(bad)
+                skip = 0
+                ordinal += records
+                self.pos = {"file": p, "byte": byte_pos + len(block), "skip": 0, "ordinal": ordinal}
+            self.pos = {"file": p + 1, "byte": 0, "skip": 0, "ordinal": 0}
             yield _eof(origin)
 
     def _reject(self, path: Path, bad: list[BadRecord], lines: list[int]) -> Iterator[tuple[str, Batch]]:
@@ -196,6 +222,15 @@ class _TableReader:
         self.ctx = ctx
         self.files = files
         self.load = load
+        self.pos = {"file": 0, "row": 0}
+        self.start = dict(self.pos)
+
+    def position(self) -> dict[str, Any]:
+        return dict(self.pos)
+
+    def seek(self, position: dict[str, Any]) -> None:
+        self.pos = {k: int(v) for k, v in position.items()}
+        self.start = dict(self.pos)
 
     def partitions(self) -> int:
         return len(self.files)
@@ -205,6 +240,9 @@ class _TableReader:
 
     def batches(self) -> Iterator[tuple[str, Batch]]:
         for p, path in enumerate(self.files):
+            if p < self.start["file"]:
+                continue
+            skip = self.start["row"] if p == self.start["file"] else 0
             origin = Origin(self.ctx.step, p, str(path), unit="record")
             loaded = self.load(path)  # type: ignore[operator]
             frames = [loaded] if isinstance(loaded, pl.DataFrame) else loaded
@@ -212,8 +250,11 @@ class _TableReader:
             for frame in frames:
                 frame = frame.with_columns(pl.int_range(ordinal, ordinal + frame.height, dtype=pl.Int64).alias(OFFSET))
                 ordinal += frame.height
+                frame = frame.filter(pl.col(OFFSET) >= skip)
                 for piece in _slices(frame, self.ctx.batch_size):
+                    self.pos = {"file": p, "row": int(piece[OFFSET][-1]) + 1}
                     yield "out", Batch(piece, origin=origin)
+            self.pos = {"file": p + 1, "row": 0}
             yield _eof(origin)
 
 
@@ -230,6 +271,7 @@ class _FileSink:
     rows_per_file: int = 1_000_000
 
     suffix = ""
+    appendable = False
 
     def __post_init__(self) -> None:
         if self.partition_by is not None and self.partition_by not in PARTITIONINGS:
@@ -239,6 +281,9 @@ class _FileSink:
         return _FileWriter(self, ctx)
 
     def write_file(self, df: pl.DataFrame, path: Path) -> None:
+        raise NotImplementedError
+
+    def append_file(self, df: pl.DataFrame, path: Path, header: bool) -> None:
         raise NotImplementedError
 
 
@@ -258,9 +303,14 @@ class JsonLinesSink(_FileSink):
     """JSON Lines files, one object per row."""
 
     suffix = ".jsonl"
+    appendable = True
 
     def write_file(self, df: pl.DataFrame, path: Path) -> None:
         df.write_ndjson(path)
+
+    def append_file(self, df: pl.DataFrame, path: Path, header: bool) -> None:
+        with open(path, "ab") as f:
+            df.write_ndjson(f)
 
 
 @dataclass(frozen=True)
@@ -268,24 +318,53 @@ class CsvSink(_FileSink):
     """CSV files with a header row."""
 
     suffix = ".csv"
+    appendable = True
 
     def write_file(self, df: pl.DataFrame, path: Path) -> None:
         df.write_csv(path)
 
+    def append_file(self, df: pl.DataFrame, path: Path, header: bool) -> None:
+        with open(path, "ab") as f:
+            df.write_csv(f, include_header=header)
+
 
 @dataclass
 class _FileWriter:
+    """Stages rows and publishes them at commit.
+
+    Directory output: each staged file `.part-….stage` is renamed to `part-…` at commit.
+    Single-file output (JSONL, CSV): the epoch's rows are staged in `.<name>.stage-<epoch>`; commit
+    truncates the target to its length before the epoch and appends them, so commit can be repeated.
+    """
+
     spec: _FileSink
     ctx: SinkContext
     buffers: dict[str, list[pl.DataFrame]] = field(default_factory=dict)
     rows: dict[str, int] = field(default_factory=dict)
     seq: int = 0
+    epoch: int = 0
     run_id: str = field(default_factory=lambda: uuid.uuid4().hex[:8])
+    staged: list[tuple[str, str]] = field(default_factory=list)
+    committed_len: int = 0
     written: list[Path] = field(default_factory=list)
+
+    def __post_init__(self) -> None:
+        if self.single_file and self.ctx.exactly_once and not self.spec.appendable:
+            raise PlanError(
+                f"sink {self.ctx.step!r}: a single {self.spec.suffix} file cannot grow checkpoint by checkpoint; "
+                f"give a directory path (part files are published at each checkpoint)"
+            )
 
     @property
     def single_file(self) -> bool:
         return self.spec.partition_by is None and str(self.spec.path).endswith(self.spec.suffix)
+
+    @property
+    def target(self) -> Path:
+        return Path(self.spec.path)
+
+    def _stage_path(self, epoch: int) -> Path:
+        return self.target.with_name(f".{self.target.name}.stage-{epoch}")
 
     def write(self, df: pl.DataFrame) -> None:
         if df.height == 0:
@@ -313,7 +392,7 @@ class _FileWriter:
     def _buffer(self, key: str, df: pl.DataFrame) -> None:
         self.buffers.setdefault(key, []).append(df)
         self.rows[key] = self.rows.get(key, 0) + df.height
-        if self.rows[key] >= self.spec.rows_per_file and not self.single_file:
+        if self.rows[key] >= self.spec.rows_per_file and (not self.single_file or self.spec.appendable):
             self._flush(key)
 
     def _flush(self, key: str) -> None:
@@ -323,17 +402,75 @@ class _FileWriter:
             return
         df = pl.concat(frames, how="diagonal_relaxed")
         if self.single_file:
-            target = Path(self.spec.path)
-        else:
-            directory = Path(self.spec.path) / key if key else Path(self.spec.path)
-            self.seq += 1
-            target = directory / f"part-{self.run_id}-{self.seq:06d}{self.spec.suffix}"
-        target.parent.mkdir(parents=True, exist_ok=True)
-        tmp = target.with_name(f".{target.name}.tmp")
-        self.spec.write_file(df, tmp)
-        os.replace(tmp, target)
-        self.written.append(target)
+            stage = self._stage_path(self.epoch)
+            stage.parent.mkdir(parents=True, exist_ok=True)
+            if self.spec.appendable:
+                first = not stage.exists() or stage.stat().st_size == 0
+                self.spec.append_file(df, stage, header=first and self.committed_len == 0)
+            else:
+                self.spec.write_file(df, stage)
+            return
+        directory = self.target / key if key else self.target
+        self.seq += 1
+        final = directory / f"part-{self.run_id}-{self.seq:06d}{self.spec.suffix}"
+        stage = final.with_name(f".{final.name}.stage")
+        directory.mkdir(parents=True, exist_ok=True)
+        self.spec.write_file(df, stage)
+        self.staged.append((str(stage), str(final)))
 
-    def close(self) -> None:
+    def prepare(self, epoch: int) -> dict[str, Any]:
         for key in list(self.buffers):
             self._flush(key)
+        if self.single_file:
+            stage = self._stage_path(self.epoch)
+            self.epoch += 1
+            if not stage.exists():
+                return {}
+            _fsync_file(stage)
+            return {"append": [str(stage), str(self.target), self.committed_len]}
+        for st, _final in self.staged:
+            _fsync_file(Path(st))
+        txn = {"files": self.staged}
+        self.staged = []
+        return txn
+
+    def commit(self, txn: dict[str, Any]) -> None:
+        for st, final in txn.get("files", []):
+            if os.path.exists(st):
+                os.replace(st, final)
+                self.written.append(Path(final))
+        if "append" in txn:
+            st, target, before = txn["append"]
+            if os.path.exists(st):
+                with open(target, "ab") as out:
+                    out.truncate(int(before))
+                    with open(st, "rb") as src:
+                        shutil.copyfileobj(src, out, 1 << 20)
+                    out.flush()
+                    os.fsync(out.fileno())
+                os.unlink(st)
+                self.written.append(Path(target))
+            self.committed_len = os.path.getsize(target)
+
+    def recover(self, txn: dict[str, Any] | None) -> None:
+        """Publish the last checkpoint's transaction again, then drop everything staged after it."""
+        if txn:
+            self.commit(txn)
+        if self.single_file:
+            for stray in self.target.parent.glob(f".{self.target.name}.stage-*"):
+                stray.unlink()
+            if not txn or "append" not in txn:
+                if txn is None and self.target.exists():
+                    self.target.unlink()  # a fresh run owns its output file
+                self.committed_len = self.target.stat().st_size if self.target.exists() else 0
+        elif self.target.exists():
+            for stray in self.target.rglob(".part-*.stage"):
+                stray.unlink()
+
+    def close(self) -> None:
+        pass
+
+
+def _fsync_file(path: Path) -> None:
+    with open(path, "rb") as f:
+        os.fsync(f.fileno())

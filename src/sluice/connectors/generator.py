@@ -14,6 +14,7 @@ import time
 from collections.abc import Iterator
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
+from typing import Any
 
 import numpy as np
 import polars as pl
@@ -51,9 +52,19 @@ class _GeneratorReader:
     def __init__(self, spec: GeneratorSource, ctx: SourceContext) -> None:
         self.spec = spec
         self.ctx = ctx
+        self.produced = 0
+
+    def position(self) -> dict[str, Any]:
+        return {"produced": self.produced}
+
+    def seek(self, position: dict[str, Any]) -> None:
+        self.produced = int(position["produced"])
+
+    def _streams(self, block: int) -> dict[str, np.random.Generator]:
+        """One random stream per column and block: any block can be made again on its own."""
         names = ["ts", "user", "a", "b", "c", "d", "e"]
-        seeds = np.random.SeedSequence(spec.seed).spawn(len(names))
-        self.rng = {n: np.random.default_rng(s) for n, s in zip(names, seeds, strict=True)}
+        seeds = np.random.SeedSequence(self.spec.seed, spawn_key=(block,)).spawn(len(names))
+        return {n: np.random.default_rng(s) for n, s in zip(names, seeds, strict=True)}
 
     def partitions(self) -> int:
         return 1
@@ -62,7 +73,7 @@ class _GeneratorReader:
         pass
 
     def _block(self, first: int, count: int) -> pl.DataFrame:
-        s, r = self.spec, self.rng
+        s, r = self.spec, self._streams(first // BLOCK)
         i = np.arange(first, first + count, dtype=np.int64)
         span_ms = int(s.span / timedelta(milliseconds=1))
         per = s.n if s.n is not None else 1_000_000
@@ -104,19 +115,21 @@ class _GeneratorReader:
 
     def batches(self) -> Iterator[tuple[str, Batch]]:
         origin = Origin(self.ctx.step, 0, f"generator:{self.spec.kind}", unit="record")
-        produced = 0
         started = time.perf_counter()
-        while self.spec.n is None or produced < self.spec.n:
-            count = BLOCK if self.spec.n is None else min(BLOCK, self.spec.n - produced)
-            block = self._block(produced, count)
-            block = block.with_columns(pl.int_range(produced, produced + count, dtype=pl.Int64).alias(OFFSET))
-            for start in range(0, count, self.ctx.batch_size):
+        resumed_at = self.produced
+        block_start = (self.produced // BLOCK) * BLOCK
+        while self.spec.n is None or block_start < self.spec.n:
+            count = BLOCK if self.spec.n is None else min(BLOCK, self.spec.n - block_start)
+            block = self._block(block_start, count)
+            block = block.with_columns(pl.int_range(block_start, block_start + count, dtype=pl.Int64).alias(OFFSET))
+            for start in range(self.produced - block_start, count, self.ctx.batch_size):
                 piece = block.slice(start, self.ctx.batch_size)
                 if self.spec.rate:
-                    due = started + (produced + start + piece.height) / self.spec.rate
+                    due = started + (block_start + start + piece.height - resumed_at) / self.spec.rate
                     delay = due - time.perf_counter()
                     if delay > 0:
                         time.sleep(delay)
+                self.produced = block_start + start + piece.height
                 yield "out", Batch(piece, origin=origin)
-            produced += count
+            block_start += count
         yield "out", Batch(pl.DataFrame(), origin=origin, end_of_partition=True)

@@ -43,6 +43,15 @@ class _MemoryReader:
         schema = ctx.schema.polars if ctx.schema is not None else None
         self.frames = spec.frames(schema)
         self.ctx = ctx
+        self.cursors = [0] * len(self.frames)
+        self.live = set(range(len(self.frames)))
+
+    def position(self) -> dict[str, Any]:
+        return {"cursors": list(self.cursors), "live": sorted(self.live)}
+
+    def seek(self, position: dict[str, Any]) -> None:
+        self.cursors = [int(c) for c in position["cursors"]]
+        self.live = {int(p) for p in position["live"]}
 
     def partitions(self) -> int:
         return len(self.frames)
@@ -52,8 +61,7 @@ class _MemoryReader:
 
     def batches(self) -> Iterator[tuple[str, Batch]]:
         size = self.ctx.batch_size
-        cursors = [0] * len(self.frames)
-        live = set(range(len(self.frames)))
+        cursors, live = self.cursors, self.live
         while live:
             for p in sorted(live):
                 frame = self.frames[p]
@@ -90,10 +98,21 @@ class CollectSink:
 @dataclass
 class _CollectWriter:
     spec: CollectSink
+    pending: list[pl.DataFrame] = field(default_factory=list)
 
     def write(self, df: pl.DataFrame) -> None:
         if df.height:
-            self.spec.frames_written.append(user_columns(df))
+            self.pending.append(user_columns(df))
+
+    def prepare(self, epoch: int) -> dict[str, Any]:
+        return {}
+
+    def commit(self, txn: dict[str, Any]) -> None:
+        self.spec.frames_written.extend(self.pending)
+        self.pending = []
+
+    def recover(self, txn: dict[str, Any] | None) -> None:
+        self.pending = []
 
     def close(self) -> None:
         pass

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Sequence
+from typing import Any
 
 from sluice.core.batch import Batch
 
@@ -19,6 +20,13 @@ class Operator:
 
     def on_end(self) -> Emitted:
         return []
+
+    def snapshot(self) -> dict[str, Any] | None:
+        """The operator's state for a checkpoint: JSON scalars and polars DataFrames; None if stateless."""
+        return None
+
+    def restore(self, state: dict[str, Any]) -> None:
+        """Take back what `snapshot` returned."""
 
 
 def nonempty(pairs: Sequence[tuple[str, Batch]]) -> Emitted:

@@ -137,10 +137,18 @@ class BranchOperator(Operator):
 class UnionOperator(Operator):
     """Merges streams. Its watermark is the minimum over its inputs, per record too."""
 
+    wms: list[int | None]
+
+    def snapshot(self) -> dict[str, Any]:
+        return {"watermarks": self.wms}
+
+    def restore(self, state: dict[str, Any]) -> None:
+        self.wms = list(state["watermarks"])
+
     def __init__(self, step: Union) -> None:
         self.name = step.name
         self.inputs = len(step.inputs)
-        self.wms: list[int | None] = [None] * self.inputs
+        self.wms = [None] * self.inputs
 
     def on_batch(self, index: int, batch: Batch) -> Emitted:
         if batch.watermark is None:
@@ -163,6 +171,29 @@ class UnionOperator(Operator):
 class EventTimeOperator(Operator):
     """Sets each record's event time and the watermark before it (DESIGN.md §3)."""
 
+    partitions: dict[tuple[str, int], int]
+
+    def snapshot(self) -> dict[str, Any]:
+        w = self.wms
+        return {
+            "partitions": [[step, p, pid] for (step, p), pid in self.partitions.items()],
+            "max_time": {str(k): v for k, v in w.max_time.items()},
+            "finished_partitions": sorted(w.finished),
+            "current": w.current,
+            "expected": self.expected,
+            "finished": self.finished,
+        }
+
+    def restore(self, state: dict[str, Any]) -> None:
+        now = time.monotonic()
+        self.partitions = {(step, int(p)): int(pid) for step, p, pid in state["partitions"]}
+        self.wms.max_time = {int(k): int(v) for k, v in state["max_time"].items()}
+        self.wms.last_active = dict.fromkeys(self.wms.max_time, now)
+        self.wms.finished = {int(x) for x in state["finished_partitions"]}
+        self.wms.current = int(state["current"])
+        self.expected = int(state["expected"])
+        self.finished = int(state["finished"])
+
     def __init__(self, step: EventTime) -> None:
         self.name = step.name
         self.column = step.column
@@ -170,7 +201,7 @@ class EventTimeOperator(Operator):
         wm = step.watermark
         idle = wm.idle_timeout.total_seconds() if wm.idle_timeout is not None else None
         self.wms = PartitionWatermarks(wm.delay_ms, idle)
-        self.partitions: dict[tuple[str, int], int] = {}
+        self.partitions = {}
         self.expected = 0
         self.finished = 0
 

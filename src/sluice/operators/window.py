@@ -14,6 +14,7 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 from itertools import pairwise
+from typing import Any
 
 import numpy as np
 import polars as pl
@@ -202,6 +203,25 @@ class WindowOperator(Operator):
     def _on_closed(self, closing: pl.DataFrame) -> None:
         """Hook: sessions remember what they emitted."""
 
+    def snapshot(self) -> dict[str, Any]:
+        state: dict[str, Any] = {"watermark": self.watermark, "carry_wm": self.carry_wm, "text_keys": self.text_keys}
+        if self.state is not None:
+            state["state"] = self.state
+        for name, sk in self.sketch_state.items():
+            state[f"sketch.{name}"] = sk
+        if self.time_dtype is not None:
+            state["time_dtype"] = pl.DataFrame(schema={"t": self.time_dtype})
+        return state
+
+    def restore(self, state: dict[str, Any]) -> None:
+        self.watermark = int(state["watermark"])
+        self.carry_wm = int(state["carry_wm"])
+        self.text_keys = list(state["text_keys"])
+        self.state = state.get("state")
+        self.sketch_state = {k[len("sketch."):]: v for k, v in state.items() if k.startswith("sketch.")}
+        if "time_dtype" in state:
+            self.time_dtype = state["time_dtype"].schema["t"]
+
     def _out_batch(self, frames: list[pl.DataFrame], like: Batch | None, watermark: int) -> Batch:
         frames = [f for f in frames if f is not None and f.height > 0]
         df = pl.concat(frames, how="vertical_relaxed") if frames else pl.DataFrame()
@@ -313,6 +333,13 @@ class FixedWindowOperator(WindowOperator):
             self.sketch_state[name] = sk.filter(~done)
         return self._emit(closing, wms, sketches) if closing is not None else None
 
+    def snapshot(self) -> dict[str, Any]:
+        return {**super().snapshot(), "closed_upto": self.closed_upto}
+
+    def restore(self, state: dict[str, Any]) -> None:
+        super().restore(state)
+        self.closed_upto = int(state["closed_upto"])
+
     def _late_rows(self, batch: Batch, df: pl.DataFrame) -> pl.DataFrame | None:
         late = df.filter(pl.col(LO) > pl.col(S0))
         if late.height == 0:
@@ -408,6 +435,16 @@ class SessionWindowOperator(WindowOperator):
             both = sk if prev is None else pl.concat([prev, sk], how="diagonal_relaxed")
             both = both.join(mapping, on=[*k, WS], nulls_equal=True).drop(WS).rename({"__sl_new_ws": WS})
             self.sketch_state[out] = both.group_by([*k, WS, BUCKET]).agg(n=pl.col("n").sum())
+
+    def snapshot(self) -> dict[str, Any]:
+        state = super().snapshot()
+        if self.emitted_last is not None:
+            state["emitted_last"] = self.emitted_last
+        return state
+
+    def restore(self, state: dict[str, Any]) -> None:
+        super().restore(state)
+        self.emitted_last = state.get("emitted_last")
 
     def _on_closed(self, closing: pl.DataFrame) -> None:
         done = closing.select(*self.key_cols, LAST)

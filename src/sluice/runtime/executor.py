@@ -3,11 +3,15 @@ through the operators, so a slow sink slows the sources (backpressure without qu
 
 from __future__ import annotations
 
+import logging
 import time
 from collections import defaultdict
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
 
+from sluice.checkpoint.store import CheckpointStore, IncompatibleCheckpointError
 from sluice.connectors.api import SinkContext, SinkWriter, SourceContext, SourceReader
 from sluice.core.batch import Batch
 from sluice.core.errors import PlanError
@@ -39,6 +43,7 @@ from sluice.operators.stateless import (
 from sluice.operators.window import window_operator
 
 DEFAULT_BATCH_SIZE = 65_536
+log = logging.getLogger("sluice.runtime")
 
 
 @dataclass
@@ -79,22 +84,44 @@ class _WriteOperator(Operator):
             self.writer.write(batch.df)
         return []
 
-    def on_end(self) -> Emitted:
-        self.writer.close()
-        return []
 
 
 Progress = Callable[[int, float], None]
 
 
+@dataclass(frozen=True)
+class CheckpointSettings:
+    """Where and how often to checkpoint. `drop_state` names steps whose old state may be discarded."""
+
+    directory: str | Path
+    interval_s: float | None = 10.0
+    keep: int = 3
+    drop_state: tuple[str, ...] = ()
+
+
+def fingerprint(step: Step) -> str:
+    """What a step's state depends on: if this changes, old state cannot be reused."""
+    if isinstance(step, Window):
+        aggs = ",".join(f"{k}:{type(a).__name__}:{getattr(a, 'of', None)}:{getattr(a, 'q', '')}"
+                        for k, a in sorted(step.aggregates.items()))
+        return f"window|{step.window!r}|{[str(k) for k in step.keys]}|{aggs}"
+    return step.kind
+
+
 class Executor:
-    def __init__(self, plan: Plan, batch_size: int = DEFAULT_BATCH_SIZE, progress: Progress | None = None) -> None:
+    def __init__(self, plan: Plan, batch_size: int = DEFAULT_BATCH_SIZE, progress: Progress | None = None,
+                 checkpoints: CheckpointSettings | None = None) -> None:
         if batch_size < 1:
             raise PlanError(f"batch_size must be at least 1, got {batch_size}")
         plan.validate()
         self.plan = plan
         self.batch_size = batch_size
         self.progress = progress
+        self.checkpoints = checkpoints
+        self.store = CheckpointStore(checkpoints.directory, checkpoints.keep) if checkpoints else None
+        self.writers: dict[str, SinkWriter] = {}
+        self.next_checkpoint = 1
+        self.restored_from: int | None = None
         self.routes: dict[tuple[str, str], list[tuple[str, int]]] = defaultdict(list)
         for step in plan.steps:
             for i, ref in enumerate(step.inputs):
@@ -126,7 +153,9 @@ class Executor:
             self.readers[step.name] = step.source.open(ctx)
             return PassThrough(step.name)
         if isinstance(step, Write):
-            return _WriteOperator(step.name, step.sink.open(SinkContext(step.name)))
+            writer = step.sink.open(SinkContext(step.name, exactly_once=self.checkpoints is not None))
+            self.writers[step.name] = writer
+            return _WriteOperator(step.name, writer)
         if isinstance(step, Filter):
             return FilterOperator(step)
         if isinstance(step, Select | WithColumns):
@@ -154,10 +183,75 @@ class Executor:
             for out_port, out in self.ops[consumer].on_batch(index, batch):
                 self._push(consumer, out_port, out)
 
+    # --- checkpoints ------------------------------------------------------------------------------
+    def _restore(self) -> None:
+        assert self.store is not None and self.checkpoints is not None
+        cp = self.store.latest()
+        if cp is None:
+            for writer in self.writers.values():
+                writer.recover(None)
+            return
+        saved = cp.manifest["steps"]
+        removed = [n for n in saved if n not in {s.name for s in self.plan.steps}]
+        if removed:
+            log.warning("checkpoint %d has state for steps no longer in the flow, ignored: %s", cp.id, ", ".join(removed))
+        for step in self.plan.steps:
+            entry = saved.get(step.name)
+            if entry is None:
+                continue
+            if entry["fingerprint"] != fingerprint(step) and not isinstance(step, Read | Write):
+                if step.name in self.checkpoints.drop_state:
+                    log.warning("step %r changed; its checkpointed state is dropped as asked", step.name)
+                    continue
+                raise IncompatibleCheckpointError(
+                    f"step {step.name!r} changed since checkpoint {cp.id} in {self.store.dir} "
+                    f"(was {entry['fingerprint']}, now {fingerprint(step)}); its state cannot be reused. "
+                    f"Rename the step to start it empty, or drop its state explicitly (drop_state=[{step.name!r}], "
+                    f"sluice run --drop-state {step.name})")
+            state = cp.state(step.name)
+            assert state is not None
+            if isinstance(step, Read):
+                self.readers[step.name].seek(state["position"])
+            elif not isinstance(step, Write):
+                self.ops[step.name].restore(state)
+        for name, writer in self.writers.items():
+            writer.recover(cp.manifest["sinks"].get(name))
+        self.next_checkpoint = cp.id + 1
+        self.restored_from = cp.id
+        log.info("restored from checkpoint %d in %s", cp.id, self.store.dir)
+
+    def _checkpoint(self) -> None:
+        """Between batches: positions, state and staged output under one manifest, then publish."""
+        cid = self.next_checkpoint
+        self.next_checkpoint += 1
+        sinks = {name: w.prepare(cid) for name, w in self.writers.items()}
+        if self.store is None:
+            for name, w in self.writers.items():
+                w.commit(sinks[name])
+            return
+        steps: dict[str, tuple[str, str, dict[str, Any]]] = {}
+        for step in self.plan.steps:
+            if isinstance(step, Read):
+                steps[step.name] = (step.kind, fingerprint(step), {"position": self.readers[step.name].position()})
+                continue
+            state = self.ops[step.name].snapshot()
+            if state is not None:
+                steps[step.name] = (step.kind, fingerprint(step), state)
+        self.store.write(cid, self.plan.name, steps, sinks)
+        for name, w in self.writers.items():
+            w.commit(sinks[name])
+        self.store.prune()
+
     def run(self) -> RunResult:
         start = time.perf_counter()
+        if self.store is not None:
+            self._restore()
+        else:
+            for writer in self.writers.values():
+                writer.recover(None)
         rows_read = 0
-        last_report = start
+        last_report = last_checkpoint = start
+        interval = self.checkpoints.interval_s if self.checkpoints else None
         streams: dict[str, Iterator[tuple[str, Batch]]] = {n: r.batches() for n, r in self.readers.items()}
         try:
             while streams:
@@ -170,22 +264,39 @@ class Executor:
                     if port == "out":
                         rows_read += batch.height
                     self._push(name, port, batch)
-                    if self.progress is not None and time.perf_counter() - last_report >= 1.0:
-                        last_report = time.perf_counter()
-                        self.progress(rows_read, last_report - start)
+                    now = time.perf_counter()
+                    if interval is not None and now - last_checkpoint >= interval:
+                        self._checkpoint()
+                        last_checkpoint = time.perf_counter()
+                    if self.progress is not None and now - last_report >= 1.0:
+                        last_report = now
+                        self.progress(rows_read, now - start)
             for step in self.plan.steps:
                 for port, out in self.ops[step.name].on_end():
                     self._push(step.name, port, out)
+            self._checkpoint()
         finally:
             for reader in self.readers.values():
                 reader.close()
+            for writer in self.writers.values():
+                writer.close()
         seconds = time.perf_counter() - start
         return RunResult(self.plan.name, seconds, rows_read, self.stats)
 
 
-def run(flow: object, *, batch_size: int = DEFAULT_BATCH_SIZE, progress: Progress | None = None) -> RunResult:
-    """Run a flow (or a plan) to the end of its input."""
+def run(flow: object, *, batch_size: int = DEFAULT_BATCH_SIZE, progress: Progress | None = None,
+        checkpoint_dir: str | Path | None = None, checkpoint_interval: float | None = 10.0,
+        keep_checkpoints: int = 3, drop_state: tuple[str, ...] = ()) -> RunResult:
+    """Run a flow (or a plan) to the end of its input.
+
+    With `checkpoint_dir`, a checkpoint is taken every `checkpoint_interval` seconds and at the end, and a
+    run started again with the same directory resumes from the newest one: file sinks then hold exactly
+    what one uninterrupted run writes.
+    """
     plan = flow.plan() if hasattr(flow, "plan") else flow
     if not isinstance(plan, Plan):
         raise PlanError(f"run() takes a Flow or a Plan, got {type(flow).__name__}")
-    return Executor(plan, batch_size, progress).run()
+    settings = None
+    if checkpoint_dir is not None:
+        settings = CheckpointSettings(checkpoint_dir, checkpoint_interval, keep_checkpoints, tuple(drop_state))
+    return Executor(plan, batch_size, progress, settings).run()

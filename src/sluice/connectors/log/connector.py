@@ -7,6 +7,7 @@ import zlib
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import polars as pl
@@ -51,6 +52,14 @@ class _LogReader:
         self.parts = [log.partition(spec.topic, p) for p in range(log.partition_count(spec.topic))]
         self.positions = [p.end_offset if spec.start == "latest" else p.start_offset for p in self.parts]
         self.ends = None if spec.follow else [p.end_offset for p in self.parts]
+        self.live = set(range(len(self.parts)))
+
+    def position(self) -> dict[str, Any]:
+        return {"offsets": list(self.positions), "live": sorted(self.live)}
+
+    def seek(self, position: dict[str, Any]) -> None:
+        self.positions = [int(o) for o in position["offsets"]]
+        self.live = {int(p) for p in position["live"]}
 
     def partitions(self) -> int:
         return len(self.parts)
@@ -84,7 +93,7 @@ class _LogReader:
         return b"".join(blobs), first, count
 
     def batches(self) -> Iterator[tuple[str, Batch]]:
-        live = set(range(len(self.parts)))
+        live = self.live
         while live:
             progressed = False
             for p in sorted(live):
@@ -98,7 +107,6 @@ class _LogReader:
                         yield "out", Batch(pl.DataFrame(), origin=origin, end_of_partition=True)
                     continue
                 progressed = True
-                self.positions[p] = first + count
                 df, bad, index = self.spec.format.decode_block(blob, self.schema)
                 if bad:
                     positions = [origin.position(first + b.index) for b in bad]
@@ -109,8 +117,12 @@ class _LogReader:
                 else:
                     offsets = first + np.arange(df.height, dtype=np.int64)
                 df = df.with_columns(pl.Series(OFFSET, offsets, dtype=pl.Int64))
-                for start in range(0, df.height, self.ctx.batch_size):
-                    yield "out", Batch(df.slice(start, self.ctx.batch_size), origin=origin)
+                size = self.ctx.batch_size
+                for start in range(0, df.height, size):
+                    after = start + size
+                    self.positions[p] = int(offsets[after]) if after < df.height else first + count
+                    yield "out", Batch(df.slice(start, size), origin=origin)
+                self.positions[p] = first + count
             if not progressed and self.ends is None:
                 time.sleep(self.spec.poll_interval_s)
 
@@ -181,3 +193,15 @@ class _LogWriter:
     def close(self) -> None:
         for p in self.parts:
             p.close()
+
+    # Records are appended as they come: the log sink is at-least-once for now (see docs/guarantees.md).
+    def prepare(self, epoch: int) -> dict[str, Any]:
+        for p in self.parts:
+            p.sync()
+        return {}
+
+    def commit(self, txn: dict[str, Any]) -> None:
+        pass
+
+    def recover(self, txn: dict[str, Any] | None) -> None:
+        pass

@@ -1,0 +1,152 @@
+"""Checkpoints on disk.
+
+    <dir>/chk-000042/manifest.json    written last, through a temporary name, fsync'ed, then renamed
+    <dir>/chk-000042/<step>.<key>.arrow   DataFrames of a step's state (Arrow IPC)
+
+The manifest holds each stateful step's kind and fingerprint, its scalar state, the names and SHA-256 of
+its frame files, and each sink's pending transaction. A checkpoint exists only once its manifest does; a
+manifest whose files fail their checksums is reported and skipped in favour of the one before.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import io
+import json
+import logging
+import os
+import shutil
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import polars as pl
+
+from sluice.core.errors import SluiceError
+
+log = logging.getLogger("sluice.checkpoint")
+
+State = dict[str, Any]  # scalars (JSON) and polars DataFrames
+
+
+class CheckpointError(SluiceError):
+    """A checkpoint cannot be written or used."""
+
+
+class IncompatibleCheckpointError(CheckpointError):
+    """The flow changed in a way its checkpointed state cannot follow."""
+
+
+@dataclass(frozen=True)
+class Checkpoint:
+    id: int
+    path: Path
+    manifest: dict[str, Any]
+
+    def state(self, step: str) -> State | None:
+        entry = self.manifest["steps"].get(step)
+        if entry is None:
+            return None
+        out: State = dict(entry["scalars"])
+        for key, meta in entry["frames"].items():
+            out[key] = pl.read_ipc(io.BytesIO((self.path / meta["file"]).read_bytes()))
+        return out
+
+
+def _fsync(path: Path) -> None:
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+class CheckpointStore:
+    def __init__(self, directory: str | Path, keep: int = 3) -> None:
+        self.dir = Path(directory)
+        self.keep = max(keep, 1)
+
+    def ids(self) -> list[int]:
+        if not self.dir.exists():
+            return []
+        found = []
+        for p in self.dir.glob("chk-*"):
+            if (p / "manifest.json").exists():
+                try:
+                    found.append(int(p.name[4:]))
+                except ValueError:
+                    continue
+        return sorted(found)
+
+    def write(self, cid: int, flow: str, steps: dict[str, tuple[str, str, State]], sinks: dict[str, Any]) -> Checkpoint:
+        """steps: name → (kind, fingerprint, state). Returns once the manifest is durable."""
+        path = self.dir / f"chk-{cid:06d}"
+        if path.exists():
+            shutil.rmtree(path)
+        path.mkdir(parents=True)
+        manifest: dict[str, Any] = {"id": cid, "flow": flow, "steps": {}, "sinks": sinks}
+        for name, (kind, fingerprint, state) in steps.items():
+            scalars, frames = {}, {}
+            for key, value in state.items():
+                if isinstance(value, pl.DataFrame):
+                    file = f"{name}.{key}.arrow"
+                    buf = io.BytesIO()
+                    value.write_ipc(buf)
+                    data = buf.getvalue()
+                    with open(path / file, "wb") as f:
+                        f.write(data)
+                        f.flush()
+                        os.fsync(f.fileno())
+                    frames[key] = {"file": file, "sha256": hashlib.sha256(data).hexdigest(), "rows": value.height}
+                else:
+                    scalars[key] = value
+            manifest["steps"][name] = {"kind": kind, "fingerprint": fingerprint, "scalars": scalars, "frames": frames}
+        tmp = path / "manifest.json.tmp"
+        try:
+            with open(tmp, "w") as f:
+                json.dump(manifest, f, indent=1, sort_keys=True)
+                f.flush()
+                os.fsync(f.fileno())
+            os.replace(tmp, path / "manifest.json")
+            _fsync(path)
+        except OSError as exc:
+            raise CheckpointError(f"could not write checkpoint {cid} to {path}: {exc}. Free space or choose another --checkpoint-dir; "
+                                  "the previous checkpoint is intact") from exc
+        return Checkpoint(cid, path, manifest)
+
+    def load(self, cid: int) -> Checkpoint:
+        path = self.dir / f"chk-{cid:06d}"
+        try:
+            manifest = json.loads((path / "manifest.json").read_text())
+        except (OSError, ValueError) as exc:
+            raise CheckpointError(f"checkpoint {cid} at {path} has an unreadable manifest: {exc}") from exc
+        for step in manifest["steps"].values():
+            for meta in step["frames"].values():
+                file = path / meta["file"]
+                try:
+                    digest = hashlib.sha256(file.read_bytes()).hexdigest()
+                except OSError as exc:
+                    raise CheckpointError(f"checkpoint {cid}: {file} is missing: {exc}") from exc
+                if digest != meta["sha256"]:
+                    raise CheckpointError(f"checkpoint {cid}: {file} fails its checksum")
+        return Checkpoint(cid, path, manifest)
+
+    def latest(self) -> Checkpoint | None:
+        """The newest checkpoint that is whole; a damaged newer one is reported and skipped."""
+        for cid in reversed(self.ids()):
+            try:
+                return self.load(cid)
+            except CheckpointError as exc:
+                log.warning("%s; recovering from the checkpoint before it", exc)
+        return None
+
+    def prune(self, keep: int | None = None) -> list[int]:
+        keep = self.keep if keep is None else keep
+        ids = self.ids()
+        dropped = ids[:-keep] if keep > 0 else ids
+        for cid in dropped:
+            shutil.rmtree(self.dir / f"chk-{cid:06d}", ignore_errors=True)
+        for stray in self.dir.glob("chk-*"):  # directories a crash left without a manifest
+            if not (stray / "manifest.json").exists() and (not ids or int(stray.name[4:] or 0) > ids[-1] or int(stray.name[4:] or 0) < ids[0]):
+                shutil.rmtree(stray, ignore_errors=True)
+        return dropped
