@@ -82,3 +82,13 @@ def test_datetime_event_time_keeps_its_type(tmp_path: Path) -> None:
     sl.run(flow)
     assert out.frame().schema["window_start"] == pl.Datetime("us", "UTC")
     assert out.frame()["window_start"][0] == datetime(2026, 3, 1, 22, 0, tzinfo=UTC)
+
+
+def test_lines_longer_than_a_block(tmp_path: Path) -> None:
+    rows = [{"ts": i, "user": "u" * (50 + 37 * i), "amount": float(i)} for i in range(40)]
+    pl.DataFrame(rows).write_ndjson(tmp_path / "long.jsonl")
+    flow = sl.Flow("t")
+    src = sl.JsonLinesSource(tmp_path / "long.jsonl", block_bytes=64)
+    out = testing.collect(flow.read("in", src, schema={"ts": int, "user": str, "amount": float}))
+    sl.run(flow, batch_size=3)
+    assert out.frame().equals(pl.DataFrame(rows))

@@ -7,7 +7,6 @@ then renamed), so a reader never sees half a file.
 from __future__ import annotations
 
 import io
-import mmap
 import os
 import shutil
 import uuid
@@ -90,19 +89,26 @@ class _JsonLinesReader:
         pass
 
     def _blocks(self, path: Path, start: int) -> Iterator[tuple[int, bytes]]:
-        """(byte position, block) pairs from `start`; each block ends at a line end."""
+        """(byte position, block) pairs from `start`; each block ends at a line end.
+
+        Plain reads, not mmap: pages of a mapped file stay resident, so memory would grow with the file."""
         size = path.stat().st_size
-        if size == 0 or start >= size:
-            return
-        with open(path, "rb") as f, mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_READ) as mm:
+        with open(path, "rb") as f:
             pos = start
             while pos < size:
-                end = min(pos + self.spec.block_bytes, size)
-                if end < size:
-                    cut = mm.rfind(b"\n", pos, end)
-                    end = cut + 1 if cut >= pos else (mm.find(b"\n", end) + 1 or size)
-                yield pos, mm[pos:end]
-                pos = end
+                f.seek(pos)
+                data = f.read(self.spec.block_bytes)
+                while pos + len(data) < size and b"\n" not in data[-1:]:
+                    cut = data.rfind(b"\n")
+                    if cut >= 0:
+                        data = data[: cut + 1]
+                        break
+                    more = f.read(self.spec.block_bytes)  # a line longer than a block
+                    if not more:
+                        break
+                    data += more
+                yield pos, data
+                pos += len(data)
 
     def _decoded(self, path: Path, start: int) -> Iterator[tuple[int, bytes, pl.DataFrame, list[BadRecord], list[int]]]:
         """Blocks with their decoded rows; the next block is parsed in the background meanwhile
