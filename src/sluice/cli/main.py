@@ -4,6 +4,7 @@
     sluice explain pipeline.py        print the flow's plan, step by step
     sluice demo                       the real-time analytics demo on the embedded log
     sluice log topics | tail TOPIC    look inside the embedded log
+    sluice checkpoints list | inspect | prune --dir DIR
 """
 
 from __future__ import annotations
@@ -47,7 +48,9 @@ def cmd_run(a: argparse.Namespace) -> int:
     from sluice.runtime.executor import run
 
     flow = load_flow(a.pipeline, a.flow)
-    result = run(flow, batch_size=a.batch_size, progress=None if a.quiet else _progress)
+    result = run(flow, batch_size=a.batch_size, progress=None if a.quiet else _progress,
+                 checkpoint_dir=a.checkpoint_dir, checkpoint_interval=a.checkpoint_interval,
+                 drop_state=tuple(a.drop_state))
     if not a.quiet:
         print(result.summary())
     return 0
@@ -90,6 +93,39 @@ def cmd_log(a: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_checkpoints(a: argparse.Namespace) -> int:
+    from sluice.checkpoint.store import CheckpointError, CheckpointStore
+
+    store = CheckpointStore(a.dir)
+    ids = store.ids()
+    if a.action == "prune":
+        dropped = store.prune(a.keep)
+        print(f"kept {min(len(ids), a.keep)} checkpoint(s), removed {len(dropped)}: {dropped}")
+        return 0
+    if not ids:
+        print(f"no checkpoints in {a.dir}")
+        return 0
+    if a.action == "list":
+        for cid in ids:
+            try:
+                cp = store.load(cid)
+                steps = cp.manifest["steps"]
+                print(f"chk-{cid:06d}  flow {cp.manifest['flow']!r}  {len(steps)} stateful steps  ok")
+            except CheckpointError as exc:
+                print(f"chk-{cid:06d}  DAMAGED: {exc}")
+        return 0
+    cid = a.id if a.id is not None else ids[-1]
+    cp = store.load(cid)
+    print(f"checkpoint {cid} of flow {cp.manifest['flow']!r} at {cp.path}")
+    for name, entry in cp.manifest["steps"].items():
+        frames = ", ".join(f"{k} ({m['rows']:,} rows)" for k, m in entry["frames"].items())
+        scalars = ", ".join(f"{k}={v}" for k, v in entry["scalars"].items())
+        print(f"  {name} [{entry['kind']}]: {scalars}" + (f"; frames: {frames}" if frames else ""))
+    for name, txn in cp.manifest["sinks"].items():
+        print(f"  sink {name}: {txn or 'nothing pending'}")
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     ap = argparse.ArgumentParser(prog="sluice", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     sub = ap.add_subparsers(dest="command", required=True, metavar="COMMAND")
@@ -99,6 +135,10 @@ def build_parser() -> argparse.ArgumentParser:
     r.add_argument("--flow", help="which flow, when the file defines several (by Flow name)")
     r.add_argument("--batch-size", type=int, default=65_536, help="rows per micro-batch (default: 65536)")
     r.add_argument("-q", "--quiet", action="store_true", help="no progress or summary")
+    r.add_argument("--checkpoint-dir", help="checkpoint here; a run started again with it resumes where it stopped")
+    r.add_argument("--checkpoint-interval", type=float, default=10.0, help="seconds between checkpoints (default: 10)")
+    r.add_argument("--drop-state", action="append", default=[], metavar="STEP",
+                   help="discard the checkpointed state of a step whose definition changed (repeatable)")
     r.set_defaults(fn=cmd_run)
 
     e = sub.add_parser("explain", help="print a pipeline's plan")
@@ -118,6 +158,13 @@ def build_parser() -> argparse.ArgumentParser:
     lg.add_argument("-n", type=int, default=10, help="records per partition for tail (default: 10)")
     lg.add_argument("--root", default=".sluice/log", help="the log directory (default: .sluice/log)")
     lg.set_defaults(fn=cmd_log)
+
+    c = sub.add_parser("checkpoints", help="list, inspect or prune a flow's checkpoints")
+    c.add_argument("action", choices=["list", "inspect", "prune"])
+    c.add_argument("--dir", required=True, help="the checkpoint directory (as given to run --checkpoint-dir)")
+    c.add_argument("--id", type=int, help="inspect this checkpoint (default: the newest)")
+    c.add_argument("--keep", type=int, default=3, help="prune: how many of the newest to keep (default: 3)")
+    c.set_defaults(fn=cmd_checkpoints)
     return ap
 
 

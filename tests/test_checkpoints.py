@@ -1,0 +1,82 @@
+"""Checkpoints: a damaged newest one falls back to the one before; plan changes are checked by step name."""
+
+from __future__ import annotations
+
+import logging
+import subprocess
+import sys
+from datetime import timedelta
+from pathlib import Path
+
+import polars as pl
+import pytest
+
+import sluice as sl
+from conftest import ROOT
+from sluice import testing
+from sluice.checkpoint.store import CheckpointStore, IncompatibleCheckpointError
+from sluice.core.plan import Ref
+
+ROWS = pl.DataFrame({"ts": [i * 1000 for i in range(300)], "k": [f"k{i % 4}" for i in range(300)], "v": [float(i) for i in range(300)]})
+
+
+def build(tmp: Path, agg: str = "count") -> tuple[sl.Flow, Path]:
+    out = tmp / "out.jsonl"
+    flow = sl.Flow("f")
+    timed = flow.read("in", testing.rows(ROWS)).event_time("ts", timedelta(0)).key_by("k")
+    aggregate = sl.agg.count() if agg == "count" else sl.agg.sum("v")
+    timed.window("w", sl.Tumbling(timedelta(seconds=30)), n=aggregate).write("out", sl.JsonLinesSink(out))
+    return flow, out
+
+
+def test_checkpoints_are_kept_and_inspectable(tmp_path: Path) -> None:
+    flow, _ = build(tmp_path)
+    sl.run(flow, batch_size=10, checkpoint_dir=tmp_path / "ck", checkpoint_interval=0.0, keep_checkpoints=2)
+    store = CheckpointStore(tmp_path / "ck")
+    assert len(store.ids()) == 2
+    env = {"PYTHONPATH": str(ROOT / "src")}
+    r = subprocess.run([sys.executable, "-m", "sluice.cli.main", "checkpoints", "inspect", "--dir", str(tmp_path / "ck")],
+                       capture_output=True, text=True, env=env, check=True)
+    assert "in [read]: position=" in r.stdout and "w [window]" in r.stdout
+
+
+def test_damaged_newest_checkpoint_falls_back(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    flow, out = build(tmp_path)
+    sl.run(flow, batch_size=10, checkpoint_dir=tmp_path / "ck", checkpoint_interval=0.0)
+    store = CheckpointStore(tmp_path / "ck")
+    newest = store.ids()[-1]
+    frame = next((tmp_path / "ck" / f"chk-{newest:06d}").glob("*.arrow"))
+    frame.write_bytes(b"garbage")
+    with caplog.at_level(logging.WARNING):
+        assert store.latest().id == newest - 1  # type: ignore[union-attr]
+    assert "fails its checksum" in caplog.text and "recovering from the checkpoint before it" in caplog.text
+
+
+def test_changed_window_is_refused_unless_its_state_is_dropped(tmp_path: Path) -> None:
+    flow, _ = build(tmp_path)
+    sl.run(flow, batch_size=10, checkpoint_dir=tmp_path / "ck", checkpoint_interval=0.0)
+    changed, out = build(tmp_path, agg="sum")
+    with pytest.raises(IncompatibleCheckpointError, match="step 'w' changed"):
+        sl.run(changed, checkpoint_dir=tmp_path / "ck")
+    sl.run(changed, checkpoint_dir=tmp_path / "ck", drop_state=("w",))
+
+
+def test_added_steps_start_empty(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    flow, _ = build(tmp_path)
+    sl.run(flow, batch_size=10, checkpoint_dir=tmp_path / "ck", checkpoint_interval=0.0)
+    grown, _ = build(tmp_path)
+    src = sl.Stream(grown, Ref("key_by_1"), (pl.col("k"),))  # beside the old window, a new one
+    sink = sl.CollectSink()
+    src.window("w2", sl.Tumbling(timedelta(seconds=60)), n=sl.agg.count()).write("out2", sink)
+    sl.run(grown, checkpoint_dir=tmp_path / "ck")
+    assert sink.frame().height == 0  # w2 started empty, and the input was already consumed
+
+
+def test_removed_steps_are_reported(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    flow, _ = build(tmp_path)
+    sl.run(flow, batch_size=10, checkpoint_dir=tmp_path / "ck", checkpoint_interval=0.0)
+    smaller = sl.Flow("f")
+    smaller.read("in", testing.rows(ROWS)).write("out", sl.CollectSink())
+    with caplog.at_level(logging.WARNING):
+        sl.run(smaller, checkpoint_dir=tmp_path / "ck")
+    assert "no longer in the flow" in caplog.text and "w" in caplog.text
