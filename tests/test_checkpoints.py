@@ -41,7 +41,7 @@ def test_checkpoints_are_kept_and_inspectable(tmp_path: Path) -> None:
 
 
 def test_damaged_newest_checkpoint_falls_back(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
-    flow, out = build(tmp_path)
+    flow, _out = build(tmp_path)
     sl.run(flow, batch_size=10, checkpoint_dir=tmp_path / "ck", checkpoint_interval=0.0)
     store = CheckpointStore(tmp_path / "ck")
     newest = store.ids()[-1]
@@ -55,7 +55,7 @@ def test_damaged_newest_checkpoint_falls_back(tmp_path: Path, caplog: pytest.Log
 def test_changed_window_is_refused_unless_its_state_is_dropped(tmp_path: Path) -> None:
     flow, _ = build(tmp_path)
     sl.run(flow, batch_size=10, checkpoint_dir=tmp_path / "ck", checkpoint_interval=0.0)
-    changed, out = build(tmp_path, agg="sum")
+    changed, _out = build(tmp_path, agg="sum")
     with pytest.raises(IncompatibleCheckpointError, match="step 'w' changed"):
         sl.run(changed, checkpoint_dir=tmp_path / "ck")
     sl.run(changed, checkpoint_dir=tmp_path / "ck", drop_state=("w",))
