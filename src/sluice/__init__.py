@@ -32,6 +32,7 @@ from sluice.core.errors import (
 from sluice.core.schema import Optional
 from sluice.flow import Flow, Stream
 from sluice.formats.json import Json
+from sluice.operators.process import KeyedProcessFunction, ProcessContext, StateContext
 from sluice.runtime.executor import RunResult, run
 from sluice.time import aggregates as agg
 from sluice.time.watermark import BoundedOutOfOrderness
@@ -49,6 +50,7 @@ __all__ = [
     "Flow",
     "GeneratorSource",
     "Json",
+    "KeyedProcessFunction",
     "JsonLinesSink",
     "JsonLinesSource",
     "LogSink",
@@ -59,10 +61,12 @@ __all__ = [
     "ParquetSink",
     "ParquetSource",
     "PlanError",
+    "ProcessContext",
     "RunResult",
     "SchemaError",
     "Session",
     "Sliding",
+    "StateContext",
     "SluiceError",
     "StepError",
     "Stream",

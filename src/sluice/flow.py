@@ -28,6 +28,7 @@ from sluice.core.plan import (
     KeyBy,
     Map,
     Plan,
+    Process,
     Read,
     Ref,
     Select,
@@ -183,6 +184,21 @@ class Stream:
         _ = shape.gap_ms if isinstance(shape, Session) else (shape.size_ms, shape.slide_ms)  # validates now
         keys = self.keys or (pl.lit(0).alias("__sl_all"),)
         return self.flow._add(Window(name, (self.ref,), keys, shape, dict(aggregates)))
+
+    def process(self, name: str, fn: Any, *, schema: SchemaLike | None = None,
+                side_outputs: Iterable[str] = ()) -> Stream:
+        """Run a KeyedProcessFunction per key, in event-time order, with state and timers.
+
+        Its records come out of the returned stream; `.side(tag)` gives a side output; `.late` the
+        records that arrived too late to be put in order."""
+        if not self.keys:
+            raise PlanError(f"process {name!r} needs keys: call .key_by(...) before it")
+        resolved = resolve_schema(schema) if schema is not None else None
+        return self.flow._add(Process(name, (self.ref,), self.keys, fn, resolved, tuple(side_outputs)), self.keys)
+
+    def side(self, tag: str) -> Stream:
+        """A side output of a process step."""
+        return self._port(tag)
 
     def write(self, name: str, sink: Any) -> None:
         self.flow._add(Write(name, (self.ref,), sink))

@@ -136,6 +136,19 @@ class Window(Step):
 
 
 @dataclass(frozen=True, eq=False)
+class Process(Step):
+    keys: tuple[pl.Expr, ...]
+    fn: Any  # operators.process.KeyedProcessFunction
+    schema: Schema | None
+    side_outputs: tuple[str, ...] = ()
+    kind = "process"
+    stateful = True
+
+    def ports(self) -> tuple[str, ...]:
+        return ("out", "late", *self.side_outputs)
+
+
+@dataclass(frozen=True, eq=False)
 class Union(Step):
     kind = "union"
 

@@ -28,6 +28,9 @@ class Operator:
     def restore(self, state: dict[str, Any]) -> None:
         """Take back what `snapshot` returned."""
 
+    def close(self) -> None:
+        """Release resources (files, databases); called once, whether the run ended or failed."""
+
 
 def nonempty(pairs: Sequence[tuple[str, Batch]]) -> Emitted:
     """Drop empty batches, except those that carry watermark progress downstream."""

@@ -22,6 +22,7 @@ from sluice.core.plan import (
     KeyBy,
     Map,
     Plan,
+    Process,
     Read,
     Select,
     Step,
@@ -105,12 +106,15 @@ def fingerprint(step: Step) -> str:
         aggs = ",".join(f"{k}:{type(a).__name__}:{getattr(a, 'of', None)}:{getattr(a, 'q', '')}"
                         for k, a in sorted(step.aggregates.items()))
         return f"window|{step.window!r}|{[str(k) for k in step.keys]}|{aggs}"
+    if isinstance(step, Process):
+        return f"process|{type(step.fn).__module__}.{type(step.fn).__qualname__}|{[str(k) for k in step.keys]}"
     return step.kind
 
 
 class Executor:
     def __init__(self, plan: Plan, batch_size: int = DEFAULT_BATCH_SIZE, progress: Progress | None = None,
-                 checkpoints: CheckpointSettings | None = None) -> None:
+                 checkpoints: CheckpointSettings | None = None, state_backend: str = "memory",
+                 state_dir: str | Path | None = None) -> None:
         if batch_size < 1:
             raise PlanError(f"batch_size must be at least 1, got {batch_size}")
         plan.validate()
@@ -118,6 +122,8 @@ class Executor:
         self.batch_size = batch_size
         self.progress = progress
         self.checkpoints = checkpoints
+        self.state_backend = state_backend
+        self.state_dir = state_dir
         self.store = CheckpointStore(checkpoints.directory, checkpoints.keep) if checkpoints else None
         self.writers: dict[str, SinkWriter] = {}
         self.next_checkpoint = 1
@@ -172,6 +178,16 @@ class Executor:
             return BranchOperator(step)
         if isinstance(step, KeyBy):
             return PassThrough(step.name)
+        if isinstance(step, Process):
+            from sluice.operators.process import ProcessOperator
+            from sluice.operators.window import key_names
+            from sluice.state.backends import make_backend
+
+            state_dir = Path(self.state_dir) / self.plan.name / step.name if self.state_dir else None
+            backend = make_backend(self.state_backend, state_dir)
+            schema = step.schema.polars if step.schema is not None else None
+            return ProcessOperator(step.name, key_names(step.keys), list(step.keys), step.fn, schema,
+                                   step.side_outputs, backend)
         raise PlanError(f"step {step.name!r}: no operator for {type(step).__name__}")
 
     def _push(self, step: str, port: str, batch: Batch) -> None:
@@ -280,18 +296,24 @@ class Executor:
                 reader.close()
             for writer in self.writers.values():
                 writer.close()
+            for op in self.ops.values():
+                op.close()
         seconds = time.perf_counter() - start
         return RunResult(self.plan.name, seconds, rows_read, self.stats)
 
 
 def run(flow: object, *, batch_size: int = DEFAULT_BATCH_SIZE, progress: Progress | None = None,
         checkpoint_dir: str | Path | None = None, checkpoint_interval: float | None = 10.0,
-        keep_checkpoints: int = 3, drop_state: tuple[str, ...] = ()) -> RunResult:
+        keep_checkpoints: int = 3, drop_state: tuple[str, ...] = (), state: str = "memory",
+        state_dir: str | Path | None = None) -> RunResult:
     """Run a flow (or a plan) to the end of its input.
 
     With `checkpoint_dir`, a checkpoint is taken every `checkpoint_interval` seconds and at the end, and a
     run started again with the same directory resumes from the newest one: file sinks then hold exactly
     what one uninterrupted run writes.
+
+    `state="rocksdb"` keeps keyed process-function state in RocksDB (under `state_dir`, or a temporary
+    directory) instead of memory.
     """
     plan = flow.plan() if hasattr(flow, "plan") else flow
     if not isinstance(plan, Plan):
@@ -299,4 +321,4 @@ def run(flow: object, *, batch_size: int = DEFAULT_BATCH_SIZE, progress: Progres
     settings = None
     if checkpoint_dir is not None:
         settings = CheckpointSettings(checkpoint_dir, checkpoint_interval, keep_checkpoints, tuple(drop_state))
-    return Executor(plan, batch_size, progress, settings).run()
+    return Executor(plan, batch_size, progress, settings, state, state_dir).run()

@@ -1,0 +1,366 @@
+"""Keyed process functions, in the spirit of Flink's KeyedProcessFunction.
+
+Records reach `process` in event-time order per the whole stream (ties in arrival order): the operator
+buffers them until the watermark has passed their time. Time T is complete once W > T; then every
+buffered record with t ≤ T and every event-time timer with ts ≤ T is handled, in time order, records
+before timers at equal times. A record with t < W_prev (behind the watermark when it arrived) could no
+longer be put in order: it goes to the `late` port. State lives in the state backend behind typed
+handles bound to the current key; TTL is checked when an entry is read.
+"""
+
+from __future__ import annotations
+
+import heapq
+import time
+from collections.abc import Iterable, Iterator
+from datetime import datetime, timedelta
+from typing import Any, Generic, TypeVar
+
+import orjson
+import polars as pl
+
+from sluice.core.batch import END_OF_TIME, NO_WATERMARK, OFFSET, TIME, WATERMARK, Batch, user_columns
+from sluice.core.errors import DEAD_LETTER_FIX, PlanError, UserFunctionError
+from sluice.operators.base import Emitted, Operator
+from sluice.state.backends import StateBackend
+
+T = TypeVar("T")
+SEQ = "__sl_seq"
+
+
+def _ms(value: int | datetime | timedelta) -> int:
+    if isinstance(value, datetime):
+        return int(value.timestamp() * 1000)
+    if isinstance(value, timedelta):
+        return value // timedelta(milliseconds=1)
+    return int(value)
+
+
+class _Scope:
+    """What the handles need to know about 'now': the current key and time."""
+
+    def __init__(self, backend: StateBackend) -> None:
+        self.backend = backend
+        self.key: bytes = b""
+        self.event_time = NO_WATERMARK
+
+    def now_ms(self, processing: bool) -> int:
+        return int(time.time() * 1000) if processing else self.event_time
+
+
+class _Handle(Generic[T]):
+    def __init__(self, scope: _Scope, name: str, ttl: timedelta | None, ttl_processing_time: bool) -> None:
+        self.scope = scope
+        self.name = name
+        self.ttl_ms = _ms(ttl) if ttl is not None else None
+        self.processing = ttl_processing_time
+
+    def _get(self) -> Any:
+        entry = self.scope.backend.get(self.name, self.scope.key)
+        if entry is None:
+            return None
+        value, written = entry
+        if self.ttl_ms is not None and self.scope.now_ms(self.processing) - written > self.ttl_ms:
+            self.scope.backend.delete(self.name, self.scope.key)
+            return None
+        return value
+
+    def _put(self, value: Any) -> None:
+        self.scope.backend.put(self.name, self.scope.key, value, self.scope.now_ms(self.processing))
+
+    def clear(self) -> None:
+        self.scope.backend.delete(self.name, self.scope.key)
+
+
+class ValueState(_Handle[T]):
+    """One value per key."""
+
+    def value(self, default: T | None = None) -> T | None:
+        v = self._get()
+        return default if v is None else v
+
+    def update(self, value: T) -> None:
+        self._put(value)
+
+
+class ListState(_Handle[T]):
+    """A list per key."""
+
+    def get(self) -> list[T]:
+        return list(self._get() or [])
+
+    def add(self, value: T) -> None:
+        self._put([*self.get(), value])
+
+    def update(self, values: Iterable[T]) -> None:
+        self._put(list(values))
+
+
+class MapState(_Handle[T]):
+    """A dict per key."""
+
+    def get(self, k: Any, default: T | None = None) -> T | None:
+        return (self._get() or {}).get(k, default)
+
+    def put(self, k: Any, value: T) -> None:
+        d = dict(self._get() or {})
+        d[k] = value
+        self._put(d)
+
+    def remove(self, k: Any) -> None:
+        d = dict(self._get() or {})
+        d.pop(k, None)
+        self._put(d)
+
+    def items(self) -> list[tuple[Any, T]]:
+        return list((self._get() or {}).items())
+
+
+class StateContext:
+    """Given to `open`: declares the function's state."""
+
+    def __init__(self, scope: _Scope) -> None:
+        self._scope = scope
+        self.names: set[str] = set()
+
+    def _name(self, name: str) -> str:
+        if name in self.names:
+            raise PlanError(f"state {name!r} is declared twice")
+        self.names.add(name)
+        return name
+
+    def value_state(self, name: str, ttl: timedelta | None = None, ttl_processing_time: bool = False) -> ValueState[Any]:
+        return ValueState(self._scope, self._name(name), ttl, ttl_processing_time)
+
+    def list_state(self, name: str, ttl: timedelta | None = None, ttl_processing_time: bool = False) -> ListState[Any]:
+        return ListState(self._scope, self._name(name), ttl, ttl_processing_time)
+
+    def map_state(self, name: str, ttl: timedelta | None = None, ttl_processing_time: bool = False) -> MapState[Any]:
+        return MapState(self._scope, self._name(name), ttl, ttl_processing_time)
+
+
+class Timers:
+    def __init__(self, op: ProcessOperator) -> None:
+        self._op = op
+
+    def event_time(self, at: int | datetime) -> None:
+        """Call on_timer once the watermark passes `at` (epoch ms or datetime), for the current key."""
+        self._op.add_timer("event", _ms(at))
+
+    def processing_time(self, at: int | datetime) -> None:
+        """Call on_timer once the wall clock reaches `at` (checked between batches)."""
+        self._op.add_timer("processing", _ms(at))
+
+    def delete_event_time(self, at: int | datetime) -> None:
+        self._op.delete_timer("event", _ms(at))
+
+
+class ProcessContext:
+    """Given to `process` and `on_timer`."""
+
+    def __init__(self, op: ProcessOperator) -> None:
+        self._op = op
+        self.timers = Timers(op)
+
+    @property
+    def key(self) -> Any:
+        return self._op.current_key
+
+    @property
+    def timestamp(self) -> int:
+        """The event time (ms) of the record or timer being handled."""
+        return self._op.scope.event_time
+
+    @property
+    def watermark(self) -> int:
+        return self._op.watermark
+
+    def output(self, tag: str, record: dict[str, Any]) -> None:
+        """Send a record to the side output `tag` (declared in .process(..., side_outputs=[...]))."""
+        if tag not in self._op.side_tags:
+            raise PlanError(f"process step {self._op.name!r}: side output {tag!r} is not declared; "
+                            f"declared: {sorted(self._op.side_tags)}")
+        self._op.side[tag].append((record, self._op.scope.event_time))
+
+
+class KeyedProcessFunction:
+    """Subclass and override: `open` declares state, `process` handles a record, `on_timer` a timer.
+    Both return (or yield) output records as dicts."""
+
+    def open(self, ctx: StateContext) -> None:
+        pass
+
+    def process(self, record: dict[str, Any], ctx: ProcessContext) -> Iterable[dict[str, Any]] | None:
+        raise NotImplementedError
+
+    def on_timer(self, timestamp: int, ctx: ProcessContext) -> Iterable[dict[str, Any]] | None:
+        return None
+
+
+class ProcessOperator(Operator):
+    def __init__(self, name: str, key_cols: list[str], keys: list[pl.Expr], fn: KeyedProcessFunction,
+                 schema: pl.Schema | None, side_outputs: tuple[str, ...], backend: StateBackend) -> None:
+        self.name = name
+        self.key_cols = key_cols
+        self.keys = keys
+        self.fn = fn
+        self.schema = schema
+        self.side_tags = set(side_outputs)
+        self.side: dict[str, list[tuple[dict[str, Any], int]]] = {t: [] for t in side_outputs}
+        self.backend = backend
+        self.scope = _Scope(backend)
+        self.fn.open(StateContext(self.scope))
+        self.ctx = ProcessContext(self)
+        self.buffer: pl.DataFrame | None = None
+        self.timers: list[tuple[int, int, bytes, str]] = []  # (ts, seq, key bytes, key json) event-time heap
+        self.ptimers: list[tuple[int, int, bytes, str]] = []  # processing-time heap
+        self.timer_seq = 0
+        self.timer_index: set[tuple[str, int, bytes]] = set()
+        self.seq = 0
+        self.watermark = NO_WATERMARK
+        self.current_key: Any = None
+        self.time_dtype: pl.DataType | None = None
+
+    # timers ----------------------------------------------------------------------------------
+    def add_timer(self, kind: str, at: int) -> None:
+        heap = self.timers if kind == "event" else self.ptimers
+        key = self.scope.key
+        if (kind, at, key) in self.timer_index:
+            return  # one timer per key and time, as in Flink
+        self.timer_index.add((kind, at, key))
+        self.timer_seq += 1
+        heapq.heappush(heap, (at, self.timer_seq, key, orjson.dumps(self.current_key).decode()))
+
+    def delete_timer(self, kind: str, at: int) -> None:
+        heap = self.timers if kind == "event" else self.ptimers
+        self.timer_index.discard((kind, at, self.scope.key))
+        kept = [t for t in heap if not (t[0] == at and t[2] == self.scope.key)]
+        heapq.heapify(kept)
+        if kind == "event":
+            self.timers = kept
+        else:
+            self.ptimers = kept
+
+    # records ---------------------------------------------------------------------------------
+    def on_batch(self, index: int, batch: Batch) -> Emitted:
+        emitted: Emitted = []
+        if batch.height:
+            if TIME not in batch.df.columns:
+                raise PlanError(f"process step {self.name!r} needs event time: call .event_time(...) before it")
+            if batch.time_dtype is not None:
+                self.time_dtype = batch.time_dtype
+            df = batch.df.with_columns(*self.keys)
+            df = df.with_columns(pl.int_range(self.seq, self.seq + df.height, dtype=pl.Int64).alias(SEQ))
+            self.seq += df.height
+            behind = pl.col(TIME) < pl.col(WATERMARK)
+            late = df.filter(behind)
+            if late.height:
+                emitted.append(("late", Batch(late.drop(SEQ), watermark=batch.watermark, origin=batch.origin,
+                                              time_dtype=batch.time_dtype)))
+            df = df.filter(~behind)
+            self.buffer = df if self.buffer is None else pl.concat([self.buffer, df], how="diagonal_relaxed")
+        wm = batch.watermark if batch.watermark is not None else self.watermark
+        return self._advance(max(self.watermark, wm), batch) + emitted
+
+    def on_end(self) -> Emitted:
+        return self._advance(END_OF_TIME, None)
+
+    def _key_of(self, row: dict[str, Any]) -> tuple[bytes, Any]:
+        kv = row[self.key_cols[0]] if len(self.key_cols) == 1 else [row[k] for k in self.key_cols]
+        return orjson.dumps(kv), kv
+
+    def _advance(self, watermark: int, batch: Batch | None) -> Emitted:
+        start_wm = self.watermark
+        self.watermark = watermark
+        out: list[tuple[dict[str, Any], int]] = []
+        ready: list[dict[str, Any]] = []
+        if self.buffer is not None and self.buffer.height:
+            due = pl.col(TIME) < watermark
+            ready = self.buffer.filter(due).sort([TIME, SEQ]).to_dicts()
+            self.buffer = self.buffer.filter(~due)
+        i = 0
+        while True:
+            next_rec = ready[i][TIME] if i < len(ready) else None
+            next_timer = self.timers[0][0] if self.timers and self.timers[0][0] < watermark else None
+            if next_rec is None and next_timer is None:
+                break
+            if next_timer is None or (next_rec is not None and next_rec <= next_timer):
+                row = ready[i]
+                i += 1
+                self._call_process(row, out)
+            else:
+                ts, _, key, key_json = heapq.heappop(self.timers)
+                self.timer_index.discard(("event", ts, key))
+                self._call_timer(ts, key, orjson.loads(key_json), out)
+        now = int(time.time() * 1000)
+        while self.ptimers and self.ptimers[0][0] <= now:
+            ts, _, key, key_json = heapq.heappop(self.ptimers)
+            self.timer_index.discard(("processing", ts, key))
+            self._call_timer(ts, key, orjson.loads(key_json), out)
+        return self._emit(out, start_wm, watermark, batch)
+
+    def _call_process(self, row: dict[str, Any], out: list[tuple[dict[str, Any], int]]) -> None:
+        key, kv = self._key_of(row)
+        self.scope.key, self.current_key, self.scope.event_time = key, kv, row[TIME]
+        record = {k: v for k, v in row.items() if not k.startswith("__sl_")}
+        try:
+            produced = self.fn.process(record, self.ctx)
+            for item in produced or ():
+                out.append((item, row[TIME]))
+        except Exception as exc:
+            raise UserFunctionError(self.name, f"offset {row.get(OFFSET)} (key {kv!r}, event time {row[TIME]})",
+                                    f"{type(exc).__name__}: {exc}", f"fix the process function, or {DEAD_LETTER_FIX}") from exc
+
+    def _call_timer(self, ts: int, key: bytes, kv: Any, out: list[tuple[dict[str, Any], int]]) -> None:
+        self.scope.key, self.current_key, self.scope.event_time = key, kv, ts
+        for item in self.fn.on_timer(ts, self.ctx) or ():
+            out.append((item, ts))
+
+    def _emit(self, out: list[tuple[dict[str, Any], int]], start_wm: int, watermark: int, batch: Batch | None) -> Emitted:
+        def frame(rows: list[tuple[dict[str, Any], int]], schema: pl.Schema | None) -> pl.DataFrame:
+            if not rows:
+                return pl.DataFrame(schema=schema) if schema is not None else pl.DataFrame()
+            df = pl.from_dicts([r for r, _ in rows], schema=schema)
+            return df.with_columns(pl.Series(TIME, [t for _, t in rows], dtype=pl.Int64),
+                                   pl.lit(start_wm, pl.Int64).alias(WATERMARK))
+
+        emitted: Emitted = [("out", Batch(frame(out, self.schema), watermark=watermark, time_dtype=self.time_dtype))]
+        for tag, rows in self.side.items():
+            if rows:
+                emitted.append((tag, Batch(frame(rows, None), watermark=watermark, time_dtype=self.time_dtype)))
+            self.side[tag] = []
+        return emitted
+
+    def close(self) -> None:
+        self.backend.close()
+
+    # checkpoints -----------------------------------------------------------------------------
+    def snapshot(self) -> dict[str, Any]:
+        state: dict[str, Any] = {
+            "watermark": self.watermark, "seq": self.seq, "timer_seq": self.timer_seq,
+            "timers": [[t, s, k.hex(), j] for t, s, k, j in self.timers],
+            "ptimers": [[t, s, k.hex(), j] for t, s, k, j in self.ptimers],
+            "backend": self.backend.snapshot(),
+        }
+        if self.buffer is not None:
+            state["buffer"] = self.buffer
+        return state
+
+    def restore(self, state: dict[str, Any]) -> None:
+        self.watermark = int(state["watermark"])
+        self.seq = int(state["seq"])
+        self.timer_seq = int(state["timer_seq"])
+        self.timers = [(int(t), int(s), bytes.fromhex(k), j) for t, s, k, j in state["timers"]]
+        self.ptimers = [(int(t), int(s), bytes.fromhex(k), j) for t, s, k, j in state["ptimers"]]
+        heapq.heapify(self.timers)
+        heapq.heapify(self.ptimers)
+        self.timer_index = {("event", t, k) for t, _, k, _ in self.timers} | {("processing", t, k) for t, _, k, _ in self.ptimers}
+        self.backend.restore(state["backend"])
+        self.buffer = state.get("buffer")
+
+
+def iter_records(items: Iterable[dict[str, Any]] | None) -> Iterator[dict[str, Any]]:
+    yield from items or ()
+
+
+__all__ = ["KeyedProcessFunction", "ListState", "MapState", "ProcessContext", "StateContext", "ValueState", "user_columns"]

@@ -1,0 +1,119 @@
+"""Keyed process functions: event-time order, state per key on both backends, TTL, timers, side outputs."""
+
+from __future__ import annotations
+
+import sys
+from datetime import timedelta
+from pathlib import Path
+
+import polars as pl
+import pytest
+from conftest import ROOT, generate
+
+import sluice as sl
+from sluice import testing
+
+sys.path.insert(0, str(ROOT / "examples"))
+import risk_score  # noqa: E402
+
+
+@pytest.fixture(scope="module")
+def transactions(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return generate("transactions", 3000, tmp_path_factory.mktemp("tx") / "tx.jsonl", users=50, span_s=7200)
+
+
+def reference(path: Path) -> pl.DataFrame:
+    """The risk job done by hand: all transactions in event-time order (ties by arrival), then the
+    end-of-input cleanup of every user."""
+    txs = pl.read_ndjson(path).with_row_index("arrival").sort(["timestamp", "arrival"]).to_dicts()
+    profiles: dict[str, dict] = {}
+    recents: dict[str, list[int]] = {}
+    rows = []
+    for tx in txs:
+        u = tx["user_id"]
+        risk, profiles[u], recents[u] = risk_score.score(profiles.get(u), recents.get(u, []), tx, tx["timestamp"])
+        rows.append({"tx_id": tx["tx_id"], "user_id": u, "amount": tx["amount"], "risk_score": risk,
+                     "tx_last_hour": len(recents[u]), "avg_amount": round(profiles[u]["mean"], 6)})
+    return pl.DataFrame(rows)
+
+
+@pytest.mark.parametrize("backend", ["memory", "rocksdb"])
+def test_risk_scores_equal_the_reference_at_every_batch_size(transactions: Path, backend: str, tmp_path: Path) -> None:
+    expected = reference(transactions)
+    users = set(expected["user_id"])
+    for batch_size in (7, 1000):
+        out, alerts = sl.CollectSink(), sl.CollectSink()
+        flow = risk_score.build(sl.JsonLinesSource(transactions), out, alerts)
+        sl.run(flow, batch_size=batch_size, state=backend, state_dir=tmp_path / "state")
+        got = out.frame()
+        scored = got.filter(pl.col("tx_id").is_not_null())
+        assert scored.select(expected.columns).equals(expected), batch_size
+        cleanups = got.filter(pl.col("tx_id").is_null())
+        assert set(cleanups["user_id"]) == users and cleanups.height == len(users)  # 30-day timers fire at end
+        assert alerts.frame().equals(scored.filter(pl.col("risk_score") >= risk_score.HIGH_RISK))
+
+
+class Counter(sl.KeyedProcessFunction):
+    def open(self, ctx):
+        self.n = ctx.value_state("n", ttl=timedelta(seconds=10))
+
+    def process(self, record, ctx):
+        n = (self.n.value() or 0) + 1
+        self.n.update(n)
+        ctx.timers.event_time(ctx.timestamp + 5_000)
+        yield {"k": ctx.key, "t": ctx.timestamp, "n": n}
+
+    def on_timer(self, timestamp, ctx):
+        yield {"k": ctx.key, "t": timestamp, "n": -1}
+
+
+def run_counter(rows, delay_ms=0, batch_size=1):
+    flow = sl.Flow("c")
+    timed = flow.read("in", testing.rows(rows)).event_time("t", timedelta(milliseconds=delay_ms)).key_by("k")
+    proc = timed.process("count", Counter(), schema={"k": str, "t": int, "n": int})
+    out, late = testing.collect(proc), testing.collect(proc.late)
+    sl.run(flow, batch_size=batch_size)
+    return out.frame(), late.frame()
+
+
+def test_records_in_event_time_order_with_timers_between():
+    rows = {"t": [3_000, 1_000, 2_000, 20_000], "k": ["a", "a", "b", "a"]}
+    out, late = run_counter(rows, delay_ms=5_000)
+    assert out.rows() == [
+        ("a", 1_000, 1), ("b", 2_000, 1), ("a", 3_000, 2),  # sorted by time although 3000 came first
+        ("a", 6_000, -1), ("b", 7_000, -1), ("a", 8_000, -1),  # timers at t + 5 s, in time order
+        ("a", 20_000, 1),  # 17 s after the last write: the TTL of 10 s expired the count
+        ("a", 25_000, -1),
+    ]
+    assert late.height == 0
+
+
+def test_records_behind_the_watermark_go_to_late():
+    out, late = run_counter({"t": [10_000, 1_000, 12_000], "k": ["a", "a", "a"]}, delay_ms=0)
+    assert late["t"].to_list() == [1_000]
+    assert [r[1] for r in out.rows() if r[2] > 0] == [10_000, 12_000]
+
+
+def test_output_does_not_depend_on_batch_size():
+    rows = {"t": [5, 1, 9, 3, 7, 2, 30_000, 8, 4], "k": list("abababcab")}
+    frames = [run_counter(rows, delay_ms=10, batch_size=b) for b in (1, 2, 4, 100)]
+    for out, late in frames[1:]:
+        assert out.equals(frames[0][0]) and late.equals(frames[0][1])
+
+
+def test_side_output_must_be_declared():
+    class Bad(sl.KeyedProcessFunction):
+        def process(self, record, ctx):
+            ctx.output("nope", record)
+            return []
+
+    flow = sl.Flow("b")
+    testing.collect(flow.read("in", testing.rows({"t": [1], "k": ["a"]})).event_time("t", timedelta(0)).key_by("k").process("p", Bad()))
+    with pytest.raises(sl.UserFunctionError, match="side output 'nope' is not declared"):
+        sl.run(flow)
+
+
+def test_process_needs_a_key():
+    flow = sl.Flow("b")
+    with pytest.raises(sl.PlanError, match="key_by"):
+        flow.read("in", testing.rows({"t": [1]})).event_time("t", timedelta(0)).process("p", Counter())
