@@ -35,11 +35,13 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--batch-size", type=int, default=65_536, help="rows per micro-batch (default 65536)")
     ap.add_argument("--checkpoint-dir", help="checkpoint here and resume from here")
     ap.add_argument("--checkpoint-interval", type=float, default=1.0, help="seconds between checkpoints (default 1)")
+    ap.add_argument("--state", choices=["memory", "rocksdb"], default="memory", help="keyed state backend (risk)")
     a = ap.parse_args(argv)
     out = Path(a.output)
     start = time.perf_counter()
     result = sl.run(file_flow(a.workload, a.input, out), batch_size=a.batch_size,
-                    checkpoint_dir=a.checkpoint_dir, checkpoint_interval=a.checkpoint_interval)
+                    checkpoint_dir=a.checkpoint_dir, checkpoint_interval=a.checkpoint_interval, state=a.state,
+                    state_dir=Path(a.checkpoint_dir) / "state" if a.checkpoint_dir else None)
     seconds = time.perf_counter() - start
     rss_mb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
     if not out.exists():

@@ -15,7 +15,7 @@ EVENT_FIELDS = {
     "w2": {"timestamp": pl.Int64, "event_type": pl.String, "metrics": {"response_time": pl.Float64}},
     "w3": {"timestamp": pl.Int64, "user_id": pl.String},
 }
-WORKLOADS = tuple(EVENT_FIELDS)
+WORKLOADS = (*EVENT_FIELDS, "risk")
 
 
 def build(workload: str, source: object, sink: object) -> sl.Flow:
@@ -45,4 +45,13 @@ def build(workload: str, source: object, sink: object) -> sl.Flow:
 
 
 def file_flow(workload: str, input_path: str | Path, output_path: str | Path) -> sl.Flow:
+    if workload == "risk":  # the process-function job of examples/risk_score.py, over transactions
+        import sys
+
+        sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "examples"))
+        import risk_score
+
+        out = Path(output_path)
+        alerts = out.with_name(out.stem + "-alerts" + out.suffix)
+        return risk_score.build(sl.JsonLinesSource(input_path), sl.JsonLinesSink(out), sl.JsonLinesSink(alerts))
     return build(workload, sl.JsonLinesSource(input_path), sl.JsonLinesSink(output_path))

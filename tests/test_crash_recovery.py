@@ -21,10 +21,16 @@ def events(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return generate("events", 600_000, tmp_path_factory.mktemp("crash") / "events.jsonl", users=500, span_s=3600)
 
 
-def run_to_completion_with_kills(workload: str, events: Path, out: Path, ckpt: Path, kills: int, rng: random.Random) -> int:
+@pytest.fixture(scope="module")
+def transactions(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return generate("transactions", 200_000, tmp_path_factory.mktemp("crash") / "tx.jsonl", users=500, span_s=3600)
+
+
+def run_to_completion_with_kills(workload: str, events: Path, out: Path, ckpt: Path, kills: int, rng: random.Random,
+                                 extra: tuple[str, ...] = ()) -> int:
     """Start the run, kill -9 it `kills` times at random moments, then let it finish. Returns kills done."""
     args = [*RUN, workload, "--input", str(events), "--output", str(out), "--checkpoint-dir", str(ckpt),
-            "--checkpoint-interval", "0.05", "--batch-size", "1024"]
+            "--checkpoint-interval", "0.05", "--batch-size", "1024", *extra]
     done = 0
     while True:
         proc = subprocess.Popen(args, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
@@ -52,6 +58,20 @@ def test_kill_minus_nine_loses_and_duplicates_nothing(workload: str, events: Pat
     assert kills >= 5, "the run finished before it could be killed; make the input larger"
     assert out.read_bytes() == reference.read_bytes()
     assert not list(tmp_path.glob(".out.jsonl.stage-*"))  # nothing staged is left visible
+
+
+@pytest.mark.parametrize("state", ["memory", "rocksdb"])
+def test_process_function_job_survives_kill_minus_nine(state: str, transactions: Path, tmp_path: Path) -> None:
+    reference = tmp_path / "reference.jsonl"
+    subprocess.run([*RUN, "risk", "--input", str(transactions), "--output", str(reference), "--batch-size", "1024"],
+                   check=True, capture_output=True)
+    out = tmp_path / "out.jsonl"
+    kills = run_to_completion_with_kills("risk", transactions, out, tmp_path / "ckpt", kills=5,
+                                         rng=random.Random(f"risk-{state}"), extra=("--state", state))
+    assert kills >= 3, "the run finished before it could be killed; make the input larger"
+    assert out.read_bytes() == reference.read_bytes()
+    alerts = tmp_path / "out-alerts.jsonl"
+    assert alerts.read_bytes() == (tmp_path / "reference-alerts.jsonl").read_bytes()
 
 
 def test_rerun_after_completion_changes_nothing(events: Path, tmp_path: Path) -> None:

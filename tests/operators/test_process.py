@@ -8,13 +8,13 @@ from pathlib import Path
 
 import polars as pl
 import pytest
-from conftest import ROOT, generate
 
 import sluice as sl
+from conftest import ROOT, generate
 from sluice import testing
 
 sys.path.insert(0, str(ROOT / "examples"))
-import risk_score  # noqa: E402
+import risk_score
 
 
 @pytest.fixture(scope="module")
@@ -27,13 +27,13 @@ def reference(path: Path) -> pl.DataFrame:
     end-of-input cleanup of every user."""
     txs = pl.read_ndjson(path).with_row_index("arrival").sort(["timestamp", "arrival"]).to_dicts()
     profiles: dict[str, dict] = {}
-    recents: dict[str, list[int]] = {}
+    recents: dict[str, dict[int, int]] = {}
     rows = []
     for tx in txs:
         u = tx["user_id"]
-        risk, profiles[u], recents[u] = risk_score.score(profiles.get(u), recents.get(u, []), tx, tx["timestamp"])
+        risk, profiles[u], recents[u] = risk_score.score(profiles.get(u), recents.get(u, {}), tx, tx["timestamp"])
         rows.append({"tx_id": tx["tx_id"], "user_id": u, "amount": tx["amount"], "risk_score": risk,
-                     "tx_last_hour": len(recents[u]), "avg_amount": round(profiles[u]["mean"], 6)})
+                     "tx_last_hour": sum(recents[u].values()), "avg_amount": round(profiles[u]["mean"], 6)})
     return pl.DataFrame(rows)
 
 

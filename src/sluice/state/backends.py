@@ -114,7 +114,7 @@ class RocksDBBackend:
 
     def items(self) -> Iterator[tuple[str, bytes, Any, int]]:
         for k, raw in self.db.items():
-            ns, _, key = bytes(k).partition(b"\x00")
+            ns, _, key = bytes(k).partition(b"\x00")  # type: ignore[arg-type]  # raw mode: keys are bytes
             value, t = pickle.loads(raw)
             yield ns.decode(), key, value, t
 
