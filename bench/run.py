@@ -39,9 +39,13 @@ def main(argv: list[str] | None = None) -> int:
     a = ap.parse_args(argv)
     out = Path(a.output)
     start = time.perf_counter()
-    result = sl.run(file_flow(a.workload, a.input, out), batch_size=a.batch_size,
-                    checkpoint_dir=a.checkpoint_dir, checkpoint_interval=a.checkpoint_interval, state=a.state,
-                    state_dir=Path(a.checkpoint_dir) / "state" if a.checkpoint_dir else None)
+    try:
+        result = sl.run(file_flow(a.workload, a.input, out), batch_size=a.batch_size,
+                        checkpoint_dir=a.checkpoint_dir, checkpoint_interval=a.checkpoint_interval, state=a.state,
+                        state_dir=Path(a.checkpoint_dir) / "state" if a.checkpoint_dir else None)
+    except sl.SluiceError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 1
     seconds = time.perf_counter() - start
     rss_mb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
     if not out.exists():

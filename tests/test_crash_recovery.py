@@ -81,3 +81,30 @@ def test_rerun_after_completion_changes_nothing(events: Path, tmp_path: Path) ->
     first = out.read_bytes()
     subprocess.run(args, check=True, capture_output=True)
     assert out.read_bytes() == first
+
+
+def test_full_disk_fails_clearly_and_resumes_when_space_returns(events: Path, tmp_path: Path) -> None:
+    """Output and checkpoints on a 3 MiB tmpfs: the run stops with a clear error, what was committed stays
+    whole, and once the file system is given room the same command finishes with the exact output."""
+    small = tmp_path / "small"
+    small.mkdir()
+    subprocess.run(["mount", "-t", "tmpfs", "-o", "size=3M", "tmpfs", str(small)], check=True)
+    try:
+        reference = tmp_path / "reference.jsonl"
+        subprocess.run([*RUN, "w1", "--input", str(events), "--output", str(reference), "--batch-size", "4096"],
+                       check=True, capture_output=True)
+        args = [*RUN, "w1", "--input", str(events), "--output", str(small / "out.jsonl"), "--batch-size", "4096",
+                "--checkpoint-dir", str(small / "ck"), "--checkpoint-interval", "0.05"]
+        r = subprocess.run(args, capture_output=True, text=True)
+        assert r.returncode == 1
+        assert "no space left on the device" in r.stderr and "run again with the same checkpoint directory" in r.stderr
+        assert "Traceback" not in r.stderr
+        committed = (small / "out.jsonl").read_bytes() if (small / "out.jsonl").exists() else b""
+        full = reference.read_bytes()
+        assert len(committed) < len(full)
+        subprocess.run(["mount", "-o", "remount,size=256M", str(small)], check=True)
+        r = subprocess.run(args, capture_output=True, text=True)
+        assert r.returncode == 0, r.stderr
+        assert (small / "out.jsonl").read_bytes() == full
+    finally:
+        subprocess.run(["umount", str(small)], check=False)

@@ -22,6 +22,7 @@ from sluice.connectors.log import LogSink, LogSource
 from sluice.connectors.memory import CollectSink, MemorySource
 from sluice.core.errors import (
     DecodeError,
+    DiskFullError,
     MissingTimestampError,
     PlanError,
     SchemaError,
@@ -47,6 +48,7 @@ __all__ = [
     "CsvSink",
     "CsvSource",
     "DecodeError",
+    "DiskFullError",
     "Flow",
     "GeneratorSource",
     "Json",

@@ -102,16 +102,12 @@ class CheckpointStore:
                     scalars[key] = value
             manifest["steps"][name] = {"kind": kind, "fingerprint": fingerprint, "scalars": scalars, "frames": frames}
         tmp = path / "manifest.json.tmp"
-        try:
-            with open(tmp, "w") as f:
-                json.dump(manifest, f, indent=1, sort_keys=True)
-                f.flush()
-                os.fsync(f.fileno())
-            os.replace(tmp, path / "manifest.json")
-            _fsync(path)
-        except OSError as exc:
-            raise CheckpointError(f"could not write checkpoint {cid} to {path}: {exc}. Free space or choose another --checkpoint-dir; "
-                                  "the previous checkpoint is intact") from exc
+        with open(tmp, "w") as f:  # an OSError (a full disk) reaches the runtime, which says what to do
+            json.dump(manifest, f, indent=1, sort_keys=True)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path / "manifest.json")
+        _fsync(path)
         return Checkpoint(cid, path, manifest)
 
     def load(self, cid: int) -> Checkpoint:

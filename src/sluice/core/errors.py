@@ -7,8 +7,9 @@
     │   ├── SchemaError        a required field is missing or null
     │   ├── MissingTimestampError  the event-time column is null for a record
     │   └── UserFunctionError  a user's map/flat_map function raised
-    └── LogError               the embedded log is damaged or misused
-        └── CorruptSegmentError
+    ├── LogError               the embedded log is damaged or misused
+    │   └── CorruptSegmentError
+    └── DiskFullError          no space left while writing output, state or a checkpoint
 """
 
 from __future__ import annotations
@@ -55,6 +56,10 @@ class LogError(SluiceError):
 
 class CorruptSegmentError(LogError):
     """A log segment failed its CRC check somewhere other than its tail."""
+
+
+class DiskFullError(SluiceError):
+    """The disk filled up. Whatever was committed before is intact; the run can resume."""
 
 
 DEAD_LETTER_FIX = 'route bad records aside with on_error="dead_letter" and write the step\'s .dead_letters stream'

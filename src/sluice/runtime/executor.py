@@ -3,6 +3,7 @@ through the operators, so a slow sink slows the sources (backpressure without qu
 
 from __future__ import annotations
 
+import errno
 import logging
 import time
 from collections import defaultdict
@@ -14,7 +15,7 @@ from typing import Any
 from sluice.checkpoint.store import CheckpointStore, IncompatibleCheckpointError
 from sluice.connectors.api import SinkContext, SinkWriter, SourceContext, SourceReader
 from sluice.core.batch import Batch
-from sluice.core.errors import PlanError
+from sluice.core.errors import DiskFullError, PlanError
 from sluice.core.plan import (
     Branch,
     EventTime,
@@ -265,32 +266,20 @@ class Executor:
         else:
             for writer in self.writers.values():
                 writer.recover(None)
-        rows_read = 0
-        last_report = last_checkpoint = start
-        interval = self.checkpoints.interval_s if self.checkpoints else None
+        self.rows_read = 0
         streams: dict[str, Iterator[tuple[str, Batch]]] = {n: r.batches() for n, r in self.readers.items()}
         try:
-            while streams:
-                for name in list(streams):
-                    try:
-                        port, batch = next(streams[name])
-                    except StopIteration:
-                        del streams[name]
-                        continue
-                    if port == "out":
-                        rows_read += batch.height
-                    self._push(name, port, batch)
-                    now = time.perf_counter()
-                    if interval is not None and now - last_checkpoint >= interval:
-                        self._checkpoint()
-                        last_checkpoint = time.perf_counter()
-                    if self.progress is not None and now - last_report >= 1.0:
-                        last_report = now
-                        self.progress(rows_read, now - start)
-            for step in self.plan.steps:
-                for port, out in self.ops[step.name].on_end():
-                    self._push(step.name, port, out)
-            self._checkpoint()
+            self._loop(streams, start)
+        except OSError as exc:
+            # Polars reports a full disk as an OSError without errno: "(os error 28)"
+            if exc.errno not in (errno.ENOSPC, errno.EDQUOT) and "os error 28" not in str(exc):
+                raise
+            where = exc.filename or "the output or checkpoint directory"
+            done = self.store.ids() if self.store else []
+            resume = (f"run again with the same checkpoint directory ({self.store.dir}) to resume from "
+                      + (f"checkpoint {done[-1]}" if done else "the start")) if self.store else "run again"
+            raise DiskFullError(f"no space left on the device while writing {where}. Everything committed before is "
+                                f"intact and nothing half-written is visible. Free some space, then {resume}.") from exc
         finally:
             for reader in self.readers.values():
                 reader.close()
@@ -299,7 +288,32 @@ class Executor:
             for op in self.ops.values():
                 op.close()
         seconds = time.perf_counter() - start
-        return RunResult(self.plan.name, seconds, rows_read, self.stats)
+        return RunResult(self.plan.name, seconds, self.rows_read, self.stats)
+
+    def _loop(self, streams: dict[str, Iterator[tuple[str, Batch]]], start: float) -> None:
+        last_report = last_checkpoint = start
+        interval = self.checkpoints.interval_s if self.checkpoints else None
+        while streams:
+            for name in list(streams):
+                try:
+                    port, batch = next(streams[name])
+                except StopIteration:
+                    del streams[name]
+                    continue
+                if port == "out":
+                    self.rows_read += batch.height
+                self._push(name, port, batch)
+                now = time.perf_counter()
+                if interval is not None and now - last_checkpoint >= interval:
+                    self._checkpoint()
+                    last_checkpoint = time.perf_counter()
+                if self.progress is not None and now - last_report >= 1.0:
+                    last_report = now
+                    self.progress(self.rows_read, now - start)
+        for step in self.plan.steps:
+            for port, out in self.ops[step.name].on_end():
+                self._push(step.name, port, out)
+        self._checkpoint()
 
 
 def run(flow: object, *, batch_size: int = DEFAULT_BATCH_SIZE, progress: Progress | None = None,
