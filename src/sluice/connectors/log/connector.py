@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import io
+import os
 import time
 import zlib
 from collections.abc import Iterator
@@ -145,7 +147,8 @@ class LogSink:
     def open(self, ctx: SinkContext) -> _LogWriter:
         log = Log(self.root, self.settings)
         log.create_topic(self.topic, self.partitions)
-        return _LogWriter(self, [log.partition(self.topic, p, writable=True) for p in range(self.partitions)])
+        parts = [log.partition(self.topic, p, writable=True) for p in range(self.partitions)]
+        return _LogWriter(self, parts, ctx.step if ctx.exactly_once else None)
 
 
 def partition_of(keys: pl.Series, partitions: int) -> np.ndarray:
@@ -157,15 +160,29 @@ def partition_of(keys: pl.Series, partitions: int) -> np.ndarray:
 
 
 class _LogWriter:
-    def __init__(self, spec: LogSink, parts: list[Partition]) -> None:
+    """Appends as rows come; in a checkpointed run (`staging_name` set) it is exactly-once instead: an
+    epoch's rows are staged as Arrow next to the topic at prepare, and commit cuts each partition back to
+    its end at prepare time and appends them, so a commit interrupted by a crash is simply redone."""
+
+    def __init__(self, spec: LogSink, parts: list[Partition], staging_name: str | None) -> None:
         self.spec = spec
         self.parts = parts
         self.turn = 0
         self.records = 0
+        self.staging_name = staging_name
+        self.pending: list[pl.DataFrame] = []
+        self.staging = Path(spec.root) / spec.topic / ".staging"
 
     def write(self, df: pl.DataFrame) -> None:
         if df.height == 0:
             return
+        if self.staging_name is not None:
+            keep = [c for c in df.columns if not c.startswith("__sl_") or c == TIME]
+            self.pending.append(df.select(keep))
+            return
+        self._append_rows(df)
+
+    def _append_rows(self, df: pl.DataFrame) -> None:
         ts = df[TIME].to_numpy() if TIME in df.columns else np.full(df.height, int(time.time() * 1000), dtype=np.int64)
         rows = user_columns(df)
         if self.spec.key is None:
@@ -194,14 +211,41 @@ class _LogWriter:
         for p in self.parts:
             p.close()
 
-    # Records are appended as they come: the log sink is at-least-once for now (see docs/guarantees.md).
     def prepare(self, epoch: int) -> dict[str, Any]:
-        for p in self.parts:
-            p.sync()
-        return {}
+        if self.staging_name is None:
+            for p in self.parts:
+                p.sync()
+            return {}
+        ends = [p.end_offset for p in self.parts]
+        if not self.pending:
+            return {"ends": ends}
+        self.staging.mkdir(parents=True, exist_ok=True)
+        path = self.staging / f"{self.staging_name}-{epoch:06d}.arrow"
+        pl.concat(self.pending, how="diagonal_relaxed").write_ipc(path)
+        with open(path, "rb") as f:
+            os.fsync(f.fileno())
+        self.pending = []
+        return {"ends": ends, "staged": str(path)}
 
     def commit(self, txn: dict[str, Any]) -> None:
-        pass
+        staged = txn.get("staged")
+        if not staged or not os.path.exists(staged):
+            return  # nothing to publish, or published already
+        for part, end in zip(self.parts, txn["ends"], strict=True):
+            part.truncate(int(end))  # take back a commit a crash interrupted
+        self._append_rows(pl.read_ipc(io.BytesIO(Path(staged).read_bytes())))
+        for part in self.parts:
+            part.sync()
+        os.unlink(staged)
 
     def recover(self, txn: dict[str, Any] | None) -> None:
-        pass
+        if self.staging_name is None:
+            return
+        if txn:
+            self.commit(txn)
+            for part, end in zip(self.parts, txn["ends"], strict=True):
+                if "staged" not in txn:
+                    part.truncate(int(end))
+        if self.staging.exists():
+            for stray in self.staging.glob(f"{self.staging_name}-*.arrow"):
+                stray.unlink()

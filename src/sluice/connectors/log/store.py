@@ -227,6 +227,26 @@ class Partition:
             self.index = [e for e in self.index if e[1] != seg]
             self._scanned.pop(seg, None)
 
+    def truncate(self, offset: int) -> None:
+        """Drop every record at or after `offset` (a frame boundary): used to take back an unfinished commit."""
+        if self._lock_fd is None:
+            raise LogError(f"partition {self.dir} was opened read-only")
+        if offset >= self.end_offset:
+            return
+        cut = [e for e in self.index if e[0] >= offset]
+        if any(e[0] < offset < e[0] + e[3] for e in self.index):
+            raise LogError(f"offset {offset} is inside a frame of {self.dir}; truncation works at frame boundaries")
+        first_base, seg, pos, _n = cut[0]
+        with open(seg, "r+b") as f:
+            f.truncate(pos)
+            os.fsync(f.fileno())
+        for later in self.segments():
+            if later > seg:
+                later.unlink()
+        self.index = [e for e in self.index if e[0] < offset]
+        self._scanned = {p: (pos if p == seg else n) for p, n in self._scanned.items() if p <= seg}
+        _fsync_dir(self.dir)
+
     def close(self) -> None:
         if self._lock_fd is not None:
             self.sync()
