@@ -236,7 +236,7 @@ class Partition:
         cut = [e for e in self.index if e[0] >= offset]
         if any(e[0] < offset < e[0] + e[3] for e in self.index):
             raise LogError(f"offset {offset} is inside a frame of {self.dir}; truncation works at frame boundaries")
-        first_base, seg, pos, _n = cut[0]
+        _base, seg, pos, _n = cut[0]
         with open(seg, "r+b") as f:
             f.truncate(pos)
             os.fsync(f.fileno())
