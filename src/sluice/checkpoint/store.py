@@ -26,7 +26,14 @@ from sluice.core.errors import SluiceError
 
 log = logging.getLogger("sluice.checkpoint")
 
-State = dict[str, Any]  # scalars (JSON) and polars DataFrames
+State = dict[str, Any]  # scalars (JSON), polars DataFrames, and DirectoryState
+
+
+@dataclass(frozen=True)
+class DirectoryState:
+    """State that writes itself as a directory (a RocksDB checkpoint): `create(path)` makes `path`."""
+
+    create: Any  # Callable[[Path], None]
 
 
 class CheckpointError(SluiceError):
@@ -50,6 +57,8 @@ class Checkpoint:
         out: State = dict(entry["scalars"])
         for key, meta in entry["frames"].items():
             out[key] = pl.read_ipc(io.BytesIO((self.path / meta["file"]).read_bytes()))
+        for key, name in entry.get("dirs", {}).items():
+            out[key] = self.path / name
         return out
 
 
@@ -86,9 +95,12 @@ class CheckpointStore:
         path.mkdir(parents=True)
         manifest: dict[str, Any] = {"id": cid, "flow": flow, "steps": {}, "sinks": sinks}
         for name, (kind, fingerprint, state) in steps.items():
-            scalars, frames = {}, {}
+            scalars, frames, dirs = {}, {}, {}
             for key, value in state.items():
-                if isinstance(value, pl.DataFrame):
+                if isinstance(value, DirectoryState):
+                    dirs[key] = f"{name}.{key}.dir"
+                    value.create(path / dirs[key])
+                elif isinstance(value, pl.DataFrame):
                     file = f"{name}.{key}.arrow"
                     buf = io.BytesIO()
                     value.write_ipc(buf)
@@ -100,7 +112,8 @@ class CheckpointStore:
                     frames[key] = {"file": file, "sha256": hashlib.sha256(data).hexdigest(), "rows": value.height}
                 else:
                     scalars[key] = value
-            manifest["steps"][name] = {"kind": kind, "fingerprint": fingerprint, "scalars": scalars, "frames": frames}
+            manifest["steps"][name] = {"kind": kind, "fingerprint": fingerprint, "scalars": scalars, "frames": frames,
+                                       "dirs": dirs}
         tmp = path / "manifest.json.tmp"
         with open(tmp, "w") as f:  # an OSError (a full disk) reaches the runtime, which says what to do
             json.dump(manifest, f, indent=1, sort_keys=True)

@@ -30,9 +30,9 @@ class StateBackend(Protocol):
 
     def items(self) -> Iterator[tuple[str, bytes, Any, int]]: ...
 
-    def snapshot(self) -> pl.DataFrame: ...
+    def snapshot(self) -> Any: ...
 
-    def restore(self, frame: pl.DataFrame) -> None: ...
+    def restore(self, saved: Any) -> None: ...
 
     def close(self) -> None: ...
 
@@ -73,8 +73,10 @@ class MemoryBackend:
     def snapshot(self) -> pl.DataFrame:
         return _frame(self.items())
 
-    def restore(self, frame: pl.DataFrame) -> None:
-        self.data = {(n, k): (pickle.loads(v), t) for n, k, v, t in frame.iter_rows()}
+    def restore(self, saved: Any) -> None:
+        if not isinstance(saved, pl.DataFrame):
+            raise PlanError("this checkpoint holds RocksDB state; run with state='rocksdb' to restore it")
+        self.data = {(n, k): (pickle.loads(v), t) for n, k, v, t in saved.iter_rows()}
 
     def close(self) -> None:
         pass
@@ -118,23 +120,46 @@ class RocksDBBackend:
             value, t = pickle.loads(raw)
             yield ns.decode(), key, value, t
 
-    def snapshot(self) -> pl.DataFrame:
-        return _frame(self.items())
+    def snapshot(self) -> Any:
+        """A native RocksDB checkpoint: SST files hard-linked into the checkpoint, not a dump."""
+        from rocksdict import Checkpoint
 
-    def restore(self, frame: pl.DataFrame) -> None:
-        from rocksdict import WriteBatch
+        from sluice.checkpoint.store import DirectoryState
 
-        for k in list(self.db.keys()):
-            del self.db[k]
-        wb = WriteBatch(raw_mode=True)
-        for n, k, v, t in frame.iter_rows():
-            wb.put(self._k(n, k), pickle.dumps((pickle.loads(v), t), protocol=pickle.HIGHEST_PROTOCOL))
-        self.db.write(wb)
+        self.db.flush()
+        return DirectoryState(lambda path: Checkpoint(self.db).create_checkpoint(str(path)))
+
+    def restore(self, saved: Any) -> None:
+        from rocksdict import Options, Rdict
+
+        if isinstance(saved, pl.DataFrame):  # a dump (from the memory backend): load it entry by entry
+            from rocksdict import WriteBatch
+
+            wb = WriteBatch(raw_mode=True)
+            for n, k, v, t in saved.iter_rows():
+                wb.put(self._k(n, k), pickle.dumps((pickle.loads(v), t), protocol=pickle.HIGHEST_PROTOCOL))
+            self.db.write(wb)
+            return
+        self.db.close()
+        shutil.rmtree(self.dir)
+        shutil.copytree(saved, self.dir, copy_function=_link_or_copy)  # SST files are immutable: link them
+        opts = Options(raw_mode=True)
+        opts.create_if_missing(True)
+        self.db = Rdict(str(self.dir), opts)
 
     def close(self) -> None:
         self.db.close()
         if self._owned:
             shutil.rmtree(self.dir, ignore_errors=True)
+
+
+def _link_or_copy(src: str, dst: str) -> None:
+    import os
+
+    try:
+        os.link(src, dst)
+    except OSError:
+        shutil.copy2(src, dst)
 
 
 BACKENDS = ("memory", "rocksdb")
