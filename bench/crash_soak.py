@@ -63,7 +63,7 @@ def main() -> int:
                         proc.wait()
                         kills += 1
                         continue
-                _, err = proc.communicate()
+                proc.communicate()
                 ok = proc.returncode == 0
                 break
             want, got = lines(ref), lines(out)
