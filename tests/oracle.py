@@ -100,3 +100,17 @@ def assert_same_output(a: pl.DataFrame, b: pl.DataFrame, rel: float = 1e-12) -> 
             assert worst is None or worst <= rel, f"column {col}: relative difference {worst}"
         else:
             assert x.equals(y), f"column {col} differs"
+
+
+def w4(path: str) -> pl.DataFrame:
+    """Large (> 1000) after small (< 10) of the same user, at most 600,000 ms earlier, strictly earlier;
+    the latest small one, ties to the larger tx_id."""
+    return duckdb.sql(f"""
+        with tx as (select * from read_json('{path}', format='newline_delimited',
+                    columns={{tx_id: 'VARCHAR', user_id: 'VARCHAR', amount: 'DOUBLE', timestamp: 'BIGINT'}})),
+             l as (select * from tx where amount > 1000), s as (select * from tx where amount < 10)
+        select l.user_id, arg_max(s.tx_id, (s.timestamp, s.tx_id)) as small_tx_id, l.tx_id as large_tx_id,
+               max(s.timestamp) as small_ts, l.timestamp as large_ts
+        from l join s on l.user_id = s.user_id and s.timestamp < l.timestamp and l.timestamp - s.timestamp <= 600000
+        group by l.user_id, l.tx_id, l.timestamp
+    """).pl()

@@ -22,6 +22,7 @@ import polars as pl
 from sluice.core.errors import PlanError
 from sluice.core.plan import (
     ON_ERROR_CHOICES,
+    AsofJoin,
     Branch,
     EventTime,
     Filter,
@@ -40,7 +41,7 @@ from sluice.core.plan import (
 )
 from sluice.core.schema import Schema, SchemaLike, column, resolve_schema
 from sluice.time.aggregates import Aggregate, Percentile
-from sluice.time.watermark import BoundedOutOfOrderness
+from sluice.time.watermark import BoundedOutOfOrderness, to_ms
 from sluice.time.windows import Session, Sliding, Tumbling
 
 
@@ -195,6 +196,18 @@ class Stream:
             raise PlanError(f"process {name!r} needs keys: call .key_by(...) before it")
         resolved = resolve_schema(schema) if schema is not None else None
         return self.flow._add(Process(name, (self.ref,), self.keys, fn, resolved, tuple(side_outputs)), self.keys)
+
+    def asof_join(self, name: str, right: Stream, *, by: str | Iterable[str], tolerance: timedelta,
+                  strict: bool = True, how: str = "inner", right_order: str | None = None,
+                  suffix: str = "_right") -> Stream:
+        """Pair each record with the latest `right` record of the same key at most `tolerance` earlier
+        (strictly earlier unless strict=False; ties between equal right times go to the largest
+        `right_order`, else the last to arrive). how="left" keeps unmatched records."""
+        if how not in ("inner", "left"):
+            raise PlanError(f"asof_join {name!r}: how must be 'inner' or 'left', got {how!r}")
+        keys = (by,) if isinstance(by, str) else tuple(by)
+        step = AsofJoin(name, (self.ref, right.ref), keys, to_ms(tolerance, "tolerance"), strict, how, right_order, suffix)
+        return self.flow._add(step, self.keys)
 
     def side(self, tag: str) -> Stream:
         """A side output of a process step."""

@@ -149,6 +149,21 @@ class Process(Step):
 
 
 @dataclass(frozen=True, eq=False)
+class AsofJoin(Step):
+    by: tuple[str, ...]
+    tolerance_ms: int
+    strict: bool = True
+    how: str = "inner"
+    right_order: str | None = None
+    suffix: str = "_right"
+    kind = "asof_join"
+    stateful = True
+
+    def ports(self) -> tuple[str, ...]:
+        return ("out", "late")
+
+
+@dataclass(frozen=True, eq=False)
 class Union(Step):
     kind = "union"
 

@@ -17,6 +17,7 @@ from sluice.connectors.api import SinkContext, SinkWriter, SourceContext, Source
 from sluice.core.batch import Batch
 from sluice.core.errors import DiskFullError, PlanError
 from sluice.core.plan import (
+    AsofJoin,
     Branch,
     EventTime,
     Filter,
@@ -179,6 +180,11 @@ class Executor:
             return BranchOperator(step)
         if isinstance(step, KeyBy):
             return PassThrough(step.name)
+        if isinstance(step, AsofJoin):
+            from sluice.operators.asof import AsofJoinOperator
+
+            return AsofJoinOperator(step.name, list(step.by), step.tolerance_ms, step.strict, step.how,
+                                    step.right_order, step.suffix)
         if isinstance(step, Process):
             from sluice.operators.process import ProcessOperator
             from sluice.operators.window import key_names

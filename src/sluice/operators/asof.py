@@ -1,0 +1,113 @@
+"""As-of (temporal) join: each left record is paired with the latest right record of the same key that
+is earlier (or not later, when `strict=False`) and at most `tolerance` before it.
+
+Exact in event time: a left record is joined once its time is complete (the operator's watermark, the
+minimum of both inputs', has passed it), so every right record that could match has arrived; released
+left records are joined in one vectorized Polars `join_asof`. Right records are kept while a future
+left record could still match them (time ≥ W − tolerance). A record that arrives behind the operator's
+watermark could no longer be joined exactly and goes to the `late` port.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import polars as pl
+
+from sluice.core.batch import END_OF_TIME, NO_WATERMARK, OFFSET, TIME, WATERMARK, Batch
+from sluice.core.errors import PlanError
+from sluice.operators.base import Emitted, Operator
+
+SEQ = "__sl_seq"
+RTIME = "__sl_rtime"
+
+
+class AsofJoinOperator(Operator):
+    def __init__(self, name: str, by: list[str], tolerance_ms: int, strict: bool, how: str,
+                 right_order: str | None, suffix: str) -> None:
+        self.name = name
+        self.by = by
+        self.tolerance = tolerance_ms
+        self.strict = strict
+        self.how = how
+        self.right_order = right_order
+        self.suffix = suffix
+        self.left: pl.DataFrame | None = None
+        self.right: pl.DataFrame | None = None
+        self.wms = [NO_WATERMARK, NO_WATERMARK]
+        self.watermark = NO_WATERMARK
+        self.seq = 0
+        self.time_dtype: pl.DataType | None = None
+
+    def on_batch(self, index: int, batch: Batch) -> Emitted:
+        emitted: Emitted = []
+        if batch.height:
+            if TIME not in batch.df.columns:
+                raise PlanError(f"asof_join {self.name!r} needs event time on both inputs: call .event_time(...) first")
+            self.time_dtype = batch.time_dtype or self.time_dtype
+            df = batch.df.with_columns(pl.int_range(self.seq, self.seq + batch.height, dtype=pl.Int64).alias(SEQ))
+            self.seq += batch.height
+            late = df.filter(pl.col(TIME) < self.watermark)
+            if late.height:
+                emitted.append(("late", Batch(late.drop(SEQ), watermark=self.watermark, time_dtype=batch.time_dtype)))
+                df = df.filter(pl.col(TIME) >= self.watermark)
+            if index == 0:
+                self.left = df if self.left is None else pl.concat([self.left, df], how="diagonal_relaxed")
+            else:
+                df = df.drop(WATERMARK, OFFSET, strict=False)
+                self.right = df if self.right is None else pl.concat([self.right, df], how="diagonal_relaxed")
+        if batch.watermark is not None:
+            self.wms[index] = max(self.wms[index], batch.watermark)
+        return self._advance(min(self.wms)) + emitted
+
+    def on_end(self) -> Emitted:
+        return self._advance(END_OF_TIME)
+
+    def _advance(self, watermark: int) -> Emitted:
+        start = self.watermark
+        self.watermark = max(self.watermark, watermark)
+        out = None
+        if self.left is not None and self.left.height:
+            due = pl.col(TIME) < self.watermark
+            ready = self.left.filter(due).sort([TIME, SEQ])
+            self.left = self.left.filter(~due)
+            if ready.height:
+                out = self._join(ready)
+        if self.right is not None and self.watermark < END_OF_TIME:
+            self.right = self.right.filter(pl.col(TIME) >= self.watermark - self.tolerance)
+        df = out.with_columns(pl.lit(start, pl.Int64).alias(WATERMARK)) if out is not None else pl.DataFrame()
+        return [("out", Batch(df, watermark=self.watermark, time_dtype=self.time_dtype))]
+
+    def _join(self, ready: pl.DataFrame) -> pl.DataFrame:
+        left = ready.drop(SEQ)
+        if self.right is None or self.right.height == 0:
+            if self.how == "inner":
+                return left.clear()
+            right_cols = []
+        else:
+            order = [TIME, self.right_order] if self.right_order else [TIME, SEQ]
+            right = self.right.sort(order).drop(SEQ).rename({TIME: RTIME})
+            rename = {c: f"{c}{self.suffix}" for c in right.columns if c in left.columns and c not in self.by}
+            right = right.rename(rename).with_columns(pl.col(RTIME).alias(TIME))
+            joined = left.join_asof(right.select([*self.by, TIME, *[c for c in right.columns if c not in (*self.by, TIME)]]),
+                                    on=TIME, by=self.by, strategy="backward", tolerance=self.tolerance,
+                                    allow_exact_matches=not self.strict, check_sortedness=False)
+            if self.how == "inner":
+                joined = joined.filter(pl.col(RTIME).is_not_null())
+            return joined.drop(RTIME)
+        return left.with_columns(*right_cols)
+
+    def snapshot(self) -> dict[str, Any]:
+        state: dict[str, Any] = {"wms": self.wms, "watermark": self.watermark, "seq": self.seq}
+        if self.left is not None:
+            state["left"] = self.left
+        if self.right is not None:
+            state["right"] = self.right
+        return state
+
+    def restore(self, state: dict[str, Any]) -> None:
+        self.wms = [int(w) for w in state["wms"]]
+        self.watermark = int(state["watermark"])
+        self.seq = int(state["seq"])
+        self.left = state.get("left")
+        self.right = state.get("right")
