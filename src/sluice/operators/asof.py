@@ -81,9 +81,7 @@ class AsofJoinOperator(Operator):
     def _join(self, ready: pl.DataFrame) -> pl.DataFrame:
         left = ready.drop(SEQ)
         if self.right is None or self.right.height == 0:
-            if self.how == "inner":
-                return left.clear()
-            right_cols = []
+            return left.clear() if self.how == "inner" else left  # nothing to match: no right columns
         else:
             order = [TIME, self.right_order] if self.right_order else [TIME, SEQ]
             right = self.right.sort(order).drop(SEQ).rename({TIME: RTIME})
@@ -95,7 +93,6 @@ class AsofJoinOperator(Operator):
             if self.how == "inner":
                 joined = joined.filter(pl.col(RTIME).is_not_null())
             return joined.drop(RTIME)
-        return left.with_columns(*right_cols)
 
     def snapshot(self) -> dict[str, Any]:
         state: dict[str, Any] = {"wms": self.wms, "watermark": self.watermark, "seq": self.seq}
