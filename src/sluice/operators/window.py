@@ -96,6 +96,7 @@ class WindowOperator(Operator):
         self.time_dtype: pl.DataType | None = None
         self._pending: list[pl.DataFrame] = []  # emitted mid-batch (sessions), sent with the batch's output
         self.text_keys: list[str] = []
+        self.categorical_keys = not isinstance(step.window, Session)
 
     # --- input ---------------------------------------------------------------------------------
     def _prepare(self, batch: Batch) -> pl.DataFrame:
@@ -107,7 +108,7 @@ class WindowOperator(Operator):
             self.time_dtype = batch.time_dtype
         df = batch.df.with_columns(*self.keys, *self.aggs.value_columns())
         # text keys group several times faster as categoricals; outputs turn them back into text
-        text = [k for k in self.key_cols if df.schema[k] == pl.String]
+        text = [k for k in self.key_cols if df.schema[k] == pl.String] if self.categorical_keys else []
         if text:
             self.text_keys = text
             df = df.with_columns(pl.col(text).cast(pl.Categorical))
