@@ -15,7 +15,7 @@ EVENT_FIELDS = {
     "w2": {"timestamp": pl.Int64, "event_type": pl.String, "metrics": {"response_time": pl.Float64}},
     "w3": {"timestamp": pl.Int64, "user_id": pl.String},
 }
-WORKLOADS = (*EVENT_FIELDS, "w4", "risk")
+WORKLOADS = (*EVENT_FIELDS, "w4", "w5", "risk")
 TX_FIELDS = {"tx_id": pl.String, "user_id": pl.String, "amount": pl.Float64, "timestamp": pl.Int64}
 
 
@@ -58,6 +58,18 @@ def build(workload: str, source: object, sink: object) -> sl.Flow:
     return flow
 
 
+def search_to_click(source: object, sink: object) -> sl.Flow:
+    """w5 (interval join): every search paired with each click of the same user 0–10 s after it."""
+    flow = sl.Flow("w5")
+    ev = flow.read("events", source, schema={"event_id": pl.String, "event_type": pl.String, "timestamp": pl.Int64,
+                                             "user_id": pl.String}).event_time("timestamp", DELAY)
+    searches = ev.filter(pl.col("event_type") == "search").select("user_id", "timestamp", search_id="event_id")
+    clicks = ev.filter(pl.col("event_type") == "click").select("user_id", click_id="event_id", click_ts="timestamp")
+    pairs = searches.interval_join("search_to_click", clicks, by="user_id", lower=timedelta(0), upper=timedelta(seconds=10))
+    pairs.select("user_id", "search_id", "click_id", "timestamp", "click_ts").write("pairs", sink)
+    return flow
+
+
 def file_flow(workload: str, input_path: str | Path, output_path: str | Path) -> sl.Flow:
     if workload == "risk":  # the process-function job of examples/risk_score.py, over transactions
         import sys
@@ -68,6 +80,8 @@ def file_flow(workload: str, input_path: str | Path, output_path: str | Path) ->
         out = Path(output_path)
         alerts = out.with_name(out.stem + "-alerts" + out.suffix)
         return risk_score.build(sl.JsonLinesSource(input_path), sl.JsonLinesSink(out), sl.JsonLinesSink(alerts))
+    if workload == "w5":
+        return search_to_click(sl.JsonLinesSource(input_path), sl.JsonLinesSink(output_path))
     if workload == "w4":
         return fraud_alerts(sl.JsonLinesSource(input_path), sl.JsonLinesSink(output_path))
     return build(workload, sl.JsonLinesSource(input_path), sl.JsonLinesSink(output_path))

@@ -114,3 +114,14 @@ def w4(path: str) -> pl.DataFrame:
         from l join s on l.user_id = s.user_id and s.timestamp < l.timestamp and l.timestamp - s.timestamp <= 600000
         group by l.user_id, l.tx_id, l.timestamp
     """).pl()
+
+
+def w5(path: str) -> pl.DataFrame:
+    """Searches paired with clicks of the same user 0–10 s after them."""
+    return duckdb.sql(f"""
+        with ev as (select * from read_json('{path}', format='newline_delimited',
+                    columns={{event_id: 'VARCHAR', event_type: 'VARCHAR', timestamp: 'BIGINT', user_id: 'VARCHAR'}}))
+        select s.user_id, s.event_id as search_id, c.event_id as click_id, s.timestamp, c.timestamp as click_ts
+        from ev s join ev c on s.user_id = c.user_id and s.event_type = 'search' and c.event_type = 'click'
+             and c.timestamp between s.timestamp and s.timestamp + 10000
+    """).pl()

@@ -26,6 +26,7 @@ from sluice.core.plan import (
     Branch,
     EventTime,
     Filter,
+    IntervalJoin,
     KeyBy,
     Map,
     Plan,
@@ -208,6 +209,18 @@ class Stream:
         keys = (by,) if isinstance(by, str) else tuple(by)
         step = AsofJoin(name, (self.ref, right.ref), keys, to_ms(tolerance, "tolerance"), strict, how, right_order, suffix)
         return self.flow._add(step, self.keys)
+
+    def interval_join(self, name: str, right: Stream, *, by: str | Iterable[str], lower: timedelta,
+                      upper: timedelta, how: str = "inner", suffix: str = "_right") -> Stream:
+        """Pair records with `right` records of the same key whose time is within
+        [time + lower, time + upper] (lower may be negative). how="left" also emits unpaired records."""
+        if how not in ("inner", "left"):
+            raise PlanError(f"interval_join {name!r}: how must be 'inner' or 'left', got {how!r}")
+        keys = (by,) if isinstance(by, str) else tuple(by)
+        lo, hi = lower // timedelta(milliseconds=1), upper // timedelta(milliseconds=1)
+        if lo > hi:
+            raise PlanError(f"interval_join {name!r}: lower {lower} is above upper {upper}")
+        return self.flow._add(IntervalJoin(name, (self.ref, right.ref), keys, lo, hi, how, suffix), self.keys)
 
     def side(self, tag: str) -> Stream:
         """A side output of a process step."""

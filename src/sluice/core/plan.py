@@ -164,6 +164,20 @@ class AsofJoin(Step):
 
 
 @dataclass(frozen=True, eq=False)
+class IntervalJoin(Step):
+    by: tuple[str, ...]
+    lower_ms: int
+    upper_ms: int
+    how: str = "inner"
+    suffix: str = "_right"
+    kind = "interval_join"
+    stateful = True
+
+    def ports(self) -> tuple[str, ...]:
+        return ("out", "late")
+
+
+@dataclass(frozen=True, eq=False)
 class Union(Step):
     kind = "union"
 

@@ -21,6 +21,7 @@ from sluice.core.plan import (
     Branch,
     EventTime,
     Filter,
+    IntervalJoin,
     KeyBy,
     Map,
     Plan,
@@ -180,6 +181,10 @@ class Executor:
             return BranchOperator(step)
         if isinstance(step, KeyBy):
             return PassThrough(step.name)
+        if isinstance(step, IntervalJoin):
+            from sluice.operators.interval import IntervalJoinOperator
+
+            return IntervalJoinOperator(step.name, list(step.by), step.lower_ms, step.upper_ms, step.how, step.suffix)
         if isinstance(step, AsofJoin):
             from sluice.operators.asof import AsofJoinOperator
 
