@@ -24,6 +24,7 @@ from sluice.core.plan import (
     ON_ERROR_CHOICES,
     AsofJoin,
     Branch,
+    DetectAnomalies,
     EventTime,
     Filter,
     IntervalJoin,
@@ -221,6 +222,16 @@ class Stream:
         if lo > hi:
             raise PlanError(f"interval_join {name!r}: lower {lower} is above upper {upper}")
         return self.flow._add(IntervalJoin(name, (self.ref, right.ref), keys, lo, hi, how, suffix), self.keys)
+
+    def detect_anomalies(self, name: str, value: str | pl.Expr, *, window: timedelta, threshold: float = 3.0,
+                         min_count: int = 10, only_anomalies: bool = False) -> Stream:
+        """Per key, compare each record's `value` with the key's records in the preceding `window`:
+        adds mean, stddev, zscore and is_anomaly (|z| > threshold with at least min_count records)."""
+        if not self.keys:
+            raise PlanError(f"detect_anomalies {name!r} needs keys: call .key_by(...) before it")
+        step = DetectAnomalies(name, (self.ref,), self.keys, column(value), to_ms(window, "window"), threshold,
+                               min_count, only_anomalies)
+        return self.flow._add(step, self.keys)
 
     def side(self, tag: str) -> Stream:
         """A side output of a process step."""

@@ -178,6 +178,21 @@ class IntervalJoin(Step):
 
 
 @dataclass(frozen=True, eq=False)
+class DetectAnomalies(Step):
+    keys: tuple[pl.Expr, ...]
+    value: pl.Expr
+    window_ms: int
+    threshold: float = 3.0
+    min_count: int = 10
+    only_anomalies: bool = False
+    kind = "detect_anomalies"
+    stateful = True
+
+    def ports(self) -> tuple[str, ...]:
+        return ("out", "late")
+
+
+@dataclass(frozen=True, eq=False)
 class Union(Step):
     kind = "union"
 

@@ -19,6 +19,7 @@ from sluice.core.errors import DiskFullError, PlanError
 from sluice.core.plan import (
     AsofJoin,
     Branch,
+    DetectAnomalies,
     EventTime,
     Filter,
     IntervalJoin,
@@ -181,6 +182,12 @@ class Executor:
             return BranchOperator(step)
         if isinstance(step, KeyBy):
             return PassThrough(step.name)
+        if isinstance(step, DetectAnomalies):
+            from sluice.operators.anomaly import ZScoreOperator
+            from sluice.operators.window import key_names
+
+            return ZScoreOperator(step.name, list(step.keys), key_names(step.keys), step.value, step.window_ms,
+                                  step.threshold, step.min_count, step.only_anomalies)
         if isinstance(step, IntervalJoin):
             from sluice.operators.interval import IntervalJoinOperator
 
