@@ -18,7 +18,7 @@ import sluice as sl
 MINUTE_MS = 60_000
 HOUR_MS = 3_600_000
 THIRTY_DAYS_MS = 30 * 24 * HOUR_MS
-HIGH_RISK = 60.0
+HIGH_RISK = 90.0  # about 5% of the generated transactions
 
 
 def score(profile: dict[str, Any] | None, recent: dict[int, int], tx: dict[str, Any], now: int) -> tuple[float, dict[str, Any], dict[int, int]]:

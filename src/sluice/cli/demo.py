@@ -49,6 +49,22 @@ def analytics(log_root: Path, out: Path) -> sl.Flow:
     return flow
 
 
+def fraud(log_root: Path, out: Path) -> sl.Flow:
+    """examples/fraud.py over the transactions topic."""
+    import importlib.util
+    import sys
+
+    path = Path(__file__).resolve().parents[3] / "examples" / "fraud.py"
+    spec = importlib.util.spec_from_file_location("sluice_example_fraud", path)
+    if spec is None or spec.loader is None or not path.exists():
+        raise FileNotFoundError(f"the fraud example is missing: {path}")
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = module
+    spec.loader.exec_module(module)
+    built: sl.Flow = module.build(sl.LogSource("transactions", root=log_root), out)
+    return built
+
+
 def run_demo(directory: Path, events: int, batch_size: int) -> int:
     log_root, out = directory / "log", directory / "results"
     for d in (log_root, out):
@@ -77,6 +93,17 @@ def run_demo(directory: Path, events: int, batch_size: int) -> int:
     print("     slowest event types by worst 5-minute p99 response time:")
     for row in top.to_dicts():
         print(f"       {row['event_type']:<12} p99 {row['worst_p99_ms']} ms")
+    transactions = max(events // 5, 1000)
+    produce_tx = sl.Flow("produce_transactions")
+    produce_tx.read("generator", sl.GeneratorSource("transactions", n=transactions)).write(
+        "transactions_topic", sl.LogSink("transactions", root=log_root, partitions=2, key="user_id"))
+    sl.run(produce_tx, batch_size=batch_size)
+    fraud_out = directory / "fraud"
+    shutil.rmtree(fraud_out, ignore_errors=True)
+    fr = sl.run(fraud(log_root, fraud_out), batch_size=batch_size)
+    print(f"  4. fraud job over {fr.rows_read:,} transactions in {fr.seconds:.2f} s: "
+          f"{fr.rows('small_then_large'):,} small-then-large alerts, {fr.rows('risk', 'high_risk'):,} high-risk "
+          f"scores, {fr.rows('user_5min'):,} user 5-minute windows → {fraud_out}")
     print(f"  done in {time.perf_counter() - t0:.1f} s. Read the results with e.g. "
           f"polars.read_parquet('{out}/user_minute/**/*.parquet')")
     return 0
