@@ -8,6 +8,7 @@
 
 from polars import col, lit
 
+from sluice.cep.pattern import Pattern
 from sluice.connectors.console import ConsoleSink
 from sluice.connectors.files import (
     CsvSink,
@@ -62,6 +63,7 @@ __all__ = [
     "Optional",
     "ParquetSink",
     "ParquetSource",
+    "Pattern",
     "PlanError",
     "ProcessContext",
     "RunResult",

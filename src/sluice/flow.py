@@ -30,6 +30,7 @@ from sluice.core.plan import (
     IntervalJoin,
     KeyBy,
     Map,
+    Match,
     Plan,
     Process,
     Read,
@@ -232,6 +233,20 @@ class Stream:
         step = DetectAnomalies(name, (self.ref,), self.keys, column(value), to_ms(window, "window"), threshold,
                                min_count, only_anomalies)
         return self.flow._add(step, self.keys)
+
+    def match(self, name: str, pattern: Any, *, skip: str = "no_skip") -> Stream:
+        """Find `pattern` (sl.Pattern) per key, in event-time order. One row per match: the keys,
+        match_start, match_end and a column per stage with its event (a list for repeating stages).
+        `.timeouts` has partial matches that ran out of `within`; skip="skip_past_last_event" drops
+        the partial matches that started before a match's last event."""
+        if not self.keys:
+            raise PlanError(f"match {name!r} needs keys: call .key_by(...) before it")
+        return self.flow._add(Match(name, (self.ref,), self.keys, pattern, skip), self.keys)
+
+    @property
+    def timeouts(self) -> Stream:
+        """Partial matches of a match step that ran out of time."""
+        return self._port("timeouts")
 
     def side(self, tag: str) -> Stream:
         """A side output of a process step."""

@@ -193,6 +193,18 @@ class DetectAnomalies(Step):
 
 
 @dataclass(frozen=True, eq=False)
+class Match(Step):
+    keys: tuple[pl.Expr, ...]
+    pattern: Any  # cep.pattern.Pattern
+    skip: str = "no_skip"
+    kind = "match"
+    stateful = True
+
+    def ports(self) -> tuple[str, ...]:
+        return ("out", "timeouts", "late")
+
+
+@dataclass(frozen=True, eq=False)
 class Union(Step):
     kind = "union"
 

@@ -25,6 +25,7 @@ from sluice.core.plan import (
     IntervalJoin,
     KeyBy,
     Map,
+    Match,
     Plan,
     Process,
     Read,
@@ -110,6 +111,8 @@ def fingerprint(step: Step) -> str:
         aggs = ",".join(f"{k}:{type(a).__name__}:{getattr(a, 'of', None)}:{getattr(a, 'q', '')}"
                         for k, a in sorted(step.aggregates.items()))
         return f"window|{step.window!r}|{[str(k) for k in step.keys]}|{aggs}"
+    if isinstance(step, Match):
+        return f"match|{step.pattern.describe()}|{step.skip}|{[str(k) for k in step.keys]}"
     if isinstance(step, Process):
         return f"process|{type(step.fn).__module__}.{type(step.fn).__qualname__}|{[str(k) for k in step.keys]}"
     return step.kind
@@ -188,6 +191,11 @@ class Executor:
 
             return ZScoreOperator(step.name, list(step.keys), key_names(step.keys), step.value, step.window_ms,
                                   step.threshold, step.min_count, step.only_anomalies)
+        if isinstance(step, Match):
+            from sluice.operators.match import MatchOperator
+            from sluice.operators.window import key_names
+
+            return MatchOperator(step.name, key_names(step.keys), list(step.keys), step.pattern, step.skip)
         if isinstance(step, IntervalJoin):
             from sluice.operators.interval import IntervalJoinOperator
 
