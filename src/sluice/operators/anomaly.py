@@ -16,9 +16,8 @@ import polars as pl
 
 from sluice.core.batch import END_OF_TIME, NO_WATERMARK, TIME, WATERMARK, Batch
 from sluice.core.errors import PlanError
-from sluice.operators.base import Emitted, Operator
+from sluice.operators.base import SEQ, ArrivalBuffer, Emitted, Operator
 
-SEQ = "__sl_seq"
 VALUE = "__sl_value"
 HIST = "__sl_hist"
 
@@ -28,10 +27,9 @@ class ZScoreOperator(Operator):
                  threshold: float, min_count: int, only_anomalies: bool) -> None:
         self.name, self.keys, self.key_cols, self.value = name, keys, key_cols, value
         self.window, self.threshold, self.min_count, self.only = window_ms, threshold, max(min_count, 2), only_anomalies
-        self.buffer: pl.DataFrame | None = None
+        self.pending = ArrivalBuffer()
         self.history: pl.DataFrame | None = None  # key columns, TIME, VALUE
         self.watermark = NO_WATERMARK
-        self.seq = 0
         self.time_dtype: pl.DataType | None = None
 
     def on_batch(self, index: int, batch: Batch) -> Emitted:
@@ -40,15 +38,11 @@ class ZScoreOperator(Operator):
             if TIME not in batch.df.columns:
                 raise PlanError(f"detect_anomalies {self.name!r} needs event time: call .event_time(...) first")
             self.time_dtype = batch.time_dtype or self.time_dtype
-            df = batch.df.with_columns(*self.keys, self.value.cast(pl.Float64).alias(VALUE),
-                                       pl.int_range(self.seq, self.seq + batch.height, dtype=pl.Int64).alias(SEQ))
-            self.seq += batch.height
-            behind = pl.col(TIME) < pl.col(WATERMARK)
-            late = df.filter(behind)
+            df, late = ArrivalBuffer.split_late(self.pending.stamp(
+                batch.df.with_columns(*self.keys, self.value.cast(pl.Float64).alias(VALUE))))
             if late.height:
                 emitted.append(("late", Batch(late.drop(SEQ, VALUE), watermark=batch.watermark, time_dtype=batch.time_dtype)))
-            df = df.filter(~behind)
-            self.buffer = df if self.buffer is None else pl.concat([self.buffer, df], how="diagonal_relaxed")
+            self.pending.add(df)
         wm = batch.watermark if batch.watermark is not None else self.watermark
         return self._advance(wm) + emitted
 
@@ -59,12 +53,9 @@ class ZScoreOperator(Operator):
         start = self.watermark
         self.watermark = max(self.watermark, watermark)
         out = pl.DataFrame()
-        if self.buffer is not None and self.buffer.height:
-            due = pl.col(TIME) < self.watermark
-            ready = self.buffer.filter(due).sort([TIME, SEQ])
-            self.buffer = self.buffer.filter(~due)
-            if ready.height:
-                out = self._score(ready).with_columns(pl.lit(start, pl.Int64).alias(WATERMARK))
+        ready = self.pending.release(self.watermark)
+        if ready is not None:
+            out = self._score(ready).with_columns(pl.lit(start, pl.Int64).alias(WATERMARK))
         return [("out", Batch(out, watermark=self.watermark, time_dtype=self.time_dtype))]
 
     def _score(self, ready: pl.DataFrame) -> pl.DataFrame:
@@ -91,15 +82,13 @@ class ZScoreOperator(Operator):
         return out.filter(pl.col("is_anomaly")) if self.only else out
 
     def snapshot(self) -> dict[str, Any]:
-        state: dict[str, Any] = {"watermark": self.watermark, "seq": self.seq}
-        if self.buffer is not None:
-            state["buffer"] = self.buffer
+        state: dict[str, Any] = {"watermark": self.watermark}
+        self.pending.snapshot(state)
         if self.history is not None:
             state["history"] = self.history
         return state
 
     def restore(self, state: dict[str, Any]) -> None:
         self.watermark = int(state["watermark"])
-        self.seq = int(state["seq"])
-        self.buffer = state.get("buffer")
+        self.pending.restore(state)
         self.history = state.get("history")

@@ -10,19 +10,17 @@ watermark could no longer be joined exactly and goes to the `late` port.
 
 from __future__ import annotations
 
-from typing import Any
-
 import polars as pl
 
 from sluice.core.batch import END_OF_TIME, NO_WATERMARK, OFFSET, TIME, WATERMARK, Batch
 from sluice.core.errors import PlanError
-from sluice.operators.base import Emitted, Operator
+from sluice.operators.base import Emitted, Operator, TwoInputState
 
 SEQ = "__sl_seq"
 RTIME = "__sl_rtime"
 
 
-class AsofJoinOperator(Operator):
+class AsofJoinOperator(TwoInputState, Operator):
     def __init__(self, name: str, by: list[str], tolerance_ms: int, strict: bool, how: str,
                  right_order: str | None, suffix: str) -> None:
         self.name = name
@@ -93,18 +91,3 @@ class AsofJoinOperator(Operator):
             if self.how == "inner":
                 joined = joined.filter(pl.col(RTIME).is_not_null())
             return joined.drop(RTIME)
-
-    def snapshot(self) -> dict[str, Any]:
-        state: dict[str, Any] = {"wms": self.wms, "watermark": self.watermark, "seq": self.seq}
-        if self.left is not None:
-            state["left"] = self.left
-        if self.right is not None:
-            state["right"] = self.right
-        return state
-
-    def restore(self, state: dict[str, Any]) -> None:
-        self.wms = [int(w) for w in state["wms"]]
-        self.watermark = int(state["watermark"])
-        self.seq = int(state["seq"])
-        self.left = state.get("left")
-        self.right = state.get("right")

@@ -5,7 +5,9 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import Any
 
-from sluice.core.batch import Batch
+import polars as pl
+
+from sluice.core.batch import TIME, WATERMARK, Batch
 
 Emitted = list[tuple[str, Batch]]
 
@@ -35,3 +37,73 @@ class Operator:
 def nonempty(pairs: Sequence[tuple[str, Batch]]) -> Emitted:
     """Drop empty batches, except those that carry watermark progress downstream."""
     return [(port, b) for port, b in pairs if b.height > 0 or b.watermark is not None]
+
+
+SEQ = "__sl_seq"
+
+
+class ArrivalBuffer:
+    """Records waiting until their event time is complete (the watermark has passed it), stamped with
+    their arrival order so that equal times are released in arrival order. Used by every operator that
+    must see records in event-time order (process functions, patterns, anomaly detection)."""
+
+    def __init__(self) -> None:
+        self.frame: pl.DataFrame | None = None
+        self.seq = 0
+
+    def stamp(self, df: pl.DataFrame) -> pl.DataFrame:
+        out = df.with_columns(pl.int_range(self.seq, self.seq + df.height, dtype=pl.Int64).alias(SEQ))
+        self.seq += df.height
+        return out
+
+    @staticmethod
+    def split_late(df: pl.DataFrame) -> tuple[pl.DataFrame, pl.DataFrame]:
+        """(on time, late): a record behind the watermark when it arrived can no longer be put in order."""
+        behind = pl.col(TIME) < pl.col(WATERMARK)
+        return df.filter(~behind), df.filter(behind)
+
+    def add(self, df: pl.DataFrame) -> None:
+        self.frame = df if self.frame is None else pl.concat([self.frame, df], how="diagonal_relaxed")
+
+    def release(self, watermark: int) -> pl.DataFrame | None:
+        """The records whose time is complete (t < watermark), in (time, arrival) order."""
+        if self.frame is None or self.frame.height == 0:
+            return None
+        due = pl.col(TIME) < watermark
+        ready = self.frame.filter(due).sort([TIME, SEQ])
+        self.frame = self.frame.filter(~due)
+        return ready if ready.height else None
+
+    def snapshot(self, state: dict[str, Any]) -> None:
+        state["seq"] = self.seq
+        if self.frame is not None:
+            state["buffer"] = self.frame
+
+    def restore(self, state: dict[str, Any]) -> None:
+        self.seq = int(state["seq"])
+        self.frame = state.get("buffer")
+
+
+class TwoInputState:
+    """The state both joins keep: buffered left and right rows, each input's watermark, arrival count."""
+
+    left: pl.DataFrame | None
+    right: pl.DataFrame | None
+    wms: list[int]
+    watermark: int
+    seq: int
+
+    def snapshot(self) -> dict[str, Any]:
+        state: dict[str, Any] = {"wms": self.wms, "watermark": self.watermark, "seq": self.seq}
+        if self.left is not None:
+            state["left"] = self.left
+        if self.right is not None:
+            state["right"] = self.right
+        return state
+
+    def restore(self, state: dict[str, Any]) -> None:
+        self.wms = [int(w) for w in state["wms"]]
+        self.watermark = int(state["watermark"])
+        self.seq = int(state["seq"])
+        self.left = state.get("left")
+        self.right = state.get("right")

@@ -11,20 +11,18 @@ With how="left", a left record that found no partner by the time it is dropped c
 
 from __future__ import annotations
 
-from typing import Any
-
 import polars as pl
 
 from sluice.core.batch import END_OF_TIME, NO_WATERMARK, OFFSET, TIME, WATERMARK, Batch
 from sluice.core.errors import PlanError
-from sluice.operators.base import Emitted, Operator
+from sluice.operators.base import Emitted, Operator, TwoInputState
 
 SEQ = "__sl_seq"
 MATCHED = "__sl_matched"
 RT = "__sl_rt"
 
 
-class IntervalJoinOperator(Operator):
+class IntervalJoinOperator(TwoInputState, Operator):
     def __init__(self, name: str, by: list[str], lower_ms: int, upper_ms: int, how: str, suffix: str) -> None:
         if lower_ms > upper_ms:
             raise PlanError(f"interval_join {name!r}: lower bound {lower_ms} ms is above upper bound {upper_ms} ms")
@@ -111,18 +109,3 @@ class IntervalJoinOperator(Operator):
         else:
             out = pl.DataFrame()
         return [("out", Batch(out, watermark=self.watermark, time_dtype=self.time_dtype))]
-
-    def snapshot(self) -> dict[str, Any]:
-        state: dict[str, Any] = {"wms": self.wms, "watermark": self.watermark, "seq": self.seq}
-        if self.left is not None:
-            state["left"] = self.left
-        if self.right is not None:
-            state["right"] = self.right
-        return state
-
-    def restore(self, state: dict[str, Any]) -> None:
-        self.wms = [int(w) for w in state["wms"]]
-        self.watermark = int(state["watermark"])
-        self.seq = int(state["seq"])
-        self.left = state.get("left")
-        self.right = state.get("right")

@@ -24,9 +24,8 @@ import polars as pl
 from sluice.cep.pattern import Pattern
 from sluice.core.batch import END_OF_TIME, NO_WATERMARK, TIME, WATERMARK, Batch
 from sluice.core.errors import PlanError
-from sluice.operators.base import Emitted, Operator
+from sluice.operators.base import SEQ, ArrivalBuffer, Emitted, Operator
 
-SEQ = "__sl_seq"
 SKIPS = ("no_skip", "skip_past_last_event")
 
 
@@ -58,9 +57,8 @@ class MatchOperator(Operator):
         self.cond_exprs = exprs
         self.strict = any(s.contiguity == "strict" for s in self.stages[1:])
         self.partials: dict[bytes, list[Partial]] = {}
-        self.buffer: pl.DataFrame | None = None
+        self.pending = ArrivalBuffer()
         self.watermark = NO_WATERMARK
-        self.seq = 0
         self.time_dtype: pl.DataType | None = None
 
     # --- input -----------------------------------------------------------------------------------
@@ -70,18 +68,13 @@ class MatchOperator(Operator):
             if TIME not in batch.df.columns:
                 raise PlanError(f"match {self.name!r} needs event time: call .event_time(...) first")
             self.time_dtype = batch.time_dtype or self.time_dtype
-            df = batch.df.with_columns(*self.keys, *self.cond_exprs,
-                                       pl.int_range(self.seq, self.seq + batch.height, dtype=pl.Int64).alias(SEQ))
-            self.seq += batch.height
-            behind = pl.col(TIME) < pl.col(WATERMARK)
-            late = df.filter(behind)
+            df, late = ArrivalBuffer.split_late(self.pending.stamp(batch.df.with_columns(*self.keys, *self.cond_exprs)))
             if late.height:
                 emitted.append(("late", Batch(late.drop(SEQ, *self.cond_cols.values()), watermark=batch.watermark,
                                               time_dtype=batch.time_dtype)))
-            df = df.filter(~behind)
             if not self.strict:
                 df = df.filter(self._may_take_part())
-            self.buffer = df if self.buffer is None else pl.concat([self.buffer, df], how="diagonal_relaxed")
+            self.pending.add(df)
         wm = batch.watermark if batch.watermark is not None else self.watermark
         return self._advance(max(self.watermark, wm)) + emitted
 
@@ -188,10 +181,8 @@ class MatchOperator(Operator):
         self.watermark = watermark
         matches: list[dict[str, Any]] = []
         timeouts: list[dict[str, Any]] = []
-        if self.buffer is not None and self.buffer.height:
-            due = pl.col(TIME) < watermark
-            ready = self.buffer.filter(due).sort([TIME, SEQ])
-            self.buffer = self.buffer.filter(~due)
+        ready = self.pending.release(watermark)
+        if ready is not None:
             for row in ready.iter_rows(named=True):
                 self._handle(row, matches, timeouts)
         within = self.pattern.within_ms
@@ -222,14 +213,12 @@ class MatchOperator(Operator):
 
     # --- checkpoints -----------------------------------------------------------------------------
     def snapshot(self) -> dict[str, Any]:
-        state: dict[str, Any] = {"watermark": self.watermark, "seq": self.seq,
+        state: dict[str, Any] = {"watermark": self.watermark,
                                  "partials": pl.DataFrame({"blob": [pickle.dumps(self.partials)]}, schema={"blob": pl.Binary})}
-        if self.buffer is not None:
-            state["buffer"] = self.buffer
+        self.pending.snapshot(state)
         return state
 
     def restore(self, state: dict[str, Any]) -> None:
         self.watermark = int(state["watermark"])
-        self.seq = int(state["seq"])
         self.partials = pickle.loads(state["partials"]["blob"][0])
-        self.buffer = state.get("buffer")
+        self.pending.restore(state)

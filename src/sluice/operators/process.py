@@ -21,11 +21,10 @@ import polars as pl
 
 from sluice.core.batch import END_OF_TIME, NO_WATERMARK, OFFSET, TIME, WATERMARK, Batch, user_columns
 from sluice.core.errors import DEAD_LETTER_FIX, PlanError, UserFunctionError
-from sluice.operators.base import Emitted, Operator
+from sluice.operators.base import SEQ, ArrivalBuffer, Emitted, Operator
 from sluice.state.backends import StateBackend
 
 T = TypeVar("T")
-SEQ = "__sl_seq"
 
 
 def _ms(value: int | datetime | timedelta) -> int:
@@ -211,12 +210,11 @@ class ProcessOperator(Operator):
         self.scope = _Scope(backend)
         self.fn.open(StateContext(self.scope))
         self.ctx = ProcessContext(self)
-        self.buffer: pl.DataFrame | None = None
+        self.pending = ArrivalBuffer()
         self.timers: list[tuple[int, int, bytes, str]] = []  # (ts, seq, key bytes, key json) event-time heap
         self.ptimers: list[tuple[int, int, bytes, str]] = []  # processing-time heap
         self.timer_seq = 0
         self.timer_index: set[tuple[str, int, bytes]] = set()
-        self.seq = 0
         self.watermark = NO_WATERMARK
         self.current_key: Any = None
         self.time_dtype: pl.DataType | None = None
@@ -249,16 +247,11 @@ class ProcessOperator(Operator):
                 raise PlanError(f"process step {self.name!r} needs event time: call .event_time(...) before it")
             if batch.time_dtype is not None:
                 self.time_dtype = batch.time_dtype
-            df = batch.df.with_columns(*self.keys)
-            df = df.with_columns(pl.int_range(self.seq, self.seq + df.height, dtype=pl.Int64).alias(SEQ))
-            self.seq += df.height
-            behind = pl.col(TIME) < pl.col(WATERMARK)
-            late = df.filter(behind)
+            df, late = ArrivalBuffer.split_late(self.pending.stamp(batch.df.with_columns(*self.keys)))
             if late.height:
                 emitted.append(("late", Batch(late.drop(SEQ), watermark=batch.watermark, origin=batch.origin,
                                               time_dtype=batch.time_dtype)))
-            df = df.filter(~behind)
-            self.buffer = df if self.buffer is None else pl.concat([self.buffer, df], how="diagonal_relaxed")
+            self.pending.add(df)
         wm = batch.watermark if batch.watermark is not None else self.watermark
         return self._advance(max(self.watermark, wm), batch) + emitted
 
@@ -273,11 +266,8 @@ class ProcessOperator(Operator):
         start_wm = self.watermark
         self.watermark = watermark
         out: list[tuple[dict[str, Any], int]] = []
-        ready: list[dict[str, Any]] = []
-        if self.buffer is not None and self.buffer.height:
-            due = pl.col(TIME) < watermark
-            ready = self.buffer.filter(due).sort([TIME, SEQ]).to_dicts()
-            self.buffer = self.buffer.filter(~due)
+        released = self.pending.release(watermark)
+        ready: list[dict[str, Any]] = released.to_dicts() if released is not None else []
         i = 0
         while True:
             next_rec = ready[i][TIME] if i < len(ready) else None
@@ -337,18 +327,16 @@ class ProcessOperator(Operator):
     # checkpoints -----------------------------------------------------------------------------
     def snapshot(self) -> dict[str, Any]:
         state: dict[str, Any] = {
-            "watermark": self.watermark, "seq": self.seq, "timer_seq": self.timer_seq,
+            "watermark": self.watermark, "timer_seq": self.timer_seq,
             "timers": [[t, s, k.hex(), j] for t, s, k, j in self.timers],
             "ptimers": [[t, s, k.hex(), j] for t, s, k, j in self.ptimers],
             "backend": self.backend.snapshot(),
         }
-        if self.buffer is not None:
-            state["buffer"] = self.buffer
+        self.pending.snapshot(state)
         return state
 
     def restore(self, state: dict[str, Any]) -> None:
         self.watermark = int(state["watermark"])
-        self.seq = int(state["seq"])
         self.timer_seq = int(state["timer_seq"])
         self.timers = [(int(t), int(s), bytes.fromhex(k), j) for t, s, k, j in state["timers"]]
         self.ptimers = [(int(t), int(s), bytes.fromhex(k), j) for t, s, k, j in state["ptimers"]]
@@ -356,7 +344,7 @@ class ProcessOperator(Operator):
         heapq.heapify(self.ptimers)
         self.timer_index = {("event", t, k) for t, _, k, _ in self.timers} | {("processing", t, k) for t, _, k, _ in self.ptimers}
         self.backend.restore(state["backend"])
-        self.buffer = state.get("buffer")
+        self.pending.restore(state)
 
 
 def iter_records(items: Iterable[dict[str, Any]] | None) -> Iterator[dict[str, Any]]:
