@@ -49,6 +49,29 @@ def _eof(origin: Origin) -> tuple[str, Batch]:
     return "out", Batch(pl.DataFrame(), origin=origin, end_of_partition=True)
 
 
+class _FileReader:
+    """What every file reader shares: its files (one partition each) and a resumable position."""
+
+    def __init__(self, ctx: SourceContext, files: list[Path], start: dict[str, int]) -> None:
+        self.ctx = ctx
+        self.files = files
+        self.pos = dict(start)
+        self.start = dict(start)
+
+    def position(self) -> dict[str, Any]:
+        return dict(self.pos)
+
+    def seek(self, position: dict[str, Any]) -> None:
+        self.pos = {k: int(v) for k, v in position.items()}
+        self.start = dict(self.pos)
+
+    def partitions(self) -> int:
+        return len(self.files)
+
+    def close(self) -> None:
+        pass
+
+
 # --- JSON Lines ---------------------------------------------------------------------------------
 
 
@@ -63,30 +86,14 @@ class JsonLinesSource:
         return _JsonLinesReader(self, ctx, _expand(self.path))
 
 
-class _JsonLinesReader:
+class _JsonLinesReader(_FileReader):
     def __init__(self, spec: JsonLinesSource, ctx: SourceContext, files: list[Path]) -> None:
-        self.spec = spec
-        self.ctx = ctx
-        self.files = files
-        self.format = Json()
-        self.schema = ctx.schema
         # where to resume: file index, byte where its current block starts, rows of that block consumed,
         # and the record ordinal at the block's start
-        self.pos: dict[str, int] = {"file": 0, "byte": 0, "skip": 0, "ordinal": 0}
-        self.start = dict(self.pos)
-
-    def position(self) -> dict[str, Any]:
-        return dict(self.pos)
-
-    def seek(self, position: dict[str, Any]) -> None:
-        self.pos = {k: int(v) for k, v in position.items()}
-        self.start = dict(self.pos)
-
-    def partitions(self) -> int:
-        return len(self.files)
-
-    def close(self) -> None:
-        pass
+        super().__init__(ctx, files, {"file": 0, "byte": 0, "skip": 0, "ordinal": 0})
+        self.spec = spec
+        self.format = Json()
+        self.schema = ctx.schema
 
     def _blocks(self, path: Path, start: int) -> Iterator[tuple[int, bytes]]:
         """(byte position, block) pairs from `start`; each block ends at a line end.
@@ -223,26 +230,10 @@ class ParquetSource:
         return _TableReader(ctx, _expand(self.path), load)
 
 
-class _TableReader:
+class _TableReader(_FileReader):
     def __init__(self, ctx: SourceContext, files: list[Path], load: object) -> None:
-        self.ctx = ctx
-        self.files = files
+        super().__init__(ctx, files, {"file": 0, "row": 0})
         self.load = load
-        self.pos = {"file": 0, "row": 0}
-        self.start = dict(self.pos)
-
-    def position(self) -> dict[str, Any]:
-        return dict(self.pos)
-
-    def seek(self, position: dict[str, Any]) -> None:
-        self.pos = {k: int(v) for k, v in position.items()}
-        self.start = dict(self.pos)
-
-    def partitions(self) -> int:
-        return len(self.files)
-
-    def close(self) -> None:
-        pass
 
     def batches(self) -> Iterator[tuple[str, Batch]]:
         for p, path in enumerate(self.files):
