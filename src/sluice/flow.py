@@ -39,6 +39,7 @@ from sluice.core.plan import (
     Step,
     Union,
     Window,
+    WindowJoin,
     WithColumns,
     Write,
 )
@@ -247,6 +248,16 @@ class Stream:
     def timeouts(self) -> Stream:
         """Partial matches of a match step that ran out of time."""
         return self._port("timeouts")
+
+    def window_join(self, name: str, right: Stream, *, by: str | Iterable[str], window: Tumbling | Sliding,
+                    suffix: str = "_right") -> Stream:
+        """Pair records of the same key that fall in the same window, when the window closes. Output:
+        both records' columns (clashing right names get `suffix`), window_start and window_end."""
+        if not isinstance(window, Tumbling | Sliding):
+            raise PlanError(f"window_join {name!r}: window must be Tumbling or Sliding")
+        _ = (window.size_ms, window.slide_ms)
+        keys = (by,) if isinstance(by, str) else tuple(by)
+        return self.flow._add(WindowJoin(name, (self.ref, right.ref), keys, window, suffix), self.keys)
 
     def side(self, tag: str) -> Stream:
         """A side output of a process step."""

@@ -205,6 +205,18 @@ class Match(Step):
 
 
 @dataclass(frozen=True, eq=False)
+class WindowJoin(Step):
+    by: tuple[str, ...]
+    window: Any  # time.windows.Tumbling | Sliding
+    suffix: str = "_right"
+    kind = "window_join"
+    stateful = True
+
+    def ports(self) -> tuple[str, ...]:
+        return ("out", "late")
+
+
+@dataclass(frozen=True, eq=False)
 class Union(Step):
     kind = "union"
 

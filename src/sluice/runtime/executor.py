@@ -33,6 +33,7 @@ from sluice.core.plan import (
     Step,
     Union,
     Window,
+    WindowJoin,
     WithColumns,
     Write,
 )
@@ -191,6 +192,10 @@ class Executor:
 
             return ZScoreOperator(step.name, list(step.keys), key_names(step.keys), step.value, step.window_ms,
                                   step.threshold, step.min_count, step.only_anomalies)
+        if isinstance(step, WindowJoin):
+            from sluice.operators.window_join import WindowJoinOperator
+
+            return WindowJoinOperator(step.name, list(step.by), step.window, step.suffix)
         if isinstance(step, Match):
             from sluice.operators.match import MatchOperator
             from sluice.operators.window import key_names
