@@ -213,6 +213,17 @@ class Stream:
         step = AsofJoin(name, (self.ref, right.ref), keys, to_ms(tolerance, "tolerance"), strict, how, right_order, suffix)
         return self.flow._add(step, self.keys)
 
+    def temporal_join(self, name: str, table: Stream, *, by: str | Iterable[str], deleted: pl.Expr | None = None,
+                      how: str = "left", suffix: str = "_right") -> Stream:
+        """Enrich each record from a table kept from a changelog stream: the table's row for the key as
+        it stood at the record's event time (its latest version at or before it). Rows of `table` where
+        `deleted` holds are deletions. how="left" keeps records without a row (right columns null)."""
+        if how not in ("inner", "left"):
+            raise PlanError(f"temporal_join {name!r}: how must be 'inner' or 'left', got {how!r}")
+        keys = (by,) if isinstance(by, str) else tuple(by)
+        step = AsofJoin(name, (self.ref, table.ref), keys, None, False, how, None, suffix, deleted)
+        return self.flow._add(step, self.keys)
+
     def interval_join(self, name: str, right: Stream, *, by: str | Iterable[str], lower: timedelta,
                       upper: timedelta, how: str = "inner", suffix: str = "_right") -> Stream:
         """Pair records with `right` records of the same key whose time is within

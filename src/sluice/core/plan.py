@@ -151,11 +151,12 @@ class Process(Step):
 @dataclass(frozen=True, eq=False)
 class AsofJoin(Step):
     by: tuple[str, ...]
-    tolerance_ms: int
+    tolerance_ms: int | None  # None: any age (a table's latest version)
     strict: bool = True
     how: str = "inner"
     right_order: str | None = None
     suffix: str = "_right"
+    deleted: pl.Expr | None = None  # right rows where this holds are deletions (changelog tables)
     kind = "asof_join"
     stateful = True
 

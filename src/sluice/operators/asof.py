@@ -18,11 +18,12 @@ from sluice.operators.base import Emitted, Operator, TwoInputState
 
 SEQ = "__sl_seq"
 RTIME = "__sl_rtime"
+DELETED = "__sl_deleted"
 
 
 class AsofJoinOperator(TwoInputState, Operator):
-    def __init__(self, name: str, by: list[str], tolerance_ms: int, strict: bool, how: str,
-                 right_order: str | None, suffix: str) -> None:
+    def __init__(self, name: str, by: list[str], tolerance_ms: int | None, strict: bool, how: str,
+                 right_order: str | None, suffix: str, deleted: pl.Expr | None = None) -> None:
         self.name = name
         self.by = by
         self.tolerance = tolerance_ms
@@ -30,6 +31,7 @@ class AsofJoinOperator(TwoInputState, Operator):
         self.how = how
         self.right_order = right_order
         self.suffix = suffix
+        self.deleted = deleted
         self.left: pl.DataFrame | None = None
         self.right: pl.DataFrame | None = None
         self.wms = [NO_WATERMARK, NO_WATERMARK]
@@ -53,6 +55,8 @@ class AsofJoinOperator(TwoInputState, Operator):
                 self.left = df if self.left is None else pl.concat([self.left, df], how="diagonal_relaxed")
             else:
                 df = df.drop(WATERMARK, OFFSET, strict=False)
+                if self.deleted is not None:
+                    df = df.with_columns(self.deleted.fill_null(False).alias(DELETED))
                 self.right = df if self.right is None else pl.concat([self.right, df], how="diagonal_relaxed")
         if batch.watermark is not None:
             self.wms[index] = max(self.wms[index], batch.watermark)
@@ -72,7 +76,13 @@ class AsofJoinOperator(TwoInputState, Operator):
             if ready.height:
                 out = self._join(ready)
         if self.right is not None and self.watermark < END_OF_TIME:
-            self.right = self.right.filter(pl.col(TIME) >= self.watermark - self.tolerance)
+            if self.tolerance is not None:
+                self.right = self.right.filter(pl.col(TIME) >= self.watermark - self.tolerance)
+            else:  # a table: of the versions before the watermark only the latest per key can still match
+                old = pl.col(TIME) < self.watermark
+                order = [TIME, self.right_order] if self.right_order else [TIME, SEQ]
+                latest = self.right.filter(old).sort(order).unique(subset=self.by, keep="last", maintain_order=True)
+                self.right = pl.concat([latest, self.right.filter(~old)], how="diagonal_relaxed")
         df = out.with_columns(pl.lit(start, pl.Int64).alias(WATERMARK)) if out is not None else pl.DataFrame()
         return [("out", Batch(df, watermark=self.watermark, time_dtype=self.time_dtype))]
 
@@ -88,6 +98,11 @@ class AsofJoinOperator(TwoInputState, Operator):
             joined = left.join_asof(right.select([*self.by, TIME, *[c for c in right.columns if c not in (*self.by, TIME)]]),
                                     on=TIME, by=self.by, strategy="backward", tolerance=self.tolerance,
                                     allow_exact_matches=not self.strict, check_sortedness=False)
+            if DELETED in joined.columns:  # the version in force was a deletion: no row
+                gone = pl.col(DELETED).fill_null(False)
+                right_cols = [c for c in right.columns if c not in (*self.by, TIME, DELETED)]
+                joined = joined.with_columns([pl.when(gone).then(None).otherwise(pl.col(c)).alias(c) for c in right_cols])
+                joined = joined.drop(DELETED)
             if self.how == "inner":
                 joined = joined.filter(pl.col(RTIME).is_not_null())
             return joined.drop(RTIME)

@@ -209,7 +209,7 @@ class Executor:
             from sluice.operators.asof import AsofJoinOperator
 
             return AsofJoinOperator(step.name, list(step.by), step.tolerance_ms, step.strict, step.how,
-                                    step.right_order, step.suffix)
+                                    step.right_order, step.suffix, step.deleted)
         if isinstance(step, Process):
             from sluice.operators.process import ProcessOperator
             from sluice.operators.window import key_names
