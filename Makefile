@@ -4,7 +4,7 @@ UV := $(PY) -m uv
 VENV := .venv
 BIN := $(VENV)/bin
 
-.PHONY: setup demo test test-fast lint bench bench-data clean
+.PHONY: setup services demo test test-fast lint bench bench-data clean
 
 setup: $(VENV)/.synced
 
@@ -13,10 +13,13 @@ $(VENV)/.synced: pyproject.toml uv.lock
 	$(UV) sync --frozen --quiet
 	@touch $@
 
+services:  ## the servers some tests run against (Redis), from Debian packages
+	bash scripts/install-services.sh
+
 demo: setup  ## the real-time analytics job on the embedded default
 	$(BIN)/sluice demo --events 1000000
 
-test: setup  ## the whole suite (what CI runs)
+test: setup services  ## the whole suite (what CI runs)
 	$(BIN)/ruff check src tests bench
 	$(BIN)/mypy
 	$(BIN)/python -m pytest

@@ -29,3 +29,35 @@ def events_small(tmp_path_factory: pytest.TempPathFactory) -> Path:
 def events_medium(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """60,000 events over 30 minutes."""
     return generate("events", 60_000, tmp_path_factory.mktemp("ev") / "medium.jsonl", users=300, span_s=1800)
+
+
+@pytest.fixture(scope="session")
+def redis_url(tmp_path_factory: pytest.TempPathFactory):
+    """A real Redis server on a free loopback port, for this test session only.
+    `make test` installs redis-server (scripts/install-services.sh); without it this fails, not skips."""
+    import shutil
+    import socket
+    import time
+
+    server = shutil.which("redis-server")
+    assert server, "redis-server is not installed: run `make services` (scripts/install-services.sh)"
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    workdir = tmp_path_factory.mktemp("redis")
+    proc = subprocess.Popen([server, "--bind", "127.0.0.1", "--port", str(port), "--save", "", "--appendonly", "no",
+                             "--dir", str(workdir), "--requirepass", "s3cret-pass"],
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    url = f"redis://:s3cret-pass@127.0.0.1:{port}/0"
+    import redis
+
+    client = redis.Redis.from_url(url)
+    for _ in range(100):
+        try:
+            client.ping()
+            break
+        except redis.exceptions.ConnectionError:
+            time.sleep(0.05)
+    yield url
+    proc.terminate()
+    proc.wait(timeout=10)

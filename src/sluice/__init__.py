@@ -20,6 +20,7 @@ from sluice.connectors.files import (
 )
 from sluice.connectors.generator import GeneratorSource
 from sluice.connectors.log import LogSink, LogSource
+from sluice.connectors.lookup import RedisLookup
 from sluice.connectors.memory import CollectSink, MemorySource
 from sluice.core.errors import (
     DecodeError,
@@ -66,6 +67,7 @@ __all__ = [
     "Pattern",
     "PlanError",
     "ProcessContext",
+    "RedisLookup",
     "RunResult",
     "SchemaError",
     "Session",

@@ -29,6 +29,7 @@ from sluice.core.plan import (
     Filter,
     IntervalJoin,
     KeyBy,
+    LookupJoin,
     Map,
     Match,
     Plan,
@@ -223,6 +224,15 @@ class Stream:
         keys = (by,) if isinstance(by, str) else tuple(by)
         step = AsofJoin(name, (self.ref, table.ref), keys, None, False, how, None, suffix, deleted)
         return self.flow._add(step, self.keys)
+
+    def lookup_join(self, name: str, lookup: Any, *, by: str, how: str = "left",
+                    cache_ttl: timedelta | None = timedelta(minutes=1), cache_size: int = 100_000) -> Stream:
+        """Enrich records from an external store (e.g. sl.RedisLookup) by key, with a cache of up to
+        `cache_size` keys kept for `cache_ttl`. Values are the store's current ones (processing time)."""
+        if how not in ("inner", "left"):
+            raise PlanError(f"lookup_join {name!r}: how must be 'inner' or 'left', got {how!r}")
+        ttl = cache_ttl.total_seconds() if cache_ttl is not None else None
+        return self.flow._add(LookupJoin(name, (self.ref,), by, lookup, how, ttl, cache_size), self.keys)
 
     def interval_join(self, name: str, right: Stream, *, by: str | Iterable[str], lower: timedelta,
                       upper: timedelta, how: str = "inner", suffix: str = "_right") -> Stream:

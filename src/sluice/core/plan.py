@@ -218,6 +218,16 @@ class WindowJoin(Step):
 
 
 @dataclass(frozen=True, eq=False)
+class LookupJoin(Step):
+    by: str
+    lookup: Any  # connectors.lookup.RedisLookup
+    how: str = "left"
+    cache_ttl_s: float | None = 60.0
+    cache_size: int = 100_000
+    kind = "lookup_join"
+
+
+@dataclass(frozen=True, eq=False)
 class Union(Step):
     kind = "union"
 

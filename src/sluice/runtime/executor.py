@@ -24,6 +24,7 @@ from sluice.core.plan import (
     Filter,
     IntervalJoin,
     KeyBy,
+    LookupJoin,
     Map,
     Match,
     Plan,
@@ -192,6 +193,10 @@ class Executor:
 
             return ZScoreOperator(step.name, list(step.keys), key_names(step.keys), step.value, step.window_ms,
                                   step.threshold, step.min_count, step.only_anomalies)
+        if isinstance(step, LookupJoin):
+            from sluice.operators.lookup import LookupJoinOperator
+
+            return LookupJoinOperator(step.name, step.by, step.lookup, step.how, step.cache_ttl_s, step.cache_size)
         if isinstance(step, WindowJoin):
             from sluice.operators.window_join import WindowJoinOperator
 
