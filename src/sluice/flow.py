@@ -259,8 +259,9 @@ class Stream:
     def match(self, name: str, pattern: Any, *, skip: str = "no_skip") -> Stream:
         """Find `pattern` (sl.Pattern) per key, in event-time order. One row per match: the keys,
         match_start, match_end and a column per stage with its event (a list for repeating stages).
-        `.timeouts` has partial matches that ran out of `within`; skip="skip_past_last_event" drops
-        the partial matches that started before a match's last event."""
+        `.timeouts` has partial matches that ran out of `within`. After a match, skip="skip_to_next"
+        drops the partial matches that started with the same event, skip="skip_past_last_event" every
+        partial match that started before the match's last event."""
         if not self.keys:
             raise PlanError(f"match {name!r} needs keys: call .key_by(...) before it")
         return self.flow._add(Match(name, (self.ref,), self.keys, pattern, skip), self.keys)

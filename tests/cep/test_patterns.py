@@ -95,6 +95,15 @@ def test_quantifier_and_skip_past_last_event():
     assert [tuple(e["i"] for e in r["a"]) for r in out.to_dicts()] == [(0, 1)]  # the oldest only
 
 
+def test_skip_to_next_drops_what_started_with_the_match():
+    any_b = sl.Pattern.begin("a").where(pl.col("v") < 10).followed_by_any("b").where(pl.col("v") > 90)
+    recs = [(1000, "x", 5), (2000, "x", 5), (3000, "x", 95), (4000, "x", 95)]
+    _, out, _, _ = run(recs, any_b, 1)
+    assert pairs(out) == [(0, 2), (0, 3), (1, 2), (1, 3)]
+    _, out, _, _ = run(recs, any_b, 1, skip="skip_to_next")
+    assert pairs(out) == [(0, 2), (1, 2)]  # after a's first match, its other branches are dropped
+
+
 def test_timeouts_and_conditions_on_earlier_events():
     rising = (sl.Pattern.begin("first").where(pl.col("v") > 0)
               .followed_by("higher").where(lambda e, m: e["v"] > m["first"][0]["v"])

@@ -26,7 +26,7 @@ from sluice.core.batch import END_OF_TIME, NO_WATERMARK, TIME, WATERMARK, Batch
 from sluice.core.errors import PlanError
 from sluice.operators.base import SEQ, ArrivalBuffer, Emitted, Operator
 
-SKIPS = ("no_skip", "skip_past_last_event")
+SKIPS = ("no_skip", "skip_to_next", "skip_past_last_event")
 
 
 @dataclass
@@ -151,15 +151,19 @@ class MatchOperator(Operator):
             survivors.append(Partial(0, 1, {self.stages[0].name: [event]}, t, seq))
         alive: list[Partial] = []
         matched = False
+        emitted_starts: set[int] = set()
         for pm in survivors:
             if self._complete(pm) and pm.events.get(self.stages[-1].name, [None])[-1] is event:
                 if matched and self.skip == "skip_past_last_event":
                     continue  # the oldest match wins; the others started before its last event
                 matches.append(self._row(row, pm, "match_end", t))
                 matched = True
+                emitted_starts.add(pm.start_seq)
             if not (pm.stage == len(self.stages) - 1 and self.stages[-1].max is not None
                     and pm.count >= self.stages[-1].max):
                 alive.append(pm)
+        if matched and self.skip == "skip_to_next":  # drop what started with the same event as a match
+            alive = [pm for pm in alive if pm.start_seq not in emitted_starts]
         if matched and self.skip == "skip_past_last_event":
             alive = [pm for pm in alive if pm.start_seq == seq]  # only what this very event started
         if alive:
