@@ -4,7 +4,7 @@ UV := $(PY) -m uv
 VENV := .venv
 BIN := $(VENV)/bin
 
-.PHONY: setup services demo test test-fast lint bench bench-data clean
+.PHONY: setup services kafka-up kafka-down demo test test-fast lint bench bench-data clean
 
 setup: $(VENV)/.synced
 
@@ -15,6 +15,12 @@ $(VENV)/.synced: pyproject.toml uv.lock
 
 services:  ## the servers some tests run against (Redis), from Debian packages
 	bash scripts/install-services.sh
+
+kafka-up:  ## a real Kafka broker (KRaft, jars from Maven Central) on loopback; last line: bootstrap=HOST:PORT
+	@bash scripts/kafka.sh up $(CURDIR)/.sluice/kafka
+
+kafka-down:
+	@bash scripts/kafka.sh down $(CURDIR)/.sluice/kafka
 
 demo: setup  ## the real-time analytics job on the embedded default
 	$(BIN)/sluice demo --events 1000000

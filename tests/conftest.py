@@ -61,3 +61,15 @@ def redis_url(tmp_path_factory: pytest.TempPathFactory):
     yield url
     proc.terminate()
     proc.wait(timeout=10)
+
+
+@pytest.fixture(scope="session")
+def kafka_bootstrap(tmp_path_factory: pytest.TempPathFactory):
+    """A real Apache Kafka broker (KRaft, jars from Maven Central) on free loopback ports, for this session."""
+    directory = tmp_path_factory.mktemp("kafka")
+    script = ROOT / "scripts" / "kafka.sh"
+    r = subprocess.run(["bash", str(script), "up", str(directory)], capture_output=True, text=True, timeout=600)
+    assert r.returncode == 0, r.stderr[-2000:]
+    bootstrap = r.stdout.strip().splitlines()[-1].removeprefix("bootstrap=")
+    yield bootstrap
+    subprocess.run(["bash", str(script), "down", str(directory)], timeout=120)

@@ -1,0 +1,98 @@
+#!/usr/bin/env bash
+# A single-node Apache Kafka broker (KRaft) from Maven Central jars — no Docker, no download site.
+#   scripts/kafka.sh install        resolve the jars into $SLUICE_CACHE (default ~/.cache/sluice)
+#   scripts/kafka.sh up [DIR]       format and start a broker on free loopback ports; last line: bootstrap=HOST:PORT
+#   scripts/kafka.sh down [DIR]     stop it
+# DIR (default /tmp/sluice-kafka) holds the data, logs, config and pid.
+set -euo pipefail
+HERE="$(cd "$(dirname "$0")/.." && pwd)"
+VERSION=4.3.1
+CACHE="${SLUICE_CACHE:-$HOME/.cache/sluice}/kafka-$VERSION"
+LIBS="$CACHE/libs"
+
+install() {
+  if [ -f "$LIBS/kafka_2.13-$VERSION.jar" ]; then return; fi
+  command -v mvn >/dev/null || { echo "kafka.sh: Maven (mvn) is needed to fetch the Kafka jars" >&2; exit 1; }
+  command -v java >/dev/null || { echo "kafka.sh: Java 17+ is needed to run Kafka" >&2; exit 1; }
+  (cd "$HERE/services/kafka" && mvn -B -q package -Dkafka.libs="$LIBS.tmp") >&2
+  rm -rf "$LIBS"; mv "$LIBS.tmp" "$LIBS"
+}
+
+free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
+
+up() {
+  local dir="${1:-/tmp/sluice-kafka}"
+  install
+  down "$dir" 2>/dev/null || true
+  rm -rf "$dir"; mkdir -p "$dir/data" "$dir/logs"
+  local port cport
+  port=$(free_port); cport=$(free_port)
+  cat > "$dir/server.properties" <<PROPS
+process.roles=broker,controller
+node.id=1
+controller.quorum.bootstrap.servers=127.0.0.1:$cport
+listeners=PLAINTEXT://127.0.0.1:$port,CONTROLLER://127.0.0.1:$cport
+advertised.listeners=PLAINTEXT://127.0.0.1:$port
+controller.listener.names=CONTROLLER
+inter.broker.listener.name=PLAINTEXT
+listener.security.protocol.map=CONTROLLER:PLAINTEXT,PLAINTEXT:PLAINTEXT
+log.dirs=$dir/data
+num.partitions=1
+num.network.threads=2
+num.io.threads=2
+num.recovery.threads.per.data.dir=1
+offsets.topic.replication.factor=1
+offsets.topic.num.partitions=4
+transaction.state.log.replication.factor=1
+transaction.state.log.min.isr=1
+transaction.state.log.num.partitions=4
+share.coordinator.state.topic.replication.factor=1
+share.coordinator.state.topic.min.isr=1
+group.initial.rebalance.delay.ms=0
+auto.create.topics.enable=false
+PROPS
+  cat > "$dir/log4j2.properties" <<'PROPS'
+status = warn
+appender.console.type = Console
+appender.console.name = STDOUT
+appender.console.layout.type = PatternLayout
+appender.console.layout.pattern = [%d] %p %m (%c)%n
+rootLogger.level = INFO
+rootLogger.appenderRef.stdout.ref = STDOUT
+PROPS
+  local jopts=(-Xms512m -Xmx1g -XX:+UseG1GC -Djava.awt.headless=true -Dkafka.logs.dir="$dir/logs"
+               -Dlog4j2.configurationFile="$dir/log4j2.properties")
+  local id
+  id=$(java -Xmx256m -Dlog4j2.configurationFile="$dir/log4j2.properties" -cp "$LIBS/*" kafka.tools.StorageTool random-uuid)
+  java "${jopts[@]}" -cp "$LIBS/*" kafka.tools.StorageTool format -t "$id" -c "$dir/server.properties" --standalone >"$dir/logs/format.log" 2>&1
+  nohup java "${jopts[@]}" -cp "$LIBS/*" kafka.Kafka "$dir/server.properties" >"$dir/logs/stdout.log" 2>&1 &
+  echo $! > "$dir/kafka.pid"
+  echo "127.0.0.1:$port" > "$dir/bootstrap"
+  for _ in $(seq 1 120); do
+    if grep -q "Kafka Server started" "$dir/logs/stdout.log"; then
+      echo "bootstrap=127.0.0.1:$port"
+      return
+    fi
+    kill -0 "$(cat "$dir/kafka.pid")" 2>/dev/null || { tail -40 "$dir/logs/stdout.log" >&2; exit 1; }
+    sleep 0.5
+  done
+  echo "kafka.sh: the broker did not start within 60 s; see $dir/logs/stdout.log" >&2
+  exit 1
+}
+
+down() {
+  local dir="${1:-/tmp/sluice-kafka}"
+  [ -f "$dir/kafka.pid" ] || return 0
+  local pid; pid=$(cat "$dir/kafka.pid")
+  kill -TERM "$pid" 2>/dev/null || true
+  for _ in $(seq 1 60); do kill -0 "$pid" 2>/dev/null || break; sleep 0.5; done
+  kill -KILL "$pid" 2>/dev/null || true
+  rm -f "$dir/kafka.pid"
+}
+
+case "${1:-}" in
+  install) install ;;
+  up) up "${2:-}" ;;
+  down) down "${2:-}" ;;
+  *) echo "usage: scripts/kafka.sh install | up [DIR] | down [DIR]" >&2; exit 2 ;;
+esac
