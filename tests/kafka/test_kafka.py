@@ -40,3 +40,25 @@ def test_missing_topic_is_a_clear_error(kafka_bootstrap: str) -> None:
     flow.read("src", KafkaSource("no-such-topic", kafka_bootstrap), schema={"a": int}).write("out", sl.CollectSink())
     with pytest.raises(KafkaError, match="no-such-topic"):
         sl.run(flow)
+
+
+def test_resume_from_checkpointed_offsets_after_a_crash(kafka_bootstrap: str, events_medium: Path, tmp_path: Path) -> None:
+    """The run dies mid-way (its sink raises), starts again with the same checkpoint directory, resumes
+    from the Kafka offsets saved in the checkpoint, and writes exactly what an uninterrupted run writes."""
+    from test_resume_operators import Crash, CrashingSink
+
+    topic = "events-resume"
+    create_topic(kafka_bootstrap, topic, 3)
+    load = sl.Flow("load")
+    load.read("file", sl.JsonLinesSource(events_medium)).write("topic", KafkaSink(topic, kafka_bootstrap, key="user_id"))
+    sl.run(load)
+    reference = tmp_path / "reference.jsonl"
+    sl.run(build("w1", KafkaSource(topic, kafka_bootstrap), sl.JsonLinesSink(reference)), batch_size=2000)
+    out, ckpt = tmp_path / "out.jsonl", tmp_path / "ck"
+    Path(str(out) + ".armed").write_text("5")
+    with pytest.raises(Crash):
+        sl.run(build("w1", KafkaSource(topic, kafka_bootstrap), CrashingSink(out)), batch_size=2000,
+               checkpoint_dir=ckpt, checkpoint_interval=0.0)
+    sl.run(build("w1", KafkaSource(topic, kafka_bootstrap), CrashingSink(out)), batch_size=2000,
+           checkpoint_dir=ckpt, checkpoint_interval=0.0)
+    assert out.read_bytes() == reference.read_bytes()
