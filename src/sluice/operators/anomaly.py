@@ -15,8 +15,7 @@ from typing import Any
 import polars as pl
 
 from sluice.core.batch import END_OF_TIME, NO_WATERMARK, TIME, WATERMARK, Batch
-from sluice.core.errors import PlanError
-from sluice.operators.base import SEQ, ArrivalBuffer, Emitted, Operator
+from sluice.operators.base import SEQ, ArrivalBuffer, Emitted, Operator, require_event_time
 
 VALUE = "__sl_value"
 HIST = "__sl_hist"
@@ -35,8 +34,7 @@ class ZScoreOperator(Operator):
     def on_batch(self, index: int, batch: Batch) -> Emitted:
         emitted: Emitted = []
         if batch.height:
-            if TIME not in batch.df.columns:
-                raise PlanError(f"detect_anomalies {self.name!r} needs event time: call .event_time(...) first")
+            require_event_time("detect_anomalies", self.name, batch)
             self.time_dtype = batch.time_dtype or self.time_dtype
             df, late = ArrivalBuffer.split_late(self.pending.stamp(
                 batch.df.with_columns(*self.keys, self.value.cast(pl.Float64).alias(VALUE))))

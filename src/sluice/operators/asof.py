@@ -12,9 +12,8 @@ from __future__ import annotations
 
 import polars as pl
 
-from sluice.core.batch import END_OF_TIME, NO_WATERMARK, OFFSET, TIME, WATERMARK, Batch
-from sluice.core.errors import PlanError
-from sluice.operators.base import Emitted, Operator, TwoInputState
+from sluice.core.batch import END_OF_TIME, OFFSET, TIME, WATERMARK, Batch
+from sluice.operators.base import Emitted, Operator, TwoInputState, require_event_time
 
 SEQ = "__sl_seq"
 RTIME = "__sl_rtime"
@@ -32,18 +31,12 @@ class AsofJoinOperator(TwoInputState, Operator):
         self.right_order = right_order
         self.suffix = suffix
         self.deleted = deleted
-        self.left: pl.DataFrame | None = None
-        self.right: pl.DataFrame | None = None
-        self.wms = [NO_WATERMARK, NO_WATERMARK]
-        self.watermark = NO_WATERMARK
-        self.seq = 0
-        self.time_dtype: pl.DataType | None = None
+        self._init_inputs()
 
     def on_batch(self, index: int, batch: Batch) -> Emitted:
         emitted: Emitted = []
         if batch.height:
-            if TIME not in batch.df.columns:
-                raise PlanError(f"asof_join {self.name!r} needs event time on both inputs: call .event_time(...) first")
+            require_event_time("asof_join", self.name, batch)
             self.time_dtype = batch.time_dtype or self.time_dtype
             df = batch.df.with_columns(pl.int_range(self.seq, self.seq + batch.height, dtype=pl.Int64).alias(SEQ))
             self.seq += batch.height
@@ -58,9 +51,7 @@ class AsofJoinOperator(TwoInputState, Operator):
                 if self.deleted is not None:
                     df = df.with_columns(self.deleted.fill_null(False).alias(DELETED))
                 self.right = df if self.right is None else pl.concat([self.right, df], how="diagonal_relaxed")
-        if batch.watermark is not None:
-            self.wms[index] = max(self.wms[index], batch.watermark)
-        return self._advance(min(self.wms)) + emitted
+        return self._advance(self._input_watermark(index, batch)) + emitted
 
     def on_end(self) -> Emitted:
         return self._advance(END_OF_TIME)

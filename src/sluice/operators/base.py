@@ -84,14 +84,46 @@ class ArrivalBuffer:
         self.frame = state.get("buffer")
 
 
+def require_event_time(kind: str, name: str, batch: Batch) -> None:
+    """Order-sensitive steps need the columns an event_time step adds."""
+    if TIME not in batch.df.columns:
+        from sluice.core.errors import PlanError
+
+        raise PlanError(f"{kind} {name!r} needs event time: call .event_time(...) before it (on every input)")
+
+
 class TwoInputState:
-    """The state both joins keep: buffered left and right rows, each input's watermark, arrival count."""
+    """The state the joins keep: buffered left and right rows, each input's watermark, arrival count."""
 
     left: pl.DataFrame | None
     right: pl.DataFrame | None
     wms: list[int]
     watermark: int
     seq: int
+    time_dtype: pl.DataType | None
+
+    def _init_inputs(self) -> None:
+        from sluice.core.batch import NO_WATERMARK
+
+        self.left = None
+        self.right = None
+        self.wms = [NO_WATERMARK, NO_WATERMARK]
+        self.watermark = NO_WATERMARK
+        self.seq = 0
+        self.time_dtype = None
+
+    def _append(self, index: int, rows: pl.DataFrame) -> None:
+        """Buffer rows of input `index` (0: left, 1: right)."""
+        if index == 0:
+            self.left = rows if self.left is None else pl.concat([self.left, rows], how="diagonal_relaxed")
+        else:
+            self.right = rows if self.right is None else pl.concat([self.right, rows], how="diagonal_relaxed")
+
+    def _input_watermark(self, index: int, batch: Batch) -> int:
+        """Record input `index`'s watermark; the operator's is the minimum of both."""
+        if batch.watermark is not None:
+            self.wms[index] = max(self.wms[index], batch.watermark)
+        return min(self.wms)
 
     def snapshot(self) -> dict[str, Any]:
         state: dict[str, Any] = {"wms": self.wms, "watermark": self.watermark, "seq": self.seq}

@@ -13,9 +13,9 @@ from __future__ import annotations
 
 import polars as pl
 
-from sluice.core.batch import END_OF_TIME, NO_WATERMARK, OFFSET, TIME, WATERMARK, Batch
+from sluice.core.batch import END_OF_TIME, OFFSET, TIME, WATERMARK, Batch
 from sluice.core.errors import PlanError
-from sluice.operators.base import Emitted, Operator, TwoInputState
+from sluice.operators.base import Emitted, Operator, TwoInputState, require_event_time
 
 SEQ = "__sl_seq"
 MATCHED = "__sl_matched"
@@ -27,12 +27,7 @@ class IntervalJoinOperator(TwoInputState, Operator):
         if lower_ms > upper_ms:
             raise PlanError(f"interval_join {name!r}: lower bound {lower_ms} ms is above upper bound {upper_ms} ms")
         self.name, self.by, self.lower, self.upper, self.how, self.suffix = name, by, lower_ms, upper_ms, how, suffix
-        self.left: pl.DataFrame | None = None
-        self.right: pl.DataFrame | None = None
-        self.wms = [NO_WATERMARK, NO_WATERMARK]
-        self.watermark = NO_WATERMARK
-        self.seq = 0
-        self.time_dtype: pl.DataType | None = None
+        self._init_inputs()
 
     def _pairs(self, left: pl.DataFrame, right: pl.DataFrame) -> pl.DataFrame:
         """Pairs in range. Times are cut into buckets as wide as the interval, so a left record meets only
@@ -55,8 +50,7 @@ class IntervalJoinOperator(TwoInputState, Operator):
         emitted: Emitted = []
         frames: list[pl.DataFrame] = []
         if batch.height:
-            if TIME not in batch.df.columns:
-                raise PlanError(f"interval_join {self.name!r} needs event time on both inputs")
+            require_event_time("interval_join", self.name, batch)
             self.time_dtype = batch.time_dtype or self.time_dtype
             df = batch.df.drop(WATERMARK, strict=False).with_columns(
                 pl.int_range(self.seq, self.seq + batch.height, dtype=pl.Int64).alias(SEQ))
@@ -72,7 +66,7 @@ class IntervalJoinOperator(TwoInputState, Operator):
                     hit = pairs.select(SEQ).unique()
                     new = new.with_columns(pl.col(SEQ).is_in(hit[SEQ].implode()).alias(MATCHED))
                     frames.append(pairs)
-                self.left = new if self.left is None else pl.concat([self.left, new], how="diagonal_relaxed")
+                self._append(0, new)
             else:
                 new = df.drop(OFFSET, strict=False)
                 if self.left is not None:
@@ -81,10 +75,8 @@ class IntervalJoinOperator(TwoInputState, Operator):
                         hit = pairs.select(SEQ).unique()
                         self.left = self.left.with_columns((pl.col(MATCHED) | pl.col(SEQ).is_in(hit[SEQ].implode())).alias(MATCHED))
                         frames.append(pairs)
-                self.right = new if self.right is None else pl.concat([self.right, new], how="diagonal_relaxed")
-        if batch.watermark is not None:
-            self.wms[index] = max(self.wms[index], batch.watermark)
-        return self._advance(min(self.wms), frames) + emitted
+                self._append(1, new)
+        return self._advance(self._input_watermark(index, batch), frames) + emitted
 
     def on_end(self) -> Emitted:
         return self._advance(END_OF_TIME, [])

@@ -24,7 +24,7 @@ import polars as pl
 from sluice.cep.pattern import Pattern
 from sluice.core.batch import END_OF_TIME, NO_WATERMARK, TIME, WATERMARK, Batch
 from sluice.core.errors import PlanError
-from sluice.operators.base import SEQ, ArrivalBuffer, Emitted, Operator
+from sluice.operators.base import SEQ, ArrivalBuffer, Emitted, Operator, require_event_time
 
 SKIPS = ("no_skip", "skip_to_next", "skip_past_last_event")
 
@@ -65,8 +65,7 @@ class MatchOperator(Operator):
     def on_batch(self, index: int, batch: Batch) -> Emitted:
         emitted: Emitted = []
         if batch.height:
-            if TIME not in batch.df.columns:
-                raise PlanError(f"match {self.name!r} needs event time: call .event_time(...) first")
+            require_event_time("match", self.name, batch)
             self.time_dtype = batch.time_dtype or self.time_dtype
             df, late = ArrivalBuffer.split_late(self.pending.stamp(batch.df.with_columns(*self.keys, *self.cond_exprs)))
             if late.height:

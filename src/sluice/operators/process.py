@@ -21,7 +21,7 @@ import polars as pl
 
 from sluice.core.batch import END_OF_TIME, NO_WATERMARK, OFFSET, TIME, WATERMARK, Batch, user_columns
 from sluice.core.errors import DEAD_LETTER_FIX, PlanError, UserFunctionError
-from sluice.operators.base import SEQ, ArrivalBuffer, Emitted, Operator
+from sluice.operators.base import SEQ, ArrivalBuffer, Emitted, Operator, require_event_time
 from sluice.state.backends import StateBackend
 
 T = TypeVar("T")
@@ -243,8 +243,7 @@ class ProcessOperator(Operator):
     def on_batch(self, index: int, batch: Batch) -> Emitted:
         emitted: Emitted = []
         if batch.height:
-            if TIME not in batch.df.columns:
-                raise PlanError(f"process step {self.name!r} needs event time: call .event_time(...) before it")
+            require_event_time("process", self.name, batch)
             if batch.time_dtype is not None:
                 self.time_dtype = batch.time_dtype
             df, late = ArrivalBuffer.split_late(self.pending.stamp(batch.df.with_columns(*self.keys)))

@@ -10,9 +10,8 @@ from __future__ import annotations
 
 import polars as pl
 
-from sluice.core.batch import END_OF_TIME, NO_WATERMARK, OFFSET, TIME, WATERMARK, Batch
-from sluice.core.errors import PlanError
-from sluice.operators.base import SEQ, Emitted, Operator, TwoInputState
+from sluice.core.batch import END_OF_TIME, OFFSET, TIME, WATERMARK, Batch
+from sluice.operators.base import SEQ, Emitted, Operator, TwoInputState, require_event_time
 from sluice.time.windows import FixedWindow
 
 WS = "__sl_ws"
@@ -22,12 +21,7 @@ class WindowJoinOperator(TwoInputState, Operator):
     def __init__(self, name: str, by: list[str], window: FixedWindow, suffix: str) -> None:
         self.name, self.by, self.suffix = name, by, suffix
         self.size, self.slide, self.offset = window.size_ms, window.slide_ms, window.offset_ms
-        self.left: pl.DataFrame | None = None
-        self.right: pl.DataFrame | None = None
-        self.wms = [NO_WATERMARK, NO_WATERMARK]
-        self.watermark = NO_WATERMARK
-        self.seq = 0
-        self.time_dtype: pl.DataType | None = None
+        self._init_inputs()
 
     def _windows(self, df: pl.DataFrame) -> pl.DataFrame:
         """One row per (record, window containing it)."""
@@ -41,8 +35,7 @@ class WindowJoinOperator(TwoInputState, Operator):
     def on_batch(self, index: int, batch: Batch) -> Emitted:
         emitted: Emitted = []
         if batch.height:
-            if TIME not in batch.df.columns:
-                raise PlanError(f"window_join {self.name!r} needs event time on both inputs")
+            require_event_time("window_join", self.name, batch)
             self.time_dtype = batch.time_dtype or self.time_dtype
             df = batch.df.with_columns(pl.int_range(self.seq, self.seq + batch.height, dtype=pl.Int64).alias(SEQ))
             self.seq += batch.height
@@ -54,13 +47,8 @@ class WindowJoinOperator(TwoInputState, Operator):
                 emitted.append(("late", Batch(late.with_columns(pl.col(WS).alias("missed_window_start")).drop(WS, SEQ),
                                               watermark=self.watermark, time_dtype=batch.time_dtype)))
             rows = rows.filter(pl.col(WS) + self.size > arrived_under).drop(WATERMARK, OFFSET, strict=False)
-            if index == 0:
-                self.left = rows if self.left is None else pl.concat([self.left, rows], how="diagonal_relaxed")
-            else:
-                self.right = rows if self.right is None else pl.concat([self.right, rows], how="diagonal_relaxed")
-        if batch.watermark is not None:
-            self.wms[index] = max(self.wms[index], batch.watermark)
-        return self._advance(min(self.wms)) + emitted
+            self._append(index, rows)
+        return self._advance(self._input_watermark(index, batch)) + emitted
 
     def on_end(self) -> Emitted:
         return self._advance(END_OF_TIME)
