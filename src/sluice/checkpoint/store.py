@@ -159,3 +159,52 @@ class CheckpointStore:
             if not (stray / "manifest.json").exists() and (not ids or int(stray.name[4:] or 0) > ids[-1] or int(stray.name[4:] or 0) < ids[0]):
                 shutil.rmtree(stray, ignore_errors=True)
         return dropped
+
+
+# --- state as one blob (for runtimes that keep checkpoints in Kafka) ------------------------------------
+_MAGIC = b"SLST1"
+
+
+def pack_state(steps: dict[str, tuple[str, str, State]], meta: dict[str, Any]) -> bytes:
+    """Steps' state and `meta` as bytes: a JSON header (scalars, frame sizes, checksum) then Arrow IPC frames."""
+    header: dict[str, Any] = {"meta": meta, "steps": {}}
+    blobs: list[bytes] = []
+    for name, (kind, fingerprint, state) in steps.items():
+        scalars, frames = {}, {}
+        for key, value in state.items():
+            if isinstance(value, DirectoryState):
+                raise CheckpointError(f"step {name!r}: state kept on disk (RocksDB) cannot be checkpointed into Kafka "
+                                      "yet; use the memory state backend with the Kafka runtime")
+            if isinstance(value, pl.DataFrame):
+                buf = io.BytesIO()
+                value.write_ipc(buf, compression="lz4")
+                blobs.append(buf.getvalue())
+                frames[key] = len(blobs[-1])
+            else:
+                scalars[key] = value
+        header["steps"][name] = {"kind": kind, "fingerprint": fingerprint, "scalars": scalars, "frames": frames}
+    body = b"".join(blobs)
+    header["sha256"] = hashlib.sha256(body).hexdigest()
+    head = json.dumps(header, sort_keys=True).encode()
+    return _MAGIC + len(head).to_bytes(4, "big") + head + body
+
+
+def unpack_state(data: bytes) -> tuple[dict[str, Any], dict[str, Any], Any]:
+    """(meta, step entries, load(step) → state) from `pack_state` bytes."""
+    if not data.startswith(_MAGIC):
+        raise CheckpointError("a state snapshot does not start with its marker; it was not written by Sluice")
+    size = int.from_bytes(data[len(_MAGIC):len(_MAGIC) + 4], "big")
+    start = len(_MAGIC) + 4
+    header = json.loads(data[start:start + size])
+    body = memoryview(data)[start + size:]
+    if hashlib.sha256(body).hexdigest() != header["sha256"]:
+        raise CheckpointError("a state snapshot fails its checksum")
+    states: dict[str, State] = {}
+    at = 0
+    for name, entry in header["steps"].items():
+        state: State = dict(entry["scalars"])
+        for key, length in entry["frames"].items():
+            state[key] = pl.read_ipc(io.BytesIO(bytes(body[at:at + length])))
+            at += length
+        states[name] = state
+    return header["meta"], header["steps"], states.get

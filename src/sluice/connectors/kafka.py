@@ -1,15 +1,19 @@
 """Apache Kafka source and sink on confluent-kafka (librdkafka).
 
-This is the first slice: JSON values, bounded reads (from the earliest offset to the end offsets seen at
-start, or `follow=True`), per-partition offsets as checkpoint positions, and an idempotent producer
-that partitions by key and surfaces delivery errors. Consumer-group assignment, transactions
-(exactly-once to Kafka), Avro and the schema registry come next (issue #4).
-Settings such as SASL/SSL pass through `config`; they are never logged.
+In a single process (`sl.run`) the source reads every partition itself: bounded to the end offsets seen
+at start (or `follow=True`), with per-partition offsets as checkpoint positions. With the Kafka runtime
+(`sluice.runtime.kafka_worker`, `sluice run --kafka ... --workers N`) partitions are assigned by the
+consumer group and output, offsets and state are committed in one Kafka transaction.
+
+Values are JSON by default, or Avro / JSON Schema in the Confluent wire format (`sluice.formats.registry`).
+Keys, headers and timestamps can be read as columns and written from columns. Settings such as SASL/SSL
+pass through `config`; no log line or error message shows them.
 """
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+import re
+from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -23,25 +27,106 @@ from sluice.core.errors import DEAD_LETTER_FIX, DecodeError, PlanError, SluiceEr
 from sluice.core.schema import Schema
 from sluice.formats.json import Json
 
+SECRET_KEYS = ("password", "secret", "sasl.oauthbearer.config", "ssl.key.pem", "ssl.keystore", "token")
+HEADERS_DTYPE = pl.List(pl.Struct({"key": pl.String, "value": pl.Binary}))
+
 
 class KafkaError(SluiceError):
     """Kafka refused or failed an operation."""
 
 
+def redact(config: Mapping[str, Any]) -> dict[str, Any]:
+    """`config` fit for a log line or an error message: secret values replaced by ***."""
+    return {k: ("***" if any(w in k.lower() for w in SECRET_KEYS) else v) for k, v in config.items()}
+
+
+def client_config(bootstrap: str, config: Mapping[str, Any], **defaults: Any) -> dict[str, Any]:
+    """librdkafka settings: ours, then the user's (security settings pass through untouched)."""
+    return {"bootstrap.servers": bootstrap, **defaults, **config}
+
+
+def _error_text(err: Any) -> str:
+    """A librdkafka error for a message: its text, with anything that looks like a credential masked."""
+    text = err.str() if hasattr(err, "str") else str(err)
+    return re.sub(r"(password|secret)=\S+", r"\1=***", text, flags=re.I)
+
+
 @dataclass(frozen=True)
 class KafkaSource:
+    """Records of a topic. `key` names the field the topic is keyed (partitioned) by, so the Kafka
+    runtime knows which `key_by` needs no repartitioning. `metadata=True` adds the columns kafka_key,
+    kafka_timestamp (ms), kafka_partition and kafka_headers."""
+
     topic: str
     bootstrap: str
     config: dict[str, Any] = field(default_factory=dict)
-    format: Json = field(default_factory=Json)
+    format: Any = field(default_factory=Json)
+    key: str | None = None
+    metadata: bool = False
     follow: bool = False
     poll_timeout_s: float = 1.0
     block_records: int = 65_536
 
     def open(self, ctx: SourceContext) -> _KafkaReader:
-        if ctx.schema is None:
-            raise PlanError(f"read step {ctx.step!r}: a Kafka source needs schema= (the fields of its JSON records)")
-        return _KafkaReader(self, ctx, ctx.schema)
+        return _KafkaReader(self, ctx, self.schema_for(ctx))
+
+    def schema_for(self, ctx: SourceContext) -> Schema:
+        schema = ctx.schema if ctx.schema is not None else getattr(self.format, "schema", None)
+        if schema is None:
+            raise PlanError(f"read step {ctx.step!r}: a Kafka source needs schema= (the fields of its records), "
+                            "or a format that carries one (sl.Avro, sl.JsonSchema)")
+        return schema
+
+
+class Decoder:
+    """Messages of one partition → batches: values decoded by the format, bad ones to dead letters."""
+
+    def __init__(self, spec: KafkaSource, ctx: SourceContext, schema: Schema) -> None:
+        self.spec, self.ctx, self.schema = spec, ctx, schema
+
+    def decode(self, origin: Origin, msgs: list[Any]) -> Iterator[tuple[str, Batch]]:
+        values = [m.value() for m in msgs]
+        offs = np.fromiter((m.offset() for m in msgs), dtype=np.int64, count=len(msgs))
+        keep = None
+        empty = [i for i, v in enumerate(values) if not v]
+        bad_pos: list[str] = []
+        bad_reason: list[str] = []
+        bad_raw: list[bytes] = []
+        if empty:  # tombstones and empty values are not records of the schema
+            for i in empty:
+                bad_pos.append(origin.position(int(offs[i])))
+                bad_reason.append("the message has no value (a tombstone)")
+                bad_raw.append(b"")
+            drop = set(empty)
+            keep = np.asarray([i for i in range(len(values)) if i not in drop], dtype=np.int64)
+            values = [values[i] for i in keep]
+        df, bad, index = self.spec.format.decode_values(values, self.schema) if values else (
+            pl.DataFrame(schema=self.schema.polars), [], [])
+        rows = keep if keep is not None else np.arange(len(msgs), dtype=np.int64)
+        if bad:
+            for b in bad:
+                bad_pos.append(origin.position(int(offs[rows[b.index]])))
+                bad_reason.append(b.reason)
+                bad_raw.append(b.raw)
+            rows = rows[np.asarray(index, dtype=np.int64)]
+        if bad_pos:
+            if self.ctx.on_error != "dead_letter":
+                raw = bad_raw[0][:200]
+                raise DecodeError(self.ctx.step, bad_pos[0], f"{bad_reason[0]}; the record reads {raw!r}", DEAD_LETTER_FIX)
+            yield "dead_letters", dead_letters(self.ctx.step, bad_pos, bad_reason, bad_raw)
+        if self.spec.metadata:
+            chosen = [msgs[i] for i in rows]
+            df = df.with_columns(
+                pl.Series("kafka_key", [m.key() for m in chosen], dtype=pl.Binary),
+                pl.Series("kafka_timestamp", [m.timestamp()[1] for m in chosen], dtype=pl.Int64),
+                pl.Series("kafka_partition", [m.partition() for m in chosen], dtype=pl.Int32),
+                pl.Series("kafka_headers", [[{"key": k, "value": v} for k, v in (m.headers() or [])] for m in chosen],
+                          dtype=HEADERS_DTYPE),
+            )
+        df = df.with_columns(pl.Series(OFFSET, offs[rows], dtype=pl.Int64))
+        size = self.ctx.batch_size
+        for start in range(0, df.height, size):
+            yield "out", Batch(df.slice(start, size), origin=origin)
 
 
 class _KafkaReader:
@@ -49,8 +134,10 @@ class _KafkaReader:
         from confluent_kafka import Consumer, TopicPartition
 
         self.spec, self.ctx, self.schema = spec, ctx, schema
-        conf = {"bootstrap.servers": spec.bootstrap, "group.id": f"sluice-{ctx.step}", "enable.auto.commit": False,
-                "enable.partition.eof": True, "auto.offset.reset": "earliest", **spec.config}
+        self.decoder = Decoder(spec, ctx, schema)
+        conf = client_config(spec.bootstrap, spec.config, **{
+            "group.id": f"sluice-{ctx.step}", "enable.auto.commit": False, "enable.partition.eof": True,
+            "auto.offset.reset": "earliest", "isolation.level": "read_committed"})
         self.consumer = Consumer(conf)
         meta = self.consumer.list_topics(spec.topic, timeout=30)
         topic = meta.topics.get(spec.topic)
@@ -89,107 +176,157 @@ class _KafkaReader:
                     self.live.discard(p)
                     yield "out", Batch(pl.DataFrame(), origin=origin, end_of_partition=True)
                     continue
-                values, offsets = self._read(p)
-                if not values:
+                msgs, after = self._read(p)
+                if not msgs:
+                    self.positions[p] = after
                     continue
-                yield from self._decode(p, origin, values, offsets)
+                for port, batch in self.decoder.decode(origin, msgs):
+                    if port == "out" and batch.height:
+                        # resume after this batch's last row (rows between batches are dead letters,
+                        # which are emitted before the good rows of the block)
+                        self.positions[p] = int(batch.df[OFFSET][-1]) + 1
+                    yield port, batch
+                self.positions[p] = after
 
-    def _read(self, p: int) -> tuple[list[bytes], list[int]]:
-        """Up to block_records values of partition p from its position (and below its end)."""
-        tp = self.TopicPartition(self.spec.topic, p, self.positions[p])
-        self.consumer.assign([tp])
-        values: list[bytes] = []
-        offsets: list[int] = []
+    def _read(self, p: int) -> tuple[list[Any], int]:
+        """Up to block_records messages of partition p from its position (and below its end), and the
+        position after them (offsets skip transaction markers, so it is not always the last offset + 1)."""
+        self.consumer.assign([self.TopicPartition(self.spec.topic, p, self.positions[p])])
+        msgs: list[Any] = []
         end = self.ends[p] if self.ends is not None else None
-        while len(values) < self.spec.block_records:
-            msgs = self.consumer.consume(min(10_000, self.spec.block_records - len(values)), self.spec.poll_timeout_s)
-            if not msgs:
+        after = self.positions[p]
+        while len(msgs) < self.spec.block_records:
+            got = self.consumer.consume(min(10_000, self.spec.block_records - len(msgs)), self.spec.poll_timeout_s)
+            if not got:
                 break
             stop = False
-            for m in msgs:
+            for m in got:
+                if m.partition() != p:
+                    continue
                 err = m.error()
                 if err is not None:
                     if err.code() == err._PARTITION_EOF:
                         stop = True
+                        after = max(after, int(m.offset() or 0))
                         continue
-                    raise KafkaError(f"reading {self.spec.topic}/{p}: {err.str()}")
+                    raise KafkaError(f"reading {self.spec.topic}/{p}: {_error_text(err)}")
                 offset = int(m.offset() or 0)
                 if end is not None and offset >= end:
                     stop = True
+                    after = max(after, end)
                     continue
-                values.append(m.value() or b"")
-                offsets.append(offset)
+                msgs.append(m)
+                after = offset + 1
             if stop:
                 break
-        return values, offsets
-
-    def _decode(self, p: int, origin: Origin, values: list[bytes], offsets: list[int]) -> Iterator[tuple[str, Batch]]:
-        blob = b"".join(v + b"\n" for v in values)
-        df, bad, index = self.spec.format.decode_block(blob, self.schema)
-        offs = np.asarray(offsets, dtype=np.int64)
-        if bad:
-            positions = [origin.position(int(offs[b.index])) for b in bad]
-            if self.ctx.on_error != "dead_letter":
-                raise DecodeError(self.ctx.step, positions[0], f"{bad[0].reason}; the record reads {bad[0].raw[:200]!r}",
-                                  DEAD_LETTER_FIX)
-            yield "dead_letters", dead_letters(self.ctx.step, positions, [b.reason for b in bad], [b.raw for b in bad])
-            offs = offs[np.asarray(index, dtype=np.int64)]
-        df = df.with_columns(pl.Series(OFFSET, offs, dtype=pl.Int64))
-        size = self.ctx.batch_size
-        last = int(offsets[-1]) + 1
-        for start in range(0, df.height, size):
-            after = start + size
-            self.positions[p] = int(offs[after]) if after < df.height else last
-            yield "out", Batch(df.slice(start, size), origin=origin)
-        self.positions[p] = last
+        return msgs, after
 
 
 @dataclass(frozen=True)
 class KafkaSink:
-    """JSON records to a topic with an idempotent producer; `key` picks the partition (librdkafka's
-    murmur2, as the Java client). At-least-once: flushed and checked at every checkpoint."""
+    """Records to a topic. `key` names the column whose value is the message key (and so picks the
+    partition: librdkafka's murmur2, as the Java client); `headers` are sent with every message,
+    `header_columns` from columns; `timestamp` names an epoch-ms column for the message timestamp.
+
+    In a single process the producer is idempotent and at-least-once: flushed and checked at every
+    checkpoint. Under the Kafka runtime the records join the worker's transaction (exactly-once)."""
 
     topic: str
     bootstrap: str
     key: str | None = None
+    headers: Mapping[str, str] = field(default_factory=dict)
+    header_columns: tuple[str, ...] = ()
+    timestamp: str | None = None
     config: dict[str, Any] = field(default_factory=dict)
-    format: Json = field(default_factory=Json)
+    format: Any = field(default_factory=Json)
 
-    def open(self, ctx: SinkContext) -> _KafkaWriter:
-        return _KafkaWriter(self, ctx)
+    def open(self, ctx: SinkContext) -> KafkaWriter:
+        return KafkaWriter(self, ctx)
+
+    def messages(self, rows: pl.DataFrame) -> Iterator[tuple[bytes | None, bytes, list[tuple[str, bytes]] | None, int]]:
+        """(key, value, headers, timestamp ms or 0) per row."""
+        n = rows.height
+        values = self.format.encode_values(rows)
+        keys: list[Any] = (rows[self.key].cast(pl.String).to_list() if self.key else [None] * n)
+        stamps: list[Any] = rows[self.timestamp].cast(pl.Int64).fill_null(0).to_list() if self.timestamp else [0] * n
+        fixed = [(k, v.encode()) for k, v in self.headers.items()]
+        if self.header_columns:
+            cols = [(c, rows[c].cast(pl.String).to_list()) for c in self.header_columns]
+            hdrs: list[Any] = [fixed + [(c, (vals[i] or "").encode()) for c, vals in cols] for i in range(n)]
+        else:
+            hdrs = [fixed or None] * n
+        for i in range(n):
+            k = keys[i]
+            yield (k.encode() if k is not None else None), values[i], hdrs[i], stamps[i]
 
 
-class _KafkaWriter:
-    def __init__(self, spec: KafkaSink, ctx: SinkContext) -> None:
+@dataclass(frozen=True)
+class DeadLetterTopic:
+    """The dead-letter stream (`stream.dead_letters`) to a topic: the value is the original record; the
+    headers say why (sluice.reason), where (sluice.step) and from where (sluice.source.topic,
+    sluice.source.partition, sluice.source.offset, or sluice.position for non-Kafka inputs)."""
+
+    topic: str
+    bootstrap: str
+    config: dict[str, Any] = field(default_factory=dict)
+
+    def open(self, ctx: SinkContext) -> KafkaWriter:
+        return KafkaWriter(self, ctx)
+
+    def messages(self, rows: pl.DataFrame) -> Iterator[tuple[bytes | None, bytes, list[tuple[str, bytes]] | None, int]]:
+        where = re.compile(r"^kafka:(?P<topic>.+)/(?P<partition>\d+) offset (?P<offset>\d+)$")
+        for step, position, reason, raw in rows.select("step", "position", "reason", "raw").iter_rows():
+            headers = [("sluice.reason", (reason or "").encode()), ("sluice.step", (step or "").encode()),
+                       ("sluice.position", (position or "").encode())]
+            m = where.match(position or "")
+            if m:
+                headers += [("sluice.source.topic", m["topic"].encode()), ("sluice.source.partition", m["partition"].encode()),
+                            ("sluice.source.offset", m["offset"].encode())]
+            yield None, (raw or "").encode(), headers, 0
+
+
+class KafkaWriter:
+    """Produces a sink's records. With `producer` given, the runtime owns it (and its transaction)."""
+
+    def __init__(self, spec: KafkaSink | DeadLetterTopic, ctx: SinkContext, producer: Any = None) -> None:
         from confluent_kafka import Producer
 
         self.spec, self.ctx = spec, ctx
         self.errors: list[str] = []
+        self.produced = 0
         self.delivered = 0
-        conf = {"bootstrap.servers": spec.bootstrap, "enable.idempotence": True, "linger.ms": 20,
-                "compression.type": "lz4", **spec.config}
-        self.producer = Producer(conf)
+        self.owned = producer is None
+        if producer is None:
+            conf = client_config(spec.bootstrap, spec.config, **{
+                "enable.idempotence": True, "linger.ms": 20, "compression.type": "lz4",
+                "retry.backoff.ms": 100, "retry.backoff.max.ms": 2000})
+            producer = Producer(conf)
+        self.producer = producer
 
     def _report(self, err: Any, msg: Any) -> None:
         if err is not None:
-            self.errors.append(f"{msg.topic()}/{msg.partition()}: {err.str()}")
+            self.errors.append(f"{msg.topic()}/{msg.partition()}: {_error_text(err)}")
         else:
             self.delivered += 1
+
+    def metrics(self) -> dict[str, int]:
+        return {"produced": self.produced, "delivered": self.delivered, "failed": len(self.errors)}
 
     def write(self, df: pl.DataFrame) -> None:
         rows = user_columns(df)
         if rows.height == 0:
             return
-        lines = self.spec.format.encode(rows).split(b"\n")[: rows.height]
-        keys = rows[self.spec.key].cast(pl.String).to_list() if self.spec.key else [None] * rows.height
-        for k, v in zip(keys, lines, strict=True):
+        produce, poll, topic = self.producer.produce, self.producer.poll, self.spec.topic
+        report = self._report if self.owned else None
+        for key, value, headers, ts in self.spec.messages(rows):
             while True:
                 try:
-                    self.producer.produce(self.spec.topic, value=v, key=k, on_delivery=self._report)
+                    produce(topic, value=value, key=key, headers=headers, timestamp=ts, on_delivery=report)
                     break
                 except BufferError:  # the local queue is full: let it drain (backpressure)
-                    self.producer.poll(0.1)
-            self.producer.poll(0)
+                    poll(0.05)
+        self.produced += rows.height
+        poll(0)
         self._raise()
 
     def _raise(self) -> None:
@@ -198,6 +335,8 @@ class _KafkaWriter:
             raise KafkaError(f"sink {self.ctx.step!r}: {len(self.errors)} record(s) were not delivered, e.g. {first}")
 
     def prepare(self, epoch: int) -> dict[str, Any]:
+        if not self.owned:
+            return {}
         left = self.producer.flush(60)
         if left:
             raise KafkaError(f"sink {self.ctx.step!r}: {left} record(s) still undelivered after 60 s")
@@ -211,4 +350,5 @@ class _KafkaWriter:
         pass
 
     def close(self) -> None:
-        self.producer.flush(30)
+        if self.owned:
+            self.producer.flush(30)

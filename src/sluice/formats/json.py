@@ -90,6 +90,17 @@ class Json:
         bad.sort(key=lambda b: b.index)
         return good, bad, index
 
+    def decode_values(self, values: list[bytes], schema: Schema) -> tuple[pl.DataFrame, list[BadRecord], list[int]]:
+        """One JSON object per value (a message); bad values are reported by their index in `values`."""
+        blob = b"\n".join(values)
+        if blob.count(b"\n") != len(values) - 1:  # pretty-printed values: a raw newline is only whitespace
+            blob = b"\n".join(v.replace(b"\n", b" ").replace(b"\r", b" ") for v in values)
+        return self.decode_block(blob + b"\n", schema)
+
+    def encode_values(self, df: pl.DataFrame) -> list[bytes]:
+        """Each row as one JSON value."""
+        return self.encode(df).split(b"\n")[: df.height]
+
     def encode(self, df: pl.DataFrame) -> bytes:
         """Rows as JSON Lines (each record followed by a newline)."""
         buf = io.BytesIO()

@@ -137,6 +137,7 @@ class Executor:
         self.writers: dict[str, SinkWriter] = {}
         self.next_checkpoint = 1
         self.restored_from: int | None = None
+        self.rows_read = 0
         self.routes: dict[tuple[str, str], list[tuple[str, int]]] = defaultdict(list)
         for step in plan.steps:
             for i, ref in enumerate(step.inputs):
@@ -236,6 +237,57 @@ class Executor:
             for out_port, out in self.ops[consumer].on_batch(index, batch):
                 self._push(consumer, out_port, out)
 
+    def apply_state(self, saved: dict[str, Any], load: Callable[[str], dict[str, Any] | None], where: str) -> None:
+        """Restore every step from saved state: `saved` maps step names to entries with a "fingerprint";
+        `load(name)` gives the step's state. Changed steps raise unless their state may be dropped."""
+        drop = self.checkpoints.drop_state if self.checkpoints else ()
+        removed = [n for n in saved if n not in {s.name for s in self.plan.steps}]
+        if removed:
+            log.warning("%s has state for steps no longer in the flow, ignored: %s", where, ", ".join(removed))
+        for step in self.plan.steps:
+            entry = saved.get(step.name)
+            if entry is None:
+                continue
+            if entry["fingerprint"] != fingerprint(step) and not isinstance(step, Read | Write):
+                if step.name in drop:
+                    log.warning("step %r changed; its checkpointed state is dropped as asked", step.name)
+                    continue
+                raise IncompatibleCheckpointError(
+                    f"step {step.name!r} changed since {where} "
+                    f"(was {entry['fingerprint']}, now {fingerprint(step)}); its state cannot be reused. "
+                    f"Rename the step to start it empty, or drop its state explicitly (drop_state=[{step.name!r}], "
+                    f"sluice run --drop-state {step.name})")
+            state = load(step.name)
+            assert state is not None
+            if isinstance(step, Read):
+                self.readers[step.name].seek(state["position"])
+            elif not isinstance(step, Write):
+                self.ops[step.name].restore(state)
+
+    def snapshot_state(self) -> dict[str, tuple[str, str, dict[str, Any]]]:
+        """Every stateful step's (kind, fingerprint, state), source positions included."""
+        steps: dict[str, tuple[str, str, dict[str, Any]]] = {}
+        for step in self.plan.steps:
+            if isinstance(step, Read):
+                steps[step.name] = (step.kind, fingerprint(step), {"position": self.readers[step.name].position()})
+                continue
+            state = self.ops[step.name].snapshot()
+            if state is not None:
+                steps[step.name] = (step.kind, fingerprint(step), state)
+        return steps
+
+    def feed(self, step: str, port: str, batch: Batch) -> None:
+        """Push a batch that a source step produced through the flow (used by runtimes that read themselves)."""
+        if port == "out":
+            self.rows_read += batch.height
+        self._push(step, port, batch)
+
+    def finish(self) -> None:
+        """All input has ended: let every operator emit what it still holds."""
+        for step in self.plan.steps:
+            for port, out in self.ops[step.name].on_end():
+                self._push(step.name, port, out)
+
     # --- checkpoints ------------------------------------------------------------------------------
     def _restore(self) -> None:
         assert self.store is not None and self.checkpoints is not None
@@ -244,29 +296,7 @@ class Executor:
             for writer in self.writers.values():
                 writer.recover(None)
             return
-        saved = cp.manifest["steps"]
-        removed = [n for n in saved if n not in {s.name for s in self.plan.steps}]
-        if removed:
-            log.warning("checkpoint %d has state for steps no longer in the flow, ignored: %s", cp.id, ", ".join(removed))
-        for step in self.plan.steps:
-            entry = saved.get(step.name)
-            if entry is None:
-                continue
-            if entry["fingerprint"] != fingerprint(step) and not isinstance(step, Read | Write):
-                if step.name in self.checkpoints.drop_state:
-                    log.warning("step %r changed; its checkpointed state is dropped as asked", step.name)
-                    continue
-                raise IncompatibleCheckpointError(
-                    f"step {step.name!r} changed since checkpoint {cp.id} in {self.store.dir} "
-                    f"(was {entry['fingerprint']}, now {fingerprint(step)}); its state cannot be reused. "
-                    f"Rename the step to start it empty, or drop its state explicitly (drop_state=[{step.name!r}], "
-                    f"sluice run --drop-state {step.name})")
-            state = cp.state(step.name)
-            assert state is not None
-            if isinstance(step, Read):
-                self.readers[step.name].seek(state["position"])
-            elif not isinstance(step, Write):
-                self.ops[step.name].restore(state)
+        self.apply_state(cp.manifest["steps"], cp.state, f"checkpoint {cp.id} in {self.store.dir}")
         for name, writer in self.writers.items():
             writer.recover(cp.manifest["sinks"].get(name))
         self.next_checkpoint = cp.id + 1
@@ -282,14 +312,7 @@ class Executor:
             for name, w in self.writers.items():
                 w.commit(sinks[name])
             return
-        steps: dict[str, tuple[str, str, dict[str, Any]]] = {}
-        for step in self.plan.steps:
-            if isinstance(step, Read):
-                steps[step.name] = (step.kind, fingerprint(step), {"position": self.readers[step.name].position()})
-                continue
-            state = self.ops[step.name].snapshot()
-            if state is not None:
-                steps[step.name] = (step.kind, fingerprint(step), state)
+        steps = self.snapshot_state()
         self.store.write(cid, self.plan.name, steps, sinks)
         for name, w in self.writers.items():
             w.commit(sinks[name])
@@ -346,9 +369,7 @@ class Executor:
                 if self.progress is not None and now - last_report >= 1.0:
                     last_report = now
                     self.progress(self.rows_read, now - start)
-        for step in self.plan.steps:
-            for port, out in self.ops[step.name].on_end():
-                self._push(step.name, port, out)
+        self.finish()
         self._checkpoint()
 
 
