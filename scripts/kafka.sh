@@ -48,7 +48,8 @@ transaction.state.log.min.isr=1
 transaction.state.log.num.partitions=4
 share.coordinator.state.topic.replication.factor=1
 share.coordinator.state.topic.min.isr=1
-group.initial.rebalance.delay.ms=0
+group.initial.rebalance.delay.ms=3000
+transaction.abort.timed.out.transaction.cleanup.interval.ms=2000
 auto.create.topics.enable=false
 PROPS
   cat > "$dir/log4j2.properties" <<'PROPS'

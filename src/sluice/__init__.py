@@ -19,9 +19,11 @@ from sluice.connectors.files import (
     ParquetSource,
 )
 from sluice.connectors.generator import GeneratorSource
+from sluice.connectors.kafka import DeadLetterTopic, KafkaSink, KafkaSource
 from sluice.connectors.log import LogSink, LogSource
 from sluice.connectors.lookup import RedisLookup
 from sluice.connectors.memory import CollectSink, MemorySource
+from sluice.connectors.topic import Topic
 from sluice.core.errors import (
     DecodeError,
     DiskFullError,
@@ -37,6 +39,7 @@ from sluice.flow import Flow, Stream
 from sluice.formats.json import Json
 from sluice.operators.process import KeyedProcessFunction, ProcessContext, StateContext
 from sluice.runtime.executor import RunResult, run
+from sluice.runtime.kafka_worker import KafkaRuntime, run_worker
 from sluice.time import aggregates as agg
 from sluice.time.watermark import BoundedOutOfOrderness
 from sluice.time.windows import Session, Sliding, Tumbling
@@ -49,6 +52,7 @@ __all__ = [
     "ConsoleSink",
     "CsvSink",
     "CsvSource",
+    "DeadLetterTopic",
     "DecodeError",
     "DiskFullError",
     "Flow",
@@ -56,6 +60,9 @@ __all__ = [
     "Json",
     "JsonLinesSink",
     "JsonLinesSource",
+    "KafkaRuntime",
+    "KafkaSink",
+    "KafkaSource",
     "KeyedProcessFunction",
     "LogSink",
     "LogSource",
@@ -76,10 +83,12 @@ __all__ = [
     "StateContext",
     "StepError",
     "Stream",
+    "Topic",
     "Tumbling",
     "UserFunctionError",
     "agg",
     "col",
     "lit",
     "run",
+    "run_worker",
 ]

@@ -1,6 +1,8 @@
 """sluice — run, inspect and demo stream-processing flows.
 
     sluice run pipeline.py            run the flow defined in pipeline.py to the end of its input
+    sluice run pipeline.py --broker kafka://HOST:PORT --app-id APP --workers 3
+                                      the same flow over Kafka, as 3 worker processes (exactly-once)
     sluice explain pipeline.py        print the flow's plan, step by step
     sluice demo                       the real-time analytics demo on the embedded log
     sluice log topics | tail TOPIC    look inside the embedded log
@@ -45,6 +47,18 @@ def _progress(rows: int, seconds: float) -> None:
 
 
 def cmd_run(a: argparse.Namespace) -> int:
+    import os
+
+    if a.broker:
+        os.environ["SLUICE_BROKER"] = a.broker  # sl.Topic reads it; worker processes inherit it
+    from sluice.connectors.topic import current_broker, kafka_bootstrap
+
+    bootstrap = kafka_bootstrap(current_broker())
+    if bootstrap is not None:
+        return _run_on_kafka(a, bootstrap)
+    if a.workers != 1:
+        raise SystemExit("sluice run: --workers needs a Kafka broker (--broker kafka://HOST:PORT); "
+                         "the embedded log runs in one process")
     from sluice.runtime.executor import run
 
     flow = load_flow(a.pipeline, a.flow)
@@ -53,6 +67,48 @@ def cmd_run(a: argparse.Namespace) -> int:
                  drop_state=tuple(a.drop_state))
     if not a.quiet:
         print(result.summary())
+    return 0
+
+
+def _run_on_kafka(a: argparse.Namespace, bootstrap: str) -> int:
+    import json
+    import subprocess
+
+    flow = load_flow(a.pipeline, a.flow)
+    app_id = a.app_id or flow.name
+    if a.workers > 1:  # N processes with the same app id: the consumer group shares the partitions out
+        args = [sys.executable, "-m", "sluice.cli.main", "run", a.pipeline, "--workers", "1", "--app-id", app_id,
+                "--batch-size", str(a.batch_size), "--commit-interval", str(a.commit_interval)]
+        if a.flow:
+            args += ["--flow", a.flow]
+        if a.until_end:
+            args.append("--until-end")
+        if a.quiet:
+            args.append("--quiet")
+        procs = [subprocess.Popen([*args, "--instance", f"w{i}"]) for i in range(a.workers)]
+        try:
+            codes = [p.wait() for p in procs]
+        except KeyboardInterrupt:
+            for p in procs:
+                p.terminate()
+            codes = [p.wait() for p in procs]
+        failed = [f"w{i} ({c})" for i, c in enumerate(codes) if c != 0]
+        if failed:
+            print(f"sluice: workers failed: {', '.join(failed)}", file=sys.stderr)
+            return 1
+        return 0
+    import logging
+
+    from sluice.runtime.kafka_worker import KafkaRuntime, run_worker
+
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s %(message)s")
+
+    rt = KafkaRuntime(app_id=app_id, bootstrap=bootstrap, commit_interval_s=a.commit_interval, until_end=a.until_end,
+                      instance=a.instance, batch_size=a.batch_size)
+    result = run_worker(flow, rt, progress=None if a.quiet else _progress)
+    # one JSON line, also with --quiet: what scripts read
+    print(json.dumps({"worker": a.instance, "records": result.records, "seconds": round(result.seconds, 3),
+                      "commits": result.commits, "rewinds": result.rewinds, "tasks": result.tasks_started}))
     return 0
 
 
@@ -139,6 +195,17 @@ def build_parser() -> argparse.ArgumentParser:
     r.add_argument("--checkpoint-interval", type=float, default=10.0, help="seconds between checkpoints (default: 10)")
     r.add_argument("--drop-state", action="append", default=[], metavar="STEP",
                    help="discard the checkpointed state of a step whose definition changed (repeatable)")
+    k = r.add_argument_group("on Kafka (also: the SLUICE_BROKER setting)")
+    k.add_argument("--broker", help="where sl.Topic streams live: kafka://HOST:PORT, or a directory for the "
+                   "embedded log (default: .sluice/log)")
+    k.add_argument("--workers", type=int, default=1, help="worker processes to start (Kafka only; default: 1)")
+    k.add_argument("--app-id", help="the consumer group and transactional id prefix (default: the flow's name); "
+                   "workers on other hosts with the same app id share the partitions")
+    k.add_argument("--instance", help="this worker's name (default: random)")
+    k.add_argument("--commit-interval", type=float, default=1.0,
+                   help="seconds between transactions (output + state + offsets; default: 1)")
+    k.add_argument("--until-end", action="store_true",
+                   help="stop once the input, as it is at start, is processed and committed (default: keep following)")
     r.set_defaults(fn=cmd_run)
 
     e = sub.add_parser("explain", help="print a pipeline's plan")

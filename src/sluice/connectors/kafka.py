@@ -352,3 +352,44 @@ class KafkaWriter:
     def close(self) -> None:
         if self.owned:
             self.producer.flush(30)
+
+
+def read_all_committed(bootstrap: str, topic: str, config: Mapping[str, Any] | None = None,
+                       timeout_s: float = 90) -> list[Any]:
+    """Every committed message of a topic, in partition order. Waits until no transaction is open on the
+    topic, since records committed after an open transaction stay invisible to read_committed readers
+    until it ends (a producer killed mid-transaction holds them back until the broker aborts it)."""
+    import time
+
+    from confluent_kafka import Consumer, TopicPartition
+
+    conf = client_config(bootstrap, config or {}, **{"group.id": "sluice-reader", "enable.auto.commit": False,
+                                                     "enable.partition.eof": True})
+    committed = Consumer({**conf, "isolation.level": "read_committed"})
+    raw = Consumer({**conf, "isolation.level": "read_uncommitted"})
+    try:
+        meta = committed.list_topics(topic, timeout=30).topics.get(topic)
+        if meta is None or meta.error is not None:
+            raise KafkaError(f"topic {topic!r} is not available at {bootstrap}")
+        parts = sorted(meta.partitions)
+        committed.assign([TopicPartition(topic, p, 0) for p in parts])
+        out: dict[int, list[Any]] = {p: [] for p in parts}
+        waiting = set(parts)
+        deadline = time.monotonic() + timeout_s
+        while waiting:
+            if time.monotonic() > deadline:
+                raise KafkaError(f"{topic}: partitions {sorted(waiting)} still have an open transaction after {timeout_s} s")
+            for m in committed.consume(10_000, 0.5):
+                err, p = m.error(), int(m.partition() or 0)
+                if err is None:
+                    out[p].append(m)
+                elif err.code() == err._PARTITION_EOF:
+                    high = raw.get_watermark_offsets(TopicPartition(topic, p), 30, cached=False)[1]
+                    if int(m.offset() or 0) >= high:
+                        waiting.discard(p)
+                else:
+                    raise KafkaError(f"reading {topic}/{p}: {_error_text(err)}")
+        return [m for p in parts for m in out[p]]
+    finally:
+        committed.close()
+        raw.close()

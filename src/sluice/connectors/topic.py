@@ -1,0 +1,66 @@
+"""`sl.Topic`: a named stream that lives on the embedded log or on Apache Kafka, chosen by one setting.
+
+    events = flow.read("events", sl.Topic("events", key="user_id"), schema=...)
+    ...write("out", sl.Topic("user-stats", key="user_id"))
+
+The broker is the `SLUICE_BROKER` setting (`sluice run --broker`): a directory for the embedded log
+(default `.sluice/log`), or `kafka://HOST:PORT` for Kafka. Nothing else in the pipeline changes.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass, field
+from typing import Any
+
+from sluice.connectors.api import SinkContext, SourceContext
+from sluice.formats.json import Json
+
+DEFAULT_BROKER = ".sluice/log"
+
+
+def current_broker() -> str:
+    return os.environ.get("SLUICE_BROKER") or DEFAULT_BROKER
+
+
+def kafka_bootstrap(broker: str) -> str | None:
+    """HOST:PORT[,HOST:PORT] when `broker` names Kafka, else None."""
+    return broker.removeprefix("kafka://") if broker.startswith("kafka://") else None
+
+
+@dataclass(frozen=True)
+class Topic:
+    """A topic on whichever broker the run uses. `key` is the field records are partitioned by;
+    `partitions` is used when the embedded log creates the topic (Kafka topics are created by you)."""
+
+    name: str
+    key: str | None = None
+    partitions: int = 1
+    format: Any = field(default_factory=Json)
+    config: dict[str, Any] = field(default_factory=dict)  # Kafka client settings (security), if on Kafka
+
+    def source(self, broker: str | None = None) -> Any:
+        broker = broker or current_broker()
+        bootstrap = kafka_bootstrap(broker)
+        if bootstrap is not None:
+            from sluice.connectors.kafka import KafkaSource
+
+            return KafkaSource(self.name, bootstrap, config=self.config, format=self.format, key=self.key)
+        from sluice.connectors.log import LogSource
+
+        return LogSource(self.name, broker, format=self.format)
+
+    def sink(self, broker: str | None = None) -> Any:
+        broker = broker or current_broker()
+        bootstrap = kafka_bootstrap(broker)
+        if bootstrap is not None:
+            from sluice.connectors.kafka import KafkaSink
+
+            return KafkaSink(self.name, bootstrap, key=self.key, config=self.config, format=self.format)
+        from sluice.connectors.log import LogSink
+
+        return LogSink(self.name, broker, partitions=self.partitions, key=self.key, format=self.format)
+
+    def open(self, ctx: SourceContext | SinkContext) -> Any:
+        spec = self.source() if isinstance(ctx, SourceContext) else self.sink()
+        return spec.open(ctx)

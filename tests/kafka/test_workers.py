@@ -1,0 +1,77 @@
+"""The Kafka runtime with real worker processes: partitions assigned by the consumer group, output,
+state and offsets committed in one transaction, a worker killed -9 mid-run, another joining."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+from confluent_kafka import Consumer, KafkaException, TopicPartition
+
+import oracle
+from conftest import generate
+from kafka_util import create_topic, frame, load, read_committed
+
+PIPELINE = Path(__file__).with_name("w1_pipeline.py")
+
+
+def committed_total(bootstrap: str, group: str, topic: str, partitions: int) -> int:
+    c = Consumer({"bootstrap.servers": bootstrap, "group.id": group, "enable.auto.commit": False})
+    try:
+        got = c.committed([TopicPartition(topic, p) for p in range(partitions)], timeout=10)
+        return sum(max(tp.offset, 0) for tp in got)
+    except KafkaException:  # the group coordinator is still loading
+        return 0
+    finally:
+        c.close()
+
+
+def worker(bootstrap: str, app: str, name: str, env: dict[str, str], log: Path) -> subprocess.Popen:
+    args = [sys.executable, "-m", "sluice.cli.main", "run", str(PIPELINE), "--broker", f"kafka://{bootstrap}",
+            "--app-id", app, "--instance", name, "--until-end", "--quiet", "--batch-size", "2000",
+            "--commit-interval", "0.2"]
+    return subprocess.Popen(args, env=env, stdout=log.open("w"), stderr=subprocess.STDOUT)
+
+
+@pytest.fixture(scope="module")
+def events_large(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return generate("events", 400_000, tmp_path_factory.mktemp("ev") / "large.jsonl", users=2000, span_s=3600)
+
+
+def test_three_workers_one_killed_another_joins(kafka_bootstrap: str, events_large: Path, tmp_path: Path) -> None:
+    inp, out, app = "w1-in-6", "w1-out-6", "w1-kill"
+    create_topic(kafka_bootstrap, inp, 6)
+    create_topic(kafka_bootstrap, out, 6)
+    total = load(kafka_bootstrap, events_large, inp)
+    env = {**os.environ, "W1_INPUT": inp, "W1_OUTPUT": out}
+    procs = {f"w{i}": worker(kafka_bootstrap, app, f"w{i}", env, tmp_path / f"w{i}.log") for i in range(3)}
+    # kill one once the group has committed some of the input, well before the end
+    deadline = time.monotonic() + 120
+    done = 0
+    while time.monotonic() < deadline:
+        done = committed_total(kafka_bootstrap, app, inp, 6)
+        if done > total // 10:
+            break
+        time.sleep(0.05)
+    assert total // 10 < done < total, f"committed {done} of {total} before the kill"
+    procs["w1"].send_signal(signal.SIGKILL)
+    assert procs["w1"].wait(10) == -signal.SIGKILL
+    procs["w3"] = worker(kafka_bootstrap, app, "w3", env, tmp_path / "w3.log")
+    for name, p in procs.items():
+        if name != "w1":
+            assert p.wait(240) == 0, (tmp_path / f"{name}.log").read_text()[-3000:]
+    logs = {n: (tmp_path / f"{n}.log").read_text() for n in procs}
+    assert "starts at" in logs["w1"]  # the killed worker held partitions
+    restored = [line for n in ("w0", "w2", "w3") for line in logs[n].splitlines() if "(restored)" in line]
+    assert restored, "no partition resumed from committed state on another worker"
+    summaries = [json.loads(line) for n in ("w0", "w2", "w3") for line in logs[n].splitlines() if line.startswith("{")]
+    assert len(summaries) == 3 and sum(s["records"] for s in summaries) > 0
+    got = frame(read_committed(kafka_bootstrap, out))
+    expected = oracle.w1(oracle.flat_events(str(events_large)))
+    oracle.assert_frames_match(got, expected, ["user_id", "window_start"])  # nothing lost, nothing twice
