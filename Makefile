@@ -16,11 +16,13 @@ $(VENV)/.synced: pyproject.toml uv.lock
 services:  ## the servers some tests run against (Redis), from Debian packages
 	bash scripts/install-services.sh
 
-kafka-up:  ## a real Kafka broker (KRaft, jars from Maven Central) on loopback; last line: bootstrap=HOST:PORT
+kafka-up:  ## Kafka (KRaft) and Apicurio Registry from Maven Central, on loopback; last line: bootstrap=HOST:PORT
+	@bash scripts/registry.sh up $(CURDIR)/.sluice/registry
 	@bash scripts/kafka.sh up $(CURDIR)/.sluice/kafka
 
 kafka-down:
 	@bash scripts/kafka.sh down $(CURDIR)/.sluice/kafka
+	@bash scripts/registry.sh down $(CURDIR)/.sluice/registry
 
 demo: setup  ## the real-time analytics job on the embedded default
 	$(BIN)/sluice demo --events 1000000

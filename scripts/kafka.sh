@@ -14,7 +14,7 @@ install() {
   if [ -f "$LIBS/kafka_2.13-$VERSION.jar" ]; then return; fi
   command -v mvn >/dev/null || { echo "kafka.sh: Maven (mvn) is needed to fetch the Kafka jars" >&2; exit 1; }
   command -v java >/dev/null || { echo "kafka.sh: Java 17+ is needed to run Kafka" >&2; exit 1; }
-  (cd "$HERE/services/kafka" && mvn -B -q package -Dkafka.libs="$LIBS.tmp") >&2
+  (cd "$HERE/services/kafka" && mvn -B -q -Dstyle.color=never package -Dkafka.libs="$LIBS.tmp") >&2
   rm -rf "$LIBS"; mv "$LIBS.tmp" "$LIBS"
 }
 

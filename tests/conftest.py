@@ -73,3 +73,14 @@ def kafka_bootstrap(tmp_path_factory: pytest.TempPathFactory):
     bootstrap = r.stdout.strip().splitlines()[-1].removeprefix("bootstrap=")
     yield bootstrap
     subprocess.run(["bash", str(script), "down", str(directory)], timeout=120)
+
+
+@pytest.fixture(scope="session")
+def registry_url(tmp_path_factory: pytest.TempPathFactory):
+    """A real Apicurio Registry (Maven Central), its Confluent-compatible API, for this session."""
+    directory = tmp_path_factory.mktemp("registry")
+    script = ROOT / "scripts" / "registry.sh"
+    r = subprocess.run(["bash", str(script), "up", str(directory)], capture_output=True, text=True, timeout=600)
+    assert r.returncode == 0, r.stderr[-2000:]
+    yield r.stdout.strip().splitlines()[-1].removeprefix("registry=")
+    subprocess.run(["bash", str(script), "down", str(directory)], timeout=60)

@@ -37,6 +37,14 @@ from sluice.core.errors import (
 from sluice.core.schema import Optional
 from sluice.flow import Flow, Stream
 from sluice.formats.json import Json
+from sluice.formats.registry import (
+    Avro,
+    IncompatibleSchemaError,
+    JsonSchema,
+    LocalRegistry,
+    RegistryClient,
+    SchemaRegistryError,
+)
 from sluice.operators.process import KeyedProcessFunction, ProcessContext, StateContext
 from sluice.runtime.executor import RunResult, run
 from sluice.runtime.kafka_worker import KafkaRuntime, run_worker
@@ -47,6 +55,7 @@ from sluice.time.windows import Session, Sliding, Tumbling
 __version__ = "0.1.0"
 
 __all__ = [
+    "Avro",
     "BoundedOutOfOrderness",
     "CollectSink",
     "ConsoleSink",
@@ -57,13 +66,16 @@ __all__ = [
     "DiskFullError",
     "Flow",
     "GeneratorSource",
+    "IncompatibleSchemaError",
     "Json",
     "JsonLinesSink",
     "JsonLinesSource",
+    "JsonSchema",
     "KafkaRuntime",
     "KafkaSink",
     "KafkaSource",
     "KeyedProcessFunction",
+    "LocalRegistry",
     "LogSink",
     "LogSource",
     "MemorySource",
@@ -75,8 +87,10 @@ __all__ = [
     "PlanError",
     "ProcessContext",
     "RedisLookup",
+    "RegistryClient",
     "RunResult",
     "SchemaError",
+    "SchemaRegistryError",
     "Session",
     "Sliding",
     "SluiceError",

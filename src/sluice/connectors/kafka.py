@@ -31,6 +31,12 @@ SECRET_KEYS = ("password", "secret", "sasl.oauthbearer.config", "ssl.key.pem", "
 HEADERS_DTYPE = pl.List(pl.Struct({"key": pl.String, "value": pl.Binary}))
 
 
+# Consumer prefetch sized for throughput (measured in bench/kafka_consume.py: 2-3.5x librdkafka's defaults
+# on this machine); user config overrides them.
+FETCH_TUNING = {"queued.min.messages": 1_000_000, "queued.max.messages.kbytes": 262_144,
+                "fetch.max.bytes": 64 << 20, "max.partition.fetch.bytes": 8 << 20, "fetch.wait.max.ms": 100}
+
+
 class KafkaError(SluiceError):
     """Kafka refused or failed an operation."""
 
@@ -71,7 +77,9 @@ class KafkaSource:
         return _KafkaReader(self, ctx, self.schema_for(ctx))
 
     def schema_for(self, ctx: SourceContext) -> Schema:
-        schema = ctx.schema if ctx.schema is not None else getattr(self.format, "schema", None)
+        schema = ctx.schema
+        if schema is None and hasattr(self.format, "sluice_schema"):
+            schema = self.format.sluice_schema()
         if schema is None:
             raise PlanError(f"read step {ctx.step!r}: a Kafka source needs schema= (the fields of its records), "
                             "or a format that carries one (sl.Avro, sl.JsonSchema)")
@@ -83,6 +91,7 @@ class Decoder:
 
     def __init__(self, spec: KafkaSource, ctx: SourceContext, schema: Schema) -> None:
         self.spec, self.ctx, self.schema = spec, ctx, schema
+        self.format = spec.format.bind(spec.topic, reading=True) if hasattr(spec.format, "bind") else spec.format
 
     def decode(self, origin: Origin, msgs: list[Any]) -> Iterator[tuple[str, Batch]]:
         values = [m.value() for m in msgs]
@@ -100,7 +109,7 @@ class Decoder:
             drop = set(empty)
             keep = np.asarray([i for i in range(len(values)) if i not in drop], dtype=np.int64)
             values = [values[i] for i in keep]
-        df, bad, index = self.spec.format.decode_values(values, self.schema) if values else (
+        df, bad, index = self.format.decode_values(values, self.schema) if values else (
             pl.DataFrame(schema=self.schema.polars), [], [])
         rows = keep if keep is not None else np.arange(len(msgs), dtype=np.int64)
         if bad:
@@ -135,7 +144,7 @@ class _KafkaReader:
 
         self.spec, self.ctx, self.schema = spec, ctx, schema
         self.decoder = Decoder(spec, ctx, schema)
-        conf = client_config(spec.bootstrap, spec.config, **{
+        conf = client_config(spec.bootstrap, spec.config, **FETCH_TUNING, **{
             "group.id": f"sluice-{ctx.step}", "enable.auto.commit": False, "enable.partition.eof": True,
             "auto.offset.reset": "earliest", "isolation.level": "read_committed"})
         self.consumer = Consumer(conf)
@@ -243,10 +252,14 @@ class KafkaSink:
     def open(self, ctx: SinkContext) -> KafkaWriter:
         return KafkaWriter(self, ctx)
 
-    def messages(self, rows: pl.DataFrame) -> Iterator[tuple[bytes | None, bytes, list[tuple[str, bytes]] | None, int]]:
+    def codec(self) -> Any:
+        """The value format, bound to the topic (a registry format registers its schema here)."""
+        return self.format.bind(self.topic, reading=False) if hasattr(self.format, "bind") else self.format
+
+    def messages(self, rows: pl.DataFrame, codec: Any) -> Iterator[tuple[bytes | None, bytes, list[tuple[str, bytes]] | None, int]]:
         """(key, value, headers, timestamp ms or 0) per row."""
         n = rows.height
-        values = self.format.encode_values(rows)
+        values = codec.encode_values(rows)
         keys: list[Any] = (rows[self.key].cast(pl.String).to_list() if self.key else [None] * n)
         stamps: list[Any] = rows[self.timestamp].cast(pl.Int64).fill_null(0).to_list() if self.timestamp else [0] * n
         fixed = [(k, v.encode()) for k, v in self.headers.items()]
@@ -273,7 +286,10 @@ class DeadLetterTopic:
     def open(self, ctx: SinkContext) -> KafkaWriter:
         return KafkaWriter(self, ctx)
 
-    def messages(self, rows: pl.DataFrame) -> Iterator[tuple[bytes | None, bytes, list[tuple[str, bytes]] | None, int]]:
+    def codec(self) -> Any:
+        return None
+
+    def messages(self, rows: pl.DataFrame, codec: Any) -> Iterator[tuple[bytes | None, bytes, list[tuple[str, bytes]] | None, int]]:
         where = re.compile(r"^kafka:(?P<topic>.+)/(?P<partition>\d+) offset (?P<offset>\d+)$")
         for step, position, reason, raw in rows.select("step", "position", "reason", "raw").iter_rows():
             headers = [("sluice.reason", (reason or "").encode()), ("sluice.step", (step or "").encode()),
@@ -292,6 +308,7 @@ class KafkaWriter:
         from confluent_kafka import Producer
 
         self.spec, self.ctx = spec, ctx
+        self.codec = spec.codec()  # registers the schema now: an incompatible change fails at startup
         self.errors: list[str] = []
         self.produced = 0
         self.delivered = 0
@@ -318,7 +335,7 @@ class KafkaWriter:
             return
         produce, poll, topic = self.producer.produce, self.producer.poll, self.spec.topic
         report = self._report if self.owned else None
-        for key, value, headers, ts in self.spec.messages(rows):
+        for key, value, headers, ts in self.spec.messages(rows, self.codec):
             while True:
                 try:
                     produce(topic, value=value, key=key, headers=headers, timestamp=ts, on_delivery=report)

@@ -34,6 +34,7 @@ import polars as pl
 from sluice.checkpoint.store import pack_state, unpack_state
 from sluice.connectors.api import SinkContext, SourceContext
 from sluice.connectors.kafka import (
+    FETCH_TUNING,
     DeadLetterTopic,
     Decoder,
     KafkaError,
@@ -76,6 +77,8 @@ class WorkerResult:
     rewinds: int = 0
     producer_restarts: int = 0
     tasks_started: int = 0
+    first_assigned: float = 0.0  # wall clock (time.time()) of the first assignment
+    finished: float = 0.0  # wall clock when the work was done (before closing the clients)
 
 
 @dataclass(frozen=True)
@@ -328,7 +331,7 @@ class Worker:
 
         n = self._admin_setup()
         self.producer = self._new_producer()
-        group = client_config(self.bootstrap, self.config, **{
+        group = client_config(self.bootstrap, self.config, **FETCH_TUNING, **{
             "group.id": self.rt.app_id, "isolation.level": "read_committed", "enable.auto.commit": False,
             "enable.auto.offset.store": False, "auto.offset.reset": "earliest", "enable.partition.eof": True,
             "partition.assignment.strategy": "range", "session.timeout.ms": self.rt.session_timeout_ms,
@@ -389,6 +392,8 @@ class Worker:
         the offsets to start from (the ones committed with that state)."""
         from confluent_kafka import TopicPartition
 
+        if not self.result.first_assigned:
+            self.result.first_assigned = time.time()
         committed = self._committed(partitions)
         offsets = {(tp.topic, tp.partition): tp.offset for tp in committed}
         out = []
@@ -555,18 +560,21 @@ class Worker:
     def _dispatch(self, msgs: list[Any]) -> None:
         groups: dict[tuple[str, int], list[Any]] = {}
         eofs: list[tuple[str, int, int]] = []
-        for m in msgs:
+        single = next(iter(self.topics)) if len(self.topics) == 1 else None
+        run_key: tuple[str, int] | None = None
+        run: list[Any] = []
+        for m in msgs:  # messages come in runs of one partition
             err = m.error()
             if err is not None:
                 if err.code() == err._PARTITION_EOF:
                     eofs.append((m.topic(), m.partition(), int(m.offset())))
                     continue
                 raise KafkaError(f"reading {m.topic()}/{m.partition()}: {_error_text(err)}")
-            key = (m.topic(), m.partition())
-            g = groups.get(key)
-            if g is None:
-                groups[key] = g = []
-            g.append(m)
+            key = (single or m.topic(), m.partition())
+            if key != run_key:
+                run_key = key
+                run = groups.setdefault(key, [])
+            run.append(m)
         for (topic, p), group in groups.items():
             task = self.tasks.get(p)
             if task is not None and not task.finished:
@@ -589,11 +597,16 @@ class Worker:
         return finished
 
     def _all_done(self) -> bool:
+        """Every input partition is committed at its end: ours are (finished and committed), the others'
+        committed offsets say so."""
         from confluent_kafka import TopicPartition
 
-        tps = [TopicPartition(t, p) for (t, p) in self.ends]
-        committed = self._committed(tps)
-        return all(tp.offset >= self.ends[(tp.topic, tp.partition)] for tp in committed)
+        if not self.result.first_assigned or not all(t.finished and not t.dirty for t in self.tasks.values()):
+            return False
+        others = [TopicPartition(t, p) for (t, p) in self.ends if p not in self.tasks]
+        if not others:
+            return True
+        return all(tp.offset >= self.ends[(tp.topic, tp.partition)] for tp in self._committed(others))
 
     def run(self) -> WorkerResult:
         start = time.perf_counter()
@@ -613,7 +626,8 @@ class Worker:
                     last_commit = time.perf_counter()
                 if self.rt.until_end and now - last_check >= 0.5:
                     last_check = now
-                    if all(t.finished and not t.dirty for t in self.tasks.values()) and self._all_done():
+                    if self._all_done():
+                        self.result.finished = time.time()
                         break
                 if self.progress is not None and now - last_report >= 1.0:
                     last_report = now
