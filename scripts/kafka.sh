@@ -25,17 +25,34 @@ up() {
   install
   down "$dir" 2>/dev/null || true
   rm -rf "$dir"; mkdir -p "$dir/data" "$dir/logs"
-  local port cport
-  port=$(free_port); cport=$(free_port)
+  local port cport sport
+  port=$(free_port); cport=$(free_port); sport=$(free_port)
+  # a second listener with SASL/PLAIN over TLS, for the security tests: a self-signed certificate for
+  # 127.0.0.1 (keytool, from the JDK) and a random password for the user "sluice"
+  mkdir -p "$dir/tls"
+  local storepass; storepass=$(python3 -c 'import secrets; print(secrets.token_hex(12))')
+  python3 -c 'import secrets; print(secrets.token_urlsafe(18))' > "$dir/sasl_password"
+  chmod 600 "$dir/sasl_password"
+  keytool -genkeypair -alias broker -keyalg RSA -keysize 2048 -validity 3650 -dname CN=127.0.0.1 \
+      -ext SAN=ip:127.0.0.1,dns:localhost -keystore "$dir/tls/broker.p12" -storetype PKCS12 \
+      -storepass "$storepass" -keypass "$storepass" >/dev/null 2>&1
+  keytool -exportcert -rfc -alias broker -keystore "$dir/tls/broker.p12" -storepass "$storepass" \
+      -file "$dir/tls/ca.pem" >/dev/null 2>&1
   cat > "$dir/server.properties" <<PROPS
 process.roles=broker,controller
 node.id=1
 controller.quorum.bootstrap.servers=127.0.0.1:$cport
-listeners=PLAINTEXT://127.0.0.1:$port,CONTROLLER://127.0.0.1:$cport
-advertised.listeners=PLAINTEXT://127.0.0.1:$port
+listeners=PLAINTEXT://127.0.0.1:$port,CONTROLLER://127.0.0.1:$cport,SASL_SSL://127.0.0.1:$sport
+advertised.listeners=PLAINTEXT://127.0.0.1:$port,SASL_SSL://127.0.0.1:$sport
 controller.listener.names=CONTROLLER
 inter.broker.listener.name=PLAINTEXT
-listener.security.protocol.map=CONTROLLER:PLAINTEXT,PLAINTEXT:PLAINTEXT
+listener.security.protocol.map=CONTROLLER:PLAINTEXT,PLAINTEXT:PLAINTEXT,SASL_SSL:SASL_SSL
+sasl.enabled.mechanisms=PLAIN
+listener.name.sasl_ssl.plain.sasl.jaas.config=org.apache.kafka.common.security.plain.PlainLoginModule required user_sluice="$(cat "$dir/sasl_password")";
+ssl.keystore.type=PKCS12
+ssl.keystore.location=$dir/tls/broker.p12
+ssl.keystore.password=$storepass
+ssl.key.password=$storepass
 log.dirs=$dir/data
 num.partitions=1
 num.network.threads=2
@@ -69,8 +86,10 @@ PROPS
   nohup java "${jopts[@]}" -cp "$LIBS/*" kafka.Kafka "$dir/server.properties" >"$dir/logs/stdout.log" 2>&1 &
   echo $! > "$dir/kafka.pid"
   echo "127.0.0.1:$port" > "$dir/bootstrap"
+  echo "127.0.0.1:$sport" > "$dir/sasl_ssl"
   for _ in $(seq 1 120); do
     if grep -q "Kafka Server started" "$dir/logs/stdout.log"; then
+      echo "sasl_ssl=127.0.0.1:$sport user=sluice password_file=$dir/sasl_password ca=$dir/tls/ca.pem"
       echo "bootstrap=127.0.0.1:$port"
       return
     fi

@@ -64,15 +64,30 @@ def redis_url(tmp_path_factory: pytest.TempPathFactory):
 
 
 @pytest.fixture(scope="session")
-def kafka_bootstrap(tmp_path_factory: pytest.TempPathFactory):
-    """A real Apache Kafka broker (KRaft, jars from Maven Central) on free loopback ports, for this session."""
+def kafka_broker(tmp_path_factory: pytest.TempPathFactory):
+    """A real Apache Kafka broker (KRaft, jars from Maven Central) on free loopback ports, for this session:
+    a PLAINTEXT listener and a SASL/PLAIN-over-TLS one (self-signed certificate, random password)."""
     directory = tmp_path_factory.mktemp("kafka")
     script = ROOT / "scripts" / "kafka.sh"
     r = subprocess.run(["bash", str(script), "up", str(directory)], capture_output=True, text=True, timeout=600)
     assert r.returncode == 0, r.stderr[-2000:]
     bootstrap = r.stdout.strip().splitlines()[-1].removeprefix("bootstrap=")
-    yield bootstrap
+    yield {"bootstrap": bootstrap, "dir": directory}
     subprocess.run(["bash", str(script), "down", str(directory)], timeout=120)
+
+
+@pytest.fixture(scope="session")
+def kafka_bootstrap(kafka_broker: dict) -> str:
+    return str(kafka_broker["bootstrap"])
+
+
+@pytest.fixture(scope="session")
+def kafka_sasl_ssl(kafka_broker: dict) -> tuple[str, dict[str, str]]:
+    """(bootstrap, client settings) of the broker's SASL_SSL listener."""
+    d = kafka_broker["dir"]
+    config = {"security.protocol": "SASL_SSL", "sasl.mechanism": "PLAIN", "sasl.username": "sluice",
+              "sasl.password": (d / "sasl_password").read_text().strip(), "ssl.ca.location": str(d / "tls" / "ca.pem")}
+    return (d / "sasl_ssl").read_text().strip(), config
 
 
 @pytest.fixture(scope="session")

@@ -19,7 +19,7 @@ from sluice.connectors.files import (
     ParquetSource,
 )
 from sluice.connectors.generator import GeneratorSource
-from sluice.connectors.kafka import DeadLetterTopic, KafkaSink, KafkaSource
+from sluice.connectors.kafka import DeadLetterTopic, KafkaError, KafkaSink, KafkaSource
 from sluice.connectors.log import LogSink, LogSource
 from sluice.connectors.lookup import RedisLookup
 from sluice.connectors.memory import CollectSink, MemorySource
@@ -71,6 +71,7 @@ __all__ = [
     "JsonLinesSink",
     "JsonLinesSource",
     "JsonSchema",
+    "KafkaError",
     "KafkaRuntime",
     "KafkaSink",
     "KafkaSource",

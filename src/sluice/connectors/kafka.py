@@ -51,6 +51,18 @@ def client_config(bootstrap: str, config: Mapping[str, Any], **defaults: Any) ->
     return {"bootstrap.servers": bootstrap, **defaults, **config}
 
 
+def topic_metadata(client: Any, bootstrap: str, topic: str | None, timeout_s: float) -> Any:
+    """Cluster metadata, or a KafkaError that says what went wrong (without any credential)."""
+    from confluent_kafka import KafkaException
+
+    try:
+        return client.list_topics(topic, timeout=timeout_s)
+    except KafkaException as exc:
+        raise KafkaError(f"cannot get metadata from {bootstrap} within {timeout_s:g} s: {_error_text(exc.args[0])}. "
+                         "Check the address, and for a secured cluster security.protocol, sasl.* and ssl.* "
+                         "in config") from None
+
+
 def _error_text(err: Any) -> str:
     """A librdkafka error for a message: its text, with anything that looks like a credential masked."""
     text = err.str() if hasattr(err, "str") else str(err)
@@ -65,10 +77,11 @@ class KafkaSource:
 
     topic: str
     bootstrap: str
-    config: dict[str, Any] = field(default_factory=dict)
+    config: dict[str, Any] = field(default_factory=dict, repr=False)  # may hold credentials: never shown
     format: Any = field(default_factory=Json)
     key: str | None = None
     metadata: bool = False
+    connect_timeout_s: float = 30.0
     follow: bool = False
     poll_timeout_s: float = 1.0
     block_records: int = 65_536
@@ -148,7 +161,7 @@ class _KafkaReader:
             "group.id": f"sluice-{ctx.step}", "enable.auto.commit": False, "enable.partition.eof": True,
             "auto.offset.reset": "earliest", "isolation.level": "read_committed"})
         self.consumer = Consumer(conf)
-        meta = self.consumer.list_topics(spec.topic, timeout=30)
+        meta = topic_metadata(self.consumer, spec.bootstrap, spec.topic, spec.connect_timeout_s)
         topic = meta.topics.get(spec.topic)
         if topic is None or topic.error is not None:
             raise KafkaError(f"topic {spec.topic!r} is not available at {spec.bootstrap}: {topic.error if topic else 'missing'}")
@@ -246,7 +259,7 @@ class KafkaSink:
     headers: Mapping[str, str] = field(default_factory=dict)
     header_columns: tuple[str, ...] = ()
     timestamp: str | None = None
-    config: dict[str, Any] = field(default_factory=dict)
+    config: dict[str, Any] = field(default_factory=dict, repr=False)  # may hold credentials: never shown
     format: Any = field(default_factory=Json)
 
     def open(self, ctx: SinkContext) -> KafkaWriter:
@@ -281,7 +294,7 @@ class DeadLetterTopic:
 
     topic: str
     bootstrap: str
-    config: dict[str, Any] = field(default_factory=dict)
+    config: dict[str, Any] = field(default_factory=dict, repr=False)  # may hold credentials: never shown
 
     def open(self, ctx: SinkContext) -> KafkaWriter:
         return KafkaWriter(self, ctx)

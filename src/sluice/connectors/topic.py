@@ -37,7 +37,7 @@ class Topic:
     key: str | None = None
     partitions: int = 1
     format: Any = field(default_factory=Json)
-    config: dict[str, Any] = field(default_factory=dict)  # Kafka client settings (security), if on Kafka
+    config: dict[str, Any] = field(default_factory=dict, repr=False)  # Kafka client settings (security)
 
     def source(self, broker: str | None = None) -> Any:
         broker = broker or current_broker()

@@ -43,6 +43,7 @@ from sluice.connectors.kafka import (
     KafkaWriter,
     _error_text,
     client_config,
+    topic_metadata,
 )
 from sluice.core.batch import Batch, Origin
 from sluice.core.errors import PlanError
@@ -59,12 +60,13 @@ class KafkaRuntime:
 
     app_id: str
     bootstrap: str | None = None  # default: the sources' bootstrap
-    config: dict[str, Any] = field(default_factory=dict)  # security settings etc., for every client
+    config: dict[str, Any] = field(default_factory=dict, repr=False)  # security settings etc.; never shown
     commit_interval_s: float = 1.0
     transaction_timeout_ms: int = 10_000
     session_timeout_ms: int = 10_000
     until_end: bool = False  # stop once every input partition is committed at its end offset (as of start)
     instance: str | None = None  # this worker's name (its transactional.id suffix); default random
+    max_failed_commits: int = 8  # consecutive failed commits (each retried after a growing pause) before giving up
     batch_size: int = DEFAULT_BATCH_SIZE
     poll_records: int = 20_000
 
@@ -264,6 +266,7 @@ class Worker:
         self.task_plan = self._task_plan()
         self.tasks: dict[int, _Task] = {}
         self.result = WorkerResult()
+        self.failed_commits = 0
         self.ends: dict[tuple[str, int], int] = {}
         self.producer: Any = None
         self.consumer: Any = None
@@ -287,7 +290,7 @@ class Worker:
         from confluent_kafka.admin import AdminClient, NewTopic  # type: ignore[attr-defined]
 
         admin = AdminClient(client_config(self.bootstrap, self.config))
-        meta = admin.list_topics(timeout=30)
+        meta = topic_metadata(admin, self.bootstrap, None, 30)
         counts = {}
         for topic in self.topics:
             t = meta.topics.get(topic)
@@ -489,6 +492,7 @@ class Worker:
         for t in dirty:
             t.dirty = False
         self.result.commits += 1
+        self.failed_commits = 0
         self.producer.begin_transaction()
         return True
 
@@ -521,7 +525,15 @@ class Worker:
 
         err = exc.args[0] if exc.args else None
         text = _error_text(err) if err is not None else str(exc)
-        log.warning("worker %s: commit failed (%s); rewinding to the last commit", self.instance, text)
+        self.failed_commits += 1
+        if self.failed_commits > self.rt.max_failed_commits:
+            raise KafkaError(f"worker {self.instance}: {self.failed_commits} commits in a row failed, the last with "
+                             f"{text}; is the cluster reachable and does the principal have the transactional "
+                             "and group ACLs?") from None
+        pause = min(10.0, 0.1 * 2 ** (self.failed_commits - 1))
+        log.warning("worker %s: commit failed (%s); rewinding to the last commit and retrying in %.1f s",
+                    self.instance, text, pause)
+        time.sleep(pause)
         timed_out = err is not None and hasattr(err, "code") and err.code() == KErr._TIMED_OUT
         if err is not None and hasattr(err, "txn_requires_abort") and err.txn_requires_abort() and not timed_out:
             self._abort()
