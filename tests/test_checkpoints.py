@@ -80,3 +80,24 @@ def test_removed_steps_are_reported(tmp_path: Path, caplog: pytest.LogCaptureFix
     with caplog.at_level(logging.WARNING):
         sl.run(smaller, checkpoint_dir=tmp_path / "ck")
     assert "no longer in the flow" in caplog.text and "w" in caplog.text
+
+
+def test_state_blob_round_trip_with_many_steps_and_frames() -> None:
+    """The Kafka runtime keeps state as one blob; frames of several steps come back to their own keys
+    (a frame read with another's offsets was a real bug: the header is written with sorted keys)."""
+    import polars as pl
+
+    from sluice.checkpoint.store import pack_state, unpack_state
+
+    steps = {
+        "z_last": ("window", "fz", {"panes": pl.DataFrame({"a": [1, 2, 3]}), "n": 3}),
+        "a_first": ("window", "fa", {"panes": pl.DataFrame({"b": ["x"]}), "late": pl.DataFrame({"c": [1.5, 2.5]})}),
+        "m_mid": ("event_time", "fm", {"current": 7}),
+    }
+    meta, entries, load = unpack_state(pack_state(steps, {"sid": 4}))
+    assert meta == {"sid": 4} and set(entries) == set(steps)
+    for name, (_, fp, state) in steps.items():
+        assert entries[name]["fingerprint"] == fp
+        got = load(name)
+        for key, value in state.items():
+            assert got[key].equals(value) if isinstance(value, pl.DataFrame) else got[key] == value

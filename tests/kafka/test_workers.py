@@ -18,7 +18,7 @@ import oracle
 from conftest import generate
 from kafka_util import create_topic, frame, load, read_committed
 
-PIPELINE = Path(__file__).with_name("w1_pipeline.py")
+PIPELINE = Path(__file__).with_name("workload_pipeline.py")
 
 
 def committed_total(bootstrap: str, group: str, topic: str, partitions: int) -> int:
@@ -32,9 +32,9 @@ def committed_total(bootstrap: str, group: str, topic: str, partitions: int) -> 
         c.close()
 
 
-def worker(bootstrap: str, app: str, name: str, env: dict[str, str], log: Path) -> subprocess.Popen:
+def worker(bootstrap: str, app: str, name: str, env: dict[str, str], log: Path, batch_size: int = 2000) -> subprocess.Popen:
     args = [sys.executable, "-m", "sluice.cli.main", "run", str(PIPELINE), "--broker", f"kafka://{bootstrap}",
-            "--app-id", app, "--instance", name, "--until-end", "--quiet", "--batch-size", "2000",
+            "--app-id", app, "--instance", name, "--until-end", "--quiet", "--batch-size", str(batch_size),
             "--commit-interval", "0.2"]
     return subprocess.Popen(args, env=env, stdout=log.open("w"), stderr=subprocess.STDOUT)
 
@@ -49,7 +49,7 @@ def test_three_workers_one_killed_another_joins(kafka_bootstrap: str, events_lar
     create_topic(kafka_bootstrap, inp, 6)
     create_topic(kafka_bootstrap, out, 6)
     total = load(kafka_bootstrap, events_large, inp)
-    env = {**os.environ, "W1_INPUT": inp, "W1_OUTPUT": out}
+    env = {**os.environ, "W_INPUT": inp, "W_OUTPUT": out}
     procs = {f"w{i}": worker(kafka_bootstrap, app, f"w{i}", env, tmp_path / f"w{i}.log") for i in range(3)}
     # kill one once the group has committed some of the input, well before the end
     deadline = time.monotonic() + 120

@@ -178,8 +178,8 @@ def pack_state(steps: dict[str, tuple[str, str, State]], meta: dict[str, Any]) -
             if isinstance(value, pl.DataFrame):
                 buf = io.BytesIO()
                 value.write_ipc(buf, compression="lz4")
+                frames[key] = [sum(len(b) for b in blobs), len(buf.getvalue())]  # offset, length in the body
                 blobs.append(buf.getvalue())
-                frames[key] = len(blobs[-1])
             else:
                 scalars[key] = value
         header["steps"][name] = {"kind": kind, "fingerprint": fingerprint, "scalars": scalars, "frames": frames}
@@ -200,11 +200,9 @@ def unpack_state(data: bytes) -> tuple[dict[str, Any], dict[str, Any], Any]:
     if hashlib.sha256(body).hexdigest() != header["sha256"]:
         raise CheckpointError("a state snapshot fails its checksum")
     states: dict[str, State] = {}
-    at = 0
     for name, entry in header["steps"].items():
         state: State = dict(entry["scalars"])
-        for key, length in entry["frames"].items():
+        for key, (at, length) in entry["frames"].items():
             state[key] = pl.read_ipc(io.BytesIO(bytes(body[at:at + length])))
-            at += length
         states[name] = state
     return header["meta"], header["steps"], states.get

@@ -45,10 +45,18 @@ from sluice.connectors.kafka import (
     client_config,
     topic_metadata,
 )
-from sluice.core.batch import Batch, Origin
+from sluice.core.batch import END_OF_TIME, NO_WATERMARK, Batch, Origin
 from sluice.core.errors import PlanError
 from sluice.core.plan import Plan, Read, Step, Write
+from sluice.operators.stateless import EventTimeOperator
 from sluice.runtime.executor import DEFAULT_BATCH_SIZE, Executor
+from sluice.runtime.repartition import (
+    RepartitionReader,
+    RepartitionSink,
+    RepartitionSource,
+    RepartitionWriter,
+    split,
+)
 
 log = logging.getLogger("sluice.kafka")
 CHUNK_BYTES = 900_000  # state messages stay under the broker's default 1 MB limit
@@ -114,17 +122,18 @@ class _FeedReader:
 class _SharedSink:
     """Stands in for a Kafka sink inside a task: records go to the worker's transactional producer."""
 
-    writer: KafkaWriter
+    writer: Any  # KafkaWriter | RepartitionWriter
 
-    def open(self, ctx: SinkContext) -> KafkaWriter:
+    def open(self, ctx: SinkContext) -> Any:
         return self.writer
 
 
-def check_partitioning(plan: Plan) -> None:
+def check_partitioning(plan: Plan, keys: set[str | None] | None = None) -> None:
     """Tasks see one partition each, so every keyed step must be keyed by what the topics are keyed by."""
     from sluice.operators.window import key_names
 
-    keys = {st.source.key for st in plan.steps if isinstance(st, Read)}
+    if keys is None:
+        keys = {st.source.key for st in plan.steps if isinstance(st, Read)}
     for st in plan.steps:
         if isinstance(st, Read | Write) or not st.stateful:
             continue
@@ -137,7 +146,7 @@ def check_partitioning(plan: Plan) -> None:
         if not names:
             raise PlanError(f"step {st.name!r} keeps state over all records; under the Kafka runtime each partition "
                             "is processed on its own. Key the step (key_by) by the input topics' key")
-        if len(keys) != 1 or None in keys or names != [next(iter(keys))]:
+        if len(keys) != 1 or None in keys or ",".join(names) != next(iter(keys)):
             declared = ", ".join(sorted(k or "none" for k in keys))
             raise PlanError(
                 f"step {st.name!r} is keyed by {names} but the input topics are keyed by {declared}. Under the Kafka "
@@ -167,12 +176,13 @@ def _resolve_topics(plan: Plan, rt: KafkaRuntime) -> Plan:
 
 
 class _Task:
-    """One input partition (of every input topic): its own executor, positions and state snapshots."""
+    """One partition number: the upstream part reads that partition of every input topic, the downstream
+    part (if the flow repartitions) that partition of the internal topic. Each part has its executor."""
 
     def __init__(self, worker: Worker, partition: int) -> None:
         self.p = partition
         self.worker = worker
-        self.ex = Executor(worker.task_plan, worker.rt.batch_size)
+        self.parts = [Executor(plan, worker.rt.batch_size) for plan in worker.task_plans]
         self.decoders: dict[str, tuple[str, Decoder, Origin]] = {}
         for name, spec in worker.reads.items():
             step = worker.plan.step(name)
@@ -180,57 +190,97 @@ class _Task:
             ctx = SourceContext(name, step.schema, worker.rt.batch_size, step.on_error)
             self.decoders[spec.topic] = (name, Decoder(spec, ctx, spec.schema_for(ctx)),
                                          Origin(name, 0, f"kafka:{spec.topic}/{partition}"))
+        self.shuffle: RepartitionReader | None = None
+        if worker.shuffle_read is not None:
+            step = worker.shuffle_read
+            self.shuffle = RepartitionReader(step.source, step.name, partition, worker.partitions)
         self.positions: dict[str, int] = {}
         self.ended: set[str] = set()
+        self.finished_up = False
         self.finished = False
+        self.sent_wm = NO_WATERMARK
         self.sid = 0
         self.dirty = False
 
-    def feed(self, topic: str, msgs: list[Any]) -> None:
+    def _check(self, topic: str, msgs: list[Any]) -> list[Any]:
         start = self.positions.get(topic, 0)
         if msgs[0].offset() < start:  # fetched before a rewind: already in the state
             msgs = [m for m in msgs if m.offset() >= start]
-            if not msgs:
-                return
-        if msgs[0].offset() > start:
-            log.info("task %d: %s jumps from %d to %d", self.p, topic, start, msgs[0].offset())
-        name, decoder, origin = self.decoders[topic]
-        for port, batch in decoder.decode(origin, msgs):
-            self.ex.feed(name, port, batch)
+        return msgs
+
+    def feed(self, topic: str, msgs: list[Any]) -> None:
+        msgs = self._check(topic, msgs)
+        if not msgs:
+            return
+        if self.shuffle is not None and topic == self.shuffle.spec.topic:
+            name = self.worker.shuffle_read.name  # type: ignore[union-attr]
+            for batch in self.shuffle.decode(msgs):
+                self.parts[1].feed(name, "out", batch)
+            if self.shuffle.ended and not self.finished:
+                self.parts[1].finish()
+                self.finished = self.finished_up
+        else:
+            self.worker.aim_shuffle(self.p)
+            name, decoder, origin = self.decoders[topic]
+            for port, batch in decoder.decode(origin, msgs):
+                self.parts[0].feed(name, port, batch)
         self.positions[topic] = msgs[-1].offset() + 1
         self.dirty = True
 
     def at_least(self, topic: str, offset: int) -> None:
         """The consumer reached `offset` (end of partition): offsets past transaction markers count as read."""
         if offset > self.positions.get(topic, 0):
-            log.info("task %d: %s at end %d (was %d)", self.p, topic, offset, self.positions.get(topic, 0))
             self.positions[topic] = offset
             self.dirty = True
 
+    def upstream_watermark(self) -> int | None:
+        """The watermark where the upstream part hands records to the internal topic."""
+        wms = [op.wms.current for op in self.parts[0].ops.values() if isinstance(op, EventTimeOperator)]
+        return min(wms) if wms else None
+
     def end(self, topic: str) -> None:
-        if topic in self.ended or self.finished:
+        if topic in self.ended or self.finished_up:
             return
         self.ended.add(topic)
         name, _, origin = self.decoders[topic]
-        self.ex.feed(name, "out", Batch(pl.DataFrame(), origin=origin, end_of_partition=True))
+        self.worker.aim_shuffle(self.p)
+        self.parts[0].feed(name, "out", Batch(pl.DataFrame(), origin=origin, end_of_partition=True))
         if self.ended == set(self.decoders):
-            self.ex.finish()
-            self.finished = True
+            self.parts[0].finish()
+            self.finished_up = True
+            if self.shuffle is not None:
+                self.worker.shuffle_marker(self.p, "end", END_OF_TIME)
+                self.finished = self.shuffle.ended
+            else:
+                self.finished = True
         self.dirty = True
+
+    def records(self) -> int:
+        return self.parts[0].rows_read
 
     def snapshot(self) -> bytes:
         self.sid += 1
         meta = {"partition": self.p, "sid": self.sid, "positions": self.positions, "ended": sorted(self.ended),
-                "finished": self.finished, "flow": self.worker.plan.name}
-        return pack_state(self.ex.snapshot_state(), meta)
+                "finished_up": self.finished_up, "finished": self.finished, "flow": self.worker.plan.name,
+                "sent_wm": self.sent_wm, "shuffle": self.shuffle.state() if self.shuffle is not None else None}
+        steps = {f"{i}/{name}": v for i, ex in enumerate(self.parts) for name, v in ex.snapshot_state().items()}
+        return pack_state(steps, meta)
 
     def restore(self, data: bytes) -> None:
         meta, steps, load = unpack_state(data)
-        self.ex.apply_state(steps, load, f"the state of task {self.p} in topic {self.worker.state_topic}")
+        for i, ex in enumerate(self.parts):
+            mine = {k.split("/", 1)[1]: v for k, v in steps.items() if k.startswith(f"{i}/")}
+            prefix = f"{i}/"
+            ex.apply_state(mine, lambda name, prefix=prefix: load(prefix + name),  # type: ignore[misc]
+                           f"the state of task {self.p} in topic {self.worker.state_topic}")
         self.sid = int(meta["sid"])
         self.positions = {t: int(o) for t, o in meta["positions"].items()}
         self.ended = set(meta["ended"])
+        self.finished_up = bool(meta["finished_up"])
         self.finished = bool(meta["finished"])
+        self.sent_wm = int(meta["sent_wm"])
+        if self.shuffle is not None and meta["shuffle"] is not None:
+            self.shuffle.restore(meta["shuffle"])
 
 
 class Worker:
@@ -255,15 +305,30 @@ class Worker:
                                 "every sink is a Kafka topic, written in the worker's transaction (exactly-once)")
         if len({s.topic for s in self.reads.values()}) != len(self.reads):
             raise PlanError("two read steps read the same topic; read it once and branch the stream")
-        check_partitioning(plan)
+        keys = {s.key for s in self.reads.values()}
+        up, down = split(plan, next(iter(keys)) if len(keys) == 1 else None, rt.app_id)
+        check_partitioning(up, keys)
+        self.subplans = [up]
+        self.shuffle_read: Read | None = None
+        self.shuffle_writer: RepartitionWriter | None = None
+        if down is not None:
+            read = down.steps[0]
+            assert isinstance(read, Read) and isinstance(read.source, RepartitionSource)
+            check_partitioning(down, {",".join(read.source.keys)})
+            self.subplans.append(down)
+            self.shuffle_read = read
         first = next(iter(self.reads.values()))
         self.bootstrap = rt.bootstrap or first.bootstrap
         self.config = {**first.config, **rt.config}
         self.state_topic = f"{rt.app_id}-state"
         self.instance = rt.instance or uuid.uuid4().hex[:8]
         self.topics = {s.topic: name for name, s in self.reads.items()}
-        self.writers: dict[str, KafkaWriter] = {}
-        self.task_plan = self._task_plan()
+        self.all_topics = list(self.topics)
+        if self.shuffle_read is not None:
+            self.all_topics.append(self.shuffle_read.source.topic)
+        self.writers: dict[str, Any] = {}
+        self.task_plans: list[Plan] = []
+        self.partitions = 0
         self.tasks: dict[int, _Task] = {}
         self.result = WorkerResult()
         self.failed_commits = 0
@@ -273,18 +338,32 @@ class Worker:
         self.state_reader: Any = None
 
     # --- setup ----------------------------------------------------------------------------------
-    def _task_plan(self) -> Plan:
+    def _task_plan(self, plan: Plan) -> Plan:
         steps: list[Step] = []
-        for st in self.plan.steps:
+        for st in plan.steps:
             if isinstance(st, Read):
-                steps.append(replace(st, source=_FeedSource(self.reads[st.name].topic)))
+                steps.append(replace(st, source=_FeedSource(getattr(st.source, "topic", st.name))))
+            elif isinstance(st, Write) and isinstance(st.sink, RepartitionSink):
+                self.shuffle_writer = RepartitionWriter(st.sink, self.partitions, _ProducerRef(self))
+                self.writers[st.name] = self.shuffle_writer
+                steps.append(replace(st, sink=_SharedSink(self.shuffle_writer)))
             elif isinstance(st, Write):
                 writer = KafkaWriter(st.sink, SinkContext(st.name, exactly_once=True), producer=_ProducerRef(self))
                 self.writers[st.name] = writer
                 steps.append(replace(st, sink=_SharedSink(writer)))
             else:
                 steps.append(st)
-        return Plan(self.plan.name, tuple(steps))
+        return Plan(plan.name, tuple(steps))
+
+    def aim_shuffle(self, task: int) -> None:
+        """Records written to the internal topic from now on come from `task`."""
+        if self.shuffle_writer is not None:
+            self.shuffle_writer.task = task
+
+    def shuffle_marker(self, task: int, kind: str, watermark: int) -> None:
+        if self.shuffle_writer is not None:
+            self.shuffle_writer.task = task
+            self.shuffle_writer.marker(kind, watermark)
 
     def _admin_setup(self) -> int:
         from confluent_kafka.admin import AdminClient, NewTopic  # type: ignore[attr-defined]
@@ -300,10 +379,18 @@ class Worker:
         if len(set(counts.values())) != 1:
             raise KafkaError(f"the input topics must have the same number of partitions (co-partitioned): {counts}")
         for st in self.plan.steps:
-            if isinstance(st, Write) and st.sink.topic not in meta.topics:
+            if isinstance(st, Write) and not isinstance(st.sink, RepartitionSink) and st.sink.topic not in meta.topics:
                 raise KafkaError(f"write step {st.name!r}: output topic {st.sink.topic!r} does not exist at "
                                  f"{self.bootstrap}; create it first (e.g. with as many partitions as the input)")
         n = next(iter(counts.values()))
+        if self.shuffle_read is not None and self.shuffle_read.source.topic not in meta.topics:
+            topic = self.shuffle_read.source.topic
+            fut = admin.create_topics([NewTopic(topic, n, 1, config={"retention.ms": str(7 * 86_400_000)})])[topic]
+            try:
+                fut.result(30)
+            except Exception as exc:
+                if "TOPIC_ALREADY_EXISTS" not in str(exc):
+                    raise KafkaError(f"cannot create the repartition topic {topic!r}: {exc}") from None
         state = meta.topics.get(self.state_topic)
         if state is None:
             conf = {"cleanup.policy": "compact", "segment.ms": "600000", "min.cleanable.dirty.ratio": "0.1"}
@@ -333,6 +420,8 @@ class Worker:
         from confluent_kafka import Consumer
 
         n = self._admin_setup()
+        self.partitions = n
+        self.task_plans = [self._task_plan(plan) for plan in self.subplans]
         self.producer = self._new_producer()
         group = client_config(self.bootstrap, self.config, **FETCH_TUNING, **{
             "group.id": self.rt.app_id, "isolation.level": "read_committed", "enable.auto.commit": False,
@@ -421,7 +510,7 @@ class Worker:
                 time.sleep(0.2)  # a commit's markers are still on their way
         for p in ps:
             task = tasks[p]
-            for topic in self.topics:
+            for topic in self.all_topics:
                 if topic not in task.positions:
                     low = self.consumer.get_watermark_offsets(TopicPartition(topic, p), 30)[0]
                     task.positions[topic] = int(low)
@@ -453,7 +542,7 @@ class Worker:
         for p in ps:
             task = self.tasks.pop(p, None)
             if task is not None:
-                self.result.records += task.ex.rows_read
+                self.result.records += task.records()
 
     # --- rebalance callbacks --------------------------------------------------------------------
     def _on_assign(self, consumer: Any, partitions: list[Any]) -> None:
@@ -473,6 +562,13 @@ class Worker:
     def _commit(self) -> bool:
         from confluent_kafka import KafkaException, TopicPartition
 
+        if self.shuffle_writer is not None:
+            for t in self.tasks.values():  # upstream watermarks to every downstream task
+                wm = t.upstream_watermark() if not t.finished_up else None
+                if wm is not None and wm > t.sent_wm:
+                    self.shuffle_marker(t.p, "wm", wm)
+                    t.sent_wm = wm
+                    t.dirty = True
         dirty = [t for t in self.tasks.values() if t.dirty]
         if not dirty:
             return True
@@ -572,7 +668,7 @@ class Worker:
     def _dispatch(self, msgs: list[Any]) -> None:
         groups: dict[tuple[str, int], list[Any]] = {}
         eofs: list[tuple[str, int, int]] = []
-        single = next(iter(self.topics)) if len(self.topics) == 1 else None
+        single = self.all_topics[0] if len(self.all_topics) == 1 else None
         run_key: tuple[str, int] | None = None
         run: list[Any] = []
         for m in msgs:  # messages come in runs of one partition
@@ -618,12 +714,23 @@ class Worker:
         others = [TopicPartition(t, p) for (t, p) in self.ends if p not in self.tasks]
         if not others:
             return True
-        return all(tp.offset >= self.ends[(tp.topic, tp.partition)] for tp in self._committed(others))
+        if not all(tp.offset >= self.ends[(tp.topic, tp.partition)] for tp in self._committed(others)):
+            return False
+        if self.shuffle_read is None:
+            return True
+        # every input is committed at its end, so the internal topic is complete: read to its end?
+        topic = self.shuffle_read.source.topic
+        rest = [TopicPartition(topic, p) for p in range(self.partitions) if p not in self.tasks]
+        for tp in self._committed(rest):
+            high = self.consumer.get_watermark_offsets(TopicPartition(topic, tp.partition), 30, cached=False)[1]
+            if tp.offset < high:
+                return False
+        return True
 
     def run(self) -> WorkerResult:
         start = time.perf_counter()
         self._open()
-        self.consumer.subscribe(list(self.topics), on_assign=self._on_assign, on_revoke=self._on_revoke,
+        self.consumer.subscribe(self.all_topics, on_assign=self._on_assign, on_revoke=self._on_revoke,
                                 on_lost=self._on_lost)
         last_commit = last_check = last_report = time.perf_counter()
         try:
@@ -650,7 +757,7 @@ class Worker:
         return self.result
 
     def records(self) -> int:
-        return self.result.records + sum(t.ex.rows_read for t in self.tasks.values())
+        return self.result.records + sum(t.records() for t in self.tasks.values())
 
     def _close(self) -> None:
         if self.consumer is not None:
