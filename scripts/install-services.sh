@@ -1,9 +1,12 @@
 #!/usr/bin/env bash
-# Installs the servers the tests run against (from Debian packages) when they are missing.
+# Installs what the tests' servers need (Debian packages) when it is missing: Redis, a JRE and Maven.
+# Apicurio Registry also needs Java 21+ (scripts/registry.sh looks under /usr/lib/jvm or JAVA21).
 # The tests start their own instances on loopback ports; nothing is left running.
 set -euo pipefail
 missing=()
 command -v redis-server >/dev/null 2>&1 || missing+=(redis-server)
+command -v java >/dev/null 2>&1 || missing+=(openjdk-17-jre-headless)   # Kafka (and keytool for its TLS listener)
+command -v mvn >/dev/null 2>&1 || missing+=(maven)                      # fetches Kafka and Apicurio from Maven Central
 if [ ${#missing[@]} -gt 0 ]; then
   if [ "$(id -u)" != 0 ]; then
     echo "install-services: need root to apt-get install ${missing[*]} (or install them yourself)" >&2

@@ -28,14 +28,21 @@ def transactions(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 def run_to_completion_with_kills(workload: str, events: Path, out: Path, ckpt: Path, kills: int, rng: random.Random,
                                  extra: tuple[str, ...] = ()) -> int:
-    """Start the run, kill -9 it `kills` times at random moments, then let it finish. Returns kills done."""
+    """Start the run, kill -9 it `kills` times at random moments, then let it finish. Returns kills done.
+
+    Each kill lands mid-run whatever the machine's speed: after the restarted process has written a new
+    checkpoint (so it has made progress), at a random moment up to 0.15 s later."""
     args = [*RUN, workload, "--input", str(events), "--output", str(out), "--checkpoint-dir", str(ckpt),
             "--checkpoint-interval", "0.05", "--batch-size", "1024", *extra]
     done = 0
     while True:
+        seen = max((int(p.parent.name[4:]) for p in ckpt.glob("chk-*/manifest.json")), default=0)
         proc = subprocess.Popen(args, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
         if done < kills:
-            time.sleep(rng.uniform(0.8, 1.6))  # start-up (imports) takes ~0.9 s, so most kills land mid-run
+            while proc.poll() is None and max(
+                    (int(p.parent.name[4:]) for p in ckpt.glob("chk-*/manifest.json")), default=0) <= seen:
+                time.sleep(0.005)
+            time.sleep(rng.uniform(0.0, 0.15))
             if proc.poll() is None:
                 proc.kill()  # SIGKILL: no cleanup, no flush
                 proc.wait()
