@@ -563,6 +563,7 @@ class _AvroCodec:
         self.reader = fastavro.parse_schema(_strip_logical(spec._schema_obj()))
         self.writers: dict[int, Any] = {}
         self.projected: dict[tuple[str, ...], Any] = {}
+        self.columnar: dict[tuple[int, tuple[str, ...]], Any] = {}
         self.header = b""
         if not reading:
             self.header = MAGIC + spec.writer_id(topic).to_bytes(4, "big")
@@ -607,7 +608,32 @@ class _AvroCodec:
             self.projected[key] = self.fastavro.parse_schema(full)
         return self.projected[key]
 
+    def _columnar(self, sid: int, schema: Schema) -> Any:
+        """The columnar decoder for writer schema `sid` and these columns, or None if its shape is not handled."""
+        from sluice.formats.avro_columnar import ColumnarReader, Unsupported
+
+        key = (sid, tuple(schema.names))
+        if key not in self.columnar:
+            kind, text = self.spec._registry().schema(sid)
+            try:
+                self.columnar[key] = ColumnarReader(_strip_logical(json.loads(text)), schema.polars) if kind == "AVRO" else None
+            except Unsupported:
+                self.columnar[key] = None
+        return self.columnar[key]
+
     def decode_values(self, values: list[bytes], schema: Schema) -> tuple[pl.DataFrame, list[BadRecord], list[int]]:
+        if values and all(v[:1] == MAGIC for v in values):
+            head = values[0][1:5]
+            if all(v[1:5] == head for v in values):  # one writer schema: decode the block in columns
+                try:
+                    fast = self._columnar(int.from_bytes(head, "big"), schema)
+                    if fast is not None:
+                        return fast.decode(values, 5), [], []
+                except Exception:  # anything unexpected: the record-by-record path finds the bad records
+                    pass
+        return self._decode_records(values, schema)
+
+    def _decode_records(self, values: list[bytes], schema: Schema) -> tuple[pl.DataFrame, list[BadRecord], list[int]]:
         read = self.fastavro.schemaless_reader
         reader = self._projection(schema.names)
         rows: list[dict[str, Any]] = []
