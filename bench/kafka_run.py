@@ -129,7 +129,7 @@ def main(argv: list[str] | None = None) -> int:
         "workload": a.workload, "events": events, "seconds": round(seconds, 3),
         "events_per_s": round(events / seconds), "workers": a.workers, "partitions": a.partitions,
         "format": a.format, "startup_s": round(first - start, 2), "results": len(msgs),
-        "commits": sum(r["commits"] for r in got),
+        "commits": sum(r["commits"] for r in got), "input_topic": inp,
     }))
     return 0
 

@@ -62,3 +62,13 @@ def test_resume_from_checkpointed_offsets_after_a_crash(kafka_bootstrap: str, ev
     sl.run(build("w1", KafkaSource(topic, kafka_bootstrap), CrashingSink(out)), batch_size=2000,
            checkpoint_dir=ckpt, checkpoint_interval=0.0)
     assert out.read_bytes() == reference.read_bytes()
+
+
+def test_delivery_reports_are_counted_and_shown(kafka_bootstrap: str) -> None:
+    create_topic(kafka_bootstrap, "delivered", 2)
+    flow = sl.Flow("send")
+    flow.read("rows", sl.MemorySource([{"k": str(i % 5), "v": i} for i in range(1000)])).write(
+        "out", KafkaSink("delivered", kafka_bootstrap, key="k"))
+    result = sl.run(flow)
+    assert result.stats["out"].metrics == {"produced": 1000, "delivered": 1000, "failed": 0}
+    assert "delivered 1,000" in result.summary()

@@ -220,3 +220,12 @@ def test_local_registry_is_the_default(tmp_path: Path, monkeypatch: pytest.Monke
     with pytest.raises(sl.IncompatibleSchemaError):
         sl.Avro(V3).bind("orders", reading=False)
 
+
+
+def test_subject_name_strategies(tmp_path: Path) -> None:
+    reg = sl.LocalRegistry(tmp_path / "r.json")
+    for strategy, subject in [("topic", "orders-value"), ("record", "shop.Order"), ("topic_record", "orders-shop.Order")]:
+        sl.Avro(V1, registry=reg, strategy=strategy).bind("orders", reading=False)
+        assert reg.versions(subject), strategy
+    with pytest.raises(sl.SchemaRegistryError, match="strategy"):
+        sl.Avro(V1, registry=reg, strategy="nope").bind("orders", reading=False)

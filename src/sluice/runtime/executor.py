@@ -59,6 +59,7 @@ class StepStats:
     rows_in: int = 0
     rows_out: dict[str, int] = field(default_factory=lambda: defaultdict(int))
     batches: int = 0
+    metrics: dict[str, int] = field(default_factory=dict)  # a sink's own counters (e.g. Kafka delivery reports)
 
 
 @dataclass
@@ -78,7 +79,8 @@ class RunResult:
         lines = [f"flow {self.flow!r}: {self.rows_read:,} records read in {self.seconds:.2f} s ({rate:,.0f}/s)"]
         for name, st in self.stats.items():
             outs = ", ".join(f"{p} {n:,}" for p, n in st.rows_out.items() if n)
-            lines.append(f"  {name}: in {st.rows_in:,}" + (f" → {outs}" if outs else ""))
+            extra = ", ".join(f"{k} {v:,}" for k, v in st.metrics.items())
+            lines.append(f"  {name}: in {st.rows_in:,}" + (f" → {outs}" if outs else "") + (f" ({extra})" if extra else ""))
         return "\n".join(lines)
 
 
@@ -342,8 +344,11 @@ class Executor:
         finally:
             for reader in self.readers.values():
                 reader.close()
-            for writer in self.writers.values():
+            for name, writer in self.writers.items():
                 writer.close()
+                metrics = getattr(writer, "metrics", None)
+                if callable(metrics):
+                    self.stats[name].metrics = dict(metrics())
             for op in self.ops.values():
                 op.close()
         seconds = time.perf_counter() - start
