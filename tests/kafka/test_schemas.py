@@ -229,3 +229,24 @@ def test_subject_name_strategies(tmp_path: Path) -> None:
         assert reg.versions(subject), strategy
     with pytest.raises(sl.SchemaRegistryError, match="strategy"):
         sl.Avro(V1, registry=reg, strategy="nope").bind("orders", reading=False)
+
+
+def test_avro_on_the_embedded_log_with_the_local_registry(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The embedded default: Avro records in the embedded log, schemas in the local registry, same rules."""
+    monkeypatch.setenv("SLUICE_REGISTRY", str(tmp_path / "registry.json"))
+    root = tmp_path / "log"
+
+    def send(schema: dict, rows: list[dict]) -> None:
+        flow = sl.Flow("orders")
+        flow.read("rows", sl.MemorySource(rows)).write("out", sl.LogSink("orders", root, format=sl.Avro(schema)))
+        sl.run(flow)
+
+    send(V1, [{"id": "a"}, {"id": "b"}])
+    send(V2, [{"id": "c", "qty": 5}])
+    with pytest.raises(sl.IncompatibleSchemaError):
+        send({**V1, "fields": [{"name": "id", "type": "long"}]}, [{"id": 1}])
+    got = sl.CollectSink()
+    flow = sl.Flow("read")
+    flow.read("orders", sl.LogSource("orders", root, format=sl.Avro(V2))).write("c", got)
+    sl.run(flow)
+    assert sorted(got.frame().select("id", "qty").rows()) == [("a", 1), ("b", 1), ("c", 5)]

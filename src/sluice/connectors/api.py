@@ -66,5 +66,22 @@ class SinkWriter(Protocol):
     def close(self) -> None: ...
 
 
+class UntransactedWriter:
+    """A writer whose output is not staged by Sluice's checkpoints (it is sent at once, or the runtime
+    makes it transactional): nothing to prepare, commit or recover."""
+
+    def prepare(self, epoch: int) -> dict[str, Any]:
+        return {}
+
+    def commit(self, txn: dict[str, Any]) -> None:
+        pass
+
+    def recover(self, txn: dict[str, Any] | None) -> None:
+        pass
+
+    def close(self) -> None:
+        pass
+
+
 class Sink(Protocol):
     def open(self, ctx: SinkContext) -> SinkWriter: ...

@@ -20,7 +20,7 @@ from typing import Any
 import numpy as np
 import polars as pl
 
-from sluice.connectors.api import SinkContext, SourceContext
+from sluice.connectors.api import SinkContext, SourceContext, UntransactedWriter
 from sluice.core.batch import OFFSET, Batch, Origin, user_columns
 from sluice.core.deadletter import dead_letters
 from sluice.core.errors import DEAD_LETTER_FIX, DecodeError, PlanError, SluiceError
@@ -314,7 +314,7 @@ class DeadLetterTopic:
             yield None, (raw or "").encode(), headers, 0
 
 
-class KafkaWriter:
+class KafkaWriter(UntransactedWriter):
     """Produces a sink's records. With `producer` given, the runtime owns it (and its transaction)."""
 
     def __init__(self, spec: KafkaSink | DeadLetterTopic, ctx: SinkContext, producer: Any = None) -> None:
@@ -372,12 +372,6 @@ class KafkaWriter:
             raise KafkaError(f"sink {self.ctx.step!r}: {left} record(s) still undelivered after 60 s")
         self._raise()
         return {}
-
-    def commit(self, txn: dict[str, Any]) -> None:
-        pass
-
-    def recover(self, txn: dict[str, Any] | None) -> None:
-        pass
 
     def close(self) -> None:
         if self.owned:

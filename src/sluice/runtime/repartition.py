@@ -20,6 +20,7 @@ from typing import Any
 import numpy as np
 import polars as pl
 
+from sluice.connectors.api import UntransactedWriter
 from sluice.core.batch import END_OF_TIME, NO_WATERMARK, OFFSET, TIME, WATERMARK, Batch, Origin
 from sluice.core.errors import PlanError
 from sluice.core.plan import KeyBy, Plan, Read, Ref, Step, Write
@@ -93,7 +94,7 @@ def destinations(df: pl.DataFrame, keys: tuple[str, ...], partitions: int) -> np
     return partition_of(joined.to_series(), partitions)
 
 
-class RepartitionWriter:
+class RepartitionWriter(UntransactedWriter):
     """Upstream side: batches to the internal topic, one IPC message per destination partition."""
 
     def __init__(self, spec: RepartitionSink, partitions: int, producer: Any) -> None:
@@ -128,18 +129,6 @@ class RepartitionWriter:
                 return
             except BufferError:
                 self.producer.poll(0.05)
-
-    def prepare(self, epoch: int) -> dict[str, Any]:
-        return {}
-
-    def commit(self, txn: dict[str, Any]) -> None:
-        pass
-
-    def recover(self, txn: dict[str, Any] | None) -> None:
-        pass
-
-    def close(self) -> None:
-        pass
 
 
 class RepartitionReader:

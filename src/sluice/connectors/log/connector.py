@@ -33,16 +33,19 @@ class LogSource:
 
     topic: str
     root: str | Path = DEFAULT_ROOT
-    format: Json = field(default_factory=Json)
+    format: Any = field(default_factory=Json)  # Json, or a registry format (sl.Avro, sl.JsonSchema)
     start: str = "earliest"  # "earliest" | "latest"
     follow: bool = False
     block_bytes: int = 8 << 20
     poll_interval_s: float = 0.1
 
     def open(self, ctx: SourceContext) -> _LogReader:
-        if ctx.schema is None:
+        schema = ctx.schema
+        if schema is None and hasattr(self.format, "sluice_schema"):
+            schema = self.format.sluice_schema()
+        if schema is None:
             raise PlanError(f"read step {ctx.step!r}: a log source needs schema= (the fields of its JSON records)")
-        return _LogReader(self, ctx, ctx.schema)
+        return _LogReader(self, ctx, schema)
 
 
 class _LogReader:
@@ -50,6 +53,7 @@ class _LogReader:
         self.spec = spec
         self.ctx = ctx
         self.schema = schema
+        self.codec = spec.format.bind(spec.topic, reading=True) if hasattr(spec.format, "bind") else None
         log = Log(spec.root)
         self.parts = [log.partition(spec.topic, p) for p in range(log.partition_count(spec.topic))]
         self.positions = [p.end_offset if spec.start == "latest" else p.start_offset for p in self.parts]
@@ -94,6 +98,23 @@ class _LogReader:
                 break
         return b"".join(blobs), first, count
 
+    def _values(self, p: int) -> tuple[list[bytes], int, int]:
+        """Up to block_bytes of values from partition p, one per record: (values, first offset, records)."""
+        part = self.parts[p]
+        until = self.ends[p] if self.ends is not None else None
+        values: list[bytes] = []
+        size = 0
+        first = self.positions[p]
+        for batch, skip in part.read(first, until):
+            stop = batch.count if until is None else min(batch.count, until - batch.base_offset)
+            if stop <= skip:
+                break
+            values.extend(batch.value(i) for i in range(skip, stop))
+            size += int(batch.value_offsets[stop]) - int(batch.value_offsets[skip])
+            if size >= self.spec.block_bytes:
+                break
+        return values, first, len(values)
+
     def batches(self) -> Iterator[tuple[str, Batch]]:
         live = self.live
         while live:
@@ -102,14 +123,20 @@ class _LogReader:
                 origin = Origin(self.ctx.step, p, f"log:{self.spec.topic}/{p}")
                 if self.ends is None:
                     self.parts[p].refresh()
-                blob, first, count = self._block(p)
+                if self.codec is None:
+                    blob, first, count = self._block(p)
+                else:
+                    values, first, count = self._values(p)
                 if count == 0:
                     if self.ends is not None:
                         live.discard(p)
                         yield "out", Batch(pl.DataFrame(), origin=origin, end_of_partition=True)
                     continue
                 progressed = True
-                df, bad, index = self.spec.format.decode_block(blob, self.schema)
+                if self.codec is None:
+                    df, bad, index = self.spec.format.decode_block(blob, self.schema)
+                else:
+                    df, bad, index = self.codec.decode_values(values, self.schema)
                 if bad:
                     positions = [origin.position(first + b.index) for b in bad]
                     if self.ctx.on_error != "dead_letter":
@@ -141,7 +168,7 @@ class LogSink:
     root: str | Path = DEFAULT_ROOT
     partitions: int = 1
     key: str | None = None
-    format: Json = field(default_factory=Json)
+    format: Any = field(default_factory=Json)  # Json, or a registry format (sl.Avro, sl.JsonSchema)
     settings: LogSettings = field(default_factory=LogSettings)
 
     def open(self, ctx: SinkContext) -> _LogWriter:
@@ -167,6 +194,8 @@ class _LogWriter:
     def __init__(self, spec: LogSink, parts: list[Partition], staging_name: str | None) -> None:
         self.spec = spec
         self.parts = parts
+        # a registry format registers its schema now, so an incompatible change fails at startup
+        self.codec = spec.format.bind(spec.topic, reading=False) if hasattr(spec.format, "bind") else None
         self.turn = 0
         self.records = 0
         self.staging_name = staging_name
@@ -196,15 +225,24 @@ class _LogWriter:
             self._append(self.parts[int(p)], sub, ts[sel], sub[self.spec.key].cast(pl.String).fill_null(""))
 
     def _append(self, part: Partition, rows: pl.DataFrame, ts: np.ndarray, keys: pl.Series | None) -> None:
-        blob = self.spec.format.encode(rows)
-        ends = np.flatnonzero(np.frombuffer(blob, dtype=np.uint8) == 10).astype(np.uint32) + 1
-        voffs = np.concatenate([np.zeros(1, dtype=np.uint32), ends])
+        flags = NEWLINE_JOINED
+        if hasattr(self.spec.format, "bind"):  # a registry format: binary values, registered at open
+            if self.codec is None:
+                self.codec = self.spec.format.bind(self.spec.topic, reading=False)
+            values = self.codec.encode_values(rows)
+            blob = b"".join(values)
+            voffs = np.concatenate([[0], np.cumsum([len(v) for v in values])]).astype(np.uint32)
+            flags = 0
+        else:
+            blob = self.spec.format.encode(rows)
+            ends = np.flatnonzero(np.frombuffer(blob, dtype=np.uint8) == 10).astype(np.uint32) + 1
+            voffs = np.concatenate([np.zeros(1, dtype=np.uint32), ends])
         kblob, koffs = b"", None
         if keys is not None:
             encoded = [k.encode() for k in keys.to_list()]
             kblob = b"".join(encoded)
             koffs = np.concatenate([[0], np.cumsum([len(k) for k in encoded])]).astype(np.uint32)
-        part.append(np.ascontiguousarray(ts, dtype=np.int64), blob, voffs, kblob, koffs, NEWLINE_JOINED)
+        part.append(np.ascontiguousarray(ts, dtype=np.int64), blob, voffs, kblob, koffs, flags)
         self.records += rows.height
 
     def close(self) -> None:
