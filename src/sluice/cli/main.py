@@ -108,7 +108,8 @@ def _run_on_kafka(a: argparse.Namespace, bootstrap: str) -> int:
     result = run_worker(flow, rt, progress=None if a.quiet else _progress)
     # one JSON line, also with --quiet: what scripts read
     print(json.dumps({"worker": a.instance, "records": result.records, "seconds": round(result.seconds, 3),
-                      "commits": result.commits, "rewinds": result.rewinds, "tasks": result.tasks_started}))
+                      "produced": result.produced, "commits": result.commits, "rewinds": result.rewinds,
+                      "tasks": result.tasks_started}))
     return 0
 
 

@@ -87,6 +87,7 @@ class WorkerResult:
     rewinds: int = 0
     producer_restarts: int = 0
     tasks_started: int = 0
+    produced: int = 0  # records sent to output and dead-letter topics (committed or rewound)
     first_assigned: float = 0.0  # wall clock (time.time()) of the first assignment
     finished: float = 0.0  # wall clock when the work was done (before closing the clients)
 
@@ -754,6 +755,7 @@ class Worker:
         finally:
             self._close()
         self.result.seconds = time.perf_counter() - start
+        self.result.produced = sum(w.produced for w in self.writers.values() if isinstance(w, KafkaWriter))
         return self.result
 
     def records(self) -> int:
