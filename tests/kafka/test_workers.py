@@ -93,3 +93,34 @@ def test_sluice_run_workers_two(kafka_bootstrap: str, events_medium: Path) -> No
     assert sum(s["records"] for s in summaries) >= 60_000  # partitions may move once while the group forms
     got = frame(read_committed(kafka_bootstrap, out))
     oracle.assert_frames_match(got, oracle.w1(oracle.flat_events(str(events_medium))), ["user_id", "window_start"])
+
+
+def test_sigterm_commits_and_a_restart_finishes_exactly(kafka_bootstrap: str, events_medium: Path, tmp_path: Path) -> None:
+    """A following worker stopped with SIGTERM commits what it did and exits 0 at once; the windows it emitted
+    are right, and a worker started again finishes the job with nothing lost or doubled."""
+    inp, out, app = "w1-term-in", "w1-term-out", "w1-term"
+    create_topic(kafka_bootstrap, inp, 3)
+    create_topic(kafka_bootstrap, out, 3)
+    total = load(kafka_bootstrap, events_medium, inp)
+    env = {**os.environ, "W_INPUT": inp, "W_OUTPUT": out}
+    args = [sys.executable, "-m", "sluice.cli.main", "run", str(PIPELINE), "--broker", f"kafka://{kafka_bootstrap}",
+            "--app-id", app, "--instance", "follow", "--quiet"]
+    proc = subprocess.Popen(args, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    deadline = time.monotonic() + 120
+    while committed_total(kafka_bootstrap, app, inp, 3) < total and time.monotonic() < deadline:
+        time.sleep(0.1)
+    started = time.monotonic()
+    proc.send_signal(signal.SIGTERM)
+    stdout, stderr = proc.communicate(timeout=60)
+    assert json.loads(stdout.strip().splitlines()[-1])["worker"] == "follow"
+    assert proc.returncode == 0, stderr[-3000:]
+    assert time.monotonic() - started < 15
+    expected = oracle.w1(oracle.flat_events(str(events_medium)))
+    partial = frame(read_committed(kafka_bootstrap, out))
+    assert 0 < partial.height < expected.height  # the last windows stay open while following
+    inside = expected.join(partial.select("user_id", "window_start"), on=["user_id", "window_start"])
+    oracle.assert_frames_match(partial, inside, ["user_id", "window_start"])
+    finish = subprocess.run([*args[:-3], "--instance", "again", "--until-end", "--quiet"], env=env, capture_output=True,
+                            text=True, timeout=300)
+    assert finish.returncode == 0, finish.stderr[-3000:]
+    oracle.assert_frames_match(frame(read_committed(kafka_bootstrap, out)), expected, ["user_id", "window_start"])

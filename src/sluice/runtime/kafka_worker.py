@@ -333,6 +333,8 @@ class Worker:
         self.tasks: dict[int, _Task] = {}
         self.result = WorkerResult()
         self.failed_commits = 0
+        self.stopping = False  # stop(): finish the current batch, commit, leave the group
+        self.broken = False  # an error is propagating: commit nothing more
         self.ends: dict[tuple[str, int], int] = {}
         self.producer: Any = None
         self.consumer: Any = None
@@ -550,7 +552,7 @@ class Worker:
         consumer.assign(self._build_tasks(partitions))
 
     def _on_revoke(self, consumer: Any, partitions: list[Any]) -> None:
-        if self.tasks:
+        if self.tasks and not self.broken:
             self._commit()
         self._drop_tasks(partitions)
 
@@ -735,7 +737,7 @@ class Worker:
                                 on_lost=self._on_lost)
         last_commit = last_check = last_report = time.perf_counter()
         try:
-            while True:
+            while not self.stopping:
                 msgs = self.consumer.consume(self.rt.poll_records, 0.1)
                 if msgs:
                     self._dispatch(msgs)
@@ -752,11 +754,20 @@ class Worker:
                 if self.progress is not None and now - last_report >= 1.0:
                     last_report = now
                     self.progress(self.records(), now - start)
+        except BaseException:
+            # a task may have taken part of a batch: commit nothing more, the open transaction is aborted
+            self.broken = True
+            raise
         finally:
             self._close()
         self.result.seconds = time.perf_counter() - start
         self.result.produced = sum(w.produced for w in self.writers.values() if isinstance(w, KafkaWriter))
         return self.result
+
+    def stop(self) -> None:
+        """Stop after the current batch: the last commit happens as the worker leaves the group (safe to
+        call from a signal handler)."""
+        self.stopping = True
 
     def records(self) -> int:
         return self.result.records + sum(t.records() for t in self.tasks.values())
@@ -789,5 +800,18 @@ class _ProducerRef:
 
 
 def run_worker(flow: Any, rt: KafkaRuntime, progress: Callable[[int, float], None] | None = None) -> WorkerResult:
-    """Run one worker of `flow` over Kafka until the input ends (`until_end`) or it is stopped."""
-    return Worker(flow, rt, progress).run()
+    """Run one worker of `flow` over Kafka until the input ends (`until_end`) or it is stopped: SIGTERM
+    or Ctrl-C stop it gracefully (the work done so far is committed and its partitions are handed over
+    at once)."""
+    import signal
+    import threading
+
+    worker = Worker(flow, rt, progress)
+    if threading.current_thread() is not threading.main_thread():
+        return worker.run()
+    previous = {sig: signal.signal(sig, lambda *_: worker.stop()) for sig in (signal.SIGTERM, signal.SIGINT)}
+    try:
+        return worker.run()
+    finally:
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
