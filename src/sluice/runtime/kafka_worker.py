@@ -534,10 +534,13 @@ class Worker:
             try:
                 return list(self.consumer.committed(tps, timeout=30))
             except KafkaException as exc:
+                # transient while the group coordinator moves, loads, or its connection is replaced
+                # (seen: "Broker handle destroyed" during a rebalance); give up only after the deadline
                 err = exc.args[0]
-                if time.monotonic() > deadline or not (err.retriable() or "coordinator" in err.str().lower()):
+                if time.monotonic() > deadline or err.fatal():
                     raise KafkaError(f"cannot read the committed offsets of group {self.rt.app_id!r}: "
                                      f"{_error_text(err)}") from None
+                log.info("worker %s: reading committed offsets failed (%s); retrying", self.instance, _error_text(err))
                 time.sleep(0.2)
 
     def _drop_tasks(self, partitions: list[Any] | None = None) -> None:
@@ -709,7 +712,16 @@ class Worker:
 
     def _all_done(self) -> bool:
         """Every input partition is committed at its end: ours are (finished and committed), the others'
-        committed offsets say so."""
+        committed offsets say so. A failed lookup means "not yet": it is asked again shortly."""
+        from confluent_kafka import KafkaException
+
+        try:
+            return self._all_done_now()
+        except (KafkaException, KafkaError) as exc:
+            log.info("worker %s: cannot tell yet whether the job is done: %s", self.instance, exc)
+            return False
+
+    def _all_done_now(self) -> bool:
         from confluent_kafka import TopicPartition
 
         if not self.result.first_assigned or not all(t.finished and not t.dirty for t in self.tasks.values()):
