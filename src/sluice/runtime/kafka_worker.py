@@ -334,6 +334,7 @@ class Worker:
         self.result = WorkerResult()
         self.failed_commits = 0
         self.stopping = False  # stop(): finish the current batch, commit, leave the group
+        self.closing = False  # the consumer is closing: rebalance callbacks must not start tasks
         self.broken = False  # an error is propagating: commit nothing more
         self.ends: dict[tuple[str, int], int] = {}
         self.producer: Any = None
@@ -552,6 +553,8 @@ class Worker:
 
     # --- rebalance callbacks --------------------------------------------------------------------
     def _on_assign(self, consumer: Any, partitions: list[Any]) -> None:
+        if self.closing:  # an assignment served while the consumer closes: it is leaving, take nothing
+            return
         consumer.assign(self._build_tasks(partitions))
 
     def _on_revoke(self, consumer: Any, partitions: list[Any]) -> None:
@@ -785,6 +788,7 @@ class Worker:
         return self.result.records + sum(t.records() for t in self.tasks.values())
 
     def _close(self) -> None:
+        self.closing = True
         if self.consumer is not None:
             try:
                 self.consumer.close()  # revokes: the tasks commit
