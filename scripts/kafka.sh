@@ -18,7 +18,8 @@ install() {
   rm -rf "$LIBS"; mv "$LIBS.tmp" "$LIBS"
 }
 
-free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
+# shellcheck source=service-lib.sh
+source "$HERE/scripts/service-lib.sh"
 
 up() {
   local dir="${1:-/tmp/sluice-kafka}"
@@ -101,13 +102,7 @@ PROPS
 }
 
 down() {
-  local dir="${1:-/tmp/sluice-kafka}"
-  [ -f "$dir/kafka.pid" ] || return 0
-  local pid; pid=$(cat "$dir/kafka.pid")
-  kill -TERM "$pid" 2>/dev/null || true
-  for _ in $(seq 1 60); do kill -0 "$pid" 2>/dev/null || break; sleep 0.5; done
-  kill -KILL "$pid" 2>/dev/null || true
-  rm -f "$dir/kafka.pid"
+  stop_pidfile "${1:-/tmp/sluice-kafka}/kafka.pid" 30
 }
 
 case "${1:-}" in

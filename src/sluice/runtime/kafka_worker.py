@@ -156,6 +156,17 @@ def check_partitioning(plan: Plan, keys: set[str | None] | None = None) -> None:
                 f"{names[0]!r} (KafkaSink(..., key={names[0]!r})) and read that")
 
 
+def _create_topic(admin: Any, topic: str, partitions: int, config: dict[str, str], what: str) -> None:
+    """Create an internal topic; another worker creating it first is fine."""
+    from confluent_kafka.admin import NewTopic  # type: ignore[attr-defined]
+
+    try:
+        admin.create_topics([NewTopic(topic, partitions, 1, config=config)])[topic].result(30)
+    except Exception as exc:
+        if "TOPIC_ALREADY_EXISTS" not in str(exc):
+            raise KafkaError(f"cannot create the {what} topic {topic!r}: {exc}") from None
+
+
 def _resolve_topics(plan: Plan, rt: KafkaRuntime) -> Plan:
     """sl.Topic sources and sinks, on Kafka at rt.bootstrap."""
     from sluice.connectors.topic import Topic
@@ -370,7 +381,7 @@ class Worker:
             self.shuffle_writer.marker(kind, watermark)
 
     def _admin_setup(self) -> int:
-        from confluent_kafka.admin import AdminClient, NewTopic  # type: ignore[attr-defined]
+        from confluent_kafka.admin import AdminClient
 
         admin = AdminClient(client_config(self.bootstrap, self.config))
         meta = topic_metadata(admin, self.bootstrap, None, 30)
@@ -388,22 +399,11 @@ class Worker:
                                  f"{self.bootstrap}; create it first (e.g. with as many partitions as the input)")
         n = next(iter(counts.values()))
         if self.shuffle_read is not None and self.shuffle_read.source.topic not in meta.topics:
-            topic = self.shuffle_read.source.topic
-            fut = admin.create_topics([NewTopic(topic, n, 1, config={"retention.ms": str(7 * 86_400_000)})])[topic]
-            try:
-                fut.result(30)
-            except Exception as exc:
-                if "TOPIC_ALREADY_EXISTS" not in str(exc):
-                    raise KafkaError(f"cannot create the repartition topic {topic!r}: {exc}") from None
+            _create_topic(admin, self.shuffle_read.source.topic, n, {"retention.ms": str(7 * 86_400_000)}, "repartition")
         state = meta.topics.get(self.state_topic)
         if state is None:
-            conf = {"cleanup.policy": "compact", "segment.ms": "600000", "min.cleanable.dirty.ratio": "0.1"}
-            fut = admin.create_topics([NewTopic(self.state_topic, n, 1, config=conf)])[self.state_topic]
-            try:
-                fut.result(30)
-            except Exception as exc:  # another worker created it first
-                if "TOPIC_ALREADY_EXISTS" not in str(exc):
-                    raise KafkaError(f"cannot create the state topic {self.state_topic!r}: {exc}") from None
+            _create_topic(admin, self.state_topic, n,
+                          {"cleanup.policy": "compact", "segment.ms": "600000", "min.cleanable.dirty.ratio": "0.1"}, "state")
         elif len(state.partitions) < n:
             raise KafkaError(f"state topic {self.state_topic!r} has {len(state.partitions)} partitions, the input {n}")
         return n
