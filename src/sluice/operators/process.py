@@ -10,6 +10,7 @@ handles bound to the current key; TTL is checked when an entry is read.
 
 from __future__ import annotations
 
+import copy
 import heapq
 import time
 from collections.abc import Iterable, Iterator
@@ -196,13 +197,24 @@ class KeyedProcessFunction:
         return None
 
 
+def own_instance(fn: KeyedProcessFunction) -> KeyedProcessFunction:
+    """A copy of the user's function for one operator instance, as Flink gives every parallel instance
+    its own: a function keeps state handles (bound to this operator's backend) on itself in `open`, so
+    two tasks of one worker must never share it. Attributes that cannot be deep-copied (clients,
+    locks) are shared by a shallow copy instead."""
+    try:
+        return copy.deepcopy(fn)
+    except Exception:  # e.g. a client object with a socket; the instance itself is still a new one
+        return copy.copy(fn)
+
+
 class ProcessOperator(Operator):
     def __init__(self, name: str, key_cols: list[str], keys: list[pl.Expr], fn: KeyedProcessFunction,
                  schema: pl.Schema | None, side_outputs: tuple[str, ...], backend: StateBackend) -> None:
         self.name = name
         self.key_cols = key_cols
         self.keys = keys
-        self.fn = fn
+        self.fn = own_instance(fn)
         self.schema = schema
         self.side_tags = set(side_outputs)
         self.side: dict[str, list[tuple[dict[str, Any], int]]] = {t: [] for t in side_outputs}
