@@ -7,7 +7,7 @@ from typing import Any
 
 import polars as pl
 
-from sluice.core.batch import TIME, WATERMARK, Batch
+from sluice.core.batch import END_OF_TIME, TIME, WATERMARK, Batch
 
 Emitted = list[tuple[str, Batch]]
 
@@ -32,6 +32,16 @@ class Operator:
 
     def close(self) -> None:
         """Release resources (files, databases); called once, whether the run ended or failed."""
+
+    def reopen(self, watermark: int) -> None:
+        """The input had ended (the watermark jumped to +∞ and everything held was emitted, as final) and
+        a resumed run brings more: event time goes on from `watermark`, the last real one. Operators whose
+        results depend on more than their watermark override this."""
+        if getattr(self, "watermark", None) == END_OF_TIME:
+            setattr(self, "watermark", watermark)  # noqa: B010 (not every operator has one)
+        wms = getattr(self, "wms", None)
+        if isinstance(wms, list):
+            setattr(self, "wms", [watermark if w == END_OF_TIME else w for w in wms])  # noqa: B010
 
 
 def nonempty(pairs: Sequence[tuple[str, Batch]]) -> Emitted:

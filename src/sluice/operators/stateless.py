@@ -172,9 +172,21 @@ class EventTimeOperator(Operator):
     """Sets each record's event time and the watermark before it (DESIGN.md §3)."""
 
     partitions: dict[tuple[str, int], int]
+    wms: PartitionWatermarks
+    ended_at: int | None  # the last real watermark, once the input has ended
+    resumed_after_end: int | None  # restored from a checkpoint taken after the input ended
 
     def snapshot(self) -> dict[str, Any]:
         w = self.wms
+        if self.ended_at is not None:
+            # The input ended and the watermark jumped to +∞. Sources can grow (a glob gains a file, a topic
+            # gains records): a resumed run continues from the last real watermark, not from +∞.
+            return {
+                "partitions": [[step, p, pid] for (step, p), pid in self.partitions.items()],
+                "max_time": {str(k): v for k, v in w.max_time.items()},
+                "finished_partitions": [], "current": self.ended_at, "expected": self.expected, "finished": 0,
+                "ended_at": self.ended_at,
+            }
         return {
             "partitions": [[step, p, pid] for (step, p), pid in self.partitions.items()],
             "max_time": {str(k): v for k, v in w.max_time.items()},
@@ -186,6 +198,7 @@ class EventTimeOperator(Operator):
 
     def restore(self, state: dict[str, Any]) -> None:
         now = time.monotonic()
+        declared = list(self.partitions)  # this run's partitions: a source may have grown since
         self.partitions = {(step, int(p)): int(pid) for step, p, pid in state["partitions"]}
         self.wms.max_time = {int(k): int(v) for k, v in state["max_time"].items()}
         self.wms.last_active = dict.fromkeys(self.wms.max_time, now)
@@ -193,6 +206,13 @@ class EventTimeOperator(Operator):
         self.wms.current = int(state["current"])
         self.expected = int(state["expected"])
         self.finished = int(state["finished"])
+        self.resumed_after_end = state.get("ended_at")
+        self.ended_at = None
+        for key in declared:
+            pid = self._pid(*key)
+            self.wms.max_time.setdefault(pid, self.wms.current)
+            self.wms.last_active.setdefault(pid, now)
+        self.expected = max(self.expected, len(self.partitions))
 
     def __init__(self, step: EventTime) -> None:
         self.name = step.name
@@ -204,6 +224,8 @@ class EventTimeOperator(Operator):
         self.partitions = {}
         self.expected = 0
         self.finished = 0
+        self.ended_at = None
+        self.resumed_after_end = None
 
     def declare(self, sources: dict[str, int]) -> None:
         """The source partitions upstream: each holds the watermark back until it delivers or ends."""
@@ -229,9 +251,12 @@ class EventTimeOperator(Operator):
         pid = self._pid(origin.step, origin.partition) if origin is not None else 0
         now = time.monotonic()
         if batch.end_of_partition:
+            before = self.wms.current
             self.finished += 1
             wm = self.wms.finish(pid, now)
             if self.finished >= max(self.expected, len(self.partitions)):
+                if self.ended_at is None:
+                    self.ended_at = max(before, NO_WATERMARK)
                 wm = END_OF_TIME
                 self.wms.current = wm
             return [("out", replace(batch, df=pl.DataFrame(), watermark=wm))]

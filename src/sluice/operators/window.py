@@ -93,6 +93,8 @@ class WindowOperator(Operator):
         self.sketch_state: dict[str, pl.DataFrame] = {}  # keys, WS, BUCKET, n
         self.watermark = NO_WATERMARK
         self.carry_wm = NO_WATERMARK  # the last per-record watermark seen
+        self.flushed_end = NO_WATERMARK  # the end of the last window emitted when the input ended
+        self.floor = NO_WATERMARK  # resumed after the input ended: windows ending at or before this are final
         self.time_dtype: pl.DataType | None = None
         self._pending: list[pl.DataFrame] = []  # emitted mid-batch (sessions), sent with the batch's output
         self.text_keys: list[str] = []
@@ -204,8 +206,28 @@ class WindowOperator(Operator):
     def _on_closed(self, closing: pl.DataFrame) -> None:
         """Hook: sessions remember what they emitted."""
 
+    def _note_flush(self, watermark: int) -> None:
+        """The input has ended: remember how far the windows emitted now reach."""
+        from sluice.core.batch import END_OF_TIME
+
+        if watermark >= END_OF_TIME and self.state is not None and self.state.height:
+            self.flushed_end = max(self.flushed_end, self._held_end())
+
+    def _held_end(self) -> int:
+        """The end of the last window that the state holds a record for."""
+        return int(self.state[WE].max()) if self.state is not None else NO_WATERMARK  # type: ignore[arg-type,unused-ignore]
+
+    def reopen(self, watermark: int) -> None:
+        """What was emitted when the input ended is final: a record for a window that ended by then is late."""
+        from sluice.core.batch import END_OF_TIME
+
+        if self.watermark == END_OF_TIME:
+            self.watermark = max(watermark, NO_WATERMARK)
+        self.floor = max(self.floor, self.flushed_end)
+
     def snapshot(self) -> dict[str, Any]:
-        state: dict[str, Any] = {"watermark": self.watermark, "carry_wm": self.carry_wm, "text_keys": self.text_keys}
+        state: dict[str, Any] = {"watermark": self.watermark, "carry_wm": self.carry_wm, "text_keys": self.text_keys,
+                                 "flushed_end": self.flushed_end, "floor": self.floor}
         if self.state is not None:
             state["state"] = self.state
         for name, sk in self.sketch_state.items():
@@ -217,6 +239,8 @@ class WindowOperator(Operator):
     def restore(self, state: dict[str, Any]) -> None:
         self.watermark = int(state["watermark"])
         self.carry_wm = int(state["carry_wm"])
+        self.flushed_end = int(state.get("flushed_end", NO_WATERMARK))
+        self.floor = int(state.get("floor", NO_WATERMARK))
         self.text_keys = list(state["text_keys"])
         self.state = state.get("state")
         self.sketch_state = {k[len("sketch."):]: v for k, v in state.items() if k.startswith("sketch.")}
@@ -233,6 +257,7 @@ class WindowOperator(Operator):
         wms = batch.df[WATERMARK].to_numpy() if batch.height else np.array([], dtype=np.int64)
         watermark = batch.watermark if batch.watermark is not None else self.watermark
         self.watermark = max(self.watermark, watermark)
+        self._note_flush(self.watermark)
         emitted = self._close(self.watermark, wms)
         if len(wms):
             self.carry_wm = int(wms[-1])
@@ -247,6 +272,7 @@ class WindowOperator(Operator):
         from sluice.core.batch import END_OF_TIME
 
         wms = np.array([], dtype=np.int64)
+        self._note_flush(END_OF_TIME)
         out = self._close(END_OF_TIME, wms)
         self.watermark = END_OF_TIME
         return [("out", self._out_batch([out] if out is not None else [], None, END_OF_TIME))]
@@ -275,7 +301,7 @@ class FixedWindowOperator(WindowOperator):
         t = pl.col(TIME)
         pane = ((t - off) // g) * g + off
         s0 = _ceil_div(pl.col(PANE) + (g - size - off), slide) * slide + off
-        wp = pl.max_horizontal(pl.col(WATERMARK), pl.col(PANE) - 2 * size)
+        wp = pl.max_horizontal(pl.col(WATERMARK), pl.col(PANE) - 2 * size, pl.lit(self.floor, pl.Int64))
         not_late = _ceil_div(wp - (size - 1 + off), slide) * slide + off
         df = df.with_columns(pane.alias(PANE)).with_columns(s0.alias(S0), not_late.alias(LO))
         df = df.with_columns(pl.max_horizontal(S0, LO).alias(LO))
@@ -337,6 +363,16 @@ class FixedWindowOperator(WindowOperator):
     def snapshot(self) -> dict[str, Any]:
         return {**super().snapshot(), "closed_upto": self.closed_upto}
 
+    def _held_end(self) -> int:
+        assert self.state is not None
+        last_pane = int(self.state[PANE].max())  # type: ignore[arg-type]
+        last_start = ((last_pane - self.offset) // self.slide) * self.slide + self.offset
+        return int(last_start + self.size)
+
+    def reopen(self, watermark: int) -> None:
+        super().reopen(watermark)
+        self.closed_upto = max(self.watermark, self.floor)
+
     def restore(self, state: dict[str, Any]) -> None:
         super().restore(state)
         self.closed_upto = int(state["closed_upto"])
@@ -379,7 +415,7 @@ class SessionWindowOperator(WindowOperator):
             return self._advance(batch, None)
         df = self._prepare(batch)
         times = df[TIME].to_numpy()
-        wms = df[WATERMARK].to_numpy()
+        wms = np.maximum(df[WATERMARK].to_numpy(), self.floor)
         behind = np.flatnonzero(times < wms)
         starts = [0, *[int(i) for i in behind if i > 0], df.height]
         late_rows = []
@@ -446,6 +482,10 @@ class SessionWindowOperator(WindowOperator):
     def restore(self, state: dict[str, Any]) -> None:
         super().restore(state)
         self.emitted_last = state.get("emitted_last")
+
+    def _held_end(self) -> int:
+        assert self.state is not None
+        return int(self.state[LAST].max()) + self.gap + 1  # type: ignore[arg-type]
 
     def _on_closed(self, closing: pl.DataFrame) -> None:
         done = closing.select(*self.key_cols, LAST)

@@ -265,6 +265,20 @@ class Executor:
                 self.readers[step.name].seek(state["position"])
             elif not isinstance(step, Write):
                 self.ops[step.name].restore(state)
+        self._reopen_after_end()
+
+    def _reopen_after_end(self) -> None:
+        """State saved after the input ended: if the sources have grown, event time goes on from the last
+        real watermark (never from the +∞ of the end), and what was emitted at the end stays final."""
+        ended = [op for op in self.ops.values() if isinstance(op, EventTimeOperator) and op.resumed_after_end is not None]
+        if not ended:
+            return
+        real = min(int(op.resumed_after_end) for op in ended)  # type: ignore[arg-type]
+        for op in self.ops.values():
+            if isinstance(op, EventTimeOperator):
+                op.resumed_after_end = None
+            else:
+                op.reopen(real)
 
     def snapshot_state(self) -> dict[str, tuple[str, str, dict[str, Any]]]:
         """Every stateful step's (kind, fingerprint, state), source positions included."""

@@ -293,6 +293,10 @@ class _Task:
         self.sent_wm = int(meta["sent_wm"])
         if self.shuffle is not None and meta["shuffle"] is not None:
             self.shuffle.restore(meta["shuffle"])
+        if self.shuffle is None and self.finished:
+            # the input had ended (until_end); the topic may have gained records since: go on with them,
+            # event time from the last real watermark (Executor.apply_state reopened the operators)
+            self.ended, self.finished_up, self.finished = set(), False, False
 
 
 class Worker:
