@@ -40,10 +40,11 @@ class AsofJoinOperator(TwoInputState, Operator):
             self.time_dtype = batch.time_dtype or self.time_dtype
             df = batch.df.with_columns(pl.int_range(self.seq, self.seq + batch.height, dtype=pl.Int64).alias(SEQ))
             self.seq += batch.height
-            late = df.filter(pl.col(TIME) < self.watermark)
+            behind = pl.col(TIME) < pl.col(WATERMARK)  # judged by its own input's watermark just before it
+            late = df.filter(behind)
             if late.height:
                 emitted.append(("late", Batch(late.drop(SEQ), watermark=self.watermark, time_dtype=batch.time_dtype)))
-                df = df.filter(pl.col(TIME) >= self.watermark)
+                df = df.filter(~behind)
             if index == 0:
                 self.left = df if self.left is None else pl.concat([self.left, df], how="diagonal_relaxed")
             else:

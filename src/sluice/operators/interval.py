@@ -5,7 +5,9 @@ record has t ≥ W, so a left record is dropped once l.t + upper < W, a right re
 precisely r.t < W + lower. Each arrival is joined with the other side's state (which includes records of
 the same batch that arrived before it on that side's turn: new left rows join right state plus new right
 rows; new right rows then join only the left rows that were already there), so every pair comes out once.
-A record behind the operator's watermark could miss partners already dropped: it goes to `late`.
+A record behind its own input's watermark (the one just before it, never below the operator's) could
+miss partners already dropped: it goes to `late`. Judging each record by its own input's watermark makes
+the result independent of how the two inputs interleave (batch sizes, a branch's output order).
 With how="left", a left record that found no partner by the time it is dropped comes out alone.
 """
 
@@ -52,13 +54,14 @@ class IntervalJoinOperator(TwoInputState, Operator):
         if batch.height:
             require_event_time("interval_join", self.name, batch)
             self.time_dtype = batch.time_dtype or self.time_dtype
-            df = batch.df.drop(WATERMARK, strict=False).with_columns(
-                pl.int_range(self.seq, self.seq + batch.height, dtype=pl.Int64).alias(SEQ))
+            df = batch.df.with_columns(pl.int_range(self.seq, self.seq + batch.height, dtype=pl.Int64).alias(SEQ))
             self.seq += batch.height
-            late = df.filter(pl.col(TIME) < self.watermark)
+            behind = pl.col(TIME) < pl.col(WATERMARK)  # judged by its own input's watermark just before it
+            late = df.filter(behind)
             if late.height:
                 emitted.append(("late", Batch(late.drop(SEQ), watermark=self.watermark, time_dtype=batch.time_dtype)))
-                df = df.filter(pl.col(TIME) >= self.watermark)
+                df = df.filter(~behind)
+            df = df.drop(WATERMARK)
             if index == 0:
                 new = df.with_columns(pl.lit(False).alias(MATCHED))
                 pairs = self._pairs(new, self.right.drop(OFFSET, strict=False)) if self.right is not None else pl.DataFrame()

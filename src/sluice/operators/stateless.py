@@ -135,7 +135,8 @@ class BranchOperator(Operator):
 
 
 class UnionOperator(Operator):
-    """Merges streams. Its watermark is the minimum over its inputs, per record too."""
+    """Merges streams. Its watermark is the minimum over its inputs; each row keeps the watermark its own
+    input had just before it, by which downstream steps judge whether it is late."""
 
     wms: list[int | None]
 
@@ -160,12 +161,11 @@ class UnionOperator(Operator):
         floor = min(others) if others else None
         if floor is None:
             return [("out", batch)]
-        df = batch.df
-        if df.height and WATERMARK in df.columns:
-            df = df.with_columns(pl.min_horizontal(pl.col(WATERMARK), pl.lit(floor)).alias(WATERMARK))
+        # Rows keep their own input's watermark (the one just before each): it is never below the union's,
+        # so no row enters a window that has closed, and it does not depend on how the inputs interleave.
         from dataclasses import replace
 
-        return [("out", replace(batch, df=df, watermark=min(batch.watermark, floor)))]
+        return [("out", replace(batch, watermark=min(batch.watermark, floor)))]
 
 
 class EventTimeOperator(Operator):

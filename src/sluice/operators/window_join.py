@@ -1,7 +1,8 @@
 """Window join: records of two streams with the same key in the same window are paired, once, when the
 window closes (the operator's watermark, the minimum of both inputs', reaches its end). A record is late
-for a window when that window's end ≤ the watermark it arrived under (its own stream's watermark before
-it, or the other input's, whichever is lower); late records go to the `late` port, one row per window
+for a window when that window's end ≤ the watermark it arrived under: its own input's watermark just
+before it, which is never below the operator's, so a window that has closed never takes a record, and
+the result does not depend on how the two inputs interleave (batch sizes, a branch's output order); late records go to the `late` port, one row per window
 missed. Output rows come in (window end, keys, window start, left arrival, right arrival) order, the same
 for any batch size.
 """
@@ -39,8 +40,7 @@ class WindowJoinOperator(TwoInputState, Operator):
             self.time_dtype = batch.time_dtype or self.time_dtype
             df = batch.df.with_columns(pl.int_range(self.seq, self.seq + batch.height, dtype=pl.Int64).alias(SEQ))
             self.seq += batch.height
-            other = self.wms[1 - index]
-            arrived_under = pl.min_horizontal(pl.col(WATERMARK), pl.lit(other))
+            arrived_under = pl.col(WATERMARK)  # its own input's watermark just before it
             rows = self._windows(df)
             late = rows.filter(pl.col(WS) + self.size <= arrived_under)
             if late.height:
