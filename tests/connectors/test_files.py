@@ -92,3 +92,52 @@ def test_lines_longer_than_a_block(tmp_path: Path) -> None:
     out = testing.collect(flow.read("in", src, schema={"ts": int, "user": str, "amount": float}))
     sl.run(flow, batch_size=3)
     assert out.frame().equals(pl.DataFrame(rows))
+
+
+SOURCES = {"jsonl": sl.JsonLinesSource, "csv": sl.CsvSource, "parquet": sl.ParquetSource}
+
+
+def read_flow(source: object) -> sl.Flow:
+    flow = sl.Flow("t")
+    testing.collect(flow.read("orders", source, schema={"ts": int, "user": str, "amount": float}))
+    return flow
+
+
+@pytest.mark.parametrize("fmt", sorted(SOURCES))
+def test_a_nonexistent_input_file_is_named_before_the_run(tmp_path: Path, fmt: str) -> None:
+    missing = tmp_path / f"nope.{fmt}"
+    with pytest.raises(sl.PlanError) as err:
+        sl.run(read_flow(SOURCES[fmt](missing)))
+    msg = str(err.value)
+    assert "'orders'" in msg and str(missing) in msg and "does not exist" in msg and "Fix:" in msg
+
+
+@pytest.mark.parametrize("fmt", sorted(SOURCES))
+def test_a_directory_given_as_a_file_says_to_use_a_glob(tmp_path: Path, fmt: str) -> None:
+    (tmp_path / "in").mkdir()
+    with pytest.raises(sl.PlanError) as err:
+        sl.run(read_flow(SOURCES[fmt](tmp_path / "in")))
+    msg = str(err.value)
+    assert "'orders'" in msg and "is a directory" in msg and f"{tmp_path / 'in'}/*.{fmt}" in msg
+
+
+def test_a_glob_that_matches_nothing_fails_unless_the_source_may_start_empty(tmp_path: Path) -> None:
+    pattern = tmp_path / "landing" / "*.jsonl"
+    with pytest.raises(sl.PlanError) as err:
+        sl.run(read_flow(sl.JsonLinesSource(pattern)))
+    msg = str(err.value)
+    assert "'orders'" in msg and "matches no files" in msg and "allow_empty=True" in msg
+    flow = sl.Flow("t")
+    out = testing.collect(flow.read("orders", sl.JsonLinesSource(pattern, allow_empty=True), schema={"ts": int}))
+    sl.run(flow)
+    assert out.frame().height == 0
+
+
+def test_a_recursive_glob_reaches_nested_files_and_skips_directories(tmp_path: Path) -> None:
+    for sub in ("date=2026-03-01/hour=22", "date=2026-03-01/hour=23"):
+        (tmp_path / "in" / sub).mkdir(parents=True)
+        pl.DataFrame(ROWS[:10]).write_ndjson(tmp_path / "in" / sub / "part.jsonl")
+    flow = sl.Flow("t")
+    out = testing.collect(flow.read("in", sl.JsonLinesSource(tmp_path / "in" / "**" / "*.jsonl"), schema={"ts": int}))
+    sl.run(flow)
+    assert out.frame().height == 20

@@ -29,15 +29,39 @@ from sluice.core.schema import Schema
 from sluice.formats.json import BadRecord, Json
 
 
-def _expand(paths: str | Path | Sequence[str | Path]) -> list[Path]:
+def _expand(paths: str | Path | Sequence[str | Path], step: str, suffix: str, allow_empty: bool = False) -> list[Path]:
+    """The input files, checked before the run starts: each named file exists and is a file, and each
+    glob (`*`, `?`, `[…]`; `**` spans directories) matches at least one file unless `allow_empty`."""
     items = [paths] if isinstance(paths, str | Path) else list(paths)
     out: list[Path] = []
     for item in items:
-        matched = sorted(glob(str(item))) if any(c in str(item) for c in "*?[") else [str(item)]
-        out.extend(Path(m) for m in matched)
-    if not out:
-        raise PlanError(f"no input files match {paths!r}")
+        text = str(item)
+        if any(c in text for c in "*?["):
+            matched = [Path(m) for m in sorted(glob(text, recursive=True)) if os.path.isfile(m)]
+            if not matched and not allow_empty:
+                raise PlanError(
+                    f"step {step!r}: no input files: the glob {text!r}{_relative(text)} matches no files. Fix: check the "
+                    f"pattern, or pass allow_empty=True if files are still to come and an empty read is expected"
+                )
+            out.extend(matched)
+            continue
+        path = Path(item)
+        if path.is_dir():
+            raise PlanError(
+                f"step {step!r}: input {text!r} is a directory, not a file. Fix: give a glob such as "
+                f"'{path / ('*' + suffix)}' (or '{path / '**' / ('*' + suffix)}' to include subdirectories)"
+            )
+        if not path.exists():
+            raise PlanError(
+                f"step {step!r}: input file {text!r}{_relative(text)} does not exist. "
+                f"Fix: check the path, or write it as a glob with allow_empty=True if it may not exist yet"
+            )
+        out.append(path)
     return out
+
+
+def _relative(path: str) -> str:
+    return "" if os.path.isabs(path) else f" (relative to {os.getcwd()})"
 
 
 def _slices(df: pl.DataFrame, size: int) -> Iterator[pl.DataFrame]:
@@ -81,9 +105,10 @@ class JsonLinesSource:
 
     path: str | Path | Sequence[str | Path]
     block_bytes: int = 8 << 20
+    allow_empty: bool = False  # a glob that matches no file reads nothing instead of failing
 
     def open(self, ctx: SourceContext) -> _JsonLinesReader:
-        return _JsonLinesReader(self, ctx, _expand(self.path))
+        return _JsonLinesReader(self, ctx, _expand(self.path, ctx.step, ".jsonl", self.allow_empty))
 
 
 class _JsonLinesReader(_FileReader):
@@ -200,6 +225,7 @@ class CsvSource:
 
     path: str | Path | Sequence[str | Path]
     separator: str = ","
+    allow_empty: bool = False  # a glob that matches no file reads nothing instead of failing
 
     def open(self, ctx: SourceContext) -> _TableReader:
         def load(path: Path) -> pl.DataFrame:
@@ -209,7 +235,7 @@ class CsvSource:
             except pl.exceptions.PolarsError as exc:
                 raise DecodeError(ctx.step, str(path), f"CSV could not be read: {exc}", "check the file against the declared schema") from exc
 
-        return _TableReader(ctx, _expand(self.path), load)
+        return _TableReader(ctx, _expand(self.path, ctx.step, ".csv", self.allow_empty), load)
 
 
 @dataclass(frozen=True)
@@ -217,6 +243,7 @@ class ParquetSource:
     """Parquet files, read row group by row group. Each file is one partition."""
 
     path: str | Path | Sequence[str | Path]
+    allow_empty: bool = False  # a glob that matches no file reads nothing instead of failing
 
     def open(self, ctx: SourceContext) -> _TableReader:
         def load(path: Path) -> Iterator[pl.DataFrame]:
@@ -227,7 +254,7 @@ class ParquetSource:
                 assert isinstance(frame, pl.DataFrame)
                 yield frame
 
-        return _TableReader(ctx, _expand(self.path), load)
+        return _TableReader(ctx, _expand(self.path, ctx.step, ".parquet", self.allow_empty), load)
 
 
 class _TableReader(_FileReader):
