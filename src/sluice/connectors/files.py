@@ -26,6 +26,7 @@ from sluice.core.batch import OFFSET, TIME, Batch, Origin, user_columns
 from sluice.core.deadletter import dead_letters
 from sluice.core.errors import DEAD_LETTER_FIX, DecodeError, PlanError
 from sluice.core.schema import Schema
+from sluice.formats.csv import Csv, CsvFile, HeaderError
 from sluice.formats.json import BadRecord, Json
 
 
@@ -94,6 +95,15 @@ class _FileReader:
 
     def close(self) -> None:
         pass
+
+    def _reject(self, path: Path, bad: list[BadRecord], lines: list[int]) -> Iterator[tuple[str, Batch]]:
+        positions = [f"{path}:{lines[b.index]}" for b in bad]
+        if self.ctx.on_error != "dead_letter":
+            first = bad[0]
+            raise DecodeError(
+                self.ctx.step, positions[0], f"{first.reason}; the line reads {first.raw[:200]!r}", DEAD_LETTER_FIX
+            )
+        yield "dead_letters", dead_letters(self.ctx.step, positions, [b.reason for b in bad], [b.raw for b in bad])
 
 
 # --- JSON Lines ---------------------------------------------------------------------------------
@@ -195,16 +205,6 @@ class _JsonLinesReader(_FileReader):
             self.pos = {"file": p + 1, "byte": 0, "skip": 0, "ordinal": 0}
             yield _eof(origin)
 
-    def _reject(self, path: Path, bad: list[BadRecord], lines: list[int]) -> Iterator[tuple[str, Batch]]:
-        positions = [f"{path}:{lines[b.index]}" for b in bad]
-        if self.ctx.on_error != "dead_letter":
-            first = bad[0]
-            raise DecodeError(
-                self.ctx.step, positions[0], f"{first.reason}; the line reads {first.raw[:200]!r}", DEAD_LETTER_FIX
-            )
-        yield "dead_letters", dead_letters(self.ctx.step, positions, [b.reason for b in bad], [b.raw for b in bad])
-
-
 def _line_at(path: Path, byte_pos: int) -> int:
     """The 1-based line number at `byte_pos` (counted only when an error needs it)."""
     with open(path, "rb") as f:
@@ -221,21 +221,57 @@ def _record_lines(block: bytes, first_line: int) -> list[int]:
 
 @dataclass(frozen=True)
 class CsvSource:
-    """CSV with a header row. Each file is one partition."""
+    """CSV with a header row. Each file is one partition. Cells are checked against the declared schema as
+    JSON values are (types, required fields), and bad rows are reported or dead-lettered by `file:line`."""
 
     path: str | Path | Sequence[str | Path]
     separator: str = ","
     allow_empty: bool = False  # a glob that matches no file reads nothing instead of failing
 
-    def open(self, ctx: SourceContext) -> _TableReader:
-        def load(path: Path) -> pl.DataFrame:
-            schema = ctx.schema.polars if ctx.schema is not None else None
-            try:
-                return pl.read_csv(path, schema_overrides=schema, separator=self.separator)
-            except pl.exceptions.PolarsError as exc:
-                raise DecodeError(ctx.step, str(path), f"CSV could not be read: {exc}", "check the file against the declared schema") from exc
+    def open(self, ctx: SourceContext) -> _CsvReader:
+        fmt = Csv(self.separator)
+        if ctx.schema is not None:
+            fmt.check(ctx.schema, ctx.step)
+        return _CsvReader(ctx, _expand(self.path, ctx.step, ".csv", self.allow_empty), fmt)
 
-        return _TableReader(ctx, _expand(self.path, ctx.step, ".csv", self.allow_empty), load)
+
+class _CsvReader(_FileReader):
+    def __init__(self, ctx: SourceContext, files: list[Path], fmt: Csv) -> None:
+        # where to resume: file index, records consumed, and dead letters already sent (by record index)
+        super().__init__(ctx, files, {"file": 0, "row": 0, "dead": 0})
+        self.format = fmt
+        self.schema = ctx.schema
+
+    def _decode(self, path: Path) -> CsvFile:
+        data = path.read_bytes()
+        if self.schema is None:
+            self.schema = self.format.infer(data)
+        try:
+            return self.format.decode_file(data, self.schema)
+        except HeaderError as exc:
+            raise DecodeError(self.ctx.step, f"{path}:1", str(exc),
+                              "add the column to the file, or declare the field sl.Optional(...)") from exc
+
+    def batches(self) -> Iterator[tuple[str, Batch]]:
+        for p, path in enumerate(self.files):
+            if p < self.start["file"]:
+                continue
+            resume = p == self.start["file"]
+            row, dead = (self.start["row"], self.start["dead"]) if resume else (0, 0)
+            origin = Origin(self.ctx.step, p, str(path), unit="record")
+            decoded = self._decode(path)
+            index = decoded.index if decoded.bad else range(decoded.rows.height)
+            df = decoded.rows.with_columns(pl.Series(OFFSET, index, dtype=pl.Int64)).filter(pl.col(OFFSET) >= row)
+            bad = [b for b in decoded.bad if b.index >= dead]
+            if bad:
+                dead = bad[-1].index + 1
+                self.pos = {"file": p, "row": row, "dead": dead}
+                yield from self._reject(path, bad, decoded.lines)
+            for piece in _slices(df, self.ctx.batch_size):
+                self.pos = {"file": p, "row": int(piece[OFFSET][-1]) + 1, "dead": dead}
+                yield "out", Batch(piece, origin=origin)
+            self.pos = {"file": p + 1, "row": 0, "dead": 0}
+            yield _eof(origin)
 
 
 @dataclass(frozen=True)

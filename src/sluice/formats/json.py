@@ -8,22 +8,17 @@ Fields not in the schema are ignored: declaring only the fields you use is also 
 from __future__ import annotations
 
 import io
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 import polars as pl
 
 from sluice.core.schema import Schema
+from sluice.formats.records import BadRecord, decode_records, missing_required
+
+__all__ = ["BadRecord", "Json"]
 
 _PARSE_ERRORS = (pl.exceptions.ComputeError, pl.exceptions.SchemaError, pl.exceptions.InvalidOperationError)
-
-
-@dataclass(frozen=True)
-class BadRecord:
-    """A record that could not be decoded: its index among the block's records, why, and its bytes."""
-
-    index: int
-    reason: str
-    raw: bytes
 
 
 @dataclass(frozen=True)
@@ -40,54 +35,22 @@ class Json:
             df = pl.read_ndjson(io.BytesIO(blob), schema=schema.polars)
         except _PARSE_ERRORS:
             return self._slow(blob, schema)
-        missing = _missing_required(df, schema)
-        if missing is None:
+        if missing_required(df, schema) is None:
             return df, [], []
         return self._slow(blob, schema)
 
     def _slow(self, blob: bytes, schema: Schema) -> tuple[pl.DataFrame, list[BadRecord], list[int]]:
         lines = [ln for ln in blob.split(b"\n") if ln.strip()]
-        bad: list[BadRecord] = []
-        frames: list[pl.DataFrame] = []
-        index: list[int] = []
 
-        def parse(lo: int, hi: int) -> None:
-            chunk = b"\n".join(lines[lo:hi])
-            try:
-                df = pl.read_ndjson(io.BytesIO(chunk), schema=schema.polars)
-            except _PARSE_ERRORS as exc:
-                if hi - lo == 1:
-                    bad.append(BadRecord(lo, _reason(exc), lines[lo]))
-                    return
-                mid = (lo + hi) // 2
-                parse(lo, mid)
-                parse(mid, hi)
-                return
-            if df.height != hi - lo:  # a record that is not an object, or blank-ish; split to find it
-                if hi - lo == 1:
-                    bad.append(BadRecord(lo, "not a JSON object", lines[lo]))
-                    return
-                mid = (lo + hi) // 2
-                parse(lo, mid)
-                parse(mid, hi)
-                return
-            missing = _missing_required(df, schema)
-            if missing is not None:
-                ok = pl.Series(missing).not_()
-                for i in range(df.height):
-                    if missing[i]:
-                        field = next(f for f in schema.required if df[f][i] is None)
-                        bad.append(BadRecord(lo + i, f"required field {field!r} is missing or null", lines[lo + i]))
-                df = df.filter(ok)
-                index.extend(lo + i for i in range(hi - lo) if not missing[i])
-            else:
-                index.extend(range(lo, hi))
-            frames.append(df)
+        def parse(chunk: Sequence[bytes]) -> pl.DataFrame:
+            return pl.read_ndjson(io.BytesIO(b"\n".join(chunk)), schema=schema.polars)
 
-        if lines:
-            parse(0, len(lines))
+        def validate(df: pl.DataFrame) -> tuple[pl.DataFrame, list[str | None] | None]:
+            return df, missing_required(df, schema)
+
+        frames, bad, index = decode_records(lines, parse, validate, _PARSE_ERRORS, lambda _raw, exc: _reason(exc),
+                                            "not a JSON object")
         good = pl.concat(frames) if frames else pl.DataFrame(schema=schema.polars)
-        bad.sort(key=lambda b: b.index)
         return good, bad, index
 
     def decode_values(self, values: list[bytes], schema: Schema) -> tuple[pl.DataFrame, list[BadRecord], list[int]]:
@@ -106,15 +69,6 @@ class Json:
         buf = io.BytesIO()
         df.write_ndjson(buf)
         return buf.getvalue()
-
-
-def _missing_required(df: pl.DataFrame, schema: Schema) -> list[bool] | None:
-    """Per row, whether a required field is null; None when every row is complete."""
-    required = [f for f in schema.required if f in df.columns]
-    if not required or not any(df[f].has_nulls() for f in required):
-        return None
-    mask = df.select(pl.any_horizontal([pl.col(f).is_null() for f in required])).to_series()
-    return mask.to_list()
 
 
 def _reason(exc: Exception) -> str:
