@@ -141,3 +141,72 @@ def test_a_recursive_glob_reaches_nested_files_and_skips_directories(tmp_path: P
     out = testing.collect(flow.read("in", sl.JsonLinesSource(tmp_path / "in" / "**" / "*.jsonl"), schema={"ts": int}))
     sl.run(flow)
     assert out.frame().height == 20
+
+
+# --- running again: replace by default, mode="append" to add ---------------------------------------
+
+SINKS = {"csv": sl.CsvSink, "parquet": sl.ParquetSink, "jsonl": sl.JsonLinesSink}
+READERS = {"csv": pl.read_csv, "parquet": pl.read_parquet, "jsonl": pl.read_ndjson}
+LAYOUTS = [(fmt, layout) for fmt in sorted(SINKS) for layout in ("file", "dir", "hour")]
+
+
+def target(tmp_path: Path, fmt: str, layout: str) -> Path:
+    return tmp_path / (f"out.{fmt}" if layout == "file" else "out")
+
+
+def write_rows(tmp_path: Path, fmt: str, layout: str, rows: list[dict], fail_at: int | None = None,
+               ckpt: Path | None = None, **sink: object) -> None:
+    def check(row: dict) -> dict:
+        if fail_at is not None and row["amount"] == fail_at:
+            raise RuntimeError("the run fails here")
+        return row
+
+    flow = sl.Flow("t")
+    part = {"partition_by": "hour"} if layout == "hour" else {}
+    stream = flow.read("in", testing.rows(rows)).event_time("ts", timedelta(0)).map(check, name="check")
+    stream.write("out", SINKS[fmt](target(tmp_path, fmt, layout), rows_per_file=10, **part, **sink))  # type: ignore[arg-type]
+    sl.run(flow, batch_size=7, checkpoint_dir=ckpt, checkpoint_interval=0)
+
+
+def read_back(tmp_path: Path, fmt: str, layout: str) -> pl.DataFrame:
+    out = target(tmp_path, fmt, layout)
+    files = [out] if layout == "file" else sorted(out.rglob(f"*.{fmt}"))
+    return pl.concat([READERS[fmt](f) for f in files]).sort("ts", "amount")
+
+
+@pytest.mark.parametrize(("fmt", "layout"), LAYOUTS)
+def test_running_again_replaces_the_output(tmp_path: Path, fmt: str, layout: str) -> None:
+    write_rows(tmp_path, fmt, layout, ROWS)
+    write_rows(tmp_path, fmt, layout, ROWS[:50])
+    assert read_back(tmp_path, fmt, layout).equals(pl.DataFrame(ROWS[:50]))
+
+
+@pytest.mark.parametrize(("fmt", "layout"), [c for c in LAYOUTS if c != ("parquet", "file")])
+def test_mode_append_adds_to_the_output(tmp_path: Path, fmt: str, layout: str) -> None:
+    write_rows(tmp_path, fmt, layout, ROWS[:50], mode="append")
+    write_rows(tmp_path, fmt, layout, ROWS[50:], mode="append")
+    assert read_back(tmp_path, fmt, layout).equals(pl.DataFrame(ROWS))
+
+
+def test_a_single_parquet_file_cannot_be_appended_to(tmp_path: Path) -> None:
+    with pytest.raises(sl.PlanError, match="directory"):
+        write_rows(tmp_path, "parquet", "file", ROWS, mode="append")
+
+
+@pytest.mark.parametrize(("fmt", "layout"), LAYOUTS)
+def test_a_failed_run_leaves_the_old_output_in_place(tmp_path: Path, fmt: str, layout: str) -> None:
+    write_rows(tmp_path, fmt, layout, ROWS)
+    with pytest.raises(sl.UserFunctionError):
+        write_rows(tmp_path, fmt, layout, ROWS[:50], fail_at=45)  # after part files were staged
+    assert read_back(tmp_path, fmt, layout).equals(pl.DataFrame(ROWS))
+
+
+@pytest.mark.parametrize(("fmt", "layout"), [c for c in LAYOUTS if c != ("parquet", "file")])
+def test_a_checkpointed_run_replaces_once_and_resumes_exactly_once(tmp_path: Path, fmt: str, layout: str) -> None:
+    write_rows(tmp_path, fmt, layout, ROWS[:30])  # an earlier run's output
+    with pytest.raises(sl.UserFunctionError):
+        write_rows(tmp_path, fmt, layout, ROWS, fail_at=80, ckpt=tmp_path / "ckpt")
+    committed = read_back(tmp_path, fmt, layout)
+    assert committed.height < 80 and committed.equals(pl.DataFrame(ROWS[: committed.height]))  # old rows gone
+    write_rows(tmp_path, fmt, layout, ROWS, ckpt=tmp_path / "ckpt")  # resumed: keeps what was committed
+    assert read_back(tmp_path, fmt, layout).equals(pl.DataFrame(ROWS))

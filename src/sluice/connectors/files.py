@@ -321,6 +321,7 @@ class _TableReader(_FileReader):
 # --- sinks --------------------------------------------------------------------------------------
 
 PARTITIONINGS = ("date", "hour")
+MODES = ("replace", "append")
 
 
 @dataclass(frozen=True)
@@ -329,6 +330,9 @@ class _FileSink:
     partition_by: str | None = None  # "date" or "hour": Hive-style date=YYYY-MM-DD[/hour=HH] directories
     time_column: str | None = None  # which column partitions; default: the event time
     rows_per_file: int = 1_000_000
+    # "replace": a run's output replaces what an earlier run left, when the run first commits;
+    # "append": it adds to it. A run resumed from a checkpoint always continues its own output.
+    mode: str = "replace"
 
     suffix = ""
     appendable = False
@@ -336,6 +340,8 @@ class _FileSink:
     def __post_init__(self) -> None:
         if self.partition_by is not None and self.partition_by not in PARTITIONINGS:
             raise PlanError(f"partition_by must be one of {PARTITIONINGS}, got {self.partition_by!r}")
+        if self.mode not in MODES:
+            raise PlanError(f"mode must be one of {MODES}, got {self.mode!r}")
 
     def open(self, ctx: SinkContext) -> _FileWriter:
         return _FileWriter(self, ctx)
@@ -394,7 +400,12 @@ class _FileWriter:
 
     Directory output: each staged file `.part-….stage` is renamed to `part-…` at commit.
     Single-file output (JSONL, CSV): the epoch's rows are staged in `.<name>.stage-<epoch>`; commit
-    truncates the target to its length before the epoch and appends them, so commit can be repeated.
+    truncates the target to its length before the epoch and appends them, so commit can be repeated
+    (the first epoch of a replacing run renames the stage over the target instead).
+
+    mode="replace": a fresh run (not resumed from a checkpoint) leaves the old output in place until its
+    first commit; that transaction lists the old part files to delete (or the old file to remove), so
+    recovery repeats the deletion like the renames, and a run that fails before committing changes nothing.
     """
 
     spec: _FileSink
@@ -407,12 +418,18 @@ class _FileWriter:
     staged: list[tuple[str, str]] = field(default_factory=list)
     committed_len: int = 0
     written: list[Path] = field(default_factory=list)
+    fresh: bool = False  # not resumed, and nothing prepared yet: the first transaction replaces old output
 
     def __post_init__(self) -> None:
         if self.single_file and self.ctx.exactly_once and not self.spec.appendable:
             raise PlanError(
                 f"sink {self.ctx.step!r}: a single {self.spec.suffix} file cannot grow checkpoint by checkpoint; "
                 f"give a directory path (part files are published at each checkpoint)"
+            )
+        if self.single_file and self.spec.mode == "append" and not self.spec.appendable:
+            raise PlanError(
+                f"sink {self.ctx.step!r}: a single {self.spec.suffix} file cannot be appended to; "
+                f"give a directory path (each run adds part files), or leave mode='replace'"
             )
 
     @property
@@ -481,27 +498,46 @@ class _FileWriter:
     def prepare(self, epoch: int) -> dict[str, Any]:
         for key in list(self.buffers):
             self._flush(key)
+        txn: dict[str, Any] = self._replaced() if self.fresh else {}
+        self.fresh = False
         if self.single_file:
             stage = self._stage_path(self.epoch)
             self.epoch += 1
-            if not stage.exists():
-                return {}
-            _fsync_file(stage)
-            return {"append": [str(stage), str(self.target), self.committed_len]}
+            if stage.exists():
+                _fsync_file(stage)
+                txn["append"] = [str(stage), str(self.target), self.committed_len]
+            return txn
         for st, _final in self.staged:
             _fsync_file(Path(st))
-        txn = {"files": self.staged}
+        txn["files"] = self.staged
         self.staged = []
         return txn
+
+    def _replaced(self) -> dict[str, Any]:
+        """What the first commit of a fresh replacing run deletes: the earlier runs' visible output."""
+        if self.spec.mode != "replace":
+            return {}
+        if self.single_file:
+            return {"remove": [str(self.target)]} if self.target.exists() else {}
+        if not self.target.is_dir():
+            return {}
+        return {"remove": sorted(str(p) for p in self.target.rglob(f"part-*{self.spec.suffix}"))}
 
     def commit(self, txn: dict[str, Any]) -> None:
         for st, final in txn.get("files", []):
             if os.path.exists(st):
                 os.replace(st, final)
                 self.written.append(Path(final))
+        if self.single_file and "append" in txn and txn["append"][2] == 0:
+            txn = {k: v for k, v in txn.items() if k != "remove"}  # the rename below replaces the old file
+        for old in txn.get("remove", []):
+            _remove_part(Path(old), self.target)
         if "append" in txn:
             st, target, before = txn["append"]
-            if os.path.exists(st):
+            if os.path.exists(st) and int(before) == 0:
+                os.replace(st, target)  # atomic: a reader sees the old file or the new one
+                self.written.append(Path(target))
+            elif os.path.exists(st):
                 with open(target, "ab") as out:
                     out.truncate(int(before))
                     with open(st, "rb") as src:
@@ -520,15 +556,24 @@ class _FileWriter:
             for stray in self.target.parent.glob(f".{self.target.name}.stage-*"):
                 stray.unlink()
             if not txn or "append" not in txn:
-                if txn is None and self.target.exists():
-                    self.target.unlink()  # a fresh run owns its output file
-                self.committed_len = self.target.stat().st_size if self.target.exists() else 0
+                keep = txn is not None or self.spec.mode == "append"  # a fresh replacing run starts from nothing
+                self.committed_len = self.target.stat().st_size if keep and self.target.exists() else 0
         elif self.target.exists():
             for stray in self.target.rglob(".part-*.stage"):
                 stray.unlink()
+        self.fresh = txn is None
 
     def close(self) -> None:
         pass
+
+
+def _remove_part(path: Path, root: Path) -> None:
+    """Delete an old output file, and the partition directories it leaves empty (never `root` itself)."""
+    path.unlink(missing_ok=True)
+    parent = path.parent
+    while parent != root and root in parent.parents and parent.is_dir() and not any(parent.iterdir()):
+        parent.rmdir()
+        parent = parent.parent
 
 
 def _fsync_file(path: Path) -> None:
