@@ -327,7 +327,7 @@ MODES = ("replace", "append")
 @dataclass(frozen=True)
 class _FileSink:
     path: str | Path
-    partition_by: str | None = None  # "date" or "hour": Hive-style date=YYYY-MM-DD[/hour=HH] directories
+    partition_by: str | None = None  # "date" or "hour": Hive-style date=YYYY-MM-DD[/hour=H] directories
     time_column: str | None = None  # which column partitions; default: the event time
     rows_per_file: int = 1_000_000
     # "replace": a run's output replaces what an earlier run left, when the run first commits;
@@ -336,6 +336,7 @@ class _FileSink:
 
     suffix = ""
     appendable = False
+    partition_columns = False  # whether each partitioned file also holds its `date` (and `hour`) as columns
 
     def __post_init__(self) -> None:
         if self.partition_by is not None and self.partition_by not in PARTITIONINGS:
@@ -355,10 +356,14 @@ class _FileSink:
 
 @dataclass(frozen=True)
 class ParquetSink(_FileSink):
-    """Parquet files. Unpartitioned: `path` is a directory of part files (or a file ending in .parquet)."""
+    """Parquet files. Unpartitioned: `path` is a directory of part files (or a file ending in .parquet).
+    Partitioned: `date=YYYY-MM-DD[/hour=H]` directories, and each file holds `date` (Date) and `hour`
+    (Int64) as columns too, so every reader sees the same types (docs/guarantees.md)."""
 
     compression: str = "zstd"
     suffix = ".parquet"
+    # date (Date) and hour (Int64) inside each file: polars, DuckDB and pyarrow then agree on their types
+    partition_columns = True
 
     def write_file(self, df: pl.DataFrame, path: Path) -> None:
         df.write_parquet(path, compression=self.compression)  # type: ignore[arg-type]
@@ -461,10 +466,23 @@ class _FileWriter:
         else:
             dtype = df.schema[col]
             ts = pl.col(col).cast(pl.Datetime("ms", "UTC")) if dtype.is_integer() else pl.col(col).dt.convert_time_zone("UTC") if getattr(dtype, "time_zone", None) else pl.col(col)
-        fmt = "date=%Y-%m-%d" if self.spec.partition_by == "date" else "date=%Y-%m-%d/hour=%H"
-        keyed = df.with_columns(ts.dt.strftime(fmt).alias("__sl_part"))
-        for (key,), part in keyed.partition_by("__sl_part", as_dict=True, maintain_order=True).items():
-            yield str(key), user_columns(part.drop("__sl_part"))
+        names = ["date"] if self.spec.partition_by == "date" else ["date", "hour"]
+        if self.spec.partition_columns and (clash := [n for n in names if n in df.columns]):
+            raise PlanError(
+                f"sink {self.ctx.step!r} writes the partition column {clash[0]!r} into its files, but the stream "
+                f"already has a column {clash[0]!r}. Fix: rename that column before the sink (.with_columns / .select)"
+            )
+        # hour=7, not hour=07: DuckDB reads a zero-padded hour as text, an unpadded one as a BIGINT like polars
+        keys = [ts.dt.date().alias("__sl_date"), ts.dt.hour().cast(pl.Int64).alias("__sl_hour")][: len(names)]
+        keyed = df.with_columns(keys)
+        for values, part in keyed.partition_by([k.meta.output_name() for k in keys], as_dict=True,
+                                               maintain_order=True).items():
+            key = "/".join(f"{n}={v}" for n, v in zip(names, values, strict=True))
+            rows = user_columns(part)
+            if self.spec.partition_columns:
+                typed = zip(names, values, (pl.Date, pl.Int64), strict=False)
+                rows = rows.with_columns(pl.lit(v, dtype).alias(n) for n, v, dtype in typed)
+            yield key, rows
 
     def _buffer(self, key: str, df: pl.DataFrame) -> None:
         self.buffers.setdefault(key, []).append(df)
