@@ -51,7 +51,7 @@ class Csv:
             if _kind(dtype) is None:
                 raise PlanError(
                     f"step {step!r}: field {name!r} is declared as {dtype}, which a CSV cell cannot hold. "
-                    f"Fix: declare it as str (or sl.Json for JSON text) and convert it with .with_columns, or use JSON Lines"
+                    f"Fix: declare it as str (or sl.JsonValue for JSON text) and convert it with .with_columns, or use JSON Lines"
                 )
 
     def infer(self, data: bytes) -> Schema:

@@ -8,8 +8,10 @@ Fields not in the schema are ignored: declaring only the fields you use is also 
 from __future__ import annotations
 
 import io
+import json
 from collections.abc import Sequence
 from dataclasses import dataclass
+from typing import Any
 
 import polars as pl
 
@@ -32,9 +34,18 @@ class Json:
         (only computed when something was bad; otherwise rows map one to one and the list is empty).
         """
         try:
-            df = pl.read_ndjson(io.BytesIO(blob), schema=schema.polars)
+            df = pl.read_ndjson(io.BytesIO(blob), schema=schema.wire)
         except _PARSE_ERRORS:
             return self._slow(blob, schema)
+        if schema.maps or schema.json_text:
+            lines = [ln for ln in blob.split(b"\n") if ln.strip()]
+            if len(lines) != df.height:
+                return self._slow(blob, schema)
+            df = _with_free_form(df, lines, schema)
+            if df[_REASON].null_count() == df.height:
+                df = df.drop(_REASON)
+            else:
+                return self._slow(blob, schema)
         if missing_required(df, schema) is None:
             return df, [], []
         return self._slow(blob, schema)
@@ -43,10 +54,17 @@ class Json:
         lines = [ln for ln in blob.split(b"\n") if ln.strip()]
 
         def parse(chunk: Sequence[bytes]) -> pl.DataFrame:
-            return pl.read_ndjson(io.BytesIO(b"\n".join(chunk)), schema=schema.polars)
+            df = pl.read_ndjson(io.BytesIO(b"\n".join(chunk)), schema=schema.wire)
+            return _with_free_form(df, chunk, schema) if df.height == len(chunk) else df
 
         def validate(df: pl.DataFrame) -> tuple[pl.DataFrame, list[str | None] | None]:
-            return df, missing_required(df, schema)
+            if _REASON not in df.columns:
+                return df, missing_required(df, schema)
+            free_form = df[_REASON].to_list()
+            df = df.drop(_REASON)
+            required = missing_required(df, schema)
+            reasons = [f if f is not None else (required[i] if required else None) for i, f in enumerate(free_form)]
+            return df, reasons if any(r is not None for r in reasons) else None
 
         frames, bad, index = decode_records(lines, parse, validate, _PARSE_ERRORS, lambda _raw, exc: _reason(exc),
                                             "not a JSON object")
@@ -69,6 +87,62 @@ class Json:
         buf = io.BytesIO()
         df.write_ndjson(buf)
         return buf.getvalue()
+
+
+_REASON = "__sl_reason"
+
+
+def _with_free_form(df: pl.DataFrame, lines: Sequence[bytes], schema: Schema) -> pl.DataFrame:
+    """Fill the Map and JsonValue fields from each record's own JSON (one Python parse per record, only for
+    schemas that declare them), plus a column with why a record's value does not fit (null when it does)."""
+    if not schema.maps and not schema.json_text:
+        return df
+    values: dict[str, list[Any]] = {n: [] for n in (*schema.maps, *schema.json_text)}
+    reasons: list[str | None] = []
+    for line in lines:
+        try:
+            record = json.loads(line)
+        except ValueError:
+            record = None
+        if not isinstance(record, dict):
+            record, why = {}, "not a JSON object"
+        else:
+            why = None
+        for name in schema.json_text:
+            v = record.get(name)
+            values[name].append(None if v is None else json.dumps(v, ensure_ascii=False, separators=(",", ":")))
+        for name in schema.maps:
+            entries, problem = _entries(record.get(name), name, schema.polars[name])
+            values[name].append(entries)
+            why = why or problem
+        reasons.append(why)
+    columns = [pl.Series(n, v, dtype=schema.polars[n], strict=False) for n, v in values.items()]
+    return df.with_columns(*columns, pl.Series(_REASON, reasons, dtype=pl.String))
+
+
+def _entries(value: Any, name: str, dtype: pl.DataType) -> tuple[list[dict[str, Any]] | None, str | None]:
+    if value is None:
+        return None, None
+    if not isinstance(value, dict):
+        return None, f"field {name!r} is declared a map but holds {json.dumps(value)[:60]}, not a JSON object"
+    assert isinstance(dtype, pl.List) and isinstance(dtype.inner, pl.Struct)
+    want = dtype.inner.fields[1].dtype
+    for k, v in value.items():
+        if v is not None and not _fits(v, want):
+            return None, f"field {name!r}: the value of key {k!r} is {json.dumps(v)[:60]}, not {want}"
+    return [{"key": k, "value": v} for k, v in value.items()], None
+
+
+def _fits(v: Any, dtype: Any) -> bool:
+    if dtype == pl.String:
+        return isinstance(v, str)
+    if dtype == pl.Boolean:
+        return isinstance(v, bool)
+    if dtype.is_integer():
+        return isinstance(v, int) and not isinstance(v, bool)
+    if dtype.is_float():
+        return isinstance(v, int | float) and not isinstance(v, bool)
+    return True  # nested values: Polars converts what fits and nulls the rest
 
 
 def _reason(exc: Exception) -> str:
