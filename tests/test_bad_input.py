@@ -111,3 +111,107 @@ def test_wrong_time_type_is_a_clear_plan_error() -> None:
     testing.collect(src.event_time("ts", timedelta(seconds=1)))
     with pytest.raises(sl.PlanError, match=r"str\.to_datetime"):
         sl.run(flow)
+
+
+# --- CSV gets the same checks as JSON ---------------------------------------------------------------
+
+CSV_HEADER = b"ts,user,amount"
+CSV_GOOD = [b"1000,a,1.5", b'2000,"b, with a comma",2.5']
+
+
+def csv_flow(path: Path, on_error: str = "fail") -> tuple[sl.Flow, sl.CollectSink, sl.CollectSink]:
+    flow = sl.Flow("bad")
+    src = flow.read("orders", sl.CsvSource(path), schema=SCHEMA, on_error=on_error)
+    out = testing.collect(src)
+    dead = testing.collect(src.dead_letters) if on_error == "dead_letter" else sl.CollectSink()
+    return flow, out, dead
+
+
+@pytest.mark.parametrize(("line", "reason"), [
+    (b"yesterday,c,1.0", "field 'ts': 'yesterday' is not an integer"),
+    (b"3000,c,1.0.0", "field 'amount': '1.0.0' is not a number"),
+    (b"3000,,1.0", "required field 'user' is missing or null"),
+    (b"3000,c", "required field 'amount' is missing or null"),
+    (b"3000,c,1.0,9", "4 fields where the header has 3"),
+])
+def test_bad_csv_row_fails_with_step_line_and_fix(tmp_path: Path, line: bytes, reason: str) -> None:
+    path = write_lines(tmp_path / "orders.csv", [CSV_HEADER, CSV_GOOD[0], b"", CSV_GOOD[1], line, CSV_GOOD[0]])
+    flow, _out, _dead = csv_flow(path)
+    with pytest.raises(sl.DecodeError) as err:
+        sl.run(flow)
+    msg = str(err.value)
+    assert err.value.step == "orders"
+    assert err.value.position == f"{path}:5"  # the header and the blank line count: real line numbers
+    assert reason in msg
+    assert 'on_error="dead_letter"' in msg
+    assert "offset" not in msg and "might want" not in msg  # no Polars hints leak
+
+
+def test_csv_dead_letters_keep_everything_else(tmp_path: Path) -> None:
+    lines = [CSV_GOOD[0], b"3000,c,lots", CSV_GOOD[1], b"4000,,1.0", b'5000,"multi\nline",5.0', b"6000,d,1,2"] * 300
+    path = write_lines(tmp_path / "orders.csv", [CSV_HEADER, *lines])
+    flow, out, dead = csv_flow(path, "dead_letter")
+    sl.run(flow, batch_size=333)
+    assert out.frame().to_dicts() == [
+        {"ts": 1000, "user": "a", "amount": 1.5}, {"ts": 2000, "user": "b, with a comma", "amount": 2.5},
+        {"ts": 5000, "user": "multi\nline", "amount": 5.0},
+    ] * 300  # order kept, quoted newlines are data
+    d = dead.frame()
+    assert d.height == 900 and d.columns == ["step", "position", "reason", "raw"]
+    # lines: 1 header; then per group of 7 lines (the quoted record spans two)
+    assert d["position"][:3].to_list() == [f"{path}:3", f"{path}:5", f"{path}:8"]
+    assert d["position"][3] == f"{path}:10"
+    assert d["raw"][:3].to_list() == ["3000,c,lots", "4000,,1.0", "6000,d,1,2"]
+    assert "field 'amount': 'lots' is not a number" in d["reason"][0]
+    assert "required field 'user'" in d["reason"][1]
+    assert "4 fields where the header has 3" in d["reason"][2]
+
+
+def test_csv_without_a_declared_column_in_its_header_is_named(tmp_path: Path) -> None:
+    path = write_lines(tmp_path / "orders.csv", [b"ts,amount", b"1000,1.5"])
+    flow, _out, _dead = csv_flow(path, "dead_letter")
+    with pytest.raises(sl.DecodeError) as err:
+        sl.run(flow)
+    assert err.value.position == f"{path}:1" and "no column 'user'" in str(err.value)
+
+
+class _Crash(Exception):
+    pass
+
+
+def test_csv_dead_letters_resume_exactly_once(tmp_path: Path) -> None:
+    lines = [CSV_GOOD[0], b"3000,c,lots", CSV_GOOD[1], b"4000,,1.0"] * 50
+    path = write_lines(tmp_path / "orders.csv", [CSV_HEADER, *lines])
+
+    def run(out: Path, crash_at: int | None, ckpt: Path | None) -> None:
+        seen = {"n": 0}
+
+        def maybe_crash(row: dict) -> dict:
+            seen["n"] += 1
+            if crash_at is not None and seen["n"] == crash_at:
+                raise _Crash
+            return row
+
+        flow = sl.Flow("bad")
+        src = flow.read("orders", sl.CsvSource(path), schema=SCHEMA, on_error="dead_letter")
+        src.map(maybe_crash, name="maybe_crash").write("out", sl.JsonLinesSink(out / "rows"))
+        src.dead_letters.write("dead", sl.JsonLinesSink(out / "dead"))
+        sl.run(flow, batch_size=7, checkpoint_dir=ckpt, checkpoint_interval=0)
+
+    run(tmp_path / "once", None, None)
+    with pytest.raises(sl.UserFunctionError, match="_Crash"):
+        run(tmp_path / "twice", 60, tmp_path / "ckpt")
+    run(tmp_path / "twice", None, tmp_path / "ckpt")
+    for part in ("rows", "dead"):
+        once = pl.read_ndjson(sorted((tmp_path / "once" / part).glob("*.jsonl")))
+        twice = pl.read_ndjson(sorted((tmp_path / "twice" / part).glob("*.jsonl")))
+        assert twice.equals(once), part
+    assert once.height == 100
+
+
+def test_csv_refuses_a_nested_declared_type_before_the_run(tmp_path: Path) -> None:
+    path = write_lines(tmp_path / "orders.csv", [b"ts,metrics", b"1000,x"])
+    flow = sl.Flow("bad")
+    testing.collect(flow.read("orders", sl.CsvSource(path), schema={"ts": int, "metrics": {"value": float}}))
+    with pytest.raises(sl.PlanError, match=r"'metrics' is declared as Struct.*a CSV cell cannot hold"):
+        sl.run(flow)

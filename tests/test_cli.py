@@ -34,7 +34,7 @@ def test_run_and_explain_the_readme_example(tmp_path: Path) -> None:
     assert r.returncode == 0, r.stderr
     assert "200,000 records read" in r.stdout
     out = pl.read_parquet(tmp_path / "out" / "clicks" / "**" / "*.parquet")
-    assert out.columns == ["user_id", "window_start", "window_end", "clicks", "p99_ms"]
+    assert out.columns == ["user_id", "window_start", "window_end", "clicks", "p99_ms", "date", "hour"]  # partition columns too
     assert out["clicks"].sum() > 15_000
 
 

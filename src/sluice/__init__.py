@@ -34,7 +34,7 @@ from sluice.core.errors import (
     StepError,
     UserFunctionError,
 )
-from sluice.core.schema import Optional
+from sluice.core.schema import JsonValue, Map, Optional
 from sluice.flow import Flow, Stream
 from sluice.formats.json import Json
 from sluice.formats.registry import (
@@ -71,6 +71,7 @@ __all__ = [
     "JsonLinesSink",
     "JsonLinesSource",
     "JsonSchema",
+    "JsonValue",
     "KafkaError",
     "KafkaRuntime",
     "KafkaSink",
@@ -79,6 +80,7 @@ __all__ = [
     "LocalRegistry",
     "LogSink",
     "LogSource",
+    "Map",
     "MemorySource",
     "MissingTimestampError",
     "Optional",

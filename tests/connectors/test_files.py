@@ -22,7 +22,7 @@ def test_parquet_partitioned_by_hour_of_window_start(tmp_path: Path) -> None:
     win.write("out", sl.ParquetSink(tmp_path / "out", partition_by="hour", time_column="window_start"))
     sl.run(flow, batch_size=16)
     dirs = sorted(str(p.relative_to(tmp_path / "out")) for p in (tmp_path / "out").glob("date=*/hour=*"))
-    assert dirs == ["date=2026-03-01/hour=22", "date=2026-03-01/hour=23", "date=2026-03-02/hour=00"]
+    assert dirs == ["date=2026-03-01/hour=22", "date=2026-03-01/hour=23", "date=2026-03-02/hour=0"]
     back = pl.read_parquet(tmp_path / "out" / "**" / "*.parquet", hive_partitioning=False)
     assert back.height == 24 and back["n"].sum() == 120
     assert not list((tmp_path / "out").rglob(".*"))  # no staging files left visible
@@ -92,3 +92,157 @@ def test_lines_longer_than_a_block(tmp_path: Path) -> None:
     out = testing.collect(flow.read("in", src, schema={"ts": int, "user": str, "amount": float}))
     sl.run(flow, batch_size=3)
     assert out.frame().equals(pl.DataFrame(rows))
+
+
+SOURCES = {"jsonl": sl.JsonLinesSource, "csv": sl.CsvSource, "parquet": sl.ParquetSource}
+
+
+def read_flow(source: object) -> sl.Flow:
+    flow = sl.Flow("t")
+    testing.collect(flow.read("orders", source, schema={"ts": int, "user": str, "amount": float}))
+    return flow
+
+
+@pytest.mark.parametrize("fmt", sorted(SOURCES))
+def test_a_nonexistent_input_file_is_named_before_the_run(tmp_path: Path, fmt: str) -> None:
+    missing = tmp_path / f"nope.{fmt}"
+    with pytest.raises(sl.PlanError) as err:
+        sl.run(read_flow(SOURCES[fmt](missing)))
+    msg = str(err.value)
+    assert "'orders'" in msg and str(missing) in msg and "does not exist" in msg and "Fix:" in msg
+
+
+@pytest.mark.parametrize("fmt", sorted(SOURCES))
+def test_a_directory_given_as_a_file_says_to_use_a_glob(tmp_path: Path, fmt: str) -> None:
+    (tmp_path / "in").mkdir()
+    with pytest.raises(sl.PlanError) as err:
+        sl.run(read_flow(SOURCES[fmt](tmp_path / "in")))
+    msg = str(err.value)
+    assert "'orders'" in msg and "is a directory" in msg and f"{tmp_path / 'in'}/*.{fmt}" in msg
+
+
+def test_a_glob_that_matches_nothing_fails_unless_the_source_may_start_empty(tmp_path: Path) -> None:
+    pattern = tmp_path / "landing" / "*.jsonl"
+    with pytest.raises(sl.PlanError) as err:
+        sl.run(read_flow(sl.JsonLinesSource(pattern)))
+    msg = str(err.value)
+    assert "'orders'" in msg and "matches no files" in msg and "allow_empty=True" in msg
+    flow = sl.Flow("t")
+    out = testing.collect(flow.read("orders", sl.JsonLinesSource(pattern, allow_empty=True), schema={"ts": int}))
+    sl.run(flow)
+    assert out.frame().height == 0
+
+
+def test_a_recursive_glob_reaches_nested_files_and_skips_directories(tmp_path: Path) -> None:
+    for sub in ("date=2026-03-01/hour=22", "date=2026-03-01/hour=23"):
+        (tmp_path / "in" / sub).mkdir(parents=True)
+        pl.DataFrame(ROWS[:10]).write_ndjson(tmp_path / "in" / sub / "part.jsonl")
+    flow = sl.Flow("t")
+    out = testing.collect(flow.read("in", sl.JsonLinesSource(tmp_path / "in" / "**" / "*.jsonl"), schema={"ts": int}))
+    sl.run(flow)
+    assert out.frame().height == 20
+
+
+# --- running again: replace by default, mode="append" to add ---------------------------------------
+
+SINKS = {"csv": sl.CsvSink, "parquet": sl.ParquetSink, "jsonl": sl.JsonLinesSink}
+READERS = {"csv": pl.read_csv, "parquet": pl.read_parquet, "jsonl": pl.read_ndjson}
+LAYOUTS = [(fmt, layout) for fmt in sorted(SINKS) for layout in ("file", "dir", "hour")]
+
+
+def target(tmp_path: Path, fmt: str, layout: str) -> Path:
+    return tmp_path / (f"out.{fmt}" if layout == "file" else "out")
+
+
+def write_rows(tmp_path: Path, fmt: str, layout: str, rows: list[dict], fail_at: int | None = None,
+               ckpt: Path | None = None, **sink: object) -> None:
+    def check(row: dict) -> dict:
+        if fail_at is not None and row["amount"] == fail_at:
+            raise RuntimeError("the run fails here")
+        return row
+
+    flow = sl.Flow("t")
+    part = {"partition_by": "hour"} if layout == "hour" else {}
+    stream = flow.read("in", testing.rows(rows)).event_time("ts", timedelta(0)).map(check, name="check")
+    stream.write("out", SINKS[fmt](target(tmp_path, fmt, layout), rows_per_file=10, **part, **sink))  # type: ignore[arg-type]
+    sl.run(flow, batch_size=7, checkpoint_dir=ckpt, checkpoint_interval=0)
+
+
+def read_back(tmp_path: Path, fmt: str, layout: str) -> pl.DataFrame:
+    out = target(tmp_path, fmt, layout)
+    files = [out] if layout == "file" else sorted(out.rglob(f"*.{fmt}"))
+    return pl.concat([READERS[fmt](f).select("ts", "user", "amount") for f in files]).sort("ts", "amount")
+
+
+@pytest.mark.parametrize(("fmt", "layout"), LAYOUTS)
+def test_running_again_replaces_the_output(tmp_path: Path, fmt: str, layout: str) -> None:
+    write_rows(tmp_path, fmt, layout, ROWS)
+    write_rows(tmp_path, fmt, layout, ROWS[:50])
+    assert read_back(tmp_path, fmt, layout).equals(pl.DataFrame(ROWS[:50]))
+
+
+@pytest.mark.parametrize(("fmt", "layout"), [c for c in LAYOUTS if c != ("parquet", "file")])
+def test_mode_append_adds_to_the_output(tmp_path: Path, fmt: str, layout: str) -> None:
+    write_rows(tmp_path, fmt, layout, ROWS[:50], mode="append")
+    write_rows(tmp_path, fmt, layout, ROWS[50:], mode="append")
+    assert read_back(tmp_path, fmt, layout).equals(pl.DataFrame(ROWS))
+
+
+def test_a_single_parquet_file_cannot_be_appended_to(tmp_path: Path) -> None:
+    with pytest.raises(sl.PlanError, match="directory"):
+        write_rows(tmp_path, "parquet", "file", ROWS, mode="append")
+
+
+@pytest.mark.parametrize(("fmt", "layout"), LAYOUTS)
+def test_a_failed_run_leaves_the_old_output_in_place(tmp_path: Path, fmt: str, layout: str) -> None:
+    write_rows(tmp_path, fmt, layout, ROWS)
+    with pytest.raises(sl.UserFunctionError):
+        write_rows(tmp_path, fmt, layout, ROWS[:50], fail_at=45)  # after part files were staged
+    assert read_back(tmp_path, fmt, layout).equals(pl.DataFrame(ROWS))
+
+
+@pytest.mark.parametrize(("fmt", "layout"), [c for c in LAYOUTS if c != ("parquet", "file")])
+def test_a_checkpointed_run_replaces_once_and_resumes_exactly_once(tmp_path: Path, fmt: str, layout: str) -> None:
+    write_rows(tmp_path, fmt, layout, ROWS[:30])  # an earlier run's output
+    with pytest.raises(sl.UserFunctionError):
+        write_rows(tmp_path, fmt, layout, ROWS, fail_at=80, ckpt=tmp_path / "ckpt")
+    committed = read_back(tmp_path, fmt, layout)
+    assert committed.height < 80 and committed.equals(pl.DataFrame(ROWS[: committed.height]))  # old rows gone
+    write_rows(tmp_path, fmt, layout, ROWS, ckpt=tmp_path / "ckpt")  # resumed: keeps what was committed
+    assert read_back(tmp_path, fmt, layout).equals(pl.DataFrame(ROWS))
+
+
+def test_partitioned_parquet_reads_back_the_same_in_polars_duckdb_and_pyarrow(tmp_path: Path) -> None:
+    import duckdb
+    import pyarrow.dataset as ds
+
+    flow = sl.Flow("t")
+    win = (flow.read("in", testing.rows(ROWS)).event_time("ts", timedelta(0)).key_by("user")
+           .window("w", sl.Tumbling(timedelta(minutes=10)), n=sl.agg.count()))
+    win.write("out", sl.ParquetSink(tmp_path / "out", partition_by="hour", time_column="window_start"))
+    sl.run(flow)
+    out = tmp_path / "out"
+    order = ["window_start", "user"]
+    readers = {
+        "polars dir": pl.read_parquet(out),
+        "polars glob": pl.read_parquet(out / "**" / "*.parquet"),
+        "polars hive scan": pl.scan_parquet(out / "**" / "*.parquet", hive_partitioning=True).collect(),
+        "duckdb": duckdb.sql(f"select * from read_parquet('{out}/**/*.parquet')").pl(),
+        "pyarrow": pl.DataFrame(ds.dataset(out, format="parquet").to_table()),
+    }
+    frames = {name: df.select(sorted(df.columns)).sort(order) for name, df in readers.items()}
+    first = frames["polars dir"]
+    assert first.schema["date"] == pl.Date and first.schema["hour"] == pl.Int64
+    assert first.height == 24 and sorted(first["hour"].unique().to_list()) == [0, 22, 23]
+    for name, df in frames.items():
+        assert df.schema == first.schema, name
+        assert df.equals(first), name
+
+
+def test_a_stream_with_its_own_hour_column_is_refused_by_a_partitioned_parquet_sink(tmp_path: Path) -> None:
+    flow = sl.Flow("t")
+    rows = [{**r, "hour": 1} for r in ROWS]
+    flow.read("in", testing.rows(rows)).event_time("ts", timedelta(0)).write(
+        "out", sl.ParquetSink(tmp_path / "out", partition_by="hour"))
+    with pytest.raises(sl.PlanError, match="already has a column 'hour'"):
+        sl.run(flow)

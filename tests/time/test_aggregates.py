@@ -6,8 +6,9 @@ import math
 from datetime import timedelta
 
 import duckdb
+import numpy as np
 import polars as pl
-from hypothesis import HealthCheck, given, settings
+from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
 
 import sluice as sl
@@ -74,3 +75,31 @@ def test_aggregates_match_duckdb(recs):
                     continue
                 exact = values[max(math.ceil(q * len(values)), 1) - 1]  # nearest rank
                 assert abs(g[col] - exact) <= acc * abs(exact) + 1e-9, (col, g[col], exact)
+
+
+magnitudes = st.one_of(
+    st.just(0.0), st.just(-0.0), st.just(math.inf), st.just(-math.inf),
+    st.floats(-1e300, 1e300, allow_nan=False, allow_infinity=False),
+    st.floats(-1e-300, 1e-300, allow_nan=False, allow_subnormal=False),
+    st.floats(-1e6, 1e6, allow_nan=False).map(lambda x: round(x, 2)),
+)
+
+
+@settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@example(values=[0.0, 1.0, -2.5], q=0.5, batch_size=7)
+@given(values=st.lists(magnitudes, min_size=1, max_size=60),
+       q=st.sampled_from([0.0, 0.01, 0.25, 0.5, 0.9, 0.99, 1.0]), batch_size=st.sampled_from([1, 7, 1000]))
+def test_percentile_of_a_struct_field_with_zeros_and_negatives(values, q, batch_size):
+    # through a window on a struct field, as users write it: `metrics.value`
+    rows = [{"ts": i, "metrics": {"value": v}} for i, v in enumerate(values)]
+    flow = sl.Flow("p")
+    win = flow.read("in", testing.rows(rows)).event_time("ts", timedelta(0)).window(
+        "w", sl.Tumbling(timedelta(minutes=1)), p=sl.agg.percentile("metrics.value", q))
+    out = testing.collect(win)
+    sl.run(flow, batch_size=batch_size)
+    got = out.frame()["p"][0]
+    con = duckdb.connect()
+    con.register("r", pl.DataFrame({"v": values}).to_arrow())
+    exact = float(np.quantile(np.array(values), q, method="inverted_cdf"))  # nearest rank
+    assert con.sql(f"select quantile_disc(v, {q}) from r").fetchall()[0][0] == exact  # DuckDB agrees
+    assert got == exact or abs(got - exact) <= 0.005 * abs(exact) * (1 + 1e-9), (got, exact)

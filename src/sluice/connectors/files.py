@@ -26,18 +26,43 @@ from sluice.core.batch import OFFSET, TIME, Batch, Origin, user_columns
 from sluice.core.deadletter import dead_letters
 from sluice.core.errors import DEAD_LETTER_FIX, DecodeError, PlanError
 from sluice.core.schema import Schema
+from sluice.formats.csv import Csv, CsvFile, HeaderError
 from sluice.formats.json import BadRecord, Json
 
 
-def _expand(paths: str | Path | Sequence[str | Path]) -> list[Path]:
+def _expand(paths: str | Path | Sequence[str | Path], step: str, suffix: str, allow_empty: bool = False) -> list[Path]:
+    """The input files, checked before the run starts: each named file exists and is a file, and each
+    glob (`*`, `?`, `[…]`; `**` spans directories) matches at least one file unless `allow_empty`."""
     items = [paths] if isinstance(paths, str | Path) else list(paths)
     out: list[Path] = []
     for item in items:
-        matched = sorted(glob(str(item))) if any(c in str(item) for c in "*?[") else [str(item)]
-        out.extend(Path(m) for m in matched)
-    if not out:
-        raise PlanError(f"no input files match {paths!r}")
+        text = str(item)
+        if any(c in text for c in "*?["):
+            matched = [Path(m) for m in sorted(glob(text, recursive=True)) if os.path.isfile(m)]
+            if not matched and not allow_empty:
+                raise PlanError(
+                    f"step {step!r}: no input files: the glob {text!r}{_relative(text)} matches no files. Fix: check the "
+                    f"pattern, or pass allow_empty=True if files are still to come and an empty read is expected"
+                )
+            out.extend(matched)
+            continue
+        path = Path(item)
+        if path.is_dir():
+            raise PlanError(
+                f"step {step!r}: input {text!r} is a directory, not a file. Fix: give a glob such as "
+                f"'{path / ('*' + suffix)}' (or '{path / '**' / ('*' + suffix)}' to include subdirectories)"
+            )
+        if not path.exists():
+            raise PlanError(
+                f"step {step!r}: input file {text!r}{_relative(text)} does not exist. "
+                f"Fix: check the path, or write it as a glob with allow_empty=True if it may not exist yet"
+            )
+        out.append(path)
     return out
+
+
+def _relative(path: str) -> str:
+    return "" if os.path.isabs(path) else f" (relative to {os.getcwd()})"
 
 
 def _slices(df: pl.DataFrame, size: int) -> Iterator[pl.DataFrame]:
@@ -71,6 +96,15 @@ class _FileReader:
     def close(self) -> None:
         pass
 
+    def _reject(self, path: Path, bad: list[BadRecord], lines: list[int]) -> Iterator[tuple[str, Batch]]:
+        positions = [f"{path}:{lines[b.index]}" for b in bad]
+        if self.ctx.on_error != "dead_letter":
+            first = bad[0]
+            raise DecodeError(
+                self.ctx.step, positions[0], f"{first.reason}; the line reads {first.raw[:200]!r}", DEAD_LETTER_FIX
+            )
+        yield "dead_letters", dead_letters(self.ctx.step, positions, [b.reason for b in bad], [b.raw for b in bad])
+
 
 # --- JSON Lines ---------------------------------------------------------------------------------
 
@@ -81,9 +115,10 @@ class JsonLinesSource:
 
     path: str | Path | Sequence[str | Path]
     block_bytes: int = 8 << 20
+    allow_empty: bool = False  # a glob that matches no file reads nothing instead of failing
 
     def open(self, ctx: SourceContext) -> _JsonLinesReader:
-        return _JsonLinesReader(self, ctx, _expand(self.path))
+        return _JsonLinesReader(self, ctx, _expand(self.path, ctx.step, ".jsonl", self.allow_empty))
 
 
 class _JsonLinesReader(_FileReader):
@@ -170,16 +205,6 @@ class _JsonLinesReader(_FileReader):
             self.pos = {"file": p + 1, "byte": 0, "skip": 0, "ordinal": 0}
             yield _eof(origin)
 
-    def _reject(self, path: Path, bad: list[BadRecord], lines: list[int]) -> Iterator[tuple[str, Batch]]:
-        positions = [f"{path}:{lines[b.index]}" for b in bad]
-        if self.ctx.on_error != "dead_letter":
-            first = bad[0]
-            raise DecodeError(
-                self.ctx.step, positions[0], f"{first.reason}; the line reads {first.raw[:200]!r}", DEAD_LETTER_FIX
-            )
-        yield "dead_letters", dead_letters(self.ctx.step, positions, [b.reason for b in bad], [b.raw for b in bad])
-
-
 def _line_at(path: Path, byte_pos: int) -> int:
     """The 1-based line number at `byte_pos` (counted only when an error needs it)."""
     with open(path, "rb") as f:
@@ -196,20 +221,57 @@ def _record_lines(block: bytes, first_line: int) -> list[int]:
 
 @dataclass(frozen=True)
 class CsvSource:
-    """CSV with a header row. Each file is one partition."""
+    """CSV with a header row. Each file is one partition. Cells are checked against the declared schema as
+    JSON values are (types, required fields), and bad rows are reported or dead-lettered by `file:line`."""
 
     path: str | Path | Sequence[str | Path]
     separator: str = ","
+    allow_empty: bool = False  # a glob that matches no file reads nothing instead of failing
 
-    def open(self, ctx: SourceContext) -> _TableReader:
-        def load(path: Path) -> pl.DataFrame:
-            schema = ctx.schema.polars if ctx.schema is not None else None
-            try:
-                return pl.read_csv(path, schema_overrides=schema, separator=self.separator)
-            except pl.exceptions.PolarsError as exc:
-                raise DecodeError(ctx.step, str(path), f"CSV could not be read: {exc}", "check the file against the declared schema") from exc
+    def open(self, ctx: SourceContext) -> _CsvReader:
+        fmt = Csv(self.separator)
+        if ctx.schema is not None:
+            fmt.check(ctx.schema, ctx.step)
+        return _CsvReader(ctx, _expand(self.path, ctx.step, ".csv", self.allow_empty), fmt)
 
-        return _TableReader(ctx, _expand(self.path), load)
+
+class _CsvReader(_FileReader):
+    def __init__(self, ctx: SourceContext, files: list[Path], fmt: Csv) -> None:
+        # where to resume: file index, records consumed, and dead letters already sent (by record index)
+        super().__init__(ctx, files, {"file": 0, "row": 0, "dead": 0})
+        self.format = fmt
+        self.schema = ctx.schema
+
+    def _decode(self, path: Path) -> CsvFile:
+        data = path.read_bytes()
+        if self.schema is None:
+            self.schema = self.format.infer(data)
+        try:
+            return self.format.decode_file(data, self.schema)
+        except HeaderError as exc:
+            raise DecodeError(self.ctx.step, f"{path}:1", str(exc),
+                              "add the column to the file, or declare the field sl.Optional(...)") from exc
+
+    def batches(self) -> Iterator[tuple[str, Batch]]:
+        for p, path in enumerate(self.files):
+            if p < self.start["file"]:
+                continue
+            resume = p == self.start["file"]
+            row, dead = (self.start["row"], self.start["dead"]) if resume else (0, 0)
+            origin = Origin(self.ctx.step, p, str(path), unit="record")
+            decoded = self._decode(path)
+            index = decoded.index if decoded.bad else range(decoded.rows.height)
+            df = decoded.rows.with_columns(pl.Series(OFFSET, index, dtype=pl.Int64)).filter(pl.col(OFFSET) >= row)
+            bad = [b for b in decoded.bad if b.index >= dead]
+            if bad:
+                dead = bad[-1].index + 1
+                self.pos = {"file": p, "row": row, "dead": dead}
+                yield from self._reject(path, bad, decoded.lines)
+            for piece in _slices(df, self.ctx.batch_size):
+                self.pos = {"file": p, "row": int(piece[OFFSET][-1]) + 1, "dead": dead}
+                yield "out", Batch(piece, origin=origin)
+            self.pos = {"file": p + 1, "row": 0, "dead": 0}
+            yield _eof(origin)
 
 
 @dataclass(frozen=True)
@@ -217,6 +279,7 @@ class ParquetSource:
     """Parquet files, read row group by row group. Each file is one partition."""
 
     path: str | Path | Sequence[str | Path]
+    allow_empty: bool = False  # a glob that matches no file reads nothing instead of failing
 
     def open(self, ctx: SourceContext) -> _TableReader:
         def load(path: Path) -> Iterator[pl.DataFrame]:
@@ -227,7 +290,7 @@ class ParquetSource:
                 assert isinstance(frame, pl.DataFrame)
                 yield frame
 
-        return _TableReader(ctx, _expand(self.path), load)
+        return _TableReader(ctx, _expand(self.path, ctx.step, ".parquet", self.allow_empty), load)
 
 
 class _TableReader(_FileReader):
@@ -258,21 +321,28 @@ class _TableReader(_FileReader):
 # --- sinks --------------------------------------------------------------------------------------
 
 PARTITIONINGS = ("date", "hour")
+MODES = ("replace", "append")
 
 
 @dataclass(frozen=True)
 class _FileSink:
     path: str | Path
-    partition_by: str | None = None  # "date" or "hour": Hive-style date=YYYY-MM-DD[/hour=HH] directories
+    partition_by: str | None = None  # "date" or "hour": Hive-style date=YYYY-MM-DD[/hour=H] directories
     time_column: str | None = None  # which column partitions; default: the event time
     rows_per_file: int = 1_000_000
+    # "replace": a run's output replaces what an earlier run left, when the run first commits;
+    # "append": it adds to it. A run resumed from a checkpoint always continues its own output.
+    mode: str = "replace"
 
     suffix = ""
     appendable = False
+    partition_columns = False  # whether each partitioned file also holds its `date` (and `hour`) as columns
 
     def __post_init__(self) -> None:
         if self.partition_by is not None and self.partition_by not in PARTITIONINGS:
             raise PlanError(f"partition_by must be one of {PARTITIONINGS}, got {self.partition_by!r}")
+        if self.mode not in MODES:
+            raise PlanError(f"mode must be one of {MODES}, got {self.mode!r}")
 
     def open(self, ctx: SinkContext) -> _FileWriter:
         return _FileWriter(self, ctx)
@@ -286,10 +356,14 @@ class _FileSink:
 
 @dataclass(frozen=True)
 class ParquetSink(_FileSink):
-    """Parquet files. Unpartitioned: `path` is a directory of part files (or a file ending in .parquet)."""
+    """Parquet files. Unpartitioned: `path` is a directory of part files (or a file ending in .parquet).
+    Partitioned: `date=YYYY-MM-DD[/hour=H]` directories, and each file holds `date` (Date) and `hour`
+    (Int64) as columns too, so every reader sees the same types (docs/guarantees.md)."""
 
     compression: str = "zstd"
     suffix = ".parquet"
+    # date (Date) and hour (Int64) inside each file: polars, DuckDB and pyarrow then agree on their types
+    partition_columns = True
 
     def write_file(self, df: pl.DataFrame, path: Path) -> None:
         df.write_parquet(path, compression=self.compression)  # type: ignore[arg-type]
@@ -331,7 +405,12 @@ class _FileWriter:
 
     Directory output: each staged file `.part-….stage` is renamed to `part-…` at commit.
     Single-file output (JSONL, CSV): the epoch's rows are staged in `.<name>.stage-<epoch>`; commit
-    truncates the target to its length before the epoch and appends them, so commit can be repeated.
+    truncates the target to its length before the epoch and appends them, so commit can be repeated
+    (the first epoch of a replacing run renames the stage over the target instead).
+
+    mode="replace": a fresh run (not resumed from a checkpoint) leaves the old output in place until its
+    first commit; that transaction lists the old part files to delete (or the old file to remove), so
+    recovery repeats the deletion like the renames, and a run that fails before committing changes nothing.
     """
 
     spec: _FileSink
@@ -344,12 +423,18 @@ class _FileWriter:
     staged: list[tuple[str, str]] = field(default_factory=list)
     committed_len: int = 0
     written: list[Path] = field(default_factory=list)
+    fresh: bool = False  # not resumed, and nothing prepared yet: the first transaction replaces old output
 
     def __post_init__(self) -> None:
         if self.single_file and self.ctx.exactly_once and not self.spec.appendable:
             raise PlanError(
                 f"sink {self.ctx.step!r}: a single {self.spec.suffix} file cannot grow checkpoint by checkpoint; "
                 f"give a directory path (part files are published at each checkpoint)"
+            )
+        if self.single_file and self.spec.mode == "append" and not self.spec.appendable:
+            raise PlanError(
+                f"sink {self.ctx.step!r}: a single {self.spec.suffix} file cannot be appended to; "
+                f"give a directory path (each run adds part files), or leave mode='replace'"
             )
 
     @property
@@ -381,10 +466,23 @@ class _FileWriter:
         else:
             dtype = df.schema[col]
             ts = pl.col(col).cast(pl.Datetime("ms", "UTC")) if dtype.is_integer() else pl.col(col).dt.convert_time_zone("UTC") if getattr(dtype, "time_zone", None) else pl.col(col)
-        fmt = "date=%Y-%m-%d" if self.spec.partition_by == "date" else "date=%Y-%m-%d/hour=%H"
-        keyed = df.with_columns(ts.dt.strftime(fmt).alias("__sl_part"))
-        for (key,), part in keyed.partition_by("__sl_part", as_dict=True, maintain_order=True).items():
-            yield str(key), user_columns(part.drop("__sl_part"))
+        names = ["date"] if self.spec.partition_by == "date" else ["date", "hour"]
+        if self.spec.partition_columns and (clash := [n for n in names if n in df.columns]):
+            raise PlanError(
+                f"sink {self.ctx.step!r} writes the partition column {clash[0]!r} into its files, but the stream "
+                f"already has a column {clash[0]!r}. Fix: rename that column before the sink (.with_columns / .select)"
+            )
+        # hour=7, not hour=07: DuckDB reads a zero-padded hour as text, an unpadded one as a BIGINT like polars
+        keys = [ts.dt.date().alias("__sl_date"), ts.dt.hour().cast(pl.Int64).alias("__sl_hour")][: len(names)]
+        keyed = df.with_columns(keys)
+        for values, part in keyed.partition_by([k.meta.output_name() for k in keys], as_dict=True,
+                                               maintain_order=True).items():
+            key = "/".join(f"{n}={v}" for n, v in zip(names, values, strict=True))
+            rows = user_columns(part)
+            if self.spec.partition_columns:
+                typed = zip(names, values, (pl.Date, pl.Int64), strict=False)
+                rows = rows.with_columns(pl.lit(v, dtype).alias(n) for n, v, dtype in typed)
+            yield key, rows
 
     def _buffer(self, key: str, df: pl.DataFrame) -> None:
         self.buffers.setdefault(key, []).append(df)
@@ -418,27 +516,46 @@ class _FileWriter:
     def prepare(self, epoch: int) -> dict[str, Any]:
         for key in list(self.buffers):
             self._flush(key)
+        txn: dict[str, Any] = self._replaced() if self.fresh else {}
+        self.fresh = False
         if self.single_file:
             stage = self._stage_path(self.epoch)
             self.epoch += 1
-            if not stage.exists():
-                return {}
-            _fsync_file(stage)
-            return {"append": [str(stage), str(self.target), self.committed_len]}
+            if stage.exists():
+                _fsync_file(stage)
+                txn["append"] = [str(stage), str(self.target), self.committed_len]
+            return txn
         for st, _final in self.staged:
             _fsync_file(Path(st))
-        txn = {"files": self.staged}
+        txn["files"] = self.staged
         self.staged = []
         return txn
+
+    def _replaced(self) -> dict[str, Any]:
+        """What the first commit of a fresh replacing run deletes: the earlier runs' visible output."""
+        if self.spec.mode != "replace":
+            return {}
+        if self.single_file:
+            return {"remove": [str(self.target)]} if self.target.exists() else {}
+        if not self.target.is_dir():
+            return {}
+        return {"remove": sorted(str(p) for p in self.target.rglob(f"part-*{self.spec.suffix}"))}
 
     def commit(self, txn: dict[str, Any]) -> None:
         for st, final in txn.get("files", []):
             if os.path.exists(st):
                 os.replace(st, final)
                 self.written.append(Path(final))
+        if self.single_file and "append" in txn and txn["append"][2] == 0:
+            txn = {k: v for k, v in txn.items() if k != "remove"}  # the rename below replaces the old file
+        for old in txn.get("remove", []):
+            _remove_part(Path(old), self.target)
         if "append" in txn:
             st, target, before = txn["append"]
-            if os.path.exists(st):
+            if os.path.exists(st) and int(before) == 0:
+                os.replace(st, target)  # atomic: a reader sees the old file or the new one
+                self.written.append(Path(target))
+            elif os.path.exists(st):
                 with open(target, "ab") as out:
                     out.truncate(int(before))
                     with open(st, "rb") as src:
@@ -457,15 +574,24 @@ class _FileWriter:
             for stray in self.target.parent.glob(f".{self.target.name}.stage-*"):
                 stray.unlink()
             if not txn or "append" not in txn:
-                if txn is None and self.target.exists():
-                    self.target.unlink()  # a fresh run owns its output file
-                self.committed_len = self.target.stat().st_size if self.target.exists() else 0
+                keep = txn is not None or self.spec.mode == "append"  # a fresh replacing run starts from nothing
+                self.committed_len = self.target.stat().st_size if keep and self.target.exists() else 0
         elif self.target.exists():
             for stray in self.target.rglob(".part-*.stage"):
                 stray.unlink()
+        self.fresh = txn is None
 
     def close(self) -> None:
         pass
+
+
+def _remove_part(path: Path, root: Path) -> None:
+    """Delete an old output file, and the partition directories it leaves empty (never `root` itself)."""
+    path.unlink(missing_ok=True)
+    parent = path.parent
+    while parent != root and root in parent.parents and parent.is_dir() and not any(parent.iterdir()):
+        parent.rmdir()
+        parent = parent.parent
 
 
 def _fsync_file(path: Path) -> None:

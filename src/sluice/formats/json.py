@@ -8,22 +8,19 @@ Fields not in the schema are ignored: declaring only the fields you use is also 
 from __future__ import annotations
 
 import io
+import json
+from collections.abc import Sequence
 from dataclasses import dataclass
+from typing import Any
 
 import polars as pl
 
 from sluice.core.schema import Schema
+from sluice.formats.records import BadRecord, decode_records, missing_required
+
+__all__ = ["BadRecord", "Json"]
 
 _PARSE_ERRORS = (pl.exceptions.ComputeError, pl.exceptions.SchemaError, pl.exceptions.InvalidOperationError)
-
-
-@dataclass(frozen=True)
-class BadRecord:
-    """A record that could not be decoded: its index among the block's records, why, and its bytes."""
-
-    index: int
-    reason: str
-    raw: bytes
 
 
 @dataclass(frozen=True)
@@ -37,57 +34,41 @@ class Json:
         (only computed when something was bad; otherwise rows map one to one and the list is empty).
         """
         try:
-            df = pl.read_ndjson(io.BytesIO(blob), schema=schema.polars)
+            df = pl.read_ndjson(io.BytesIO(blob), schema=schema.wire)
         except _PARSE_ERRORS:
             return self._slow(blob, schema)
-        missing = _missing_required(df, schema)
-        if missing is None:
+        if schema.maps or schema.json_text:
+            lines = [ln for ln in blob.split(b"\n") if ln.strip()]
+            if len(lines) != df.height:
+                return self._slow(blob, schema)
+            df = _with_free_form(df, lines, schema)
+            if df[_REASON].null_count() == df.height:
+                df = df.drop(_REASON)
+            else:
+                return self._slow(blob, schema)
+        if missing_required(df, schema) is None:
             return df, [], []
         return self._slow(blob, schema)
 
     def _slow(self, blob: bytes, schema: Schema) -> tuple[pl.DataFrame, list[BadRecord], list[int]]:
         lines = [ln for ln in blob.split(b"\n") if ln.strip()]
-        bad: list[BadRecord] = []
-        frames: list[pl.DataFrame] = []
-        index: list[int] = []
 
-        def parse(lo: int, hi: int) -> None:
-            chunk = b"\n".join(lines[lo:hi])
-            try:
-                df = pl.read_ndjson(io.BytesIO(chunk), schema=schema.polars)
-            except _PARSE_ERRORS as exc:
-                if hi - lo == 1:
-                    bad.append(BadRecord(lo, _reason(exc), lines[lo]))
-                    return
-                mid = (lo + hi) // 2
-                parse(lo, mid)
-                parse(mid, hi)
-                return
-            if df.height != hi - lo:  # a record that is not an object, or blank-ish; split to find it
-                if hi - lo == 1:
-                    bad.append(BadRecord(lo, "not a JSON object", lines[lo]))
-                    return
-                mid = (lo + hi) // 2
-                parse(lo, mid)
-                parse(mid, hi)
-                return
-            missing = _missing_required(df, schema)
-            if missing is not None:
-                ok = pl.Series(missing).not_()
-                for i in range(df.height):
-                    if missing[i]:
-                        field = next(f for f in schema.required if df[f][i] is None)
-                        bad.append(BadRecord(lo + i, f"required field {field!r} is missing or null", lines[lo + i]))
-                df = df.filter(ok)
-                index.extend(lo + i for i in range(hi - lo) if not missing[i])
-            else:
-                index.extend(range(lo, hi))
-            frames.append(df)
+        def parse(chunk: Sequence[bytes]) -> pl.DataFrame:
+            df = pl.read_ndjson(io.BytesIO(b"\n".join(chunk)), schema=schema.wire)
+            return _with_free_form(df, chunk, schema) if df.height == len(chunk) else df
 
-        if lines:
-            parse(0, len(lines))
+        def validate(df: pl.DataFrame) -> tuple[pl.DataFrame, list[str | None] | None]:
+            if _REASON not in df.columns:
+                return df, missing_required(df, schema)
+            free_form = df[_REASON].to_list()
+            df = df.drop(_REASON)
+            required = missing_required(df, schema)
+            reasons = [f if f is not None else (required[i] if required else None) for i, f in enumerate(free_form)]
+            return df, reasons if any(r is not None for r in reasons) else None
+
+        frames, bad, index = decode_records(lines, parse, validate, _PARSE_ERRORS, lambda _raw, exc: _reason(exc),
+                                            "not a JSON object")
         good = pl.concat(frames) if frames else pl.DataFrame(schema=schema.polars)
-        bad.sort(key=lambda b: b.index)
         return good, bad, index
 
     def decode_values(self, values: list[bytes], schema: Schema) -> tuple[pl.DataFrame, list[BadRecord], list[int]]:
@@ -108,13 +89,60 @@ class Json:
         return buf.getvalue()
 
 
-def _missing_required(df: pl.DataFrame, schema: Schema) -> list[bool] | None:
-    """Per row, whether a required field is null; None when every row is complete."""
-    required = [f for f in schema.required if f in df.columns]
-    if not required or not any(df[f].has_nulls() for f in required):
-        return None
-    mask = df.select(pl.any_horizontal([pl.col(f).is_null() for f in required])).to_series()
-    return mask.to_list()
+_REASON = "__sl_reason"
+
+
+def _with_free_form(df: pl.DataFrame, lines: Sequence[bytes], schema: Schema) -> pl.DataFrame:
+    """Fill the Map and JsonValue fields from each record's own JSON (one Python parse per record, only for
+    schemas that declare them), plus a column with why a record's value does not fit (null when it does)."""
+    if not schema.maps and not schema.json_text:
+        return df
+    values: dict[str, list[Any]] = {n: [] for n in (*schema.maps, *schema.json_text)}
+    reasons: list[str | None] = []
+    for line in lines:
+        try:
+            record = json.loads(line)
+        except ValueError:
+            record = None
+        if not isinstance(record, dict):
+            record, why = {}, "not a JSON object"
+        else:
+            why = None
+        for name in schema.json_text:
+            v = record.get(name)
+            values[name].append(None if v is None else json.dumps(v, ensure_ascii=False, separators=(",", ":")))
+        for name in schema.maps:
+            entries, problem = _entries(record.get(name), name, schema.polars[name])
+            values[name].append(entries)
+            why = why or problem
+        reasons.append(why)
+    columns = [pl.Series(n, v, dtype=schema.polars[n], strict=False) for n, v in values.items()]
+    return df.with_columns(*columns, pl.Series(_REASON, reasons, dtype=pl.String))
+
+
+def _entries(value: Any, name: str, dtype: pl.DataType) -> tuple[list[dict[str, Any]] | None, str | None]:
+    if value is None:
+        return None, None
+    if not isinstance(value, dict):
+        return None, f"field {name!r} is declared a map but holds {json.dumps(value)[:60]}, not a JSON object"
+    assert isinstance(dtype, pl.List) and isinstance(dtype.inner, pl.Struct)
+    want = dtype.inner.fields[1].dtype
+    for k, v in value.items():
+        if v is not None and not _fits(v, want):
+            return None, f"field {name!r}: the value of key {k!r} is {json.dumps(v)[:60]}, not {want}"
+    return [{"key": k, "value": v} for k, v in value.items()], None
+
+
+def _fits(v: Any, dtype: Any) -> bool:
+    if dtype == pl.String:
+        return isinstance(v, str)
+    if dtype == pl.Boolean:
+        return isinstance(v, bool)
+    if dtype.is_integer():
+        return isinstance(v, int) and not isinstance(v, bool)
+    if dtype.is_float():
+        return isinstance(v, int | float) and not isinstance(v, bool)
+    return True  # nested values: Polars converts what fits and nulls the rest
 
 
 def _reason(exc: Exception) -> str:

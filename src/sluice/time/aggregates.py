@@ -17,6 +17,7 @@ relative error (see its docstring).
 from __future__ import annotations
 
 import math
+import sys
 from collections.abc import Callable
 from dataclasses import dataclass
 
@@ -214,7 +215,8 @@ class CollectList(Aggregate):
 
 
 SKETCH_OFFSET = 1 << 40
-MIN_INDEXABLE = 1e-9
+MIN_INDEXABLE = sys.float_info.min  # the smallest normal double; anything smaller in magnitude is the zero bucket
+INF_KEY = 1 << 62  # ±inf get their own buckets beyond every finite one
 
 
 @dataclass(frozen=True, eq=False)
@@ -224,7 +226,10 @@ class Percentile:
     Guarantee: the result is within `relative_accuracy` (default 0.5%) relative error of the exact
     nearest-rank quantile (the value at rank ceil(q·n) of the sorted values), for any input size and
     order, because each bucket (γ^(k−1), γ^k] with γ = (1+α)/(1−α) is reported by its midpoint in
-    relative terms. Values of magnitude below 1e-9 count as zero. Nulls are ignored.
+    relative terms. As in DDSketch, negative values have a mirrored store (bucket −k) and zero has a
+    bucket of its own (0), so zeros and values of both signs are exact in the same sense; only
+    magnitudes below the smallest normal double (~2.2e-308) count as zero. ±inf are kept as ±inf.
+    Nulls and NaN are ignored.
 
     Sketches merge by adding bucket counts, so they are kept as (group, bucket, count) rows.
     """
@@ -247,13 +252,20 @@ class Percentile:
     def bucket(self, value: pl.Expr) -> pl.Expr:
         v = value.cast(pl.Float64)
         inv_log_gamma = 1.0 / math.log(self.gamma)
-        pos = ((v.abs().log() * inv_log_gamma).ceil().cast(pl.Int64)) + SKETCH_OFFSET
+        # Polars evaluates every branch of a when/then, so the logarithm must be finite for every value
+        # (zero, tiny, inf and NaN included), not only for those whose branch is taken.
+        mag = v.abs().fill_nan(1.0).clip(MIN_INDEXABLE, sys.float_info.max)
+        pos = (mag.log() * inv_log_gamma).ceil().cast(pl.Int64) + SKETCH_OFFSET
         return (
-            pl.when(v.is_null())
+            pl.when(v.is_null() | v.is_nan())
             .then(pl.lit(None, pl.Int64))
-            .when(v > MIN_INDEXABLE)
+            .when(v == math.inf)
+            .then(pl.lit(INF_KEY, pl.Int64))
+            .when(v == -math.inf)
+            .then(pl.lit(-INF_KEY, pl.Int64))
+            .when(v >= MIN_INDEXABLE)
             .then(pos)
-            .when(v < -MIN_INDEXABLE)
+            .when(v <= -MIN_INDEXABLE)
             .then(-pos)
             .otherwise(pl.lit(0, pl.Int64))
         )
@@ -261,8 +273,12 @@ class Percentile:
     def bucket_value(self, key: pl.Expr) -> pl.Expr:
         g = self.gamma
         mag = (key.abs() - SKETCH_OFFSET).cast(pl.Float64)
-        rep = (mag * math.log(g)).exp() * (2.0 / (g + 1.0))
-        return pl.when(key > 0).then(rep).when(key < 0).then(-rep).otherwise(0.0)
+        # γ^k · 2/(γ+1) as one exponential, so that the top buckets do not overflow on the way
+        rep = (mag * math.log(g) + math.log(2.0 / (g + 1.0))).exp().clip(upper_bound=sys.float_info.max)
+        return (
+            pl.when(key == INF_KEY).then(math.inf).when(key == -INF_KEY).then(-math.inf)
+            .when(key > 0).then(rep).when(key < 0).then(-rep).otherwise(0.0)
+        )
 
 
 AnyAggregate = Aggregate | Percentile
