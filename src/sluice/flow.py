@@ -8,7 +8,8 @@
          .write("out", sl.ConsoleSink()))
 
 Stateful steps (read, window, write) take a name: it is how their state and metrics are found.
-Stateless steps are named automatically unless you pass name=.
+Stateless steps are named automatically unless you pass name= (step= for select and with_columns, whose
+other keywords are output columns, so that select(name=pl.col("user")) makes a column called name).
 """
 
 from __future__ import annotations
@@ -132,12 +133,15 @@ class Stream:
     def filter(self, predicate: pl.Expr, *, name: str | None = None) -> Stream:
         return self.flow._add(Filter(self.flow._name("filter", name), (self.ref,), predicate), self.keys)
 
-    def select(self, *exprs: str | pl.Expr, name: str | None = None, **named: str | pl.Expr) -> Stream:
-        return self.flow._add(Select(self.flow._name("select", name), (self.ref,), _exprs(exprs, named)), self.keys)
+    def select(self, *exprs: str | pl.Expr, step: str | None = None, **named: str | pl.Expr) -> Stream:
+        """Keep these columns; keywords make new ones (`name=pl.col("first")` is a column called name).
+        `step` names the step."""
+        return self.flow._add(Select(self.flow._name("select", step), (self.ref,), _exprs(exprs, named)), self.keys)
 
-    def with_columns(self, *exprs: str | pl.Expr, name: str | None = None, **named: str | pl.Expr) -> Stream:
-        step = WithColumns(self.flow._name("with_columns", name), (self.ref,), _exprs(exprs, named))
-        return self.flow._add(step, self.keys)
+    def with_columns(self, *exprs: str | pl.Expr, step: str | None = None, **named: str | pl.Expr) -> Stream:
+        """Add or replace columns; keywords name them (any name, `name` too). `step` names the step."""
+        added = WithColumns(self.flow._name("with_columns", step), (self.ref,), _exprs(exprs, named))
+        return self.flow._add(added, self.keys)
 
     def map(self, fn: Callable[[dict[str, Any]], dict[str, Any]], *, name: str | None = None,
             schema: SchemaLike | None = None, on_error: str = "fail") -> Stream:

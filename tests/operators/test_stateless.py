@@ -114,3 +114,19 @@ def test_generator_is_deterministic_across_batch_sizes():
     assert frames[0]["tx_id"][4999] == "t000004999"
     ts = frames[0]["timestamp"]
     assert (ts - ts.cum_max()).min() >= -5000  # disorder stays within the documented 5 s
+
+
+def test_select_and_with_columns_can_make_a_column_called_name():
+    flow = sl.Flow("t")
+    src = flow.read("in", testing.rows(ROWS))
+    picked = src.select(name=pl.col("user"), step="pick")
+    out = testing.collect(picked.with_columns(name=pl.col("name").str.to_uppercase(), step="upper"))
+    assert picked.ref.step == "pick"
+    sl.run(flow)
+    assert out.frame().to_dicts() == [{"name": "A"}, {"name": "B"}, {"name": "A"}, {"name": "C"}]
+
+
+def test_an_empty_collected_stream_keeps_its_columns():
+    out = run(lambda s: testing.collect(s.filter(pl.col("amount") > 1e9).select("user", "amount")))
+    assert out.height == 0
+    assert out.schema == pl.Schema({"user": pl.String, "amount": pl.Float64})

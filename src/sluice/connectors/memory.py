@@ -82,14 +82,19 @@ class CollectSink:
     """Keeps every written row in memory; `frame()` returns them in arrival order."""
 
     frames_written: list[pl.DataFrame] = field(default_factory=list)
+    schema_seen: dict[str, pl.Schema] = field(default_factory=dict)  # "last": the stream's columns
 
     def open(self, ctx: SinkContext) -> _CollectWriter:
         self.frames_written.clear()
+        self.schema_seen.clear()
         return _CollectWriter(self)
 
     def frame(self) -> pl.DataFrame:
+        """Every row written; with none, an empty frame with the columns of the stream written here."""
         frames = [f for f in self.frames_written if f.width]
-        return pl.concat(frames, how="diagonal_relaxed") if frames else pl.DataFrame()
+        if frames:
+            return pl.concat(frames, how="diagonal_relaxed")
+        return pl.DataFrame(schema=self.schema_seen.get("last"))
 
     def rows(self) -> list[dict[str, Any]]:
         return self.frame().to_dicts()
@@ -99,10 +104,14 @@ class CollectSink:
 class _CollectWriter:
     spec: CollectSink
     pending: list[pl.DataFrame] = field(default_factory=list)
+    wants_empty_frames = True
 
     def write(self, df: pl.DataFrame) -> None:
+        df = user_columns(df)
+        if df.width:
+            self.spec.schema_seen["last"] = df.schema
         if df.height:
-            self.pending.append(user_columns(df))
+            self.pending.append(df)
 
     def prepare(self, epoch: int) -> dict[str, Any]:
         return {}

@@ -90,8 +90,8 @@ class _WriteOperator(Operator):
         self.writer = writer
 
     def on_batch(self, index: int, batch: Batch) -> Emitted:
-        if batch.height:
-            self.writer.write(batch.df)
+        if batch.height or (batch.df.width and getattr(self.writer, "wants_empty_frames", False)):
+            self.writer.write(batch.df)  # an empty frame still tells an in-memory sink the stream's columns
         return []
 
 
