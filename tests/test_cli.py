@@ -68,3 +68,48 @@ def test_demo_runs_and_log_can_be_inspected(tmp_path: Path) -> None:
     assert "events: 2 partition(s), 60,000 records" in r.stdout
     r = sluice("log", "tail", "events", "-n", "2", "--root", "demo/log", cwd=tmp_path)
     assert r.stdout.count('"event_id"') == 4
+
+
+PIPELINE_WITH_ARGS = """
+import argparse
+from datetime import timedelta
+
+import sluice as sl
+
+ap = argparse.ArgumentParser()
+ap.add_argument("--input", required=True)
+ap.add_argument("--output", required=True)
+args = ap.parse_args()
+
+
+class Running(sl.KeyedProcessFunction):
+    def open(self, ctx):
+        self.total = ctx.value_state("total")
+
+    def process(self, record, ctx):
+        total = self.total.value(0) + record["n"]
+        self.total.update(total)
+        yield {"user": record["user"], "total": total}
+
+
+flow = sl.Flow("args")
+(flow.read("src", sl.JsonLinesSource(args.input), schema={"ts": int, "user": str, "n": int})
+     .event_time("ts", timedelta(0)).key_by("user").process("running", Running(), schema={"user": str, "total": int})
+     .write("out", sl.JsonLinesSink(args.output)))
+"""
+
+
+def test_arguments_after_a_double_dash_go_to_the_pipeline_and_state_can_be_rocksdb(tmp_path: Path) -> None:
+    (tmp_path / "in.jsonl").write_text('{"ts": 1, "user": "a", "n": 2}\n{"ts": 2, "user": "a", "n": 3}\n')
+    pipeline = tmp_path / "p.py"
+    pipeline.write_text(PIPELINE_WITH_ARGS)
+    r = sluice("explain", str(pipeline), "--", "--input", "in.jsonl", "--output", "out", cwd=tmp_path)
+    assert r.returncode == 0, r.stderr
+    r = sluice("run", str(pipeline), "-q", "--state", "rocksdb", "--state-dir", "state",
+               "--", "--input", "in.jsonl", "--output", "out", cwd=tmp_path)
+    assert r.returncode == 0, r.stderr
+    rows = pl.read_ndjson(list((tmp_path / "out").rglob("*.jsonl"))).sort("total")
+    assert rows.to_dicts() == [{"user": "a", "total": 2}, {"user": "a", "total": 5}]
+    assert (tmp_path / "state" / "args" / "running" / "CURRENT").exists()  # a RocksDB directory
+    r = sluice("run", str(pipeline), "--state", "lmdb", "--", "--input", "in.jsonl", "--output", "out", cwd=tmp_path)
+    assert r.returncode == 2 and "invalid choice: 'lmdb'" in r.stderr

@@ -1,6 +1,7 @@
 """sluice — run, inspect and demo stream-processing flows.
 
     sluice run pipeline.py            run the flow defined in pipeline.py to the end of its input
+    sluice run pipeline.py -- --input x   the pipeline file sees sys.argv == ["pipeline.py", "--input", "x"]
     sluice run pipeline.py --broker kafka://HOST:PORT --app-id APP --workers 3
                                       the same flow over Kafka, as 3 worker processes (exactly-once)
     sluice explain pipeline.py        print the flow's plan, step by step
@@ -18,15 +19,21 @@ from pathlib import Path
 
 from sluice.core.errors import SluiceError
 from sluice.flow import Flow
+from sluice.state.backends import BACKENDS
 
 
-def load_flow(path: str, name: str | None) -> Flow:
-    """The Flow a pipeline file defines: the one named `name`, the variable `flow`, or the only one."""
+def load_flow(path: str, name: str | None, argv: list[str] | None = None) -> Flow:
+    """The Flow a pipeline file defines: the one named `name`, the variable `flow`, or the only one.
+    The file runs with sys.argv = [path, *argv] (the arguments after `--` on the command line)."""
     file = Path(path)
     if not file.exists():
         raise SystemExit(f"sluice: no such pipeline file: {path}")
     sys.path.insert(0, str(file.resolve().parent))
-    namespace = runpy.run_path(str(file), run_name="__sluice__")
+    saved_argv, sys.argv = sys.argv, [path, *(argv or [])]
+    try:
+        namespace = runpy.run_path(str(file), run_name="__sluice__")
+    finally:
+        sys.argv = saved_argv
     flows = {k: v for k, v in namespace.items() if isinstance(v, Flow)}
     if name is not None:
         by_name = {f.name: f for f in flows.values()}
@@ -61,10 +68,10 @@ def cmd_run(a: argparse.Namespace) -> int:
                          "the embedded log runs in one process")
     from sluice.runtime.executor import run
 
-    flow = load_flow(a.pipeline, a.flow)
+    flow = load_flow(a.pipeline, a.flow, a.pipeline_args)
     result = run(flow, batch_size=a.batch_size, progress=None if a.quiet else _progress,
                  checkpoint_dir=a.checkpoint_dir, checkpoint_interval=a.checkpoint_interval,
-                 drop_state=tuple(a.drop_state))
+                 drop_state=tuple(a.drop_state), state=a.state, state_dir=a.state_dir)
     if not a.quiet:
         print(result.summary())
     return 0
@@ -74,7 +81,10 @@ def _run_on_kafka(a: argparse.Namespace, bootstrap: str) -> int:
     import json
     import subprocess
 
-    flow = load_flow(a.pipeline, a.flow)
+    if a.state != "memory" or a.state_dir:
+        raise SystemExit("sluice run: --state/--state-dir apply to the embedded runtime; on Kafka, state is kept "
+                         "in memory and restored from the changelog")
+    flow = load_flow(a.pipeline, a.flow, a.pipeline_args)
     app_id = a.app_id or flow.name
     if a.workers > 1:  # N processes with the same app id: the consumer group shares the partitions out
         args = [sys.executable, "-m", "sluice.cli.main", "run", a.pipeline, "--workers", "1", "--app-id", app_id,
@@ -85,7 +95,7 @@ def _run_on_kafka(a: argparse.Namespace, bootstrap: str) -> int:
             args.append("--until-end")
         if a.quiet:
             args.append("--quiet")
-        procs = [subprocess.Popen([*args, "--instance", f"w{i}"]) for i in range(a.workers)]
+        procs = [subprocess.Popen([*args, "--instance", f"w{i}", "--", *a.pipeline_args]) for i in range(a.workers)]
         try:
             codes = [p.wait() for p in procs]
         except KeyboardInterrupt:
@@ -114,7 +124,7 @@ def _run_on_kafka(a: argparse.Namespace, bootstrap: str) -> int:
 
 
 def cmd_explain(a: argparse.Namespace) -> int:
-    print(load_flow(a.pipeline, a.flow).explain())
+    print(load_flow(a.pipeline, a.flow, a.pipeline_args).explain())
     return 0
 
 
@@ -196,6 +206,10 @@ def build_parser() -> argparse.ArgumentParser:
     r.add_argument("--checkpoint-interval", type=float, default=10.0, help="seconds between checkpoints (default: 10)")
     r.add_argument("--drop-state", action="append", default=[], metavar="STEP",
                    help="discard the checkpointed state of a step whose definition changed (repeatable)")
+    r.add_argument("--state", choices=BACKENDS, default="memory",
+                   help="where process functions keep keyed state: memory, or rocksdb for state larger than "
+                   "memory (default: memory)")
+    r.add_argument("--state-dir", help="the directory for --state rocksdb (default: a temporary directory)")
     k = r.add_argument_group("on Kafka (also: the SLUICE_BROKER setting)")
     k.add_argument("--broker", help="where sl.Topic streams live: kafka://HOST:PORT, or a directory for the "
                    "embedded log (default: .sluice/log)")
@@ -237,7 +251,13 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
-    a = build_parser().parse_args(argv)
+    args = sys.argv[1:] if argv is None else list(argv)
+    rest: list[str] = []
+    if "--" in args:  # what follows `--` belongs to the pipeline file (its sys.argv), not to sluice
+        cut = args.index("--")
+        args, rest = args[:cut], args[cut + 1:]
+    a = build_parser().parse_args(args)
+    a.pipeline_args = rest
     try:
         return int(a.fn(a))
     except SluiceError as exc:
