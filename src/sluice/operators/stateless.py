@@ -47,7 +47,7 @@ class SelectOperator(Operator):
         self.keep_all = isinstance(step, WithColumns)
 
     def on_batch(self, index: int, batch: Batch) -> Emitted:
-        if batch.df.width == 0:  # no columns to compute from; an empty frame with columns keeps its schema below
+        if batch.height == 0:
             return [("out", batch)]
         df = batch.df
         try:

@@ -49,6 +49,7 @@ from sluice.operators.stateless import (
     UnionOperator,
 )
 from sluice.operators.window import window_operator
+from sluice.runtime.schemas import stream_schema
 
 DEFAULT_BATCH_SIZE = 65_536
 log = logging.getLogger("sluice.runtime")
@@ -90,8 +91,8 @@ class _WriteOperator(Operator):
         self.writer = writer
 
     def on_batch(self, index: int, batch: Batch) -> Emitted:
-        if batch.height or (batch.df.width and getattr(self.writer, "wants_empty_frames", False)):
-            self.writer.write(batch.df)  # an empty frame still tells an in-memory sink the stream's columns
+        if batch.height:
+            self.writer.write(batch.df)
         return []
 
 
@@ -171,7 +172,8 @@ class Executor:
             self.readers[step.name] = step.source.open(ctx)
             return PassThrough(step.name)
         if isinstance(step, Write):
-            writer = step.sink.open(SinkContext(step.name, exactly_once=self.checkpoints is not None))
+            writer = step.sink.open(SinkContext(step.name, exactly_once=self.checkpoints is not None,
+                                                schema=stream_schema(self.plan, step.inputs[0])))
             self.writers[step.name] = writer
             return _WriteOperator(step.name, writer)
         if isinstance(step, Filter):
