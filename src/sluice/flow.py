@@ -39,6 +39,7 @@ from sluice.core.plan import (
     Ref,
     Select,
     Step,
+    TemporalJoin,
     Union,
     Window,
     WindowJoin,
@@ -226,7 +227,7 @@ class Stream:
         if how not in ("inner", "left"):
             raise PlanError(f"temporal_join {name!r}: how must be 'inner' or 'left', got {how!r}")
         keys = (by,) if isinstance(by, str) else tuple(by)
-        step = AsofJoin(name, (self.ref, table.ref), keys, None, False, how, None, suffix, deleted)
+        step = TemporalJoin(name, (self.ref, table.ref), keys, None, False, how, None, suffix, deleted)
         return self.flow._add(step, self.keys)
 
     def lookup_join(self, name: str, lookup: Any, *, by: str, how: str = "left",
