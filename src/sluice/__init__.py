@@ -28,6 +28,7 @@ from sluice.connectors.topic import Topic
 from sluice.core.errors import (
     DecodeError,
     DiskFullError,
+    EncodeError,
     MissingTimestampError,
     PlanError,
     SchemaError,
@@ -64,6 +65,7 @@ __all__ = [
     "DeadLetterTopic",
     "DecodeError",
     "DiskFullError",
+    "EncodeError",
     "Flow",
     "GeneratorSource",
     "IncompatibleSchemaError",

@@ -15,7 +15,7 @@ from typing import Any
 from sluice.checkpoint.store import CheckpointStore, IncompatibleCheckpointError
 from sluice.connectors.api import SinkContext, SinkWriter, SourceContext, SourceReader
 from sluice.core.batch import Batch
-from sluice.core.errors import DiskFullError, PlanError
+from sluice.core.errors import ENCODE_FIX, DiskFullError, EncodeError, PlanError, RejectedRecord
 from sluice.core.plan import (
     AsofJoin,
     Branch,
@@ -92,7 +92,10 @@ class _WriteOperator(Operator):
 
     def on_batch(self, index: int, batch: Batch) -> Emitted:
         if batch.height:
-            self.writer.write(batch.df)
+            try:
+                self.writer.write(batch.df)
+            except RejectedRecord as exc:
+                raise EncodeError(self.name, batch.position_of(exc.index), exc.detail, ENCODE_FIX) from exc
         return []
 
 
@@ -231,7 +234,7 @@ class Executor:
             backend = make_backend(self.state_backend, state_dir)
             schema = step.schema.polars if step.schema is not None else None
             return ProcessOperator(step.name, key_names(step.keys), list(step.keys), step.fn, schema,
-                                   step.side_outputs, backend)
+                                   step.side_outputs, backend, step.on_error)
         raise PlanError(f"step {step.name!r}: no operator for {type(step).__name__}")
 
     def _push(self, step: str, port: str, batch: Batch) -> None:
