@@ -197,15 +197,26 @@ class Stream:
         return self.flow._add(Window(name, (self.ref,), keys, shape, dict(aggregates)))
 
     def process(self, name: str, fn: Any, *, schema: SchemaLike | None = None,
-                side_outputs: Iterable[str] = ()) -> Stream:
+                side_outputs: Iterable[str] = (), on_error: str = "fail") -> Stream:
         """Run a KeyedProcessFunction per key, in event-time order, with state and timers.
 
         Its records come out of the returned stream; `.side(tag)` gives a side output; `.late` the
-        records that arrived too late to be put in order."""
+        records that arrived too late to be put in order.
+
+        When `process` or `on_timer` raises, or returns something that is not dicts of consistent column
+        types, the run stops with an error naming the record (or timer) — unless on_error="dead_letter":
+        then that record goes to `.dead_letters` with the exception as reason and nothing it produced is
+        kept; for a timer, the dead letter's raw is {"key": ..., "timer": ms} and the timer is not retried.
+        State it changed before raising stays changed (state is not rolled back per record)."""
         if not self.keys:
             raise PlanError(f"process {name!r} needs keys: call .key_by(...) before it")
+        tags = tuple(side_outputs)
+        reserved = [t for t in tags if t in ("out", "late", "dead_letters")]
+        if reserved:
+            raise PlanError(f"process {name!r}: side output {reserved[0]!r} is a name the step uses itself; pick another")
         resolved = resolve_schema(schema) if schema is not None else None
-        return self.flow._add(Process(name, (self.ref,), self.keys, fn, resolved, tuple(side_outputs)), self.keys)
+        step = Process(name, (self.ref,), self.keys, fn, resolved, tags, _on_error(on_error))
+        return self.flow._add(step, self.keys)
 
     def asof_join(self, name: str, right: Stream, *, by: str | Iterable[str], tolerance: timedelta,
                   strict: bool = True, how: str = "inner", right_order: str | None = None,

@@ -132,11 +132,12 @@ class Process(Step):
     fn: Any  # operators.process.KeyedProcessFunction
     schema: Schema | None
     side_outputs: tuple[str, ...] = ()
+    on_error: OnError = "fail"
     kind = "process"
     stateful = True
 
     def ports(self) -> tuple[str, ...]:
-        return ("out", "late", *self.side_outputs)
+        return ("out", "late", "dead_letters", *self.side_outputs)
 
 
 @dataclass(frozen=True, eq=False)
