@@ -13,8 +13,11 @@
 from __future__ import annotations
 
 import argparse
+import contextlib
 import runpy
 import sys
+import threading
+import time
 from pathlib import Path
 
 from sluice.core.errors import SluiceError
@@ -49,8 +52,36 @@ def load_flow(path: str, name: str | None, argv: list[str] | None = None) -> Flo
     raise SystemExit(f"sluice: {path} defines several flows ({', '.join(f.name for f in flows.values())}); pick one with --flow")
 
 
-def _progress(rows: int, seconds: float) -> None:
-    print(f"  … {rows:,} records in {seconds:.1f} s ({rows / max(seconds, 1e-9):,.0f}/s)", file=sys.stderr, flush=True)
+class Progress:
+    """Progress lines on stderr: one at start, then one a second for the whole run — also while the first
+    (large) block is read and processed, when the count has not moved yet. `prefix` names a worker."""
+
+    def __init__(self, what: str, prefix: str = "", interval_s: float = 1.0) -> None:
+        self.what, self.prefix, self.interval_s = what, prefix, interval_s
+        self.rows = 0
+        self.start = time.perf_counter()
+        self.done = threading.Event()
+        self.ticker = threading.Thread(target=self._tick, name="sluice-progress", daemon=True)
+
+    def __enter__(self) -> Progress:
+        self._line(f"running {self.what}")
+        self.ticker.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.done.set()
+        self.ticker.join()
+
+    def __call__(self, rows: int, seconds: float) -> None:  # the runtime's progress callback
+        self.rows = rows
+
+    def _tick(self) -> None:
+        while not self.done.wait(self.interval_s):
+            seconds = time.perf_counter() - self.start
+            self._line(f"… {self.rows:,} records in {seconds:.1f} s ({self.rows / max(seconds, 1e-9):,.0f}/s)")
+
+    def _line(self, text: str) -> None:
+        print(f"{self.prefix}  {text}", file=sys.stderr, flush=True)
 
 
 def cmd_run(a: argparse.Namespace) -> int:
@@ -69,9 +100,10 @@ def cmd_run(a: argparse.Namespace) -> int:
     from sluice.runtime.executor import run
 
     flow = load_flow(a.pipeline, a.flow, a.pipeline_args)
-    result = run(flow, batch_size=a.batch_size, progress=None if a.quiet else _progress,
-                 checkpoint_dir=a.checkpoint_dir, checkpoint_interval=a.checkpoint_interval,
-                 drop_state=tuple(a.drop_state), state=a.state, state_dir=a.state_dir)
+    with Progress(f"flow {flow.name!r}") if not a.quiet else contextlib.nullcontext() as progress:
+        result = run(flow, batch_size=a.batch_size, progress=progress,
+                     checkpoint_dir=a.checkpoint_dir, checkpoint_interval=a.checkpoint_interval,
+                     drop_state=tuple(a.drop_state), state=a.state, state_dir=a.state_dir)
     if not a.quiet:
         print(result.summary())
     return 0
@@ -111,11 +143,15 @@ def _run_on_kafka(a: argparse.Namespace, bootstrap: str) -> int:
 
     from sluice.runtime.kafka_worker import KafkaRuntime, run_worker
 
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s %(message)s")
+    who = f"[{a.instance}] " if a.instance else ""
+    logging.basicConfig(level=logging.INFO, format=f"%(asctime)s {who}%(name)s %(levelname)s %(message)s")
 
     rt = KafkaRuntime(app_id=app_id, bootstrap=bootstrap, commit_interval_s=a.commit_interval, until_end=a.until_end,
                       instance=a.instance, batch_size=a.batch_size)
-    result = run_worker(flow, rt, progress=None if a.quiet else _progress)
+    prefix = f"[{a.instance}]" if a.instance else ""  # several workers share a terminal: say whose line it is
+    with Progress(f"flow {flow.name!r}" + (f" as worker {a.instance}" if a.instance else ""), prefix) if not a.quiet \
+            else contextlib.nullcontext() as progress:
+        result = run_worker(flow, rt, progress=progress)
     # one JSON line, also with --quiet: what scripts read
     print(json.dumps({"worker": a.instance, "records": result.records, "seconds": round(result.seconds, 3),
                       "produced": result.produced, "commits": result.commits, "rewinds": result.rewinds,
