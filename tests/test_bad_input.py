@@ -215,3 +215,112 @@ def test_csv_refuses_a_nested_declared_type_before_the_run(tmp_path: Path) -> No
     testing.collect(flow.read("orders", sl.CsvSource(path), schema={"ts": int, "metrics": {"value": float}}))
     with pytest.raises(sl.PlanError, match=r"'metrics' is declared as Struct.*a CSV cell cannot hold"):
         sl.run(flow)
+
+
+AVRO_SCHEMA = {"type": "record", "name": "Row", "fields": [{"name": "user", "type": "string"}, {"name": "n", "type": "int"}]}
+
+
+@pytest.mark.parametrize("checkpointed", [False, True])
+def test_a_record_the_avro_schema_rejects_names_the_sink_and_position(tmp_path: Path, checkpointed: bool) -> None:
+    flow = sl.Flow("t")
+    fmt = sl.Avro(AVRO_SCHEMA, registry=sl.LocalRegistry(tmp_path / "registry"))
+    flow.read("in", testing.rows({"user": ["a", "b"], "n": ["1", "x"]})).write(
+        "to_log", sl.LogSink("rows", root=tmp_path / "log", format=fmt))
+    with pytest.raises(sl.EncodeError) as err:
+        sl.run(flow, checkpoint_dir=tmp_path / "chk" if checkpointed else None)
+    assert err.value.step == "to_log" and err.value.position == "memory[0] record 0"
+    assert "an integer is required on field n" in str(err.value) and '"n":"1"' in str(err.value)
+    assert ".with_columns" in err.value.fix
+
+
+class _Typed(sl.KeyedProcessFunction):
+    def process(self, record, ctx):
+        yield {"user": record["user"], "v": record["n"] if record["n"] < 150 else "many"}
+
+
+class _ReturnsText(sl.KeyedProcessFunction):
+    def process(self, record, ctx):
+        return record["user"]
+
+
+class _Divides(sl.KeyedProcessFunction):
+    def open(self, ctx):
+        self.seen = ctx.value_state("seen")
+
+    def process(self, record, ctx):
+        ctx.timers.event_time(record["ts"] + 500)
+        yield {"user": record["user"], "r": 10 // record["n"]}
+
+    def on_timer(self, timestamp, ctx):
+        if timestamp == 3500:
+            raise ValueError("no timer at 3500")
+        yield {"user": ctx.key, "r": -1}
+
+
+def _process_flow(fn: sl.KeyedProcessFunction, rows: dict, on_error: str = "fail", schema: dict | None = None):
+    flow = sl.Flow("t")
+    src = flow.read("in", testing.rows(rows)).event_time("ts", timedelta(0)).key_by("user")
+    proc = src.process("score", fn, on_error=on_error, schema=schema)
+    return flow, testing.collect(proc), (testing.collect(proc.dead_letters) if on_error == "dead_letter" else None)
+
+
+MANY = {"ts": list(range(1000, 201_000, 1000)), "user": ["a"] * 200, "n": list(range(200))}
+
+
+def test_process_output_of_the_wrong_type_names_the_record_and_the_column() -> None:
+    flow, _, _ = _process_flow(_Typed(), MANY)
+    with pytest.raises(sl.UserFunctionError) as err:
+        sl.run(flow)
+    assert err.value.step == "score" and "offset 150" in err.value.position
+    assert "v='many' (str), but earlier records have int" in str(err.value)
+    assert "infer_schema_length" not in str(err.value) and 'on_error="dead_letter"' in err.value.fix
+    flow, _, _ = _process_flow(_ReturnsText(), MANY)
+    with pytest.raises(sl.UserFunctionError, match="process returned a str; return a list of dicts"):
+        sl.run(flow)
+
+
+def test_unknown_aggregate_column_names_the_step_and_the_user_columns() -> None:
+    flow = sl.Flow("t")
+    keyed = flow.read("in", testing.rows(MANY)).event_time("ts", timedelta(0)).key_by("user")
+    testing.collect(keyed.window("w", sl.Tumbling(timedelta(seconds=10)), total=sl.agg.sum("amount")))
+    with pytest.raises(sl.PlanError) as err:
+        sl.run(flow)
+    assert "window 'w': aggregate 'total'" in str(err.value) and "its columns are: ts, user, n" in str(err.value)
+    assert "__sl_" not in str(err.value)
+
+
+def test_expression_errors_do_not_show_internal_columns() -> None:
+    flow = sl.Flow("t")
+    testing.collect(flow.read("in", testing.rows(MANY)).filter(pl.col("amount") > 1))
+    with pytest.raises(sl.StepError) as err:
+        sl.run(flow)
+    assert '"amount"' in str(err.value) and "__sl_" not in str(err.value)
+
+
+def test_process_dead_letters_records_and_timers_that_fail() -> None:
+    rows = {"ts": [1000, 2000, 3000, 4000], "user": ["a", "b", "a", "b"], "n": [5, 0, 2, 1]}
+    flow, _, _ = _process_flow(_Divides(), rows)
+    with pytest.raises(sl.UserFunctionError) as err:
+        sl.run(flow)
+    assert err.value.position == "offset 1 (key 'b', event time 2000)" and "ZeroDivisionError" in str(err.value)
+    assert 'on_error="dead_letter"' in err.value.fix
+    for batch_size in (1, 3, 100):
+        flow, out, dead = _process_flow(_Divides(), rows, on_error="dead_letter")
+        sl.run(flow, batch_size=batch_size)
+        assert out.frame().to_dicts() == [
+            {"user": "a", "r": 2}, {"user": "a", "r": -1}, {"user": "b", "r": -1},
+            {"user": "a", "r": 5}, {"user": "b", "r": 10}, {"user": "b", "r": -1}], batch_size
+        assert dead.frame().to_dicts() == [
+            {"step": "score", "position": "offset 1 (key 'b', event time 2000)",
+             "reason": "ZeroDivisionError: integer division or modulo by zero", "raw": '{"ts":2000,"user":"b","n":0}'},
+            {"step": "score", "position": "the timer at 3500 of key 'a'",
+             "reason": "ValueError: no timer at 3500", "raw": '{"key":"a","timer":3500}'}], batch_size
+
+
+def test_process_dead_letters_output_that_does_not_fit_its_declared_schema() -> None:
+    for batch_size in (7, 1000):
+        flow, out, dead = _process_flow(_Typed(), MANY, on_error="dead_letter", schema={"user": str, "v": int})
+        sl.run(flow, batch_size=batch_size)
+        assert out.frame()["v"].to_list() == list(range(150)) and dead.frame().height == 50
+        assert dead.frame()["reason"][0].startswith('its output record {"user":"a","v":"many"} does not fit the declared')
+        assert dead.frame()["position"][0] == "offset 150 (key 'a', event time 151000)"

@@ -8,6 +8,7 @@
 
 from polars import col, lit
 
+from sluice import agg
 from sluice.cep.pattern import Pattern
 from sluice.connectors.console import ConsoleSink
 from sluice.connectors.files import (
@@ -27,6 +28,7 @@ from sluice.connectors.topic import Topic
 from sluice.core.errors import (
     DecodeError,
     DiskFullError,
+    EncodeError,
     MissingTimestampError,
     PlanError,
     SchemaError,
@@ -48,7 +50,6 @@ from sluice.formats.registry import (
 from sluice.operators.process import KeyedProcessFunction, ProcessContext, StateContext
 from sluice.runtime.executor import RunResult, run
 from sluice.runtime.kafka_worker import KafkaRuntime, run_worker
-from sluice.time import aggregates as agg
 from sluice.time.watermark import BoundedOutOfOrderness
 from sluice.time.windows import Session, Sliding, Tumbling
 
@@ -64,6 +65,7 @@ __all__ = [
     "DeadLetterTopic",
     "DecodeError",
     "DiskFullError",
+    "EncodeError",
     "Flow",
     "GeneratorSource",
     "IncompatibleSchemaError",

@@ -8,7 +8,8 @@
          .write("out", sl.ConsoleSink()))
 
 Stateful steps (read, window, write) take a name: it is how their state and metrics are found.
-Stateless steps are named automatically unless you pass name=.
+Stateless steps are named automatically unless you pass name= (step= for select and with_columns, whose
+other keywords are output columns, so that select(name=pl.col("user")) makes a column called name).
 """
 
 from __future__ import annotations
@@ -38,6 +39,7 @@ from sluice.core.plan import (
     Ref,
     Select,
     Step,
+    TemporalJoin,
     Union,
     Window,
     WindowJoin,
@@ -132,12 +134,15 @@ class Stream:
     def filter(self, predicate: pl.Expr, *, name: str | None = None) -> Stream:
         return self.flow._add(Filter(self.flow._name("filter", name), (self.ref,), predicate), self.keys)
 
-    def select(self, *exprs: str | pl.Expr, name: str | None = None, **named: str | pl.Expr) -> Stream:
-        return self.flow._add(Select(self.flow._name("select", name), (self.ref,), _exprs(exprs, named)), self.keys)
+    def select(self, *exprs: str | pl.Expr, step: str | None = None, **named: str | pl.Expr) -> Stream:
+        """Keep these columns; keywords make new ones (`name=pl.col("first")` is a column called name).
+        `step` names the step."""
+        return self.flow._add(Select(self.flow._name("select", step), (self.ref,), _exprs(exprs, named)), self.keys)
 
-    def with_columns(self, *exprs: str | pl.Expr, name: str | None = None, **named: str | pl.Expr) -> Stream:
-        step = WithColumns(self.flow._name("with_columns", name), (self.ref,), _exprs(exprs, named))
-        return self.flow._add(step, self.keys)
+    def with_columns(self, *exprs: str | pl.Expr, step: str | None = None, **named: str | pl.Expr) -> Stream:
+        """Add or replace columns; keywords name them (any name, `name` too). `step` names the step."""
+        added = WithColumns(self.flow._name("with_columns", step), (self.ref,), _exprs(exprs, named))
+        return self.flow._add(added, self.keys)
 
     def map(self, fn: Callable[[dict[str, Any]], dict[str, Any]], *, name: str | None = None,
             schema: SchemaLike | None = None, on_error: str = "fail") -> Stream:
@@ -192,15 +197,26 @@ class Stream:
         return self.flow._add(Window(name, (self.ref,), keys, shape, dict(aggregates)))
 
     def process(self, name: str, fn: Any, *, schema: SchemaLike | None = None,
-                side_outputs: Iterable[str] = ()) -> Stream:
+                side_outputs: Iterable[str] = (), on_error: str = "fail") -> Stream:
         """Run a KeyedProcessFunction per key, in event-time order, with state and timers.
 
         Its records come out of the returned stream; `.side(tag)` gives a side output; `.late` the
-        records that arrived too late to be put in order."""
+        records that arrived too late to be put in order.
+
+        When `process` or `on_timer` raises, or returns something that is not dicts of consistent column
+        types, the run stops with an error naming the record (or timer) — unless on_error="dead_letter":
+        then that record goes to `.dead_letters` with the exception as reason and nothing it produced is
+        kept; for a timer, the dead letter's raw is {"key": ..., "timer": ms} and the timer is not retried.
+        State it changed before raising stays changed (state is not rolled back per record)."""
         if not self.keys:
             raise PlanError(f"process {name!r} needs keys: call .key_by(...) before it")
+        tags = tuple(side_outputs)
+        reserved = [t for t in tags if t in ("out", "late", "dead_letters")]
+        if reserved:
+            raise PlanError(f"process {name!r}: side output {reserved[0]!r} is a name the step uses itself; pick another")
         resolved = resolve_schema(schema) if schema is not None else None
-        return self.flow._add(Process(name, (self.ref,), self.keys, fn, resolved, tuple(side_outputs)), self.keys)
+        step = Process(name, (self.ref,), self.keys, fn, resolved, tags, _on_error(on_error))
+        return self.flow._add(step, self.keys)
 
     def asof_join(self, name: str, right: Stream, *, by: str | Iterable[str], tolerance: timedelta,
                   strict: bool = True, how: str = "inner", right_order: str | None = None,
@@ -222,7 +238,7 @@ class Stream:
         if how not in ("inner", "left"):
             raise PlanError(f"temporal_join {name!r}: how must be 'inner' or 'left', got {how!r}")
         keys = (by,) if isinstance(by, str) else tuple(by)
-        step = AsofJoin(name, (self.ref, table.ref), keys, None, False, how, None, suffix, deleted)
+        step = TemporalJoin(name, (self.ref, table.ref), keys, None, False, how, None, suffix, deleted)
         return self.flow._add(step, self.keys)
 
     def lookup_join(self, name: str, lookup: Any, *, by: str, how: str = "left",

@@ -114,3 +114,38 @@ def test_generator_is_deterministic_across_batch_sizes():
     assert frames[0]["tx_id"][4999] == "t000004999"
     ts = frames[0]["timestamp"]
     assert (ts - ts.cum_max()).min() >= -5000  # disorder stays within the documented 5 s
+
+
+def test_select_and_with_columns_can_make_a_column_called_name():
+    flow = sl.Flow("t")
+    src = flow.read("in", testing.rows(ROWS))
+    picked = src.select(name=pl.col("user"), step="pick")
+    out = testing.collect(picked.with_columns(name=pl.col("name").str.to_uppercase(), step="upper"))
+    assert picked.ref.step == "pick"
+    sl.run(flow)
+    assert out.frame().to_dicts() == [{"name": "A"}, {"name": "B"}, {"name": "A"}, {"name": "C"}]
+
+
+def test_an_empty_collected_stream_keeps_its_columns():
+    out = run(lambda s: testing.collect(s.filter(pl.col("amount") > 1e9).select("user", "amount")))
+    assert out.height == 0
+    assert out.schema == pl.Schema({"user": pl.String, "amount": pl.Float64})
+
+
+def test_explain_prints_expressions_step_kinds_optional_fields_and_pattern_quantifiers():
+    flow = sl.Flow("shop")
+    src = flow.read("orders", testing.rows(ROWS), schema={"ts": int, "user": str, "amount": sl.Optional(float)})
+    t = src.filter((pl.col("amount") > 3) & (pl.col("user") != "x")).key_by("user").event_time("ts", timedelta(0))
+    t.window("totals", sl.Tumbling(timedelta(minutes=1)), total=sl.agg.sum("amount")).write("w", sl.ConsoleSink())
+    t.temporal_join("tj", t, by="user").write("t", sl.ConsoleSink())
+    t.asof_join("aj", t, by="user", tolerance=timedelta(seconds=1)).write("a", sl.ConsoleSink())
+    pattern = (sl.Pattern.begin("small").where(pl.col("amount") < 1).followed_by("mid").optional()
+               .next("big").where(pl.col("amount") > 10).one_or_more().within(timedelta(minutes=1)))
+    t.match("m", pattern).write("mo", sl.ConsoleSink())
+    text = flow.explain()
+    assert " at 0x" not in text and "dyn int" not in text
+    for piece in ('predicate=(col("amount") > 3) & (col("user") != "x")', "amount: Optional(Float64)",
+                  'total: Sum(of=col("amount"))', "tj: temporal_join [stateful]", "aj: asof_join [stateful]",
+                  """Pattern.begin('small').where(col("amount") < 1).followed_by('mid').optional()"""
+                  """.next('big').where(col("amount") > 10).one_or_more().within(timedelta(seconds=60))"""):
+        assert piece in text, piece

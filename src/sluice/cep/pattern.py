@@ -23,6 +23,7 @@ from typing import Any
 import polars as pl
 
 from sluice.core.errors import PlanError
+from sluice.core.show import show_expr
 
 Condition = pl.Expr | Callable[[dict[str, Any], dict[str, list[dict[str, Any]]]], bool]
 CONTIGUITY = ("strict", "relaxed", "any")
@@ -85,9 +86,33 @@ class Pattern:
         """The whole match must span at most `duration` of event time."""
         return replace(self, within_ms=duration // timedelta(milliseconds=1))
 
+    def __str__(self) -> str:
+        """The pattern as the builder calls that make it, quantifiers and `within` included."""
+        verbs = {"strict": "next", "relaxed": "followed_by", "any": "followed_by_any"}
+        calls = []
+        for i, s in enumerate(self.stages):
+            calls.append(f"begin({s.name!r})" if i == 0 else f"{verbs[s.contiguity]}({s.name!r})")
+            calls += [f"where({show_expr(c) if isinstance(c, pl.Expr) else getattr(c, '__qualname__', 'fn')})"
+                      for c in s.conditions]
+            calls += _quantifier(s.min, s.max)
+        if self.within_ms is not None:
+            calls.append(f"within({timedelta(milliseconds=self.within_ms)!r})".replace("datetime.", ""))
+        return "Pattern." + ".".join(calls)
+
     def describe(self) -> str:
         parts = []
         for s in self.stages:
             q = "" if (s.min, s.max) == (1, 1) else f"{{{s.min},{'' if s.max is None else s.max}}}"
             parts.append(f"{s.contiguity}:{s.name}{q}[{', '.join(str(c) if isinstance(c, pl.Expr) else getattr(c, '__name__', 'fn') for c in s.conditions)}]")
         return " → ".join(parts) + (f" within {self.within_ms} ms" if self.within_ms is not None else "")
+
+
+def _quantifier(lo: int, hi: int | None) -> list[str]:
+    """The builder calls that give a stage min `lo` and max `hi` occurrences."""
+    if (lo, hi) == (1, 1):
+        return []
+    if hi is None:
+        return ["one_or_more()"] + (["optional()"] if lo == 0 else [])
+    if lo == 0:
+        return ([] if hi == 1 else [f"times(1, {hi})"]) + ["optional()"]
+    return [f"times({lo})" if lo == hi else f"times({lo}, {hi})"]

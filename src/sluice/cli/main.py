@@ -1,6 +1,7 @@
 """sluice — run, inspect and demo stream-processing flows.
 
     sluice run pipeline.py            run the flow defined in pipeline.py to the end of its input
+    sluice run pipeline.py -- --input x   the pipeline file sees sys.argv == ["pipeline.py", "--input", "x"]
     sluice run pipeline.py --broker kafka://HOST:PORT --app-id APP --workers 3
                                       the same flow over Kafka, as 3 worker processes (exactly-once)
     sluice explain pipeline.py        print the flow's plan, step by step
@@ -12,21 +13,30 @@
 from __future__ import annotations
 
 import argparse
+import contextlib
 import runpy
 import sys
+import threading
+import time
 from pathlib import Path
 
 from sluice.core.errors import SluiceError
 from sluice.flow import Flow
+from sluice.state.backends import BACKENDS
 
 
-def load_flow(path: str, name: str | None) -> Flow:
-    """The Flow a pipeline file defines: the one named `name`, the variable `flow`, or the only one."""
+def load_flow(path: str, name: str | None, argv: list[str] | None = None) -> Flow:
+    """The Flow a pipeline file defines: the one named `name`, the variable `flow`, or the only one.
+    The file runs with sys.argv = [path, *argv] (the arguments after `--` on the command line)."""
     file = Path(path)
     if not file.exists():
         raise SystemExit(f"sluice: no such pipeline file: {path}")
     sys.path.insert(0, str(file.resolve().parent))
-    namespace = runpy.run_path(str(file), run_name="__sluice__")
+    saved_argv, sys.argv = sys.argv, [path, *(argv or [])]
+    try:
+        namespace = runpy.run_path(str(file), run_name="__sluice__")
+    finally:
+        sys.argv = saved_argv
     flows = {k: v for k, v in namespace.items() if isinstance(v, Flow)}
     if name is not None:
         by_name = {f.name: f for f in flows.values()}
@@ -42,8 +52,36 @@ def load_flow(path: str, name: str | None) -> Flow:
     raise SystemExit(f"sluice: {path} defines several flows ({', '.join(f.name for f in flows.values())}); pick one with --flow")
 
 
-def _progress(rows: int, seconds: float) -> None:
-    print(f"  … {rows:,} records in {seconds:.1f} s ({rows / max(seconds, 1e-9):,.0f}/s)", file=sys.stderr, flush=True)
+class Progress:
+    """Progress lines on stderr: one at start, then one a second for the whole run — also while the first
+    (large) block is read and processed, when the count has not moved yet. `prefix` names a worker."""
+
+    def __init__(self, what: str, prefix: str = "", interval_s: float = 1.0) -> None:
+        self.what, self.prefix, self.interval_s = what, prefix, interval_s
+        self.rows = 0
+        self.start = time.perf_counter()
+        self.done = threading.Event()
+        self.ticker = threading.Thread(target=self._tick, name="sluice-progress", daemon=True)
+
+    def __enter__(self) -> Progress:
+        self._line(f"running {self.what}")
+        self.ticker.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.done.set()
+        self.ticker.join()
+
+    def __call__(self, rows: int, seconds: float) -> None:  # the runtime's progress callback
+        self.rows = rows
+
+    def _tick(self) -> None:
+        while not self.done.wait(self.interval_s):
+            seconds = time.perf_counter() - self.start
+            self._line(f"… {self.rows:,} records in {seconds:.1f} s ({self.rows / max(seconds, 1e-9):,.0f}/s)")
+
+    def _line(self, text: str) -> None:
+        print(f"{self.prefix}  {text}", file=sys.stderr, flush=True)
 
 
 def cmd_run(a: argparse.Namespace) -> int:
@@ -61,10 +99,11 @@ def cmd_run(a: argparse.Namespace) -> int:
                          "the embedded log runs in one process")
     from sluice.runtime.executor import run
 
-    flow = load_flow(a.pipeline, a.flow)
-    result = run(flow, batch_size=a.batch_size, progress=None if a.quiet else _progress,
-                 checkpoint_dir=a.checkpoint_dir, checkpoint_interval=a.checkpoint_interval,
-                 drop_state=tuple(a.drop_state))
+    flow = load_flow(a.pipeline, a.flow, a.pipeline_args)
+    with Progress(f"flow {flow.name!r}") if not a.quiet else contextlib.nullcontext() as progress:
+        result = run(flow, batch_size=a.batch_size, progress=progress,
+                     checkpoint_dir=a.checkpoint_dir, checkpoint_interval=a.checkpoint_interval,
+                     drop_state=tuple(a.drop_state), state=a.state, state_dir=a.state_dir)
     if not a.quiet:
         print(result.summary())
     return 0
@@ -74,7 +113,10 @@ def _run_on_kafka(a: argparse.Namespace, bootstrap: str) -> int:
     import json
     import subprocess
 
-    flow = load_flow(a.pipeline, a.flow)
+    if a.state != "memory" or a.state_dir:
+        raise SystemExit("sluice run: --state/--state-dir apply to the embedded runtime; on Kafka, state is kept "
+                         "in memory and restored from the changelog")
+    flow = load_flow(a.pipeline, a.flow, a.pipeline_args)
     app_id = a.app_id or flow.name
     if a.workers > 1:  # N processes with the same app id: the consumer group shares the partitions out
         args = [sys.executable, "-m", "sluice.cli.main", "run", a.pipeline, "--workers", "1", "--app-id", app_id,
@@ -85,7 +127,7 @@ def _run_on_kafka(a: argparse.Namespace, bootstrap: str) -> int:
             args.append("--until-end")
         if a.quiet:
             args.append("--quiet")
-        procs = [subprocess.Popen([*args, "--instance", f"w{i}"]) for i in range(a.workers)]
+        procs = [subprocess.Popen([*args, "--instance", f"w{i}", "--", *a.pipeline_args]) for i in range(a.workers)]
         try:
             codes = [p.wait() for p in procs]
         except KeyboardInterrupt:
@@ -101,11 +143,15 @@ def _run_on_kafka(a: argparse.Namespace, bootstrap: str) -> int:
 
     from sluice.runtime.kafka_worker import KafkaRuntime, run_worker
 
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s %(message)s")
+    who = f"[{a.instance}] " if a.instance else ""
+    logging.basicConfig(level=logging.INFO, format=f"%(asctime)s {who}%(name)s %(levelname)s %(message)s")
 
     rt = KafkaRuntime(app_id=app_id, bootstrap=bootstrap, commit_interval_s=a.commit_interval, until_end=a.until_end,
                       instance=a.instance, batch_size=a.batch_size)
-    result = run_worker(flow, rt, progress=None if a.quiet else _progress)
+    prefix = f"[{a.instance}]" if a.instance else ""  # several workers share a terminal: say whose line it is
+    with Progress(f"flow {flow.name!r}" + (f" as worker {a.instance}" if a.instance else ""), prefix) if not a.quiet \
+            else contextlib.nullcontext() as progress:
+        result = run_worker(flow, rt, progress=progress)
     # one JSON line, also with --quiet: what scripts read
     print(json.dumps({"worker": a.instance, "records": result.records, "seconds": round(result.seconds, 3),
                       "produced": result.produced, "commits": result.commits, "rewinds": result.rewinds,
@@ -114,7 +160,7 @@ def _run_on_kafka(a: argparse.Namespace, bootstrap: str) -> int:
 
 
 def cmd_explain(a: argparse.Namespace) -> int:
-    print(load_flow(a.pipeline, a.flow).explain())
+    print(load_flow(a.pipeline, a.flow, a.pipeline_args).explain())
     return 0
 
 
@@ -196,6 +242,10 @@ def build_parser() -> argparse.ArgumentParser:
     r.add_argument("--checkpoint-interval", type=float, default=10.0, help="seconds between checkpoints (default: 10)")
     r.add_argument("--drop-state", action="append", default=[], metavar="STEP",
                    help="discard the checkpointed state of a step whose definition changed (repeatable)")
+    r.add_argument("--state", choices=BACKENDS, default="memory",
+                   help="where process functions keep keyed state: memory, or rocksdb for state larger than "
+                   "memory (default: memory)")
+    r.add_argument("--state-dir", help="the directory for --state rocksdb (default: a temporary directory)")
     k = r.add_argument_group("on Kafka (also: the SLUICE_BROKER setting)")
     k.add_argument("--broker", help="where sl.Topic streams live: kafka://HOST:PORT, or a directory for the "
                    "embedded log (default: .sluice/log)")
@@ -237,7 +287,13 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
-    a = build_parser().parse_args(argv)
+    args = sys.argv[1:] if argv is None else list(argv)
+    rest: list[str] = []
+    if "--" in args:  # what follows `--` belongs to the pipeline file (its sys.argv), not to sluice
+        cut = args.index("--")
+        args, rest = args[:cut], args[cut + 1:]
+    a = build_parser().parse_args(args)
+    a.pipeline_args = rest
     try:
         return int(a.fn(a))
     except SluiceError as exc:

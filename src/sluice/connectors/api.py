@@ -47,6 +47,7 @@ class Source(Protocol):
 class SinkContext:
     step: str
     exactly_once: bool = False  # a checkpointed run: stage until commit
+    schema: pl.Schema | None = None  # the written stream's columns, when the plan says them
 
 
 class SinkWriter(Protocol):

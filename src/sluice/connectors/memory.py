@@ -34,6 +34,11 @@ class MemorySource:
         parts = self.partitions_data or (self.data,)
         return [to_frame(p, schema) for p in parts]
 
+    def output_schema(self) -> pl.Schema | None:
+        """The columns of its rows (without a declared schema)."""
+        frames = [f for f in self.frames(None) if f.width]
+        return frames[0].schema if frames else None
+
     def open(self, ctx: SourceContext) -> _MemoryReader:
         return _MemoryReader(self, ctx)
 
@@ -82,14 +87,22 @@ class CollectSink:
     """Keeps every written row in memory; `frame()` returns them in arrival order."""
 
     frames_written: list[pl.DataFrame] = field(default_factory=list)
+    schema_seen: dict[str, pl.Schema] = field(default_factory=dict)  # "stream": its columns, when known
 
     def open(self, ctx: SinkContext) -> _CollectWriter:
         self.frames_written.clear()
+        self.schema_seen.clear()
+        if ctx.schema is not None:
+            self.schema_seen["stream"] = ctx.schema
         return _CollectWriter(self)
 
     def frame(self) -> pl.DataFrame:
+        """Every row written; with none, an empty frame with the stream's columns (when the plan says them:
+        a declared or in-memory source schema, through filters, selects and declared map/process schemas)."""
         frames = [f for f in self.frames_written if f.width]
-        return pl.concat(frames, how="diagonal_relaxed") if frames else pl.DataFrame()
+        if frames:
+            return pl.concat(frames, how="diagonal_relaxed")
+        return pl.DataFrame(schema=self.schema_seen.get("stream"))
 
     def rows(self) -> list[dict[str, Any]]:
         return self.frame().to_dicts()

@@ -6,13 +6,16 @@
     │   ├── DecodeError        bytes could not be decoded (malformed JSON, wrong type)
     │   ├── SchemaError        a required field is missing or null
     │   ├── MissingTimestampError  the event-time column is null for a record
-    │   └── UserFunctionError  a user's map/flat_map function raised
+    │   ├── UserFunctionError  a user's map/flat_map/process function raised or returned the wrong thing
+    │   └── EncodeError        a record does not fit the sink's format (e.g. its Avro schema)
     ├── LogError               the embedded log is damaged or misused
     │   └── CorruptSegmentError
     └── DiskFullError          no space left while writing output, state or a checkpoint
 """
 
 from __future__ import annotations
+
+import re
 
 
 class SluiceError(Exception):
@@ -50,6 +53,20 @@ class UserFunctionError(StepError):
     """A user-supplied per-record function raised."""
 
 
+class EncodeError(StepError):
+    """A record could not be encoded for its sink: it does not match the sink's schema."""
+
+
+class RejectedRecord(SluiceError):
+    """Raised by a format's encoder for the record at `index` of the frame it was given; the sink or the
+    runtime turns it into an `EncodeError` that names the step and the record's position."""
+
+    def __init__(self, index: int, detail: str) -> None:
+        self.index = index
+        self.detail = detail
+        super().__init__(f"record {index} of the batch: {detail}")
+
+
 class LogError(SluiceError):
     """The embedded log was misused or is damaged."""
 
@@ -62,4 +79,14 @@ class DiskFullError(SluiceError):
     """The disk filled up. Whatever was committed before is intact; the run can resume."""
 
 
+ENCODE_FIX = ("make the record fit the sink's schema before the sink (cast or fill the column with "
+              ".with_columns), or filter such records out (.filter) or route them aside (.branch)")
 DEAD_LETTER_FIX = 'route bad records aside with on_error="dead_letter" and write the step\'s .dead_letters stream'
+
+_INTERNAL_NAME = re.compile(r'"__sl_\w+",\s*|,?\s*"__sl_\w+"')
+
+
+def polars_detail(exc: BaseException) -> str:
+    """A Polars error's first line, without the engine's internal column names (`__sl_*`)."""
+    first = str(exc).strip().split("\n")[0]
+    return _INTERNAL_NAME.sub("", first)

@@ -14,6 +14,7 @@ import polars as pl
 
 from sluice.core.errors import PlanError
 from sluice.core.schema import Schema
+from sluice.core.show import show
 
 OnError = str  # "fail" | "dead_letter"
 ON_ERROR_CHOICES = ("fail", "dead_letter")
@@ -51,17 +52,7 @@ class Step:
 
 
 def _show(value: Any) -> str:
-    if isinstance(value, pl.Expr):
-        return str(value)
-    if isinstance(value, Mapping):
-        return "{" + ", ".join(f"{k}: {_show(v)}" for k, v in value.items()) + "}"
-    if isinstance(value, tuple | list):
-        return "[" + ", ".join(_show(v) for v in value) + "]"
-    if isinstance(value, Schema):
-        return "{" + value.describe() + "}"
-    if callable(value) and hasattr(value, "__qualname__"):
-        return f"{getattr(value, '__module__', '?')}.{value.__qualname__}"
-    return repr(value)
+    return show(value)
 
 
 @dataclass(frozen=True, eq=False)
@@ -141,11 +132,12 @@ class Process(Step):
     fn: Any  # operators.process.KeyedProcessFunction
     schema: Schema | None
     side_outputs: tuple[str, ...] = ()
+    on_error: OnError = "fail"
     kind = "process"
     stateful = True
 
     def ports(self) -> tuple[str, ...]:
-        return ("out", "late", *self.side_outputs)
+        return ("out", "late", "dead_letters", *self.side_outputs)
 
 
 @dataclass(frozen=True, eq=False)
@@ -162,6 +154,13 @@ class AsofJoin(Step):
 
     def ports(self) -> tuple[str, ...]:
         return ("out", "late")
+
+
+@dataclass(frozen=True, eq=False)
+class TemporalJoin(AsofJoin):
+    """An as-of join against a changelog table: the table row as of the record's time, at any age."""
+
+    kind = "temporal_join"
 
 
 @dataclass(frozen=True, eq=False)

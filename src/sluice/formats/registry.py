@@ -36,7 +36,7 @@ from typing import Any
 import orjson
 import polars as pl
 
-from sluice.core.errors import SluiceError
+from sluice.core.errors import RejectedRecord, SluiceError
 from sluice.core.schema import Optional, Schema, resolve_schema
 from sluice.formats.json import BadRecord, Json
 
@@ -585,14 +585,18 @@ class _AvroCodec:
         maps = [f["name"] for f in (schema.get("fields", []) if isinstance(schema, dict) else []) if _avro_type(f["type"]) == "map"
                 or (isinstance(f["type"], list) and any(_avro_type(b) == "map" for b in f["type"]))]
         out = []
-        for row in df.iter_rows(named=True):
+        for i, row in enumerate(df.iter_rows(named=True)):
             for m in maps:  # a struct column written as an Avro map: absent keys are left out
                 v = row.get(m)
                 if isinstance(v, dict):
                     row[m] = {k: x for k, x in v.items() if x is not None}
             buf = io.BytesIO()
             buf.write(header)
-            write(buf, schema, row)
+            try:
+                write(buf, schema, row)
+            except (TypeError, ValueError, KeyError, AttributeError, OverflowError) as exc:
+                raise RejectedRecord(i, f"the record does not match the Avro schema ({exc}); it reads "
+                                        f"{orjson.dumps(row, default=str)[:200].decode()}") from exc
             out.append(buf.getvalue())
         return out
 
@@ -735,8 +739,8 @@ class _JsonSchemaCodec:
         for i, row in enumerate(df.iter_rows(named=True)):
             errors = [e.message for e in self.validator.iter_errors(row)]
             if errors:
-                raise SchemaRegistryError(f"record {i} of the batch does not match its JSON Schema: {errors[0]}; "
-                                          f"the record reads {orjson.dumps(row, default=str)[:200]!r}")
+                raise RejectedRecord(i, f"the record does not match the JSON Schema ({errors[0]}); it reads "
+                                        f"{orjson.dumps(row, default=str)[:200].decode()}")
             out.append(self.header + orjson.dumps(row, default=str))
         return out
 

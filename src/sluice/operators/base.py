@@ -2,12 +2,12 @@
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 import polars as pl
 
-from sluice.core.batch import END_OF_TIME, TIME, WATERMARK, Batch
+from sluice.core.batch import END_OF_TIME, INTERNAL_PREFIX, TIME, WATERMARK, Batch
 
 Emitted = list[tuple[str, Batch]]
 
@@ -100,6 +100,25 @@ def require_event_time(kind: str, name: str, batch: Batch) -> None:
         from sluice.core.errors import PlanError
 
         raise PlanError(f"{kind} {name!r} needs event time: call .event_time(...) before it (on every input)")
+
+
+def check_columns(kind: str, name: str, batch: Batch, reads: Mapping[str, pl.Expr | None]) -> None:
+    """Every column the step's expressions read (`reads`: what reads it → expression) is in the stream;
+    checked on the first batch, so a misspelt column is named with the columns there are."""
+    from sluice.core.errors import PlanError
+    from sluice.core.show import show_expr
+
+    have = [c for c in batch.df.columns if not c.startswith(INTERNAL_PREFIX)]
+    if not have:
+        return  # an empty frame without columns says nothing yet
+    for what, expr in reads.items():
+        if expr is None:
+            continue
+        missing = [c for c in expr.meta.root_names() if c not in have and not c.startswith(INTERNAL_PREFIX)]
+        if missing:
+            raise PlanError(f"{kind} {name!r}: {what} ({show_expr(expr)}) reads column {missing[0]!r}, which the "
+                            f"stream does not have; its columns are: {', '.join(have)}. Fix: use one of those "
+                            f"columns, or add {missing[0]!r} before this step (e.g. with .with_columns)")
 
 
 class TwoInputState:

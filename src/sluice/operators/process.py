@@ -13,7 +13,7 @@ from __future__ import annotations
 import copy
 import heapq
 import time
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from datetime import datetime, timedelta
 from typing import Any, Generic, TypeVar
 
@@ -21,11 +21,35 @@ import orjson
 import polars as pl
 
 from sluice.core.batch import END_OF_TIME, NO_WATERMARK, OFFSET, TIME, WATERMARK, Batch, user_columns
-from sluice.core.errors import DEAD_LETTER_FIX, PlanError, UserFunctionError
+from sluice.core.deadletter import dead_letters
+from sluice.core.errors import PlanError, UserFunctionError, polars_detail
 from sluice.operators.base import SEQ, ArrivalBuffer, Emitted, Operator, require_event_time
 from sluice.state.backends import StateBackend
 
 T = TypeVar("T")
+Output = tuple[dict[str, Any], int, str]  # a produced record, its event time, the position it came from
+
+
+def _misfit(records: list[dict[str, Any]], schema: pl.Schema | None) -> tuple[int, str] | None:
+    """The first record that does not fit the declared schema or, without one, the other records' types
+    (ints and floats mix); None when every record fits."""
+    if schema is not None:
+        for i, r in enumerate(records):
+            try:
+                pl.from_dicts([r], schema=schema)
+            except pl.exceptions.PolarsError as one:
+                return i, f"does not fit the declared schema: {polars_detail(one)}"
+        return None
+    seen: dict[str, tuple[type, Any]] = {}
+    for i, r in enumerate(records):
+        for k, v in r.items():
+            if v is None:
+                continue
+            t0, v0 = seen.setdefault(k, (type(v), v))
+            if t0 is not type(v) and {t0, type(v)} != {int, float}:
+                return i, (f"has {k}={v!r} ({type(v).__name__}), but earlier records have {t0.__name__} there "
+                           f"(e.g. {v0!r}): a column holds one type")
+    return None
 
 
 def _ms(value: int | datetime | timedelta) -> int:
@@ -180,7 +204,7 @@ class ProcessContext:
         if tag not in self._op.side_tags:
             raise PlanError(f"process step {self._op.name!r}: side output {tag!r} is not declared; "
                             f"declared: {sorted(self._op.side_tags)}")
-        self._op.side[tag].append((record, self._op.scope.event_time))
+        self._op.side[tag].append((record, self._op.scope.event_time, self._op.where))
 
 
 class KeyedProcessFunction:
@@ -210,14 +234,18 @@ def own_instance(fn: KeyedProcessFunction) -> KeyedProcessFunction:
 
 class ProcessOperator(Operator):
     def __init__(self, name: str, key_cols: list[str], keys: list[pl.Expr], fn: KeyedProcessFunction,
-                 schema: pl.Schema | None, side_outputs: tuple[str, ...], backend: StateBackend) -> None:
+                 schema: pl.Schema | None, side_outputs: tuple[str, ...], backend: StateBackend,
+                 on_error: str = "fail") -> None:
         self.name = name
+        self.on_error = on_error
+        self.where = ""  # the position of the record or timer being handled
+        self.dead: list[tuple[str, str, str]] = []  # (position, reason, raw) set aside since the last emit
         self.key_cols = key_cols
         self.keys = keys
         self.fn = own_instance(fn)
         self.schema = schema
         self.side_tags = set(side_outputs)
-        self.side: dict[str, list[tuple[dict[str, Any], int]]] = {t: [] for t in side_outputs}
+        self.side: dict[str, list[Output]] = {t: [] for t in side_outputs}
         self.backend = backend
         self.scope = _Scope(backend)
         self.fn.open(StateContext(self.scope))
@@ -276,7 +304,7 @@ class ProcessOperator(Operator):
     def _advance(self, watermark: int, batch: Batch | None) -> Emitted:
         start_wm = self.watermark
         self.watermark = watermark
-        out: list[tuple[dict[str, Any], int]] = []
+        out: list[Output] = []
         released = self.pending.release(watermark)
         ready: list[dict[str, Any]] = released.to_dicts() if released is not None else []
         i = 0
@@ -300,36 +328,78 @@ class ProcessOperator(Operator):
             self._call_timer(ts, key, orjson.loads(key_json), out)
         return self._emit(out, start_wm, watermark, batch)
 
-    def _call_process(self, row: dict[str, Any], out: list[tuple[dict[str, Any], int]]) -> None:
+    def _call_process(self, row: dict[str, Any], out: list[Output]) -> None:
         key, kv = self._key_of(row)
         self.scope.key, self.current_key, self.scope.event_time = key, kv, row[TIME]
         record = {k: v for k, v in row.items() if not k.startswith("__sl_")}
-        try:
-            produced = self.fn.process(record, self.ctx)
-            for item in produced or ():
-                out.append((item, row[TIME]))
-        except Exception as exc:
-            raise UserFunctionError(self.name, f"offset {row.get(OFFSET)} (key {kv!r}, event time {row[TIME]})",
-                                    f"{type(exc).__name__}: {exc}", f"fix the process function, or {DEAD_LETTER_FIX}") from exc
+        self.where = f"offset {row.get(OFFSET)} (key {kv!r}, event time {row[TIME]})"
+        self._call(lambda: self.fn.process(record, self.ctx), "process", row[TIME], record, out)
 
-    def _call_timer(self, ts: int, key: bytes, kv: Any, out: list[tuple[dict[str, Any], int]]) -> None:
+    def _call_timer(self, ts: int, key: bytes, kv: Any, out: list[Output]) -> None:
         self.scope.key, self.current_key, self.scope.event_time = key, kv, ts
-        for item in self.fn.on_timer(ts, self.ctx) or ():
-            out.append((item, ts))
+        self.where = f"the timer at {ts} of key {kv!r}"
+        self._call(lambda: self.fn.on_timer(ts, self.ctx), "on_timer", ts, {"key": kv, "timer": ts}, out)
 
-    def _emit(self, out: list[tuple[dict[str, Any], int]], start_wm: int, watermark: int, batch: Batch | None) -> Emitted:
-        def frame(rows: list[tuple[dict[str, Any], int]], schema: pl.Schema | None) -> pl.DataFrame:
-            if not rows:
-                return pl.DataFrame(schema=schema) if schema is not None else pl.DataFrame()
-            df = pl.from_dicts([r for r, _ in rows], schema=schema)
-            return df.with_columns(pl.Series(TIME, [t for _, t in rows], dtype=pl.Int64),
-                                   pl.lit(start_wm, pl.Int64).alias(WATERMARK))
+    def _call(self, call: Callable[[], Any], what: str, ts: int, raw: dict[str, Any], out: list[Output]) -> None:
+        """Run the user's function; its output counts only if all of it is dicts."""
+        try:
+            produced = call()
+            if isinstance(produced, dict | str | bytes):
+                raise TypeError(f"{what} returned a {type(produced).__name__}; return a list of dicts or yield them")
+            items = list(produced or ())
+            wrong = [i for i in items if not isinstance(i, dict)]
+            if wrong:
+                raise TypeError(f"{what} produced a {type(wrong[0]).__name__} ({wrong[0]!r:.80}), not a dict")
+        except Exception as exc:
+            reason = f"{type(exc).__name__}: {exc}"
+            if self.on_error == "dead_letter":
+                self.dead.append((self.where, reason, orjson.dumps(raw, default=str).decode()))
+                return
+            raise UserFunctionError(self.name, self.where, f"{what} raised {reason}",
+                                    "fix the process function, or set aside the records it fails on with "
+                                    '.process(..., on_error="dead_letter") and write the step\'s .dead_letters') from exc
+        out.extend((item, ts, self.where) for item in items)
 
-        emitted: Emitted = [("out", Batch(frame(out, self.schema), watermark=watermark, time_dtype=self.time_dtype))]
+    def _frame(self, rows: list[Output], schema: pl.Schema | None, start_wm: int) -> pl.DataFrame:
+        """The records as columns. A record whose values do not fit the others' (or the declared schema's)
+        types stops the run, naming it, or is a dead letter."""
+        if not rows:
+            return pl.DataFrame(schema=schema) if schema is not None else pl.DataFrame()
+        while True:
+            records = [r for r, _, _ in rows]
+            try:
+                df = pl.from_dicts(records, schema=schema)
+                break
+            except pl.exceptions.PolarsError as exc:
+                found = _misfit(records, schema)
+                if found is None and schema is None:  # e.g. ints in the first 100 records, floats after
+                    df = pl.from_dicts(records, infer_schema_length=None)
+                    break
+                i, detail = found or (0, polars_detail(exc))
+                record, _, where = rows[i]
+                reason = f"its output record {orjson.dumps(record, default=str).decode()[:200]} {detail}"
+                if self.on_error != "dead_letter":
+                    fix = ("declare the output types with .process(..., schema={...}) and return values of those "
+                           'types, or set aside such records with .process(..., on_error="dead_letter")')
+                    raise UserFunctionError(self.name, where, reason, fix) from exc
+                self.dead.append((where, reason, orjson.dumps(record, default=str).decode()))
+                rows = rows[:i] + rows[i + 1:]
+                if not rows:
+                    return pl.DataFrame(schema=schema) if schema is not None else pl.DataFrame()
+        return df.with_columns(pl.Series(TIME, [t for _, t, _ in rows], dtype=pl.Int64),
+                               pl.lit(start_wm, pl.Int64).alias(WATERMARK))
+
+    def _emit(self, out: list[Output], start_wm: int, watermark: int, batch: Batch | None) -> Emitted:
+        emitted: Emitted = [("out", Batch(self._frame(out, self.schema, start_wm), watermark=watermark,
+                                          time_dtype=self.time_dtype))]
         for tag, rows in self.side.items():
             if rows:
-                emitted.append((tag, Batch(frame(rows, None), watermark=watermark, time_dtype=self.time_dtype)))
+                emitted.append((tag, Batch(self._frame(rows, None, start_wm), watermark=watermark, time_dtype=self.time_dtype)))
             self.side[tag] = []
+        if self.dead:
+            where, reasons, raws = zip(*self.dead, strict=True)
+            emitted.append(("dead_letters", dead_letters(self.name, where, reasons, raws)))
+            self.dead = []
         return emitted
 
     def close(self) -> None:

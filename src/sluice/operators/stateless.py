@@ -11,7 +11,14 @@ import polars as pl
 
 from sluice.core.batch import INTERNAL_PREFIX, OFFSET, TIME, WATERMARK, Batch, user_columns
 from sluice.core.deadletter import dead_letters, rows_as_json
-from sluice.core.errors import DEAD_LETTER_FIX, MissingTimestampError, PlanError, StepError, UserFunctionError
+from sluice.core.errors import (
+    DEAD_LETTER_FIX,
+    MissingTimestampError,
+    PlanError,
+    StepError,
+    UserFunctionError,
+    polars_detail,
+)
 from sluice.core.plan import Branch, EventTime, Filter, Map, Select, Union, WithColumns
 from sluice.operators.base import Emitted, Operator
 from sluice.time.watermark import PartitionWatermarks
@@ -23,7 +30,8 @@ def _internal(df: pl.DataFrame) -> list[str]:
 
 def _expression_error(step: str, batch: Batch, exc: Exception) -> StepError:
     first = batch.position_of(0)
-    return StepError(step, f"a batch starting at {first}", f"an expression failed: {exc}", "check the expression against the column types")
+    return StepError(step, f"a batch starting at {first}", f"an expression failed: {polars_detail(exc)}",
+                     "check the expression against the stream's columns and their types")
 
 
 class FilterOperator(Operator):

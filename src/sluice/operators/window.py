@@ -20,8 +20,9 @@ import numpy as np
 import polars as pl
 
 from sluice.core.batch import NO_WATERMARK, TIME, WATERMARK, Batch
+from sluice.core.errors import StepError, polars_detail
 from sluice.core.plan import Window
-from sluice.operators.base import Emitted, Operator
+from sluice.operators.base import Emitted, Operator, check_columns
 from sluice.time.aggregates import Aggregate, Percentile
 from sluice.time.windows import Session, pane_ms
 
@@ -99,6 +100,7 @@ class WindowOperator(Operator):
         self._pending: list[pl.DataFrame] = []  # emitted mid-batch (sessions), sent with the batch's output
         self.text_keys: list[str] = []
         self.categorical_keys = not isinstance(step.window, Session)
+        self.columns_checked = False
 
     # --- input ---------------------------------------------------------------------------------
     def _prepare(self, batch: Batch) -> pl.DataFrame:
@@ -108,7 +110,15 @@ class WindowOperator(Operator):
             raise PlanError(f"window {self.name!r} needs event time: call .event_time(column, watermark) before it")
         if batch.time_dtype is not None:
             self.time_dtype = batch.time_dtype
-        df = batch.df.with_columns(*self.keys, *self.aggs.value_columns())
+        if not self.columns_checked:
+            reads = {f"aggregate {out!r}": getattr(agg, "of", None) for out, agg in self.step.aggregates.items()}
+            check_columns("window", self.name, batch, {**{f"key {k!r}": e for k, e in zip(self.key_cols, self.keys, strict=True)}, **reads})
+            self.columns_checked = True
+        try:
+            df = batch.df.with_columns(*self.keys, *self.aggs.value_columns())
+        except pl.exceptions.PolarsError as exc:
+            raise StepError(self.name, f"a batch starting at {batch.position_of(0)}", polars_detail(exc),
+                            "check the keys and aggregates against the stream's columns and types") from exc
         # text keys group several times faster as categoricals; outputs turn them back into text
         text = [k for k in self.key_cols if df.schema[k] == pl.String] if self.categorical_keys else []
         if text:

@@ -206,6 +206,8 @@ class _LogWriter:
         if df.height == 0:
             return
         if self.staging_name is not None:
+            if self.codec is not None:  # a record the schema rejects fails now, at its position, not at commit
+                self.codec.encode_values(user_columns(df))
             keep = [c for c in df.columns if not c.startswith("__sl_") or c == TIME]
             self.pending.append(df.select(keep))
             return
@@ -214,22 +216,23 @@ class _LogWriter:
     def _append_rows(self, df: pl.DataFrame) -> None:
         ts = df[TIME].to_numpy() if TIME in df.columns else np.full(df.height, int(time.time() * 1000), dtype=np.int64)
         rows = user_columns(df)
+        # a registry format encodes every row before any is appended: a rejected record stops the write whole
+        encoded = self.codec.encode_values(rows) if self.codec is not None else None
         if self.spec.key is None:
-            self._append(self.parts[self.turn % len(self.parts)], rows, ts, None)
+            self._append(self.parts[self.turn % len(self.parts)], rows, ts, None, encoded)
             self.turn += 1
             return
         where = partition_of(rows[self.spec.key], len(self.parts))
         for p in np.unique(where):
             sel = np.flatnonzero(where == p)
             sub = rows[sel]
-            self._append(self.parts[int(p)], sub, ts[sel], sub[self.spec.key].cast(pl.String).fill_null(""))
+            values = [encoded[i] for i in sel] if encoded is not None else None
+            self._append(self.parts[int(p)], sub, ts[sel], sub[self.spec.key].cast(pl.String).fill_null(""), values)
 
-    def _append(self, part: Partition, rows: pl.DataFrame, ts: np.ndarray, keys: pl.Series | None) -> None:
+    def _append(self, part: Partition, rows: pl.DataFrame, ts: np.ndarray, keys: pl.Series | None,
+                values: list[bytes] | None) -> None:
         flags = NEWLINE_JOINED
-        if hasattr(self.spec.format, "bind"):  # a registry format: binary values, registered at open
-            if self.codec is None:
-                self.codec = self.spec.format.bind(self.spec.topic, reading=False)
-            values = self.codec.encode_values(rows)
+        if values is not None:  # a registry format: binary values
             blob = b"".join(values)
             voffs = np.concatenate([[0], np.cumsum([len(v) for v in values])]).astype(np.uint32)
             flags = 0
