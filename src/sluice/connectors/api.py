@@ -45,22 +45,41 @@ class Source(Protocol):
 
 @dataclass(frozen=True)
 class SinkContext:
+    """What a sink writer knows about where it runs: enough to name its transactions and to fence a
+    zombie (an older instance of the same task that has not noticed it was replaced)."""
+
     step: str
     exactly_once: bool = False  # a checkpointed run: stage until commit
     schema: pl.Schema | None = None  # the written stream's columns, when the plan says them
+    flow: str = ""
+    task: int | None = None  # the Kafka runtime's task (partition number) this writer serves; None: all input
+    instance: str = ""  # the worker (Kafka runtime) or run that owns the writer
+
+    @property
+    def txn_prefix(self) -> str:
+        """A stable name for this writer's transactions: flow, step and task (not the instance, which
+        changes when a task moves to another worker; the new owner recovers the same transactions)."""
+        task = "" if self.task is None else f"-t{self.task}"
+        return f"{self.flow}-{self.step}{task}"
 
 
 class SinkWriter(Protocol):
-    """Two-phase: rows written during an epoch are staged; `prepare` makes them durable and returns the
-    transaction (JSON) that the checkpoint records; `commit` publishes it (and must be idempotent, since
-    recovery commits the last checkpoint's transaction again); `recover` also drops whatever was staged
-    after that checkpoint."""
+    """A participant in the epoch commit (runtime/commit.py; docs/design/commit.md).
+
+    Rows written during an epoch are staged. `prepare(epoch)` makes them durable and returns the
+    transaction (JSON) that the runtime records with the epoch's state (the checkpoint manifest under
+    `sl.run`, the task's snapshot in the Kafka transaction under the Kafka runtime). Once that record is
+    durable, `commit(txn)` publishes the epoch; it must be idempotent, because after a crash `recover(txn)`
+    commits the recorded transaction again and then drops whatever was staged after it. `abort(txn)`
+    drops a prepared transaction that was never recorded (the record failed)."""
 
     def write(self, df: pl.DataFrame) -> None: ...
 
     def prepare(self, epoch: int) -> dict[str, Any]: ...
 
     def commit(self, txn: dict[str, Any]) -> None: ...
+
+    def abort(self, txn: dict[str, Any]) -> None: ...
 
     def recover(self, txn: dict[str, Any] | None) -> None: ...
 
@@ -75,6 +94,9 @@ class UntransactedWriter:
         return {}
 
     def commit(self, txn: dict[str, Any]) -> None:
+        pass
+
+    def abort(self, txn: dict[str, Any]) -> None:
         pass
 
     def recover(self, txn: dict[str, Any] | None) -> None:

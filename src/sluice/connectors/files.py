@@ -566,6 +566,15 @@ class _FileWriter:
                 self.written.append(Path(target))
             self.committed_len = os.path.getsize(target)
 
+    def abort(self, txn: dict[str, Any]) -> None:
+        """The epoch's record failed: drop what it staged (nothing of it was published)."""
+        for st, _final in txn.get("files", []):
+            Path(st).unlink(missing_ok=True)
+        if "append" in txn:
+            Path(txn["append"][0]).unlink(missing_ok=True)
+        if "remove" in txn:
+            self.fresh = True  # the next transaction replaces the old output instead
+
     def recover(self, txn: dict[str, Any] | None) -> None:
         """Publish the last checkpoint's transaction again, then drop everything staged after it."""
         if txn:

@@ -124,6 +124,9 @@ class _CollectWriter:
         self.spec.frames_written.extend(self.pending)
         self.pending = []
 
+    def abort(self, txn: dict[str, Any]) -> None:
+        self.pending = []
+
     def recover(self, txn: dict[str, Any] | None) -> None:
         self.pending = []
 

@@ -16,6 +16,7 @@ from sluice.checkpoint.store import CheckpointStore, IncompatibleCheckpointError
 from sluice.connectors.api import SinkContext, SinkWriter, SourceContext, SourceReader
 from sluice.core.batch import Batch
 from sluice.core.errors import ENCODE_FIX, DiskFullError, EncodeError, PlanError, RejectedRecord
+from sluice.core.failpoints import failpoint
 from sluice.core.plan import (
     AsofJoin,
     Branch,
@@ -49,6 +50,7 @@ from sluice.operators.stateless import (
     UnionOperator,
 )
 from sluice.operators.window import window_operator
+from sluice.runtime.commit import EpochCommit
 from sluice.runtime.schemas import stream_schema
 
 DEFAULT_BATCH_SIZE = 65_536
@@ -131,11 +133,13 @@ def fingerprint(step: Step) -> str:
 class Executor:
     def __init__(self, plan: Plan, batch_size: int = DEFAULT_BATCH_SIZE, progress: Progress | None = None,
                  checkpoints: CheckpointSettings | None = None, state_backend: str = "memory",
-                 state_dir: str | Path | None = None) -> None:
+                 state_dir: str | Path | None = None, task: int | None = None, instance: str = "") -> None:
         if batch_size < 1:
             raise PlanError(f"batch_size must be at least 1, got {batch_size}")
         plan.validate()
         self.plan = plan
+        self.task = task  # the Kafka runtime's task this executor serves (None: the whole input)
+        self.instance = instance
         self.batch_size = batch_size
         self.progress = progress
         self.checkpoints = checkpoints
@@ -155,6 +159,7 @@ class Executor:
         self.stats: dict[str, StepStats] = {s.name: StepStats() for s in plan.steps}
         for step in plan.steps:
             self.ops[step.name] = self._compile(step)
+        self.commit = EpochCommit(self.writers)
         for step in plan.steps:
             if isinstance(step, EventTime):
                 op = self.ops[step.name]
@@ -178,7 +183,8 @@ class Executor:
             return PassThrough(step.name)
         if isinstance(step, Write):
             writer = step.sink.open(SinkContext(step.name, exactly_once=self.checkpoints is not None,
-                                                schema=stream_schema(self.plan, step.inputs[0])))
+                                                schema=stream_schema(self.plan, step.inputs[0]),
+                                                flow=self.plan.name, task=self.task, instance=self.instance))
             self.writers[step.name] = writer
             return _WriteOperator(step.name, writer)
         if isinstance(step, Filter):
@@ -316,12 +322,10 @@ class Executor:
         assert self.store is not None and self.checkpoints is not None
         cp = self.store.latest()
         if cp is None:
-            for writer in self.writers.values():
-                writer.recover(None)
+            self.commit.recover(None)
             return
         self.apply_state(cp.manifest["steps"], cp.state, f"checkpoint {cp.id} in {self.store.dir}")
-        for name, writer in self.writers.items():
-            writer.recover(cp.manifest["sinks"].get(name))
+        self.commit.recover(cp.manifest["sinks"])
         self.next_checkpoint = cp.id + 1
         self.restored_from = cp.id
         log.info("restored from checkpoint %d in %s", cp.id, self.store.dir)
@@ -330,15 +334,18 @@ class Executor:
         """Between batches: positions, state and staged output under one manifest, then publish."""
         cid = self.next_checkpoint
         self.next_checkpoint += 1
-        sinks = {name: w.prepare(cid) for name, w in self.writers.items()}
+        txns = self.commit.prepare(cid)
         if self.store is None:
-            for name, w in self.writers.items():
-                w.commit(sinks[name])
+            self.commit.commit(txns)
             return
         steps = self.snapshot_state()
-        self.store.write(cid, self.plan.name, steps, sinks)
-        for name, w in self.writers.items():
-            w.commit(sinks[name])
+        try:
+            self.store.write(cid, self.plan.name, steps, txns)  # the epoch's one durable record
+        except BaseException:
+            self.commit.abort(txns)
+            raise
+        failpoint("after_manifest")
+        self.commit.commit(txns)
         self.store.prune()
 
     def run(self) -> RunResult:
@@ -346,8 +353,7 @@ class Executor:
         if self.store is not None:
             self._restore()
         else:
-            for writer in self.writers.values():
-                writer.recover(None)
+            self.commit.recover(None)
         self.rows_read = 0
         streams: dict[str, Iterator[tuple[str, Batch]]] = {n: r.batches() for n, r in self.readers.items()}
         try:

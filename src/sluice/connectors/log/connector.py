@@ -279,6 +279,10 @@ class _LogWriter:
             part.sync()
         os.unlink(staged)
 
+    def abort(self, txn: dict[str, Any]) -> None:
+        if txn.get("staged"):
+            Path(txn["staged"]).unlink(missing_ok=True)
+
     def recover(self, txn: dict[str, Any] | None) -> None:
         if self.staging_name is None:
             return
