@@ -37,8 +37,42 @@ FETCH_TUNING = {"queued.min.messages": 1_000_000, "queued.max.messages.kbytes": 
                 "fetch.max.bytes": 64 << 20, "max.partition.fetch.bytes": 8 << 20, "fetch.wait.max.ms": 100}
 
 
+# Keyed records go where the Java client and Kafka Streams put them: murmur2 of the key bytes (librdkafka's
+# default, "consistent_random", is CRC-32). Records without a key are spread at random.
+PARTITIONER = "murmur2_random"
+
+
 class KafkaError(SluiceError):
     """Kafka refused or failed an operation."""
+
+
+def murmur2(data: bytes) -> int:
+    """The Java client's `Utils.murmur2` (seed 0x9747b28c), as an unsigned 32-bit value."""
+    m, mask = 0x5BD1E995, 0xFFFFFFFF
+    n = len(data)
+    h = (0x9747B28C ^ n) & mask
+    end = n - n % 4
+    for i in range(0, end, 4):
+        k = (int.from_bytes(data[i:i + 4], "little") * m) & mask
+        k ^= k >> 24
+        k = (k * m) & mask
+        h = ((h * m) & mask) ^ k
+    tail = data[end:]
+    if tail:
+        for i in reversed(range(len(tail))):
+            h ^= tail[i] << (8 * i)
+        h = (h * m) & mask
+    h ^= h >> 13
+    h = (h * m) & mask
+    return h ^ (h >> 15)
+
+
+def murmur2_partitions(keys: pl.Series, partitions: int) -> np.ndarray:
+    """Partition per key as the Java client computes it (`toPositive(murmur2(utf-8 of the key text)) % n`),
+    once per distinct key; a null key counts as the empty string."""
+    text = keys.cast(pl.String).fill_null("")
+    table = {k: (murmur2(k.encode()) & 0x7FFFFFFF) % partitions for k in text.unique().to_list()}
+    return text.replace_strict(table, return_dtype=pl.Int64).to_numpy()
 
 
 def redact(config: Mapping[str, Any]) -> dict[str, Any]:
@@ -247,8 +281,9 @@ class _KafkaReader:
 @dataclass(frozen=True)
 class KafkaSink:
     """Records to a topic. `key` names the column whose value is the message key (and so picks the
-    partition: librdkafka's murmur2, as the Java client); `headers` are sent with every message,
-    `header_columns` from columns; `timestamp` names an epoch-ms column for the message timestamp.
+    partition: murmur2 of its UTF-8 text, as the Java client and Kafka Streams place it); `headers` are
+    sent with every message, `header_columns` from columns; `timestamp` names an epoch-ms column for the
+    message timestamp.
 
     In a single process the producer is idempotent and at-least-once: flushed and checked at every
     checkpoint. Under the Kafka runtime the records join the worker's transaction (exactly-once)."""
@@ -328,7 +363,7 @@ class KafkaWriter(UntransactedWriter):
         self.owned = producer is None
         if producer is None:
             conf = client_config(spec.bootstrap, spec.config, **{
-                "enable.idempotence": True, "linger.ms": 20, "compression.type": "lz4",
+                "enable.idempotence": True, "linger.ms": 20, "compression.type": "lz4", "partitioner": PARTITIONER,
                 "retry.backoff.ms": 100, "retry.backoff.max.ms": 2000})
             producer = Producer(conf)
         self.producer = producer

@@ -35,6 +35,7 @@ from sluice.checkpoint.store import pack_state, unpack_state
 from sluice.connectors.api import SinkContext, SourceContext
 from sluice.connectors.kafka import (
     FETCH_TUNING,
+    PARTITIONER,
     DeadLetterTopic,
     Decoder,
     KafkaError,
@@ -414,7 +415,7 @@ class Worker:
         conf = client_config(self.bootstrap, self.config, **{
             "transactional.id": f"{self.rt.app_id}-{self.instance}", "enable.idempotence": True,
             "transaction.timeout.ms": self.rt.transaction_timeout_ms, "linger.ms": 20, "compression.type": "lz4",
-            "queue.buffering.max.messages": 1_000_000})
+            "queue.buffering.max.messages": 1_000_000, "partitioner": PARTITIONER})
         producer = Producer(conf)
         producer.init_transactions(30)
         producer.begin_transaction()
