@@ -75,6 +75,25 @@ def murmur2_partitions(keys: pl.Series, partitions: int) -> np.ndarray:
     return text.replace_strict(table, return_dtype=pl.Int64).to_numpy()
 
 
+_HOST_PORT = re.compile(r"^(\[[0-9A-Fa-f:.]+\]|[A-Za-z0-9_.-]+):\d{1,5}$")
+_PROTOCOL = re.compile(r"^(?:plaintext|ssl|sasl_plaintext|sasl_ssl)://", re.I)  # librdkafka takes these
+
+
+def is_host_port(value: str) -> bool:
+    """Whether `value` reads as HOST:PORT[,HOST:PORT...] (a Kafka bootstrap list without the kafka:// prefix)."""
+    return all(_HOST_PORT.match(_PROTOCOL.sub("", part.strip())) for part in value.split(","))
+
+
+def bootstrap_servers(value: str) -> str:
+    """The bootstrap list librdkafka takes, `HOST:PORT[,HOST:PORT]`, from that or from `kafka://HOST:PORT`
+    (the form `sluice run --broker` and SLUICE_BROKER use); a PlanError naming both forms otherwise."""
+    parts = [part.strip().removeprefix("kafka://") for part in value.split(",")]
+    if not value.strip() or not is_host_port(",".join(parts)):
+        raise PlanError(f"bootstrap {value!r} is not a Kafka address: write HOST:PORT (several comma-separated, "
+                        "e.g. 'broker1:9092,broker2:9092') or kafka://HOST:PORT")
+    return ",".join(parts)
+
+
 def redact(config: Mapping[str, Any]) -> dict[str, Any]:
     """`config` fit for a log line or an error message: secret values replaced by ***."""
     return {k: ("***" if any(w in k.lower() for w in SECRET_KEYS) else v) for k, v in config.items()}
@@ -119,6 +138,9 @@ class KafkaSource:
     follow: bool = False
     poll_timeout_s: float = 1.0
     block_records: int = 65_536
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "bootstrap", bootstrap_servers(self.bootstrap))
 
     def open(self, ctx: SourceContext) -> _KafkaReader:
         return _KafkaReader(self, ctx, self.schema_for(ctx))
@@ -297,6 +319,9 @@ class KafkaSink:
     config: dict[str, Any] = field(default_factory=dict, repr=False)  # may hold credentials: never shown
     format: Any = field(default_factory=Json)
 
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "bootstrap", bootstrap_servers(self.bootstrap))
+
     def open(self, ctx: SinkContext) -> KafkaWriter:
         return KafkaWriter(self, ctx)
 
@@ -330,6 +355,9 @@ class DeadLetterTopic:
     topic: str
     bootstrap: str
     config: dict[str, Any] = field(default_factory=dict, repr=False)  # may hold credentials: never shown
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "bootstrap", bootstrap_servers(self.bootstrap))
 
     def open(self, ctx: SinkContext) -> KafkaWriter:
         return KafkaWriter(self, ctx)

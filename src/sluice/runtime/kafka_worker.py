@@ -43,6 +43,7 @@ from sluice.connectors.kafka import (
     KafkaSource,
     KafkaWriter,
     _error_text,
+    bootstrap_servers,
     client_config,
     topic_metadata,
 )
@@ -78,6 +79,10 @@ class KafkaRuntime:
     max_failed_commits: int = 8  # consecutive failed commits (each retried after a growing pause) before giving up
     batch_size: int = DEFAULT_BATCH_SIZE
     poll_records: int = 20_000
+
+    def __post_init__(self) -> None:
+        if self.bootstrap is not None:  # kafka://HOST:PORT or HOST:PORT[,HOST:PORT]
+            object.__setattr__(self, "bootstrap", bootstrap_servers(self.bootstrap))
 
 
 @dataclass
