@@ -12,7 +12,11 @@ pass through `config`; no log line or error message shows them.
 
 from __future__ import annotations
 
+import contextlib
+import logging
 import re
+import threading
+import time
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field
 from typing import Any
@@ -99,26 +103,84 @@ def redact(config: Mapping[str, Any]) -> dict[str, Any]:
     return {k: ("***" if any(w in k.lower() for w in SECRET_KEYS) else v) for k, v in config.items()}
 
 
+CLIENT_LOG = logging.getLogger("sluice.kafka.client")
+_VARYING = re.compile(r"\((after \d+ms|\d+ identical)[^)]*\)")  # parts of a librdkafka line that change each time
+
+
+class ClientLog:
+    """librdkafka's log lines (confluent-kafka's `logger=` setting) into Python logging, as the logger
+    `sluice.kafka.client`, instead of stderr. An unreachable broker makes librdkafka repeat the same line
+    ~20 times a second, so each distinct line is let through at most once per `every_s`, and the next one
+    says how many like it were left out. Anything that looks like a credential is masked."""
+
+    def __init__(self, every_s: float = 30.0) -> None:
+        self.every_s = every_s
+        self.seen: dict[str, tuple[float, int]] = {}  # line without its counters → (last shown, left out since)
+        self.lock = threading.Lock()
+
+    def log(self, level: int, fmt: str, *args: Any) -> None:
+        text = _masked(fmt % args if args else fmt)
+        key = _VARYING.sub("", text)
+        now = time.monotonic()
+        with self.lock:
+            shown, left_out = self.seen.get(key, (float("-inf"), 0))
+            if now - shown < self.every_s:
+                self.seen[key] = (shown, left_out + 1)
+                return
+            if len(self.seen) > 10_000:
+                self.seen.clear()
+            self.seen[key] = (now, 0)
+        if left_out:
+            text += f" ({left_out} more like it in the last {now - shown:.0f} s)"
+        CLIENT_LOG.log(level, text)
+
+
+CLIENT_LOGS = ClientLog()
+
+
+class ClientErrors:
+    """An `error_cb`: keeps the client's last error (e.g. "Connect to ipv4#10.0.0.1:9092 failed:
+    Connection refused") so that a timeout can say why."""
+
+    def __init__(self) -> None:
+        self.last: str | None = None
+
+    def __call__(self, err: Any) -> None:
+        self.last = _error_text(err)
+
+    def cause(self, client: Any) -> str:
+        """"; the last client error: ..." (after serving the client's pending callbacks), or ""."""
+        with contextlib.suppress(Exception):  # a closed or failed client: keep what is known
+            client.poll(0)
+        return f"; the last client error: {self.last}" if self.last else ""
+
+
 def client_config(bootstrap: str, config: Mapping[str, Any], **defaults: Any) -> dict[str, Any]:
-    """librdkafka settings: ours, then the user's (security settings pass through untouched)."""
-    return {"bootstrap.servers": bootstrap, **defaults, **config}
+    """librdkafka settings: ours, then the user's (security settings pass through untouched). The
+    client's log lines go to Python logging (`sluice.kafka.client`), rate-limited."""
+    return {"bootstrap.servers": bootstrap, "logger": CLIENT_LOGS, **defaults, **config}
 
 
-def topic_metadata(client: Any, bootstrap: str, topic: str | None, timeout_s: float) -> Any:
+def topic_metadata(client: Any, bootstrap: str, topic: str | None, timeout_s: float,
+                   errors: ClientErrors | None = None) -> Any:
     """Cluster metadata, or a KafkaError that says what went wrong (without any credential)."""
     from confluent_kafka import KafkaException
 
     try:
         return client.list_topics(topic, timeout=timeout_s)
     except KafkaException as exc:
-        raise KafkaError(f"cannot get metadata from {bootstrap} within {timeout_s:g} s: {_error_text(exc.args[0])}. "
-                         "Check the address, and for a secured cluster security.protocol, sasl.* and ssl.* "
-                         "in config") from None
+        cause = errors.cause(client) if errors is not None else ""
+        raise KafkaError(f"cannot get metadata from {bootstrap} within {timeout_s:g} s: {_error_text(exc.args[0])}"
+                         f"{cause}. Check the address (bootstrap=), and for a secured cluster security.protocol, "
+                         "sasl.* and ssl.* in config") from None
 
 
 def _error_text(err: Any) -> str:
     """A librdkafka error for a message: its text, with anything that looks like a credential masked."""
-    text = err.str() if hasattr(err, "str") else str(err)
+    return _masked(err.str() if hasattr(err, "str") else str(err))
+
+
+def _masked(text: str) -> str:
     return re.sub(r"(password|secret)=\S+", r"\1=***", text, flags=re.I)
 
 
@@ -213,11 +275,12 @@ class _KafkaReader:
 
         self.spec, self.ctx, self.schema = spec, ctx, schema
         self.decoder = Decoder(spec, ctx, schema)
+        errors = ClientErrors()
         conf = client_config(spec.bootstrap, spec.config, **FETCH_TUNING, **{
             "group.id": f"sluice-{ctx.step}", "enable.auto.commit": False, "enable.partition.eof": True,
-            "auto.offset.reset": "earliest", "isolation.level": "read_committed"})
+            "auto.offset.reset": "earliest", "isolation.level": "read_committed", "error_cb": errors})
         self.consumer = Consumer(conf)
-        meta = topic_metadata(self.consumer, spec.bootstrap, spec.topic, spec.connect_timeout_s)
+        meta = topic_metadata(self.consumer, spec.bootstrap, spec.topic, spec.connect_timeout_s, errors)
         topic = meta.topics.get(spec.topic)
         if topic is None or topic.error is not None:
             raise KafkaError(f"topic {spec.topic!r} is not available at {spec.bootstrap}: {topic.error if topic else 'missing'}")
@@ -308,7 +371,8 @@ class KafkaSink:
     message timestamp.
 
     In a single process the producer is idempotent and at-least-once: flushed and checked at every
-    checkpoint. Under the Kafka runtime the records join the worker's transaction (exactly-once)."""
+    checkpoint. It checks at start, within `connect_timeout_s`, that the cluster answers and the topic
+    exists. Under the Kafka runtime the records join the worker's transaction (exactly-once)."""
 
     topic: str
     bootstrap: str
@@ -318,6 +382,8 @@ class KafkaSink:
     timestamp: str | None = None
     config: dict[str, Any] = field(default_factory=dict, repr=False)  # may hold credentials: never shown
     format: Any = field(default_factory=Json)
+    connect_timeout_s: float = 30.0  # reaching the cluster and finding the topic at start
+    delivery_timeout_s: float = 60.0  # a record not acknowledged by then fails (librdkafka's message.timeout.ms)
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "bootstrap", bootstrap_servers(self.bootstrap))
@@ -355,6 +421,8 @@ class DeadLetterTopic:
     topic: str
     bootstrap: str
     config: dict[str, Any] = field(default_factory=dict, repr=False)  # may hold credentials: never shown
+    connect_timeout_s: float = 30.0
+    delivery_timeout_s: float = 60.0
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "bootstrap", bootstrap_servers(self.bootstrap))
@@ -389,12 +457,32 @@ class KafkaWriter(UntransactedWriter):
         self.produced = 0
         self.delivered = 0
         self.owned = producer is None
+        self.failed = False  # an error was raised: close() drops what is still queued
         if producer is None:
+            self.client_errors = ClientErrors()
             conf = client_config(spec.bootstrap, spec.config, **{
                 "enable.idempotence": True, "linger.ms": 20, "compression.type": "lz4", "partitioner": PARTITIONER,
-                "retry.backoff.ms": 100, "retry.backoff.max.ms": 2000})
+                "retry.backoff.ms": 100, "retry.backoff.max.ms": 2000, "error_cb": self.client_errors,
+                "message.timeout.ms": int(spec.delivery_timeout_s * 1000)})
             producer = Producer(conf)
+            self.producer = producer
+            self._check_topic()
         self.producer = producer
+
+    def _check_topic(self) -> None:
+        """Fail now, with the address and the cause, if the cluster cannot be reached or lacks the topic."""
+        spec, step = self.spec, self.ctx.step
+        try:
+            meta = topic_metadata(self.producer, spec.bootstrap, spec.topic, spec.connect_timeout_s, self.client_errors)
+        except KafkaError as exc:
+            self.failed = True
+            raise KafkaError(f"write step {step!r}: {exc}") from None
+        topic = meta.topics.get(spec.topic)
+        if topic is None or topic.error is not None:
+            self.failed = True
+            reason = _error_text(topic.error) if topic is not None and topic.error is not None else "missing"
+            raise KafkaError(f"write step {step!r}: topic {spec.topic!r} is not available at {spec.bootstrap} "
+                             f"({reason}); create it first, or check the topic name and the principal's ACLs")
 
     def _report(self, err: Any, msg: Any) -> None:
         if err is not None:
@@ -424,20 +512,31 @@ class KafkaWriter(UntransactedWriter):
 
     def _raise(self) -> None:
         if self.errors:
+            self.failed = True
             first = self.errors[0]
-            raise KafkaError(f"sink {self.ctx.step!r}: {len(self.errors)} record(s) were not delivered, e.g. {first}")
+            raise KafkaError(f"sink {self.ctx.step!r}: {len(self.errors)} record(s) were not delivered to "
+                             f"{self.spec.bootstrap}, e.g. {first}")
 
     def prepare(self, epoch: int) -> dict[str, Any]:
         if not self.owned:
             return {}
-        left = self.producer.flush(60)
+        wait_s = self.spec.delivery_timeout_s + 5  # librdkafka fails each record after delivery_timeout_s
+        left = self.producer.flush(wait_s)
         if left:
-            raise KafkaError(f"sink {self.ctx.step!r}: {left} record(s) still undelivered after 60 s")
+            self.failed = True
+            raise KafkaError(f"sink {self.ctx.step!r}: {left} record(s) not delivered to {self.spec.bootstrap} within "
+                             f"{wait_s:g} s{self.client_errors.cause(self.producer)}. Check that the cluster is "
+                             "reachable from here; delivery_timeout_s= sets how long to wait")
         self._raise()
         return {}
 
     def close(self) -> None:
-        if self.owned:
+        if not self.owned:
+            return
+        if self.failed:  # the run stops with an error already: do not wait for the rest
+            self.producer.purge()
+            self.producer.flush(0)
+        else:
             self.producer.flush(30)
 
 
