@@ -95,7 +95,7 @@ def cmd_run(a: argparse.Namespace) -> int:
     if bootstrap is not None:
         return _run_on_kafka(a, bootstrap)
     if a.workers != 1:
-        raise SystemExit("sluice run: --workers needs a Kafka broker (--broker kafka://HOST:PORT); "
+        raise SystemExit("sluice run: --workers needs a Kafka broker (--broker HOST:PORT); "
                          "the embedded log runs in one process")
     from sluice.runtime.executor import run
 
@@ -247,8 +247,9 @@ def build_parser() -> argparse.ArgumentParser:
                    "memory (default: memory)")
     r.add_argument("--state-dir", help="the directory for --state rocksdb (default: a temporary directory)")
     k = r.add_argument_group("on Kafka (also: the SLUICE_BROKER setting)")
-    k.add_argument("--broker", help="where sl.Topic streams live: kafka://HOST:PORT, or a directory for the "
-                   "embedded log (default: .sluice/log)")
+    k.add_argument("--broker", help="where sl.Topic streams live: Kafka as HOST:PORT[,HOST:PORT] or "
+                   "kafka://HOST:PORT, or a directory path for the embedded log (default: .sluice/log); a value "
+                   "that could be either (a bare name, a directory named like HOST:PORT) is an error")
     k.add_argument("--workers", type=int, default=1, help="worker processes to start (Kafka only; default: 1)")
     k.add_argument("--app-id", help="the consumer group and transactional id prefix (default: the flow's name); "
                    "workers on other hosts with the same app id share the partitions")

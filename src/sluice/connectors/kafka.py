@@ -12,8 +12,12 @@ pass through `config`; no log line or error message shows them.
 
 from __future__ import annotations
 
+import contextlib
+import logging
 import re
-from collections.abc import Iterator, Mapping
+import threading
+import time
+from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -22,11 +26,12 @@ import polars as pl
 
 from sluice.connectors.api import SinkContext, SourceContext, UntransactedWriter
 from sluice.core.batch import OFFSET, Batch, Origin, user_columns
-from sluice.core.deadletter import dead_letters
-from sluice.core.errors import DEAD_LETTER_FIX, DecodeError, PlanError, SluiceError
+from sluice.core.deadletter import dead_letters, rows_as_json
+from sluice.core.errors import DEAD_LETTER_FIX, DecodeError, EncodeError, PlanError, SluiceError
 from sluice.core.schema import Schema
 from sluice.formats.json import Json
 
+Message = tuple[bytes | None, bytes, list[tuple[str, bytes]] | None, int]  # key, value, headers, timestamp ms (0: now)
 SECRET_KEYS = ("password", "secret", "sasl.oauthbearer.config", "ssl.key.pem", "ssl.keystore", "token")
 HEADERS_DTYPE = pl.List(pl.Struct({"key": pl.String, "value": pl.Binary}))
 
@@ -37,8 +42,61 @@ FETCH_TUNING = {"queued.min.messages": 1_000_000, "queued.max.messages.kbytes": 
                 "fetch.max.bytes": 64 << 20, "max.partition.fetch.bytes": 8 << 20, "fetch.wait.max.ms": 100}
 
 
+# Keyed records go where the Java client and Kafka Streams put them: murmur2 of the key bytes (librdkafka's
+# default, "consistent_random", is CRC-32). Records without a key are spread at random.
+PARTITIONER = "murmur2_random"
+
+
 class KafkaError(SluiceError):
     """Kafka refused or failed an operation."""
+
+
+def murmur2(data: bytes) -> int:
+    """The Java client's `Utils.murmur2` (seed 0x9747b28c), as an unsigned 32-bit value."""
+    m, mask = 0x5BD1E995, 0xFFFFFFFF
+    n = len(data)
+    h = (0x9747B28C ^ n) & mask
+    end = n - n % 4
+    for i in range(0, end, 4):
+        k = (int.from_bytes(data[i:i + 4], "little") * m) & mask
+        k ^= k >> 24
+        k = (k * m) & mask
+        h = ((h * m) & mask) ^ k
+    tail = data[end:]
+    if tail:
+        for i in reversed(range(len(tail))):
+            h ^= tail[i] << (8 * i)
+        h = (h * m) & mask
+    h ^= h >> 13
+    h = (h * m) & mask
+    return h ^ (h >> 15)
+
+
+def murmur2_partitions(keys: pl.Series, partitions: int) -> np.ndarray:
+    """Partition per key as the Java client computes it (`toPositive(murmur2(utf-8 of the key text)) % n`),
+    once per distinct key; a null key counts as the empty string."""
+    text = keys.cast(pl.String).fill_null("")
+    table = {k: (murmur2(k.encode()) & 0x7FFFFFFF) % partitions for k in text.unique().to_list()}
+    return text.replace_strict(table, return_dtype=pl.Int64).to_numpy()
+
+
+_HOST_PORT = re.compile(r"^(\[[0-9A-Fa-f:.]+\]|[A-Za-z0-9_.-]+):\d{1,5}$")
+_PROTOCOL = re.compile(r"^(?:plaintext|ssl|sasl_plaintext|sasl_ssl)://", re.I)  # librdkafka takes these
+
+
+def is_host_port(value: str) -> bool:
+    """Whether `value` reads as HOST:PORT[,HOST:PORT...] (a Kafka bootstrap list without the kafka:// prefix)."""
+    return all(_HOST_PORT.match(_PROTOCOL.sub("", part.strip())) for part in value.split(","))
+
+
+def bootstrap_servers(value: str) -> str:
+    """The bootstrap list librdkafka takes, `HOST:PORT[,HOST:PORT]`, from that or from `kafka://HOST:PORT`
+    (the form `sluice run --broker` and SLUICE_BROKER use); a PlanError naming both forms otherwise."""
+    parts = [part.strip().removeprefix("kafka://") for part in value.split(",")]
+    if not value.strip() or not is_host_port(",".join(parts)):
+        raise PlanError(f"bootstrap {value!r} is not a Kafka address: write HOST:PORT (several comma-separated, "
+                        "e.g. 'broker1:9092,broker2:9092') or kafka://HOST:PORT")
+    return ",".join(parts)
 
 
 def redact(config: Mapping[str, Any]) -> dict[str, Any]:
@@ -46,26 +104,84 @@ def redact(config: Mapping[str, Any]) -> dict[str, Any]:
     return {k: ("***" if any(w in k.lower() for w in SECRET_KEYS) else v) for k, v in config.items()}
 
 
+CLIENT_LOG = logging.getLogger("sluice.kafka.client")
+_VARYING = re.compile(r"\((after \d+ms|\d+ identical)[^)]*\)")  # parts of a librdkafka line that change each time
+
+
+class ClientLog:
+    """librdkafka's log lines (confluent-kafka's `logger=` setting) into Python logging, as the logger
+    `sluice.kafka.client`, instead of stderr. An unreachable broker makes librdkafka repeat the same line
+    ~20 times a second, so each distinct line is let through at most once per `every_s`, and the next one
+    says how many like it were left out. Anything that looks like a credential is masked."""
+
+    def __init__(self, every_s: float = 30.0) -> None:
+        self.every_s = every_s
+        self.seen: dict[str, tuple[float, int]] = {}  # line without its counters → (last shown, left out since)
+        self.lock = threading.Lock()
+
+    def log(self, level: int, fmt: str, *args: Any) -> None:
+        text = _masked(fmt % args if args else fmt)
+        key = _VARYING.sub("", text)
+        now = time.monotonic()
+        with self.lock:
+            shown, left_out = self.seen.get(key, (float("-inf"), 0))
+            if now - shown < self.every_s:
+                self.seen[key] = (shown, left_out + 1)
+                return
+            if len(self.seen) > 10_000:
+                self.seen.clear()
+            self.seen[key] = (now, 0)
+        if left_out:
+            text += f" ({left_out} more like it in the last {now - shown:.0f} s)"
+        CLIENT_LOG.log(level, text)
+
+
+CLIENT_LOGS = ClientLog()
+
+
+class ClientErrors:
+    """An `error_cb`: keeps the client's last error (e.g. "Connect to ipv4#10.0.0.1:9092 failed:
+    Connection refused") so that a timeout can say why."""
+
+    def __init__(self) -> None:
+        self.last: str | None = None
+
+    def __call__(self, err: Any) -> None:
+        self.last = _error_text(err)
+
+    def cause(self, client: Any) -> str:
+        """"; the last client error: ..." (after serving the client's pending callbacks), or ""."""
+        with contextlib.suppress(Exception):  # a closed or failed client: keep what is known
+            client.poll(0)
+        return f"; the last client error: {self.last}" if self.last else ""
+
+
 def client_config(bootstrap: str, config: Mapping[str, Any], **defaults: Any) -> dict[str, Any]:
-    """librdkafka settings: ours, then the user's (security settings pass through untouched)."""
-    return {"bootstrap.servers": bootstrap, **defaults, **config}
+    """librdkafka settings: ours, then the user's (security settings pass through untouched). The
+    client's log lines go to Python logging (`sluice.kafka.client`), rate-limited."""
+    return {"bootstrap.servers": bootstrap, "logger": CLIENT_LOGS, **defaults, **config}
 
 
-def topic_metadata(client: Any, bootstrap: str, topic: str | None, timeout_s: float) -> Any:
+def topic_metadata(client: Any, bootstrap: str, topic: str | None, timeout_s: float,
+                   errors: ClientErrors | None = None) -> Any:
     """Cluster metadata, or a KafkaError that says what went wrong (without any credential)."""
     from confluent_kafka import KafkaException
 
     try:
         return client.list_topics(topic, timeout=timeout_s)
     except KafkaException as exc:
-        raise KafkaError(f"cannot get metadata from {bootstrap} within {timeout_s:g} s: {_error_text(exc.args[0])}. "
-                         "Check the address, and for a secured cluster security.protocol, sasl.* and ssl.* "
-                         "in config") from None
+        cause = errors.cause(client) if errors is not None else ""
+        raise KafkaError(f"cannot get metadata from {bootstrap} within {timeout_s:g} s: {_error_text(exc.args[0])}"
+                         f"{cause}. Check the address (bootstrap=), and for a secured cluster security.protocol, "
+                         "sasl.* and ssl.* in config") from None
 
 
 def _error_text(err: Any) -> str:
     """A librdkafka error for a message: its text, with anything that looks like a credential masked."""
-    text = err.str() if hasattr(err, "str") else str(err)
+    return _masked(err.str() if hasattr(err, "str") else str(err))
+
+
+def _masked(text: str) -> str:
     return re.sub(r"(password|secret)=\S+", r"\1=***", text, flags=re.I)
 
 
@@ -85,6 +201,9 @@ class KafkaSource:
     follow: bool = False
     poll_timeout_s: float = 1.0
     block_records: int = 65_536
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "bootstrap", bootstrap_servers(self.bootstrap))
 
     def open(self, ctx: SourceContext) -> _KafkaReader:
         return _KafkaReader(self, ctx, self.schema_for(ctx))
@@ -157,11 +276,12 @@ class _KafkaReader:
 
         self.spec, self.ctx, self.schema = spec, ctx, schema
         self.decoder = Decoder(spec, ctx, schema)
+        errors = ClientErrors()
         conf = client_config(spec.bootstrap, spec.config, **FETCH_TUNING, **{
             "group.id": f"sluice-{ctx.step}", "enable.auto.commit": False, "enable.partition.eof": True,
-            "auto.offset.reset": "earliest", "isolation.level": "read_committed"})
+            "auto.offset.reset": "earliest", "isolation.level": "read_committed", "error_cb": errors})
         self.consumer = Consumer(conf)
-        meta = topic_metadata(self.consumer, spec.bootstrap, spec.topic, spec.connect_timeout_s)
+        meta = topic_metadata(self.consumer, spec.bootstrap, spec.topic, spec.connect_timeout_s, errors)
         topic = meta.topics.get(spec.topic)
         if topic is None or topic.error is not None:
             raise KafkaError(f"topic {spec.topic!r} is not available at {spec.bootstrap}: {topic.error if topic else 'missing'}")
@@ -247,11 +367,18 @@ class _KafkaReader:
 @dataclass(frozen=True)
 class KafkaSink:
     """Records to a topic. `key` names the column whose value is the message key (and so picks the
-    partition: librdkafka's murmur2, as the Java client); `headers` are sent with every message,
-    `header_columns` from columns; `timestamp` names an epoch-ms column for the message timestamp.
+    partition: murmur2 of its UTF-8 text, as the Java client and Kafka Streams place it); `headers` are
+    sent with every message, `header_columns` from columns; `timestamp` names an epoch-ms column for the
+    message timestamp.
 
     In a single process the producer is idempotent and at-least-once: flushed and checked at every
-    checkpoint. Under the Kafka runtime the records join the worker's transaction (exactly-once)."""
+    checkpoint. It checks at start, within `connect_timeout_s`, that the cluster answers and the topic
+    exists. Under the Kafka runtime the records join the worker's transaction (exactly-once).
+
+    `dead_letters=sl.DeadLetterTopic(...)` sets aside records the format cannot serialize and records the
+    cluster rejects for good (too large, invalid), with the reason in headers; without it they stop the
+    run. `on_delivery` is called with a `DeliveryReport` for every record (see docs/kafka.md for what a
+    report means under each guarantee)."""
 
     topic: str
     bootstrap: str
@@ -261,6 +388,13 @@ class KafkaSink:
     timestamp: str | None = None
     config: dict[str, Any] = field(default_factory=dict, repr=False)  # may hold credentials: never shown
     format: Any = field(default_factory=Json)
+    connect_timeout_s: float = 30.0  # reaching the cluster and finding the topic at start
+    delivery_timeout_s: float = 60.0  # a record not acknowledged by then fails (librdkafka's message.timeout.ms)
+    dead_letters: DeadLetterTopic | None = None  # where records that cannot be written go
+    on_delivery: Callable[[DeliveryReport], None] | None = field(default=None, compare=False)
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "bootstrap", bootstrap_servers(self.bootstrap))
 
     def open(self, ctx: SinkContext) -> KafkaWriter:
         return KafkaWriter(self, ctx)
@@ -269,10 +403,10 @@ class KafkaSink:
         """The value format, bound to the topic (a registry format registers its schema here)."""
         return self.format.bind(self.topic, reading=False) if hasattr(self.format, "bind") else self.format
 
-    def messages(self, rows: pl.DataFrame, codec: Any) -> Iterator[tuple[bytes | None, bytes, list[tuple[str, bytes]] | None, int]]:
-        """(key, value, headers, timestamp ms or 0) per row."""
+    def messages(self, rows: pl.DataFrame, codec: Any) -> tuple[list[Message], list[tuple[int, str]]]:
+        """The message of each row the format can serialize, and (row, reason) for each it cannot."""
         n = rows.height
-        values = codec.encode_values(rows)
+        values, bad = _encode(codec, rows)
         keys: list[Any] = (rows[self.key].cast(pl.String).to_list() if self.key else [None] * n)
         stamps: list[Any] = rows[self.timestamp].cast(pl.Int64).fill_null(0).to_list() if self.timestamp else [0] * n
         fixed = [(k, v.encode()) for k, v in self.headers.items()]
@@ -281,9 +415,43 @@ class KafkaSink:
             hdrs: list[Any] = [fixed + [(c, (vals[i] or "").encode()) for c, vals in cols] for i in range(n)]
         else:
             hdrs = [fixed or None] * n
+        out: list[Message] = []
         for i in range(n):
-            k = keys[i]
-            yield (k.encode() if k is not None else None), values[i], hdrs[i], stamps[i]
+            v, k = values[i], keys[i]
+            if v is not None:
+                out.append(((k.encode() if k is not None else None), v, hdrs[i], stamps[i]))
+        return out, bad
+
+
+def _encode(codec: Any, rows: pl.DataFrame) -> tuple[list[bytes | None], list[tuple[int, str]]]:
+    """Values of the rows; when the batch does not serialize, row by row to find the ones that do not
+    (None in their place, with the reason)."""
+    try:
+        return list(codec.encode_values(rows)), []
+    except Exception:  # formats raise their own types (fastavro, jsonschema): find the rows
+        pass
+    values: list[bytes | None] = []
+    bad: list[tuple[int, str]] = []
+    for i in range(rows.height):
+        try:
+            values.append(codec.encode_values(rows.slice(i, 1))[0])
+        except Exception as exc:
+            values.append(None)
+            text = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+            bad.append((i, f"cannot be serialized: {text}"))
+    return values, bad
+
+
+@dataclass(frozen=True)
+class DeliveryReport:
+    """What the cluster said about one record of a KafkaSink, for its `on_delivery` callback."""
+
+    topic: str
+    partition: int
+    offset: int | None  # None when not written
+    key: bytes | None
+    error: str | None = None  # None: written (under the Kafka runtime: into the open transaction)
+    dead_lettered: bool = False  # failed for good and went to the sink's dead-letter topic
 
 
 @dataclass(frozen=True)
@@ -295,6 +463,11 @@ class DeadLetterTopic:
     topic: str
     bootstrap: str
     config: dict[str, Any] = field(default_factory=dict, repr=False)  # may hold credentials: never shown
+    connect_timeout_s: float = 30.0
+    delivery_timeout_s: float = 60.0
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "bootstrap", bootstrap_servers(self.bootstrap))
 
     def open(self, ctx: SinkContext) -> KafkaWriter:
         return KafkaWriter(self, ctx)
@@ -302,7 +475,8 @@ class DeadLetterTopic:
     def codec(self) -> Any:
         return None
 
-    def messages(self, rows: pl.DataFrame, codec: Any) -> Iterator[tuple[bytes | None, bytes, list[tuple[str, bytes]] | None, int]]:
+    def messages(self, rows: pl.DataFrame, codec: Any) -> tuple[list[Message], list[tuple[int, str]]]:
+        out: list[Message] = []
         where = re.compile(r"^kafka:(?P<topic>.+)/(?P<partition>\d+) offset (?P<offset>\d+)$")
         for step, position, reason, raw in rows.select("step", "position", "reason", "raw").iter_rows():
             headers = [("sluice.reason", (reason or "").encode()), ("sluice.step", (step or "").encode()),
@@ -311,70 +485,206 @@ class DeadLetterTopic:
             if m:
                 headers += [("sluice.source.topic", m["topic"].encode()), ("sluice.source.partition", m["partition"].encode()),
                             ("sluice.source.offset", m["offset"].encode())]
-            yield None, (raw or "").encode(), headers, 0
+            out.append((None, (raw or "").encode(), headers, 0))
+        return out, []
+
+
+# Delivery errors about the record itself: it goes to the sink's dead-letter topic, if it has one. Any
+# other error (unreachable cluster, missing ACLs, timeouts) would fail every record alike: it stops the run.
+RECORD_ERRORS = frozenset({"MSG_SIZE_TOO_LARGE", "_MSG_SIZE_TOO_LARGE", "INVALID_RECORD", "INVALID_MSG",
+                           "INVALID_TIMESTAMP", "POLICY_VIOLATION", "RECORD_LIST_TOO_LARGE"})
+
+
+def _fingerprint(key: bytes | None, value: bytes) -> bytes:
+    import hashlib
+
+    return hashlib.blake2b((key or b"") + b"\x00" + value, digest_size=16).digest()
 
 
 class KafkaWriter(UntransactedWriter):
-    """Produces a sink's records. With `producer` given, the runtime owns it (and its transaction)."""
+    """Produces a sink's records. With `producer` given, the runtime owns it (and its transaction).
+
+    Records that cannot be written go to the sink's dead-letter topic when it has one: those the format
+    cannot serialize at once, in the same transaction under the runtime; those the cluster rejects for
+    good (RECORD_ERRORS) when their delivery report comes. Under the runtime such a rejection fails the
+    transaction (Kafka commits all of it or nothing), so the record is remembered and, when the worker
+    replays from the last commit, goes to the dead-letter topic instead."""
 
     def __init__(self, spec: KafkaSink | DeadLetterTopic, ctx: SinkContext, producer: Any = None) -> None:
         from confluent_kafka import Producer
 
         self.spec, self.ctx = spec, ctx
         self.codec = spec.codec()  # registers the schema now: an incompatible change fails at startup
+        self.dead: DeadLetterTopic | None = getattr(spec, "dead_letters", None)
+        self.on_delivery: Callable[[DeliveryReport], None] | None = getattr(spec, "on_delivery", None)
         self.errors: list[str] = []
+        self.given = 0  # records given to the sink, for positions
         self.produced = 0
         self.delivered = 0
+        self.dead_lettered = 0
+        self.rejected: list[tuple[Any, str]] = []  # (message, reason) rejected for good, to dead-letter
+        self.poison: set[bytes] = set()  # under the runtime: records to dead-letter when they come again
         self.owned = producer is None
+        self.failed = False  # an error was raised: close() drops what is still queued
         if producer is None:
+            self.client_errors = ClientErrors()
             conf = client_config(spec.bootstrap, spec.config, **{
-                "enable.idempotence": True, "linger.ms": 20, "compression.type": "lz4",
-                "retry.backoff.ms": 100, "retry.backoff.max.ms": 2000})
+                "enable.idempotence": True, "linger.ms": 20, "compression.type": "lz4", "partitioner": PARTITIONER,
+                "retry.backoff.ms": 100, "retry.backoff.max.ms": 2000, "error_cb": self.client_errors,
+                "message.timeout.ms": int(spec.delivery_timeout_s * 1000)})
             producer = Producer(conf)
+            self.producer = producer
+            self._check_topic(spec.topic)
+            if self.dead is not None:
+                if (self.dead.bootstrap, self.dead.config) != (spec.bootstrap, spec.config):
+                    raise PlanError(f"write step {ctx.step!r}: the dead-letter topic must be on the sink's cluster "
+                                    "(the same bootstrap and config), so one producer writes both")
+                self._check_topic(self.dead.topic)
         self.producer = producer
+        # a record's report is needed to count it, to pass it on, or to dead-letter it
+        self.report = self._report if self.owned or self.on_delivery or self.dead else None
+
+    def _check_topic(self, name: str) -> None:
+        """Fail now, with the address and the cause, if the cluster cannot be reached or lacks the topic."""
+        spec, step = self.spec, self.ctx.step
+        try:
+            meta = topic_metadata(self.producer, spec.bootstrap, name, spec.connect_timeout_s, self.client_errors)
+        except KafkaError as exc:
+            self.failed = True
+            raise KafkaError(f"write step {step!r}: {exc}") from None
+        topic = meta.topics.get(name)
+        if topic is None or topic.error is not None:
+            self.failed = True
+            reason = _error_text(topic.error) if topic is not None and topic.error is not None else "missing"
+            raise KafkaError(f"write step {step!r}: topic {name!r} is not available at {spec.bootstrap} "
+                             f"({reason}); create it first, or check the topic name and the principal's ACLs")
 
     def _report(self, err: Any, msg: Any) -> None:
-        if err is not None:
-            self.errors.append(f"{msg.topic()}/{msg.partition()}: {_error_text(err)}")
-        else:
+        key = msg.key()
+        if err is None:
             self.delivered += 1
+            if self.on_delivery is not None:
+                self.on_delivery(DeliveryReport(msg.topic(), msg.partition(), msg.offset(), key))
+            return
+        text = _error_text(err)
+        for_dlq = self.dead is not None and err.name() in RECORD_ERRORS
+        if for_dlq and self.owned:
+            self.rejected.append((msg, text))
+        elif for_dlq:  # the transaction fails; when the record comes again it goes to the dead-letter topic
+            self.poison.add(_fingerprint(key, msg.value()))
+        elif self.owned:
+            fix = ("; to set such records aside, give the sink dead_letters=sl.DeadLetterTopic(...)"
+                   if err.name() in RECORD_ERRORS else "")
+            self.errors.append(f"{msg.topic()}/{msg.partition()} (key {key!r}): {text}{fix}")
+        if self.on_delivery is not None:
+            self.on_delivery(DeliveryReport(msg.topic(), msg.partition(), None, key, text, for_dlq and self.owned))
 
     def metrics(self) -> dict[str, int]:
-        return {"produced": self.produced, "delivered": self.delivered, "failed": len(self.errors)}
+        counts = {"produced": self.produced, "delivered": self.delivered, "failed": len(self.errors)}
+        return {**counts, "dead_lettered": self.dead_lettered} if self.dead is not None else counts
 
     def write(self, df: pl.DataFrame) -> None:
         rows = user_columns(df)
         if rows.height == 0:
             return
-        produce, poll, topic = self.producer.produce, self.producer.poll, self.spec.topic
-        report = self._report if self.owned else None
-        for key, value, headers, ts in self.spec.messages(rows, self.codec):
-            while True:
-                try:
-                    produce(topic, value=value, key=key, headers=headers, timestamp=ts, on_delivery=report)
-                    break
-                except BufferError:  # the local queue is full: let it drain (backpressure)
-                    poll(0.05)
-        self.produced += rows.height
-        poll(0)
+        msgs, bad = self.spec.messages(rows, self.codec)
+        if bad:
+            self._unserializable(rows, bad)
+        topic = self.spec.topic
+        for key, value, headers, ts in msgs:
+            if self.poison and _fingerprint(key, value) in self.poison:
+                self._dead_letter(key, value, headers, "rejected by the cluster in an earlier attempt of this "
+                                  "transaction", f"kafka:{topic}")
+                continue
+            self._produce(topic, key, value, headers, ts, self.report)
+        self.given += rows.height
+        self.produced += len(msgs)
+        self.producer.poll(0)
+        self._flush_rejected()
         self._raise()
+
+    def _produce(self, topic: str, key: bytes | None, value: bytes, headers: Any, ts: int, report: Any) -> None:
+        from confluent_kafka import KafkaException
+
+        while True:
+            try:
+                self.producer.produce(topic, value=value, key=key, headers=headers, timestamp=ts, on_delivery=report)
+                return
+            except BufferError:  # the local queue is full: let it drain (backpressure)
+                self.producer.poll(0.05)
+            except KafkaException as exc:  # refused before sending (e.g. larger than message.max.bytes)
+                err = exc.args[0]
+                if self.dead is None or topic == self.dead.topic or err.name() not in RECORD_ERRORS:
+                    self.failed = True
+                    raise KafkaError(f"write step {self.ctx.step!r}: a record (key {key!r}) cannot be produced to "
+                                     f"{topic!r}: {_error_text(err)}; to set such records aside, give the sink "
+                                     "dead_letters=sl.DeadLetterTopic(...)") from None
+                self._dead_letter(key, value, headers, f"not produced: {_error_text(err)}", f"kafka:{topic}")
+                return
+
+    def _unserializable(self, rows: pl.DataFrame, bad: list[tuple[int, str]]) -> None:
+        raws = rows_as_json(rows[[i for i, _ in bad]])
+        if self.dead is None:
+            i, reason = bad[0]
+            self.failed = True
+            raise EncodeError(self.ctx.step, f"record {self.given + i} written to {self.spec.topic!r}",
+                            f"{len(bad)} record(s) cannot be written, the first {reason}; it reads {raws[0][:200]!r}",
+                            "correct the records upstream, or set them aside: give the sink "
+                            "dead_letters=sl.DeadLetterTopic(...)")
+        key = getattr(self.spec, "key", None)
+        for (i, reason), raw in zip(bad, raws, strict=True):
+            k = rows[key][i] if key else None
+            self._dead_letter(None if k is None else str(k).encode(), raw.encode(), None, reason,
+                              f"record {self.given + i} written to {self.spec.topic!r}")
+
+    def _flush_rejected(self) -> None:
+        rejected, self.rejected = self.rejected, []
+        for msg, reason in rejected:
+            self._dead_letter(msg.key(), msg.value(), msg.headers(), f"not delivered: {reason}",
+                              f"kafka:{msg.topic()}/{msg.partition()}")
+
+    def _dead_letter(self, key: bytes | None, value: bytes, headers: Any, reason: str, position: str) -> None:
+        """A record that cannot be written, to the dead-letter topic (in the same transaction under the runtime)."""
+        assert self.dead is not None
+        marks = [("sluice.reason", reason.encode()), ("sluice.step", self.ctx.step.encode()),
+                 ("sluice.position", position.encode()), ("sluice.target.topic", self.spec.topic.encode())]
+        self._produce(self.dead.topic, key, value, marks + list(headers or []), 0, self._dead_report)
+        self.dead_lettered += 1
+
+    def _dead_report(self, err: Any, msg: Any) -> None:
+        if err is not None and self.owned:  # a dead letter lost would be a record lost: stop
+            self.errors.append(f"dead-letter topic {msg.topic()}/{msg.partition()}: {_error_text(err)}")
 
     def _raise(self) -> None:
         if self.errors:
+            self.failed = True
             first = self.errors[0]
-            raise KafkaError(f"sink {self.ctx.step!r}: {len(self.errors)} record(s) were not delivered, e.g. {first}")
+            raise KafkaError(f"sink {self.ctx.step!r}: {len(self.errors)} record(s) were not delivered to "
+                             f"{self.spec.bootstrap}, e.g. {first}")
 
     def prepare(self, epoch: int) -> dict[str, Any]:
         if not self.owned:
             return {}
-        left = self.producer.flush(60)
+        wait_s = self.spec.delivery_timeout_s + 5  # librdkafka fails each record after delivery_timeout_s
+        left = self.producer.flush(wait_s)
+        if self.rejected:  # their reports came during the flush: send them aside, and wait for those
+            self._flush_rejected()
+            left = self.producer.flush(wait_s)
         if left:
-            raise KafkaError(f"sink {self.ctx.step!r}: {left} record(s) still undelivered after 60 s")
+            self.failed = True
+            raise KafkaError(f"sink {self.ctx.step!r}: {left} record(s) not delivered to {self.spec.bootstrap} within "
+                             f"{wait_s:g} s{self.client_errors.cause(self.producer)}. Check that the cluster is "
+                             "reachable from here; delivery_timeout_s= sets how long to wait")
         self._raise()
         return {}
 
     def close(self) -> None:
-        if self.owned:
+        if not self.owned:
+            return
+        if self.failed:  # the run stops with an error already: do not wait for the rest
+            self.producer.purge()
+            self.producer.flush(0)
+        else:
             self.producer.flush(30)
 
 

@@ -4,16 +4,20 @@
     ...write("out", sl.Topic("user-stats", key="user_id"))
 
 The broker is the `SLUICE_BROKER` setting (`sluice run --broker`): a directory for the embedded log
-(default `.sluice/log`), or `kafka://HOST:PORT` for Kafka. Nothing else in the pipeline changes.
+(default `.sluice/log`), or Kafka as `HOST:PORT[,HOST:PORT]` or `kafka://HOST:PORT`. A value that could
+be either (a bare name, or an existing directory called like an address) is an error, not a guess.
+Nothing else in the pipeline changes.
 """
 
 from __future__ import annotations
 
 import os
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 from sluice.connectors.api import SinkContext, SourceContext
+from sluice.core.errors import PlanError
 from sluice.formats.json import Json
 
 DEFAULT_BROKER = ".sluice/log"
@@ -24,8 +28,24 @@ def current_broker() -> str:
 
 
 def kafka_bootstrap(broker: str) -> str | None:
-    """HOST:PORT[,HOST:PORT] when `broker` names Kafka, else None."""
-    return broker.removeprefix("kafka://") if broker.startswith("kafka://") else None
+    """HOST:PORT[,HOST:PORT] when `broker` names Kafka, None when it names a directory of the embedded log."""
+    from sluice.connectors.kafka import bootstrap_servers, is_host_port
+
+    setting = f"the broker setting (sluice run --broker, or SLUICE_BROKER) {broker!r}"
+    if broker.startswith("kafka://"):
+        return bootstrap_servers(broker)
+    if is_host_port(broker):
+        if Path(broker).is_dir():
+            raise PlanError(f"{setting} is a Kafka address and also a directory here; write kafka://{broker} "
+                            f"for Kafka or ./{broker} for the embedded log")
+        return bootstrap_servers(broker)
+    path = Path(broker)
+    if path.is_dir() or broker.startswith(".") or "/" in broker or os.sep in broker:
+        if path.exists() and not path.is_dir():
+            raise PlanError(f"{setting} is a file; the embedded log needs a directory")
+        return None
+    raise PlanError(f"{setting} is neither HOST:PORT nor an existing directory: for Kafka give the port "
+                    f"({broker}:9092 or kafka://{broker}:9092), for the embedded log a path (./{broker})")
 
 
 @dataclass(frozen=True)

@@ -35,6 +35,7 @@ from sluice.checkpoint.store import pack_state, unpack_state
 from sluice.connectors.api import SinkContext, SourceContext
 from sluice.connectors.kafka import (
     FETCH_TUNING,
+    PARTITIONER,
     DeadLetterTopic,
     Decoder,
     KafkaError,
@@ -42,6 +43,7 @@ from sluice.connectors.kafka import (
     KafkaSource,
     KafkaWriter,
     _error_text,
+    bootstrap_servers,
     client_config,
     topic_metadata,
 )
@@ -77,6 +79,10 @@ class KafkaRuntime:
     max_failed_commits: int = 8  # consecutive failed commits (each retried after a growing pause) before giving up
     batch_size: int = DEFAULT_BATCH_SIZE
     poll_records: int = 20_000
+
+    def __post_init__(self) -> None:
+        if self.bootstrap is not None:  # kafka://HOST:PORT or HOST:PORT[,HOST:PORT]
+            object.__setattr__(self, "bootstrap", bootstrap_servers(self.bootstrap))
 
 
 @dataclass
@@ -418,7 +424,7 @@ class Worker:
         conf = client_config(self.bootstrap, self.config, **{
             "transactional.id": f"{self.rt.app_id}-{self.instance}", "enable.idempotence": True,
             "transaction.timeout.ms": self.rt.transaction_timeout_ms, "linger.ms": 20, "compression.type": "lz4",
-            "queue.buffering.max.messages": 1_000_000})
+            "queue.buffering.max.messages": 1_000_000, "partitioner": PARTITIONER})
         producer = Producer(conf)
         producer.init_transactions(30)
         producer.begin_transaction()

@@ -2,9 +2,10 @@
 an internal topic, as in Kafka Streams, with event time carried across (as in Flink).
 
 The flow is cut at that `key_by`. The upstream part writes each batch to `<app>-<step>-repartition`,
-one Arrow IPC message per destination partition (CRC-32 of the key, as the embedded log), with the
-records' event time and per-record watermark, and the writing task in a header. The downstream part
-reads it; each downstream task keeps the newest watermark of every upstream task and a record's
+one Arrow IPC message per destination partition (murmur2 of the key text: where KafkaSink, the Java
+client and Kafka Streams put the key, so the internal topic is co-partitioned with topics they write),
+with the records' event time and per-record watermark, and the writing task in a header. The downstream
+part reads it; each downstream task keeps the newest watermark of every upstream task and a record's
 watermark is the minimum of those: the same rule as for the partitions of one source. Upstream tasks
 send their watermark to every partition at each commit (so idle keys do not hold windows open) and an
 end marker when their input ends. All of it is written in the worker's transaction, so the internal
@@ -86,12 +87,12 @@ def split(plan: Plan, source_key: str | None, app_id: str) -> tuple[Plan, Plan |
 
 
 def destinations(df: pl.DataFrame, keys: tuple[str, ...], partitions: int) -> np.ndarray:
-    from sluice.connectors.log.connector import partition_of
+    from sluice.connectors.kafka import murmur2_partitions
 
     if len(keys) == 1:
-        return partition_of(df[keys[0]], partitions)
+        return murmur2_partitions(df[keys[0]], partitions)
     joined = df.select(pl.concat_str([pl.col(k).cast(pl.String).fill_null("") for k in keys], separator="\x1f"))
-    return partition_of(joined.to_series(), partitions)
+    return murmur2_partitions(joined.to_series(), partitions)
 
 
 class RepartitionWriter(UntransactedWriter):
