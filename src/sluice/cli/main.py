@@ -87,6 +87,10 @@ class Progress:
 def cmd_run(a: argparse.Namespace) -> int:
     import os
 
+    if os.environ.get("SLUICE_FAILPOINTS"):  # crash tests: die at a named place in the commit path
+        from sluice.core import failpoints
+
+        failpoints.arm(os.environ["SLUICE_FAILPOINTS"])
     if a.broker:
         os.environ["SLUICE_BROKER"] = a.broker  # sl.Topic reads it; worker processes inherit it
     from sluice.connectors.topic import current_broker, kafka_bootstrap

@@ -426,6 +426,11 @@ class _FileWriter:
     fresh: bool = False  # not resumed, and nothing prepared yet: the first transaction replaces old output
 
     def __post_init__(self) -> None:
+        if self.single_file and self.ctx.task is not None:
+            raise PlanError(
+                f"sink {self.ctx.step!r}: under the Kafka runtime each task writes its own part files, so a file "
+                f"sink needs a directory path, not the single file {str(self.spec.path)!r}"
+            )
         if self.single_file and self.ctx.exactly_once and not self.spec.appendable:
             raise PlanError(
                 f"sink {self.ctx.step!r}: a single {self.spec.suffix} file cannot grow checkpoint by checkpoint; "
@@ -440,6 +445,12 @@ class _FileWriter:
     @property
     def single_file(self) -> bool:
         return self.spec.partition_by is None and str(self.spec.path).endswith(self.spec.suffix)
+
+    @property
+    def part_prefix(self) -> str:
+        """Part files of one Kafka-runtime task carry its number, so that its recovery and its replacing
+        touch only its own files in a directory that every task writes into."""
+        return "part-" if self.ctx.task is None else f"part-t{self.ctx.task}-"
 
     @property
     def target(self) -> Path:
@@ -507,7 +518,7 @@ class _FileWriter:
             return
         directory = self.target / key if key else self.target
         self.seq += 1
-        final = directory / f"part-{self.run_id}-{self.seq:06d}{self.spec.suffix}"
+        final = directory / f"{self.part_prefix}{self.run_id}-{self.seq:06d}{self.spec.suffix}"
         stage = final.with_name(f".{final.name}.stage")
         directory.mkdir(parents=True, exist_ok=True)
         self.spec.write_file(df, stage)
@@ -539,7 +550,7 @@ class _FileWriter:
             return {"remove": [str(self.target)]} if self.target.exists() else {}
         if not self.target.is_dir():
             return {}
-        return {"remove": sorted(str(p) for p in self.target.rglob(f"part-*{self.spec.suffix}"))}
+        return {"remove": sorted(str(p) for p in self.target.rglob(f"{self.part_prefix}*{self.spec.suffix}"))}
 
     def commit(self, txn: dict[str, Any]) -> None:
         for st, final in txn.get("files", []):
@@ -586,7 +597,7 @@ class _FileWriter:
                 keep = txn is not None or self.spec.mode == "append"  # a fresh replacing run starts from nothing
                 self.committed_len = self.target.stat().st_size if keep and self.target.exists() else 0
         elif self.target.exists():
-            for stray in self.target.rglob(".part-*.stage"):
+            for stray in self.target.rglob(f".{self.part_prefix}*.stage"):
                 stray.unlink()
         self.fresh = txn is None
 

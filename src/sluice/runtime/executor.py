@@ -133,13 +133,16 @@ def fingerprint(step: Step) -> str:
 class Executor:
     def __init__(self, plan: Plan, batch_size: int = DEFAULT_BATCH_SIZE, progress: Progress | None = None,
                  checkpoints: CheckpointSettings | None = None, state_backend: str = "memory",
-                 state_dir: str | Path | None = None, task: int | None = None, instance: str = "") -> None:
+                 state_dir: str | Path | None = None, task: int | None = None, instance: str = "",
+                 exactly_once: bool | None = None) -> None:
         if batch_size < 1:
             raise PlanError(f"batch_size must be at least 1, got {batch_size}")
         plan.validate()
         self.plan = plan
         self.task = task  # the Kafka runtime's task this executor serves (None: the whole input)
         self.instance = instance
+        # sinks stage until commit in a checkpointed run, and under the Kafka runtime (whose tasks commit)
+        self.exactly_once = checkpoints is not None if exactly_once is None else exactly_once
         self.batch_size = batch_size
         self.progress = progress
         self.checkpoints = checkpoints
@@ -182,7 +185,7 @@ class Executor:
             self.readers[step.name] = step.source.open(ctx)
             return PassThrough(step.name)
         if isinstance(step, Write):
-            writer = step.sink.open(SinkContext(step.name, exactly_once=self.checkpoints is not None,
+            writer = step.sink.open(SinkContext(step.name, exactly_once=self.exactly_once,
                                                 schema=stream_schema(self.plan, step.inputs[0]),
                                                 flow=self.plan.name, task=self.task, instance=self.instance))
             self.writers[step.name] = writer

@@ -49,8 +49,10 @@ from sluice.connectors.kafka import (
 )
 from sluice.core.batch import END_OF_TIME, NO_WATERMARK, Batch, Origin
 from sluice.core.errors import PlanError
+from sluice.core.failpoints import failpoint
 from sluice.core.plan import Plan, Read, Step, Write
 from sluice.operators.stateless import EventTimeOperator
+from sluice.runtime.commit import EpochCommit
 from sluice.runtime.executor import DEFAULT_BATCH_SIZE, Executor
 from sluice.runtime.repartition import (
     RepartitionReader,
@@ -200,7 +202,14 @@ class _Task:
     def __init__(self, worker: Worker, partition: int) -> None:
         self.p = partition
         self.worker = worker
-        self.parts = [Executor(plan, worker.rt.batch_size) for plan in worker.task_plans]
+        self.parts = [Executor(plan, worker.rt.batch_size, task=partition, instance=worker.instance, exactly_once=True)
+                      for plan in worker.task_plans]
+        # the task's own sinks (files, databases …): participants in the epoch commit whose prepared
+        # transactions travel in the task's snapshot, inside the Kafka transaction (runtime/commit.py)
+        self.commit = EpochCommit({name: w for ex in self.parts for name, w in ex.writers.items()
+                                   if name not in worker.writers})
+        self.prepared: dict[str, dict[str, Any]] = {}
+        self.restored_sinks: dict[str, Any] | None = None
         self.decoders: dict[str, tuple[str, Decoder, Origin]] = {}
         for name, spec in worker.reads.items():
             step = worker.plan.step(name)
@@ -276,11 +285,40 @@ class _Task:
     def records(self) -> int:
         return self.parts[0].rows_read
 
+    def prepare(self) -> None:
+        """Phase one for the task's own sinks: stage the epoch durably (recorded by `snapshot`)."""
+        self.prepared = self.commit.prepare(self.sid + 1) if self.commit.writers else {}
+
+    def commit_sinks(self) -> None:
+        """Phase two, once the Kafka transaction holding the snapshot has committed."""
+        if self.prepared:
+            self.commit.commit(self.prepared)
+        self.prepared = {}
+
+    def abort_sinks(self) -> None:
+        if self.prepared:
+            self.commit.abort(self.prepared)
+        self.prepared = {}
+
+    def recover_sinks(self) -> None:
+        """The task starts (restored or new): commit its last recorded epoch again, drop later staging."""
+        if self.commit.writers:
+            self.commit.recover(self.restored_sinks)
+
+    def close(self) -> None:
+        for ex in self.parts:
+            for name, writer in ex.writers.items():
+                if name in self.commit.writers:
+                    writer.close()
+            for op in ex.ops.values():
+                op.close()
+
     def snapshot(self) -> bytes:
         self.sid += 1
         meta = {"partition": self.p, "sid": self.sid, "positions": self.positions, "ended": sorted(self.ended),
                 "finished_up": self.finished_up, "finished": self.finished, "flow": self.worker.plan.name,
-                "sent_wm": self.sent_wm, "shuffle": self.shuffle.state() if self.shuffle is not None else None}
+                "sent_wm": self.sent_wm, "shuffle": self.shuffle.state() if self.shuffle is not None else None,
+                "sinks": self.prepared}
         steps = {f"{i}/{name}": v for i, ex in enumerate(self.parts) for name, v in ex.snapshot_state().items()}
         return pack_state(steps, meta)
 
@@ -297,6 +335,7 @@ class _Task:
         self.finished_up = bool(meta["finished_up"])
         self.finished = bool(meta["finished"])
         self.sent_wm = int(meta["sent_wm"])
+        self.restored_sinks = meta.get("sinks") or None
         if self.shuffle is not None and meta["shuffle"] is not None:
             self.shuffle.restore(meta["shuffle"])
         if self.shuffle is None and self.finished:
@@ -322,9 +361,6 @@ class Worker:
                     raise PlanError(f"read step {st.name!r} reads {type(st.source).__name__}; under the Kafka runtime "
                                     "every source is a Kafka topic (KafkaSource, or sl.Topic with a Kafka broker)")
                 self.reads[st.name] = st.source
-            if isinstance(st, Write) and not isinstance(st.sink, KafkaSink | DeadLetterTopic):
-                raise PlanError(f"write step {st.name!r} writes to {type(st.sink).__name__}; under the Kafka runtime "
-                                "every sink is a Kafka topic, written in the worker's transaction (exactly-once)")
         if len({s.topic for s in self.reads.values()}) != len(self.reads):
             raise PlanError("two read steps read the same topic; read it once and branch the stream")
         keys = {s.key for s in self.reads.values()}
@@ -372,8 +408,9 @@ class Worker:
                 self.shuffle_writer = RepartitionWriter(st.sink, self.partitions, _ProducerRef(self))
                 self.writers[st.name] = self.shuffle_writer
                 steps.append(replace(st, sink=_SharedSink(self.shuffle_writer)))
-            elif isinstance(st, Write):
-                writer = KafkaWriter(st.sink, SinkContext(st.name, exactly_once=True), producer=_ProducerRef(self))
+            elif isinstance(st, Write) and isinstance(st.sink, KafkaSink | DeadLetterTopic):
+                writer = KafkaWriter(st.sink, SinkContext(st.name, exactly_once=True, flow=plan.name,
+                                                          instance=self.instance), producer=_ProducerRef(self))
                 self.writers[st.name] = writer
                 steps.append(replace(st, sink=_SharedSink(writer)))
             else:
@@ -404,7 +441,7 @@ class Worker:
         if len(set(counts.values())) != 1:
             raise KafkaError(f"the input topics must have the same number of partitions (co-partitioned): {counts}")
         for st in self.plan.steps:
-            if isinstance(st, Write) and not isinstance(st.sink, RepartitionSink) and st.sink.topic not in meta.topics:
+            if isinstance(st, Write) and isinstance(st.sink, KafkaSink | DeadLetterTopic) and st.sink.topic not in meta.topics:
                 raise KafkaError(f"write step {st.name!r}: output topic {st.sink.topic!r} does not exist at "
                                  f"{self.bootstrap}; create it first (e.g. with as many partitions as the input)")
         n = next(iter(counts.values()))
@@ -517,6 +554,8 @@ class Worker:
                 if task.positions == want[p] or (not want[p] and p not in states):
                     tasks[p] = task
                     todo.remove(p)
+                else:
+                    task.close()
             if todo and time.monotonic() > deadline:
                 raise KafkaError(f"tasks {todo}: the committed offsets and the newest state in {self.state_topic} "
                                  "disagree (was the state topic deleted or written by another application?)")
@@ -524,6 +563,7 @@ class Worker:
                 time.sleep(0.2)  # a commit's markers are still on their way
         for p in ps:
             task = tasks[p]
+            task.recover_sinks()  # its own sinks: the recorded epoch committed (again), later staging dropped
             for topic in self.all_topics:
                 if topic not in task.positions:
                     low = self.consumer.get_watermark_offsets(TopicPartition(topic, p), 30)[0]
@@ -560,6 +600,7 @@ class Worker:
             task = self.tasks.pop(p, None)
             if task is not None:
                 self.result.records += task.records()
+                task.close()
 
     # --- rebalance callbacks --------------------------------------------------------------------
     def _on_assign(self, consumer: Any, partitions: list[Any]) -> None:
@@ -593,6 +634,8 @@ class Worker:
             return True
         try:
             for t in dirty:
+                t.prepare()
+            for t in dirty:
                 blob = t.snapshot()
                 chunks = [blob[i:i + CHUNK_BYTES] for i in range(0, len(blob), CHUNK_BYTES)] or [b""]
                 for i, chunk in enumerate(chunks):
@@ -602,8 +645,17 @@ class Worker:
             self.producer.send_offsets_to_transaction(offsets, self.consumer.consumer_group_metadata(), 60)
             self._commit_transaction()
         except KafkaException as exc:
+            for t in dirty:
+                t.abort_sinks()
             self._failed(exc)
             return False
+        except BaseException:
+            for t in dirty:
+                t.abort_sinks()
+            raise
+        failpoint("after_kafka_commit")
+        for t in dirty:  # the snapshots (with the prepared transactions) are committed: publish
+            t.commit_sinks()
         for t in dirty:
             t.dirty = False
         self.result.commits += 1

@@ -175,6 +175,9 @@ class LogSink:
         log = Log(self.root, self.settings)
         log.create_topic(self.topic, self.partitions)
         parts = [log.partition(self.topic, p, writable=True) for p in range(self.partitions)]
+        if ctx.task is not None:
+            raise PlanError(f"sink {ctx.step!r}: the embedded log is written by one process; under the Kafka runtime "
+                            "write to a Kafka topic instead (sl.Topic, or KafkaSink)")
         return _LogWriter(self, parts, ctx.step if ctx.exactly_once else None)
 
 
