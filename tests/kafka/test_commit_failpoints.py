@@ -1,9 +1,11 @@
-"""Exactly-once across the epoch commit, under the Kafka runtime, for every kind of participant: a worker
+"""Exactly-once across the epoch commit, under the Kafka runtime and under sl.run, for every kind of
+participant. Under the Kafka runtime a worker
 reads a topic and writes its windows to a Kafka topic (the worker's transaction) and to a directory of
 JSON Lines part files, and its click records to a directory of CSV part files (the task's own sinks,
 committed after the Kafka transaction that records them). The worker is killed (SIGKILL) at each named
 failpoint of the commit path; a restart then finishes, and every output equals the DuckDB oracle: nothing
-lost, nothing twice."""
+lost, nothing twice. Under sl.run the same flow runs with a checkpoint directory and the Kafka sink is a
+participant too (staged, then committed with a marker in its own transaction: connectors/kafka_staged.py)."""
 
 from __future__ import annotations
 
@@ -41,15 +43,20 @@ events.filter(sl.col("event_type") == "click").select("timestamp", "user_id").wr
 '''
 
 
-def sluice_run(pipeline: Path, bootstrap: str, app: str, args: list[str], failpoints: str | None) -> int:
+def sluice_run(pipeline: Path, bootstrap: str, app: str, args: list[str], failpoints: str | None,
+               checkpoints: Path | None = None) -> int:
+    """`sluice run` as a process: under the Kafka runtime, or (with `checkpoints`) under sl.run."""
     env = {**os.environ, "PYTHONPATH": str(ROOT / "src")}
     env.pop("SLUICE_FAILPOINTS", None)
     if failpoints:
         env["SLUICE_FAILPOINTS"] = failpoints
-    cmd = [sys.executable, "-m", "sluice.cli.main", "run", str(pipeline), "--broker", f"kafka://{bootstrap}",
-           "--app-id", app, "--instance", "w0", "--until-end", "--commit-interval", "0.1", "--batch-size", "2000",
-           "--quiet", "--", bootstrap, *args]
-    return subprocess.run(cmd, env=env, timeout=300).returncode
+    cmd = [sys.executable, "-m", "sluice.cli.main", "run", str(pipeline), "--batch-size", "2000", "--quiet"]
+    if checkpoints is None:
+        cmd += ["--broker", f"kafka://{bootstrap}", "--app-id", app, "--instance", "w0", "--until-end",
+                "--commit-interval", "0.1"]
+    else:
+        cmd += ["--checkpoint-dir", str(checkpoints), "--checkpoint-interval", "0"]
+    return subprocess.run([*cmd, "--", bootstrap, *args], env=env, timeout=300).returncode
 
 
 def parts(directory: Path, suffix: str) -> pl.DataFrame:
@@ -59,15 +66,22 @@ def parts(directory: Path, suffix: str) -> pl.DataFrame:
     return pl.concat([read(f) for f in files if f.stat().st_size]) if files else pl.DataFrame()
 
 
-@pytest.mark.parametrize("crashes", [
-    ["after_prepare@3"],
-    ["after_kafka_commit@3"],
-    ["between_sink_commits@3"],
-    ["after_commit@3"],
-    ["after_kafka_commit@2", "during_restore"],
+@pytest.mark.parametrize(("runtime", "crashes"), [
+    ("kafka", ["after_prepare@3"]),
+    ("kafka", ["after_kafka_commit@3"]),
+    ("kafka", ["between_sink_commits@3"]),
+    ("kafka", ["after_commit@3"]),
+    ("kafka", ["after_kafka_commit@2", "during_restore"]),
+    ("sl.run", ["after_prepare@3"]),
+    ("sl.run", ["after_manifest@3"]),
+    ("sl.run", ["between_sink_commits@3"]),
+    ("sl.run", ["between_sink_commits@5"]),
+    ("sl.run", ["after_commit@3"]),
+    ("sl.run", ["after_manifest@2", "during_restore"]),
 ])
 def test_killed_at_each_failpoint_then_restarted_is_exactly_once(kafka_bootstrap: str, events_medium: Path,
-                                                                  tmp_path: Path, crashes: list[str]) -> None:
+                                                                  tmp_path: Path, runtime: str,
+                                                                  crashes: list[str]) -> None:
     tag = uuid.uuid4().hex[:6]
     src, out = f"eo-in-{tag}", f"eo-out-{tag}"
     create_topic(kafka_bootstrap, src, 2)
@@ -77,9 +91,11 @@ def test_killed_at_each_failpoint_then_restarted_is_exactly_once(kafka_bootstrap
     pipeline.write_text(PIPELINE)
     windows_dir, clicks_dir = tmp_path / "windows", tmp_path / "clicks"
     args = [src, out, str(windows_dir), str(clicks_dir)]
+    checkpoints = tmp_path / "checkpoints" if runtime == "sl.run" else None
     for fp in crashes:
-        assert sluice_run(pipeline, kafka_bootstrap, f"eo-{tag}", args, fp) == -9, f"the worker did not die at {fp}"
-    assert sluice_run(pipeline, kafka_bootstrap, f"eo-{tag}", args, None) == 0
+        code = sluice_run(pipeline, kafka_bootstrap, f"eo-{tag}", args, fp, checkpoints)
+        assert code == -9, f"the run did not die at {fp}"
+    assert sluice_run(pipeline, kafka_bootstrap, f"eo-{tag}", args, None, checkpoints) == 0
 
     events = pl.read_ndjson(events_medium)
     con = duckdb.connect()

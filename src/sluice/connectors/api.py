@@ -54,6 +54,7 @@ class SinkContext:
     flow: str = ""
     task: int | None = None  # the Kafka runtime's task (partition number) this writer serves; None: all input
     instance: str = ""  # the worker (Kafka runtime) or run that owns the writer
+    staging_dir: str | None = None  # a checkpointed sl.run: where sinks may stage an epoch (under the checkpoints)
 
     @property
     def txn_prefix(self) -> str:

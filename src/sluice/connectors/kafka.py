@@ -396,7 +396,11 @@ class KafkaSink:
     def __post_init__(self) -> None:
         object.__setattr__(self, "bootstrap", bootstrap_servers(self.bootstrap))
 
-    def open(self, ctx: SinkContext) -> KafkaWriter:
+    def open(self, ctx: SinkContext) -> Any:
+        if ctx.exactly_once and ctx.task is None and ctx.staging_dir is not None:  # a checkpointed sl.run
+            from sluice.connectors.kafka_staged import StagedKafkaWriter
+
+            return StagedKafkaWriter(self, ctx)
         return KafkaWriter(self, ctx)
 
     def codec(self) -> Any:
@@ -469,7 +473,11 @@ class DeadLetterTopic:
     def __post_init__(self) -> None:
         object.__setattr__(self, "bootstrap", bootstrap_servers(self.bootstrap))
 
-    def open(self, ctx: SinkContext) -> KafkaWriter:
+    def open(self, ctx: SinkContext) -> Any:
+        if ctx.exactly_once and ctx.task is None and ctx.staging_dir is not None:  # a checkpointed sl.run
+            from sluice.connectors.kafka_staged import StagedKafkaWriter
+
+            return StagedKafkaWriter(self, ctx)
         return KafkaWriter(self, ctx)
 
     def codec(self) -> Any:

@@ -169,6 +169,9 @@ class Executor:
                 assert isinstance(op, EventTimeOperator)
                 op.declare({r: self.readers[r].partitions() for r in self._upstream_reads(step)})
 
+    def _staging_dir(self) -> str | None:
+        return str(Path(self.checkpoints.directory) / "staging") if self.checkpoints is not None else None
+
     def _upstream_reads(self, step: Step) -> list[str]:
         found: list[str] = []
         todo = [r.step for r in step.inputs]
@@ -187,7 +190,8 @@ class Executor:
         if isinstance(step, Write):
             writer = step.sink.open(SinkContext(step.name, exactly_once=self.exactly_once,
                                                 schema=stream_schema(self.plan, step.inputs[0]),
-                                                flow=self.plan.name, task=self.task, instance=self.instance))
+                                                flow=self.plan.name, task=self.task, instance=self.instance,
+                                                staging_dir=self._staging_dir()))
             self.writers[step.name] = writer
             return _WriteOperator(step.name, writer)
         if isinstance(step, Filter):
