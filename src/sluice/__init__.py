@@ -10,6 +10,7 @@ from polars import col, lit
 
 from sluice import agg
 from sluice.cep.pattern import Pattern
+from sluice.connectors.api import Sink, SinkContext, SinkWriter
 from sluice.connectors.console import ConsoleSink
 from sluice.connectors.files import (
     CsvSink,
@@ -19,6 +20,7 @@ from sluice.connectors.files import (
     ParquetSink,
     ParquetSource,
 )
+from sluice.connectors.foreach import ForeachBatch
 from sluice.connectors.generator import GeneratorSource
 from sluice.connectors.kafka import DeadLetterTopic, KafkaError, KafkaSink, KafkaSource
 from sluice.connectors.log import LogSink, LogSource
@@ -67,6 +69,7 @@ __all__ = [
     "DiskFullError",
     "EncodeError",
     "Flow",
+    "ForeachBatch",
     "GeneratorSource",
     "IncompatibleSchemaError",
     "Json",
@@ -97,6 +100,9 @@ __all__ = [
     "SchemaError",
     "SchemaRegistryError",
     "Session",
+    "Sink",
+    "SinkContext",
+    "SinkWriter",
     "Sliding",
     "SluiceError",
     "StateContext",

@@ -302,7 +302,15 @@ class Stream:
         return self._port(tag)
 
     def write(self, name: str, sink: Any) -> None:
+        """End the stream in a sink: a built-in one, or your own (`sl.Sink`, docs/sinks.md)."""
         self.flow._add(Write(name, (self.ref,), sink))
+
+    def foreach_batch(self, name: str, fn: Callable[[pl.DataFrame, int], Any]) -> None:
+        """Call `fn(rows, epoch)` with each epoch's rows, as Spark's foreachBatch: at-least-once (after a
+        crash an epoch may be passed again, with the same number). See sl.ForeachBatch."""
+        from sluice.connectors.foreach import ForeachBatch
+
+        self.write(name, ForeachBatch(fn))
 
 
 class Branches:
