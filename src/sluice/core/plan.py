@@ -263,6 +263,22 @@ class Plan:
     def consumers(self, ref: Ref) -> list[Step]:
         return [s for s in self.steps if ref in s.inputs]
 
+    def set_aside(self) -> list[Ref]:
+        """The streams on which steps put records aside: every `late` stream, and `dead_letters` where
+        the step has on_error="dead_letter"."""
+        refs = []
+        for s in self.steps:
+            if "late" in s.ports():
+                refs.append(Ref(s.name, "late"))
+            if "dead_letters" in s.ports() and getattr(s, "on_error", "fail") == "dead_letter":
+                refs.append(Ref(s.name, "dead_letters"))
+        return refs
+
+    def unrouted(self) -> list[Ref]:
+        """Set-aside streams that no step reads: their records are counted, not kept."""
+        read = {ref for s in self.steps for ref in s.inputs}
+        return [ref for ref in self.set_aside() if ref not in read]
+
     def validate(self) -> None:
         seen: set[str] = set()
         for s in self.steps:

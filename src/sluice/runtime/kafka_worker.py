@@ -49,7 +49,7 @@ from sluice.core.batch import END_OF_TIME, NO_WATERMARK, Batch, Origin
 from sluice.core.errors import PlanError
 from sluice.core.plan import Plan, Read, Step, Write
 from sluice.operators.stateless import EventTimeOperator
-from sluice.runtime.executor import DEFAULT_BATCH_SIZE, Executor
+from sluice.runtime.executor import DEFAULT_BATCH_SIZE, Executor, warn_unrouted
 from sluice.runtime.repartition import (
     RepartitionReader,
     RepartitionSink,
@@ -90,6 +90,8 @@ class WorkerResult:
     produced: int = 0  # records sent to output and dead-letter topics (committed or rewound)
     first_assigned: float = 0.0  # wall clock (time.time()) of the first assignment
     finished: float = 0.0  # wall clock when the work was done (before closing the clients)
+    late: dict[str, int] = field(default_factory=dict)  # step → rows put on its late stream (committed work)
+    dead_letters: dict[str, int] = field(default_factory=dict)  # step → records dead-lettered (committed work)
 
 
 @dataclass(frozen=True)
@@ -600,6 +602,8 @@ class Worker:
             return False
         for t in dirty:
             t.dirty = False
+            for ex in t.parts:  # counted once committed: work rewound after a failed commit is done again
+                ex.take_set_aside(self.result.late, self.result.dead_letters)
         self.result.commits += 1
         self.failed_commits = 0
         self.producer.begin_transaction()
@@ -750,6 +754,7 @@ class Worker:
         return True
 
     def run(self) -> WorkerResult:
+        warn_unrouted(self.plan)
         start = time.perf_counter()
         self._open()
         self.consumer.subscribe(self.all_topics, on_assign=self._on_assign, on_revoke=self._on_revoke,
