@@ -14,7 +14,7 @@ from typing import Any
 
 from sluice.checkpoint.store import CheckpointStore, IncompatibleCheckpointError
 from sluice.connectors.api import SinkContext, SinkWriter, SourceContext, SourceReader
-from sluice.core.batch import Batch
+from sluice.core.batch import INTERNAL_PREFIX, Batch
 from sluice.core.errors import ENCODE_FIX, DiskFullError, EncodeError, PlanError, RejectedRecord
 from sluice.core.plan import (
     AsofJoin,
@@ -48,6 +48,7 @@ from sluice.operators.stateless import (
     PassThrough,
     SelectOperator,
     UnionOperator,
+    union_mismatch,
 )
 from sluice.operators.window import window_operator
 from sluice.runtime.schemas import stream_schema
@@ -153,6 +154,20 @@ def fingerprint(step: Step) -> str:
     return step.kind
 
 
+def _check_unions(plan: Plan) -> None:
+    """Before any record: a union whose inputs' columns are known from the plan must have the same ones
+    (the union operator checks the others at their first batches)."""
+    for step in plan.steps:
+        if not isinstance(step, Union):
+            continue
+        known = [(str(ref), schema) for ref in step.inputs if (schema := stream_schema(plan, ref)) is not None]
+        if len(known) > 1:
+            problem = union_mismatch(step.name, [(name, {c: t for c, t in s.items() if not c.startswith(INTERNAL_PREFIX)})
+                                                 for name, s in known])
+            if problem is not None:
+                raise PlanError(problem)
+
+
 class Executor:
     def __init__(self, plan: Plan, batch_size: int = DEFAULT_BATCH_SIZE, progress: Progress | None = None,
                  checkpoints: CheckpointSettings | None = None, state_backend: str = "memory",
@@ -160,6 +175,7 @@ class Executor:
         if batch_size < 1:
             raise PlanError(f"batch_size must be at least 1, got {batch_size}")
         plan.validate()
+        _check_unions(plan)
         self.plan = plan
         self.batch_size = batch_size
         self.progress = progress
