@@ -13,6 +13,7 @@ from typing import Any
 import polars as pl
 
 from sluice.core.errors import PlanError
+from sluice.core.exprs import row_wise_problem
 from sluice.core.schema import Schema
 from sluice.core.show import show
 
@@ -247,6 +248,31 @@ class Write(Step):
     stateful = True
 
 
+def row_wise_exprs(step: Step) -> tuple[pl.Expr, ...]:
+    """The expressions a step evaluates on each micro-batch as it comes: they must be row-wise."""
+    if isinstance(step, Filter):
+        return (step.predicate,)
+    if isinstance(step, Select | WithColumns):
+        return step.exprs
+    if isinstance(step, Branch):
+        return tuple(step.routes.values())
+    if isinstance(step, KeyBy):
+        return step.keys
+    if isinstance(step, EventTime):
+        return (step.column,)
+    if isinstance(step, DetectAnomalies):
+        return (step.value,)
+    return ()
+
+
+def check_row_wise(step: Step) -> None:
+    """A PlanError if one of the step's per-batch expressions looks at other rows (DESIGN.md §3)."""
+    for expr in row_wise_exprs(step):
+        problem = row_wise_problem(expr)
+        if problem is not None:
+            raise PlanError(f"{step.kind} step {step.name!r}: {show(expr)} {problem}")
+
+
 @dataclass(frozen=True)
 class Plan:
     """The steps of one flow, in the order they were declared (which is a topological order)."""
@@ -289,6 +315,7 @@ class Plan:
                     raise PlanError(f"step {s.name!r} reads {ref} which is not declared before it")
                 if ref.port not in self.step(ref.step).ports():
                     raise PlanError(f"step {s.name!r} reads port {ref.port!r} that {ref.step!r} does not have")
+            check_row_wise(s)
             seen.add(s.name)
         if not any(isinstance(s, Write) for s in self.steps):
             raise PlanError(f"flow {self.name!r} writes nowhere; end it with .write(name, sink)")
