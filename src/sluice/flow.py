@@ -45,6 +45,7 @@ from sluice.core.plan import (
     WindowJoin,
     WithColumns,
     Write,
+    check_row_wise,
 )
 from sluice.core.schema import Schema, SchemaLike, column, resolve_schema
 from sluice.time.aggregates import Aggregate, Percentile
@@ -81,6 +82,7 @@ class Flow:
     def _add(self, step: Step, keys: tuple[pl.Expr, ...] = ()) -> Stream:
         if any(s.name == step.name for s in self._steps):
             raise PlanError(f"flow {self.name!r} already has a step named {step.name!r}")
+        check_row_wise(step)  # at the line that declares it
         self._steps.append(step)
         return Stream(self, Ref(step.name), keys)
 

@@ -13,6 +13,7 @@ from typing import Any
 import polars as pl
 
 from sluice.core.errors import PlanError
+from sluice.core.exprs import row_wise_problem
 from sluice.core.schema import Schema
 from sluice.core.show import show
 
@@ -247,6 +248,31 @@ class Write(Step):
     stateful = True
 
 
+def row_wise_exprs(step: Step) -> tuple[pl.Expr, ...]:
+    """The expressions a step evaluates on each micro-batch as it comes: they must be row-wise."""
+    if isinstance(step, Filter):
+        return (step.predicate,)
+    if isinstance(step, Select | WithColumns):
+        return step.exprs
+    if isinstance(step, Branch):
+        return tuple(step.routes.values())
+    if isinstance(step, KeyBy):
+        return step.keys
+    if isinstance(step, EventTime):
+        return (step.column,)
+    if isinstance(step, DetectAnomalies):
+        return (step.value,)
+    return ()
+
+
+def check_row_wise(step: Step) -> None:
+    """A PlanError if one of the step's per-batch expressions looks at other rows (DESIGN.md §3)."""
+    for expr in row_wise_exprs(step):
+        problem = row_wise_problem(expr)
+        if problem is not None:
+            raise PlanError(f"{step.kind} step {step.name!r}: {show(expr)} {problem}")
+
+
 @dataclass(frozen=True)
 class Plan:
     """The steps of one flow, in the order they were declared (which is a topological order)."""
@@ -263,6 +289,22 @@ class Plan:
     def consumers(self, ref: Ref) -> list[Step]:
         return [s for s in self.steps if ref in s.inputs]
 
+    def set_aside(self) -> list[Ref]:
+        """The streams on which steps put records aside: every `late` stream, and `dead_letters` where
+        the step has on_error="dead_letter"."""
+        refs = []
+        for s in self.steps:
+            if "late" in s.ports():
+                refs.append(Ref(s.name, "late"))
+            if "dead_letters" in s.ports() and getattr(s, "on_error", "fail") == "dead_letter":
+                refs.append(Ref(s.name, "dead_letters"))
+        return refs
+
+    def unrouted(self) -> list[Ref]:
+        """Set-aside streams that no step reads: their records are counted, not kept."""
+        read = {ref for s in self.steps for ref in s.inputs}
+        return [ref for ref in self.set_aside() if ref not in read]
+
     def validate(self) -> None:
         seen: set[str] = set()
         for s in self.steps:
@@ -273,6 +315,7 @@ class Plan:
                     raise PlanError(f"step {s.name!r} reads {ref} which is not declared before it")
                 if ref.port not in self.step(ref.step).ports():
                     raise PlanError(f"step {s.name!r} reads port {ref.port!r} that {ref.step!r} does not have")
+            check_row_wise(s)
             seen.add(s.name)
         if not any(isinstance(s, Write) for s in self.steps):
             raise PlanError(f"flow {self.name!r} writes nowhere; end it with .write(name, sink)")

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import time
 import traceback
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 import numpy as np
@@ -142,9 +143,38 @@ class BranchOperator(Operator):
         return [(p, batch.with_df(routed.filter(pl.col("__sl_route") == i).drop("__sl_route"))) for i, p in enumerate(ports)]
 
 
+Columns = Mapping[str, pl.DataType]
+
+
+def union_mismatch(step: str, inputs: Sequence[tuple[str, Columns]]) -> str | None:
+    """What differs between a union's inputs (column names and types; order does not matter), as the
+    error to raise, or None. A union never widens a type or fills in a column: later steps would see
+    values change type (int → float, a struct gaining fields) depending on which input a batch came from."""
+    (first, cols0), *rest = inputs
+    for other, cols in rest:
+        diffs = [f"{c!r} is {t} in {first!r} but {cols[c]} in {other!r}" for c, t in cols0.items()
+                 if c in cols and cols[c] != t]
+        diffs += [f"{c!r} is only in {first!r}" for c in cols0 if c not in cols]
+        diffs += [f"{c!r} is only in {other!r}" for c in cols if c not in cols0]
+        if diffs:
+            def show(cs: Columns) -> str:
+                return "{" + ", ".join(f"{c}: {t}" for c, t in cs.items()) + "}"
+
+            return (f"union step {step!r}: its inputs have different columns: {'; '.join(diffs)}. {first!r} has "
+                    f"{show(cols0)}, {other!r} has {show(cols)}. A union needs the same column names and types on "
+                    "every input (in any order). Fix: cast with .with_columns(pl.col(name).cast(type)) or select "
+                    "the same columns on every input before the union")
+    return None
+
+
+def user_schema(df: pl.DataFrame) -> dict[str, pl.DataType]:
+    return {c: t for c, t in df.schema.items() if not c.startswith(INTERNAL_PREFIX)}
+
+
 class UnionOperator(Operator):
     """Merges streams. Its watermark is the minimum over its inputs; each row keeps the watermark its own
-    input had just before it, by which downstream steps judge whether it is late."""
+    input had just before it, by which downstream steps judge whether it is late. Every input must have
+    the same columns (names and types); rows come out in the column order of the first input seen."""
 
     wms: list[int | None]
 
@@ -158,8 +188,30 @@ class UnionOperator(Operator):
         self.name = step.name
         self.inputs = len(step.inputs)
         self.wms = [None] * self.inputs
+        self.input_names = [str(ref) for ref in step.inputs]
+        self.columns: list[dict[str, pl.DataType] | None] = [None] * self.inputs  # each input's, as first seen
+        self.order: list[str] | None = None
+
+    def _same_columns(self, index: int, batch: Batch) -> Batch:
+        """The batch with its columns in the union's order; an error if they differ from another input's."""
+        cols = user_schema(batch.df)
+        if self.columns[index] is None:
+            self.columns[index] = cols
+        for i, seen in enumerate(self.columns):
+            if seen is not None and i != index:  # the inputs seen before were checked against each other
+                problem = union_mismatch(self.name, [(self.input_names[i], seen), (self.input_names[index], cols)])
+                if problem is not None:
+                    raise PlanError(problem)
+                break
+        if self.order is None:
+            self.order = list(cols)
+        if list(cols) != self.order:
+            batch = batch.with_df(batch.df.select(*self.order, *_internal(batch.df)))
+        return batch
 
     def on_batch(self, index: int, batch: Batch) -> Emitted:
+        if batch.height:
+            batch = self._same_columns(index, batch)
         if batch.watermark is None:
             return [("out", batch)]
         from sluice.core.batch import NO_WATERMARK

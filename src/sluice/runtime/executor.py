@@ -14,7 +14,7 @@ from typing import Any
 
 from sluice.checkpoint.store import CheckpointStore, IncompatibleCheckpointError
 from sluice.connectors.api import SinkContext, SinkWriter, SourceContext, SourceReader
-from sluice.core.batch import Batch
+from sluice.core.batch import INTERNAL_PREFIX, Batch
 from sluice.core.errors import ENCODE_FIX, DiskFullError, EncodeError, PlanError, RejectedRecord
 from sluice.core.failpoints import failpoint
 from sluice.core.plan import (
@@ -31,6 +31,7 @@ from sluice.core.plan import (
     Plan,
     Process,
     Read,
+    Ref,
     Select,
     Step,
     Union,
@@ -48,6 +49,7 @@ from sluice.operators.stateless import (
     PassThrough,
     SelectOperator,
     UnionOperator,
+    union_mismatch,
 )
 from sluice.operators.window import window_operator
 from sluice.runtime.commit import EpochCommit
@@ -67,21 +69,34 @@ class StepStats:
 
 @dataclass
 class RunResult:
-    """What a run did: per-step row counts, wall time, and rows read from the sources."""
+    """What a run did: per-step row counts, wall time, and rows read from the sources. `unwritten` are
+    the late and dead-letter streams that no step reads: their records are counted here, not kept."""
 
     flow: str
     seconds: float
     rows_read: int
     stats: dict[str, StepStats]
+    unwritten: tuple[Ref, ...] = ()
 
     def rows(self, step: str, port: str = "out") -> int:
         return self.stats[step].rows_out.get(port, 0) if step in self.stats else 0
+
+    @property
+    def late(self) -> dict[str, int]:
+        """Rows put on each step's late stream (a window puts one per window a record missed)."""
+        return {name: st.rows_out["late"] for name, st in self.stats.items() if st.rows_out.get("late")}
+
+    @property
+    def dead_letters(self) -> dict[str, int]:
+        """Records each step set aside as dead letters."""
+        return {name: st.rows_out["dead_letters"] for name, st in self.stats.items() if st.rows_out.get("dead_letters")}
 
     def summary(self) -> str:
         rate = self.rows_read / self.seconds if self.seconds > 0 else 0.0
         lines = [f"flow {self.flow!r}: {self.rows_read:,} records read in {self.seconds:.2f} s ({rate:,.0f}/s)"]
         for name, st in self.stats.items():
-            outs = ", ".join(f"{p} {n:,}" for p, n in st.rows_out.items() if n)
+            outs = ", ".join(f"{p} {n:,}" + (" (not written anywhere)" if Ref(name, p) in self.unwritten else "")
+                             for p, n in st.rows_out.items() if n)
             extra = ", ".join(f"{k} {v:,}" for k, v in st.metrics.items())
             lines.append(f"  {name}: in {st.rows_in:,}" + (f" → {outs}" if outs else "") + (f" ({extra})" if extra else ""))
         return "\n".join(lines)
@@ -103,6 +118,17 @@ class _WriteOperator(Operator):
 
 
 Progress = Callable[[int, float], None]
+
+
+def warn_unrouted(plan: Plan) -> None:
+    """A warning per late or dead-letter stream that goes nowhere: its records would only be counted."""
+    for ref in plan.unrouted():
+        step = plan.step(ref.step)
+        what = "late records" if ref.port == "late" else 'records set aside by on_error="dead_letter"'
+        logging.getLogger("sluice").warning(
+            "step %r (%s): its %s go nowhere, they are only counted in the run summary. To keep them, write "
+            "them on the stream the step returned: stream.%s.write(%r, sink)",
+            step.name, step.kind, what, ref.port, f"{step.name}_{ref.port}")
 
 
 @dataclass(frozen=True)
@@ -130,6 +156,20 @@ def fingerprint(step: Step) -> str:
     return step.kind
 
 
+def _check_unions(plan: Plan) -> None:
+    """Before any record: a union whose inputs' columns are known from the plan must have the same ones
+    (the union operator checks the others at their first batches)."""
+    for step in plan.steps:
+        if not isinstance(step, Union):
+            continue
+        known = [(str(ref), schema) for ref in step.inputs if (schema := stream_schema(plan, ref)) is not None]
+        if len(known) > 1:
+            problem = union_mismatch(step.name, [(name, {c: t for c, t in s.items() if not c.startswith(INTERNAL_PREFIX)})
+                                                 for name, s in known])
+            if problem is not None:
+                raise PlanError(problem)
+
+
 class Executor:
     def __init__(self, plan: Plan, batch_size: int = DEFAULT_BATCH_SIZE, progress: Progress | None = None,
                  checkpoints: CheckpointSettings | None = None, state_backend: str = "memory",
@@ -138,6 +178,7 @@ class Executor:
         if batch_size < 1:
             raise PlanError(f"batch_size must be at least 1, got {batch_size}")
         plan.validate()
+        _check_unions(plan)
         self.plan = plan
         self.task = task  # the Kafka runtime's task this executor serves (None: the whole input)
         self.instance = instance
@@ -312,6 +353,14 @@ class Executor:
                 steps[step.name] = (step.kind, fingerprint(step), state)
         return steps
 
+    def take_set_aside(self, late: dict[str, int], dead_letters: dict[str, int]) -> None:
+        """Add the rows each step put on its late and dead-letter streams since the last call (step → count)."""
+        for name, st in self.stats.items():
+            for port, into in (("late", late), ("dead_letters", dead_letters)):
+                n = st.rows_out.pop(port, 0)
+                if n:
+                    into[name] = into.get(name, 0) + n
+
     def feed(self, step: str, port: str, batch: Batch) -> None:
         """Push a batch that a source step produced through the flow (used by runtimes that read themselves)."""
         if port == "out":
@@ -356,6 +405,7 @@ class Executor:
         self.store.prune()
 
     def run(self) -> RunResult:
+        warn_unrouted(self.plan)
         start = time.perf_counter()
         if self.store is not None:
             self._restore()
@@ -386,7 +436,7 @@ class Executor:
             for op in self.ops.values():
                 op.close()
         seconds = time.perf_counter() - start
-        return RunResult(self.plan.name, seconds, self.rows_read, self.stats)
+        return RunResult(self.plan.name, seconds, self.rows_read, self.stats, tuple(self.plan.unrouted()))
 
     def _loop(self, streams: dict[str, Iterator[tuple[str, Batch]]], start: float) -> None:
         last_report = last_checkpoint = start

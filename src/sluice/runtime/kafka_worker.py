@@ -53,7 +53,7 @@ from sluice.core.failpoints import failpoint
 from sluice.core.plan import Plan, Read, Step, Write
 from sluice.operators.stateless import EventTimeOperator
 from sluice.runtime.commit import EpochCommit
-from sluice.runtime.executor import DEFAULT_BATCH_SIZE, Executor
+from sluice.runtime.executor import DEFAULT_BATCH_SIZE, Executor, warn_unrouted
 from sluice.runtime.repartition import (
     RepartitionReader,
     RepartitionSink,
@@ -98,6 +98,8 @@ class WorkerResult:
     produced: int = 0  # records sent to output and dead-letter topics (committed or rewound)
     first_assigned: float = 0.0  # wall clock (time.time()) of the first assignment
     finished: float = 0.0  # wall clock when the work was done (before closing the clients)
+    late: dict[str, int] = field(default_factory=dict)  # step → rows put on its late stream (committed work)
+    dead_letters: dict[str, int] = field(default_factory=dict)  # step → records dead-lettered (committed work)
 
 
 @dataclass(frozen=True)
@@ -658,6 +660,8 @@ class Worker:
             t.commit_sinks()
         for t in dirty:
             t.dirty = False
+            for ex in t.parts:  # counted once committed: work rewound after a failed commit is done again
+                ex.take_set_aside(self.result.late, self.result.dead_letters)
         self.result.commits += 1
         self.failed_commits = 0
         self.producer.begin_transaction()
@@ -808,6 +812,7 @@ class Worker:
         return True
 
     def run(self) -> WorkerResult:
+        warn_unrouted(self.plan)
         start = time.perf_counter()
         self._open()
         self.consumer.subscribe(self.all_topics, on_assign=self._on_assign, on_revoke=self._on_revoke,
