@@ -26,7 +26,7 @@ from typing import Any
 import polars as pl
 
 from sluice.core.schema import Schema
-from sluice.core.show import show_expr
+from sluice.core.show import show_expr, show_expr_text
 
 # Setting or field names whose values are never shown (Kafka's sasl.*/ssl.* secrets, tokens, keys).
 SECRET_WORDS = ("password", "passwd", "secret", "token", "credential", "api_key", "apikey", "private",
@@ -144,11 +144,17 @@ def fingerprint_value(value: Any) -> Any:
 
 
 def flatten(value: Any, prefix: str = "") -> dict[str, Any]:
-    """Nested dicts as {"a.b": leaf}; lists stay whole (a changed key list reads as one change)."""
+    """Nested dicts as {"a.b": leaf}, lists of dicts as {"a[0].b": leaf}; other lists stay whole (a changed
+    key list reads as one change)."""
+    out: dict[str, Any] = {}
     if isinstance(value, dict) and value:
-        out: dict[str, Any] = {}
         for k, v in value.items():
             out.update(flatten(v, f"{prefix}.{k}" if prefix else str(k)))
+        return out
+    if isinstance(value, list) and value and all(isinstance(v, dict) for v in value):
+        out[f"{prefix}.count"] = len(value)
+        for i, v in enumerate(value):
+            out.update(flatten(v, f"{prefix}[{i}]"))
         return out
     return {prefix: value}
 
@@ -164,8 +170,9 @@ def describe_changes(was: dict[str, Any], now: dict[str, Any]) -> list[str]:
         if old == new or (isinstance(old, list | tuple) and isinstance(new, list | tuple) and list(old) == list(new)):
             continue
         if path == "code" or path.endswith(".code"):
-            owner = path[:-len(".code")] if path != "code" else "the function"
-            changes.append(f"the code of {owner} changed")
+            parent = path[:-len("code")]
+            owner = next((b[parent + k] for k in ("function", "class", "type") if parent + k in b), parent[:-1])
+            changes.append(f"the code of {owner or 'its function'} changed")
             continue
         label, unit = (path[:-3], " ms") if path.endswith("_ms") else (path, "")
 
@@ -176,7 +183,9 @@ def describe_changes(was: dict[str, Any], now: dict[str, Any]) -> list[str]:
                 return "none"
             if isinstance(v, int | float) and not isinstance(v, bool):
                 return f"{v}{unit}"
-            return v if isinstance(v, str) else json.dumps(v, ensure_ascii=False)
+            if isinstance(v, list):
+                return "[" + ", ".join(fmt(x, "") for x in v) + "]"
+            return show_expr_text(v) if isinstance(v, str) else json.dumps(v, ensure_ascii=False)
 
         changes.append(f"{label}: was {fmt(old)}, now {fmt(new)}")
     return changes
