@@ -3,7 +3,8 @@
     <dir>/chk-000042/manifest.json    written last, through a temporary name, fsync'ed, then renamed
     <dir>/chk-000042/<step>.<key>.arrow   DataFrames of a step's state (Arrow IPC)
 
-The manifest holds each stateful step's kind and fingerprint, its scalar state, the names and SHA-256 of
+The manifest holds each stateful step's kind and fingerprint (a JSON object of the parameters its state
+depends on, see docs/design/plan.md), its scalar state, the names and SHA-256 of
 its frame files, and each sink's pending transaction. A checkpoint exists only once its manifest does; a
 manifest whose files fail their checksums is reported and skipped in favour of the one before.
 """
@@ -87,8 +88,8 @@ class CheckpointStore:
                     continue
         return sorted(found)
 
-    def write(self, cid: int, flow: str, steps: dict[str, tuple[str, str, State]], sinks: dict[str, Any]) -> Checkpoint:
-        """steps: name → (kind, fingerprint, state). Returns once the manifest is durable."""
+    def write(self, cid: int, flow: str, steps: dict[str, tuple[str, Any, State]], sinks: dict[str, Any]) -> Checkpoint:
+        """steps: name → (kind, fingerprint (JSON), state). Returns once the manifest is durable."""
         path = self.dir / f"chk-{cid:06d}"
         if path.exists():
             shutil.rmtree(path)
@@ -165,7 +166,7 @@ class CheckpointStore:
 _MAGIC = b"SLST1"
 
 
-def pack_state(steps: dict[str, tuple[str, str, State]], meta: dict[str, Any]) -> bytes:
+def pack_state(steps: dict[str, tuple[str, Any, State]], meta: dict[str, Any]) -> bytes:
     """Steps' state and `meta` as bytes: a JSON header (scalars, frame sizes, checksum) then Arrow IPC frames."""
     header: dict[str, Any] = {"meta": meta, "steps": {}}
     blobs: list[bytes] = []

@@ -4,7 +4,7 @@
     sluice run pipeline.py -- --input x   the pipeline file sees sys.argv == ["pipeline.py", "--input", "x"]
     sluice run pipeline.py --broker kafka://HOST:PORT --app-id APP --workers 3
                                       the same flow over Kafka, as 3 worker processes (exactly-once)
-    sluice explain pipeline.py        print the flow's plan, step by step
+    sluice explain pipeline.py        print the flow's plan, step by step (--json: as JSON)
     sluice demo                       the real-time analytics demo on the embedded log
     sluice log topics | tail TOPIC    look inside the embedded log
     sluice checkpoints list | inspect | prune --dir DIR
@@ -164,7 +164,13 @@ def _run_on_kafka(a: argparse.Namespace, bootstrap: str) -> int:
 
 
 def cmd_explain(a: argparse.Namespace) -> int:
-    print(load_flow(a.pipeline, a.flow, a.pipeline_args).explain())
+    flow = load_flow(a.pipeline, a.flow, a.pipeline_args)
+    if a.json:
+        import json
+
+        print(json.dumps(flow.plan().to_dict(), indent=2, ensure_ascii=False))
+    else:
+        print(flow.explain())
     return 0
 
 
@@ -267,6 +273,8 @@ def build_parser() -> argparse.ArgumentParser:
     e = sub.add_parser("explain", help="print a pipeline's plan")
     e.add_argument("pipeline")
     e.add_argument("--flow")
+    e.add_argument("--json", action="store_true",
+                   help="print the plan as JSON (Plan.to_dict: steps, ports, keys, fingerprints, parameters)")
     e.set_defaults(fn=cmd_explain)
 
     d = sub.add_parser("demo", help="real-time analytics on the embedded log: generate, aggregate, write Parquet")

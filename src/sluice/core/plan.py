@@ -2,10 +2,15 @@
 
 Every front end (the Python `Flow` builder, SQL, CEP, CDC helpers) produces these steps. Stateful steps
 (read, window, write) carry the stable name under which their state and metrics are found.
+
+A step kind is a frozen dataclass here plus an operator factory registered in `sluice.runtime.registry`.
+It says what its checkpointed state depends on (`state_fields`, fingerprinted by `state_fingerprint`),
+which columns key it (`key_columns`), and shows itself as plain data (`to_dict`). See docs/design/plan.md.
 """
 
 from __future__ import annotations
 
+import json
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field, fields
 from typing import Any
@@ -14,11 +19,23 @@ import polars as pl
 
 from sluice.core.errors import PlanError
 from sluice.core.exprs import row_wise_problem
+from sluice.core.plain import canonical, code_hash, fingerprint_value, plain
 from sluice.core.schema import Schema
 from sluice.core.show import show
 
 OnError = str  # "fail" | "dead_letter"
 ON_ERROR_CHOICES = ("fail", "dead_letter")
+ALL_KEY = "__sl_all"  # the key column of a window over all records (no key_by before it)
+PLAN_FORMAT = "sluice.plan/1"
+
+
+def key_names(keys: tuple[pl.Expr, ...]) -> list[str]:
+    """The output column names of key expressions."""
+    return [k.meta.output_name() for k in keys]
+
+
+def _keys(keys: tuple[pl.Expr, ...]) -> list[str]:
+    return [str(k) for k in keys]
 
 
 @dataclass(frozen=True)
@@ -50,6 +67,58 @@ class Step:
                 continue
             parts.append(f"{f.name}={_show(getattr(self, f.name))}")
         return ", ".join(parts)
+
+    def state_fields(self) -> dict[str, Any] | None:
+        """Every parameter that shapes this step's checkpointed state, as named JSON values (see
+        `core.plain.fingerprint_value`). None: the step keeps no state whose meaning can change."""
+        return None
+
+    def state_fingerprint(self) -> str:
+        """`state_fields` with the kind, as canonical JSON; "" for a step with nothing to check. A resume
+        restores a step's state only if the fingerprint saved with it equals this one."""
+        found = self.state_fields()
+        return "" if found is None else canonical({"kind": self.kind, **found})
+
+    def key_columns(self) -> tuple[str, ...] | None:
+        """The columns this step's state is keyed by, resolved; () when it keeps one state for all
+        records; None when keys do not apply to it."""
+        return None
+
+    def params(self) -> dict[str, Any]:
+        """The step's own fields as plain data (secrets redacted)."""
+        return {f.name: plain(getattr(self, f.name)) for f in fields(self) if f.name not in ("name", "inputs")}
+
+    def to_dict(self) -> dict[str, Any]:
+        fp = self.state_fingerprint()
+        keys = self.key_columns()
+        return {
+            "name": self.name,
+            "kind": self.kind,
+            "inputs": [{"step": r.step, "port": r.port} for r in self.inputs],
+            "ports": list(self.ports()),
+            "stateful": self.stateful,
+            "key_columns": None if keys is None else list(keys),
+            "fingerprint": json.loads(fp) if fp else None,
+            "params": self.params(),
+        }
+
+
+class _Keyed(Step):
+    """A step whose state is kept per value of its `keys` expressions."""
+
+    keys: tuple[pl.Expr, ...]
+
+    def key_columns(self) -> tuple[str, ...] | None:
+        return tuple(n for n in key_names(self.keys) if n != ALL_KEY)
+
+
+class _Joined(Step):
+    """A step whose state is kept per value of its `by` columns."""
+
+    by: tuple[str, ...]
+
+    def key_columns(self) -> tuple[str, ...] | None:
+        return tuple(self.by)
 
 
 def _show(value: Any) -> str:
@@ -99,7 +168,7 @@ class Map(Step):
 
 
 @dataclass(frozen=True, eq=False)
-class KeyBy(Step):
+class KeyBy(_Keyed):
     keys: tuple[pl.Expr, ...]
     kind = "key_by"
 
@@ -114,9 +183,13 @@ class EventTime(Step):
     def ports(self) -> tuple[str, ...]:
         return ("out", "dead_letters")
 
+    def state_fields(self) -> dict[str, Any] | None:
+        # its state is the largest event time per source partition; the watermark derives from it
+        return {"column": fingerprint_value(self.column), "watermark": fingerprint_value(self.watermark)}
+
 
 @dataclass(frozen=True, eq=False)
-class Window(Step):
+class Window(_Keyed):
     keys: tuple[pl.Expr, ...]
     window: Any  # time.windows.Tumbling | Sliding | Session
     aggregates: Mapping[str, Any]  # output column → time.aggregates.Aggregate
@@ -126,9 +199,13 @@ class Window(Step):
     def ports(self) -> tuple[str, ...]:
         return ("out", "late")
 
+    def state_fields(self) -> dict[str, Any] | None:
+        return {"keys": _keys(self.keys), "window": fingerprint_value(self.window),
+                "aggregates": {k: fingerprint_value(a) for k, a in sorted(self.aggregates.items())}}
+
 
 @dataclass(frozen=True, eq=False)
-class Process(Step):
+class Process(_Keyed):
     keys: tuple[pl.Expr, ...]
     fn: Any  # operators.process.KeyedProcessFunction
     schema: Schema | None
@@ -140,9 +217,17 @@ class Process(Step):
     def ports(self) -> tuple[str, ...]:
         return ("out", "late", "dead_letters", *self.side_outputs)
 
+    def state_fields(self) -> dict[str, Any] | None:
+        # the function's class and its code: what its state handles hold is whatever that code puts there
+        # (by qualified name without the module: `python pipeline.py` and `sluice run pipeline.py` load
+        # the same file as different modules)
+        cls = type(self.fn)
+        return {"keys": _keys(self.keys), "function": cls.__qualname__, "code": code_hash(cls),
+                "schema": fingerprint_value(self.schema), "side_outputs": list(self.side_outputs)}
+
 
 @dataclass(frozen=True, eq=False)
-class AsofJoin(Step):
+class AsofJoin(_Joined):
     by: tuple[str, ...]
     tolerance_ms: int | None  # None: any age (a table's latest version)
     strict: bool = True
@@ -156,6 +241,10 @@ class AsofJoin(Step):
     def ports(self) -> tuple[str, ...]:
         return ("out", "late")
 
+    def state_fields(self) -> dict[str, Any] | None:
+        return {"by": list(self.by), "tolerance_ms": self.tolerance_ms, "strict": self.strict, "how": self.how,
+                "right_order": self.right_order, "deleted": fingerprint_value(self.deleted)}
+
 
 @dataclass(frozen=True, eq=False)
 class TemporalJoin(AsofJoin):
@@ -165,7 +254,7 @@ class TemporalJoin(AsofJoin):
 
 
 @dataclass(frozen=True, eq=False)
-class IntervalJoin(Step):
+class IntervalJoin(_Joined):
     by: tuple[str, ...]
     lower_ms: int
     upper_ms: int
@@ -177,9 +266,12 @@ class IntervalJoin(Step):
     def ports(self) -> tuple[str, ...]:
         return ("out", "late")
 
+    def state_fields(self) -> dict[str, Any] | None:
+        return {"by": list(self.by), "lower_ms": self.lower_ms, "upper_ms": self.upper_ms, "how": self.how}
+
 
 @dataclass(frozen=True, eq=False)
-class DetectAnomalies(Step):
+class DetectAnomalies(_Keyed):
     keys: tuple[pl.Expr, ...]
     value: pl.Expr
     window_ms: int
@@ -192,9 +284,13 @@ class DetectAnomalies(Step):
     def ports(self) -> tuple[str, ...]:
         return ("out", "late")
 
+    def state_fields(self) -> dict[str, Any] | None:
+        return {"keys": _keys(self.keys), "value": fingerprint_value(self.value), "window_ms": self.window_ms,
+                "threshold": self.threshold, "min_count": self.min_count}
+
 
 @dataclass(frozen=True, eq=False)
-class Match(Step):
+class Match(_Keyed):
     keys: tuple[pl.Expr, ...]
     pattern: Any  # cep.pattern.Pattern
     skip: str = "no_skip"
@@ -204,9 +300,14 @@ class Match(Step):
     def ports(self) -> tuple[str, ...]:
         return ("out", "timeouts", "late")
 
+    def state_fields(self) -> dict[str, Any] | None:
+        # stages with their contiguity, conditions (expressions, or functions by name and code) and
+        # quantifiers, and `within`: partial matches are positions in this pattern
+        return {"keys": _keys(self.keys), "pattern": fingerprint_value(self.pattern), "skip": self.skip}
+
 
 @dataclass(frozen=True, eq=False)
-class WindowJoin(Step):
+class WindowJoin(_Joined):
     by: tuple[str, ...]
     window: Any  # time.windows.Tumbling | Sliding
     suffix: str = "_right"
@@ -216,6 +317,9 @@ class WindowJoin(Step):
     def ports(self) -> tuple[str, ...]:
         return ("out", "late")
 
+    def state_fields(self) -> dict[str, Any] | None:
+        return {"by": list(self.by), "window": fingerprint_value(self.window)}
+
 
 @dataclass(frozen=True, eq=False)
 class LookupJoin(Step):
@@ -224,12 +328,18 @@ class LookupJoin(Step):
     how: str = "left"
     cache_ttl_s: float | None = 60.0
     cache_size: int = 100_000
-    kind = "lookup_join"
+    kind = "lookup_join"  # its cache is not checkpointed: no state to check
+
+    def key_columns(self) -> tuple[str, ...] | None:
+        return (self.by,)
 
 
 @dataclass(frozen=True, eq=False)
 class Union(Step):
     kind = "union"
+
+    def state_fields(self) -> dict[str, Any] | None:
+        return {"inputs": len(self.inputs)}  # its state is one watermark per input
 
 
 @dataclass(frozen=True, eq=False)
@@ -331,3 +441,7 @@ class Plan:
             if detail:
                 lines.append(f"      {detail}")
         return "\n".join(lines)
+
+    def to_dict(self) -> dict[str, Any]:
+        """The plan as JSON-ready data (what `sluice explain --json` prints; see docs/design/plan.md)."""
+        return {"format": PLAN_FORMAT, "flow": self.name, "steps": [s.to_dict() for s in self.steps]}

@@ -19,7 +19,12 @@ _LITERAL = re.compile(r"dyn \w+: ([^\s()\[\],.]+(?:\.\d+)?)(\.)?")
 
 def show_expr(expr: pl.Expr) -> str:
     """The expression as Polars' Python API writes it, as far as its printed form allows."""
-    text = _LITERAL.sub(lambda m: f"lit({m[1]})." if m[2] else m[1], str(expr))
+    return show_expr_text(str(expr))
+
+
+def show_expr_text(printed: str) -> str:
+    """`show_expr` of an expression's printed form (`str(expr)`, as state fingerprints keep it)."""
+    text = _LITERAL.sub(lambda m: f"lit({m[1]})." if m[2] else m[1], printed)
     return _binary(text, 0, len(text), top=True)
 
 

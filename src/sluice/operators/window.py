@@ -22,6 +22,7 @@ import polars as pl
 from sluice.core.batch import NO_WATERMARK, TIME, WATERMARK, Batch
 from sluice.core.errors import StepError, polars_detail
 from sluice.core.plan import Window
+from sluice.core.plan import key_names as key_names  # its home was here; kept for importers
 from sluice.operators.base import Emitted, Operator, check_columns
 from sluice.time.aggregates import Aggregate, Percentile
 from sluice.time.windows import Session, pane_ms
@@ -38,9 +39,6 @@ ROW = "__sl_row"
 def _ceil_div(a: pl.Expr, b: int) -> pl.Expr:
     return -((-a) // b)
 
-
-def key_names(keys: tuple[pl.Expr, ...]) -> list[str]:
-    return [k.meta.output_name() for k in keys]
 
 
 class _Aggregation:

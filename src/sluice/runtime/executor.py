@@ -4,6 +4,7 @@ through the operators, so a slow sink slows the sources (backpressure without qu
 from __future__ import annotations
 
 import errno
+import json
 import logging
 import time
 from collections import defaultdict
@@ -17,42 +18,12 @@ from sluice.connectors.api import SinkContext, SinkWriter, SourceContext, Source
 from sluice.core.batch import INTERNAL_PREFIX, Batch
 from sluice.core.errors import ENCODE_FIX, DiskFullError, EncodeError, PlanError, RejectedRecord
 from sluice.core.failpoints import failpoint
-from sluice.core.plan import (
-    AsofJoin,
-    Branch,
-    DetectAnomalies,
-    EventTime,
-    Filter,
-    IntervalJoin,
-    KeyBy,
-    LookupJoin,
-    Map,
-    Match,
-    Plan,
-    Process,
-    Read,
-    Ref,
-    Select,
-    Step,
-    Union,
-    Window,
-    WindowJoin,
-    WithColumns,
-    Write,
-)
+from sluice.core.plain import canonical, describe_changes
+from sluice.core.plan import EventTime, Match, Plan, Process, Read, Ref, Step, Union, Window, Write
 from sluice.operators.base import Emitted, Operator
-from sluice.operators.stateless import (
-    BranchOperator,
-    EventTimeOperator,
-    FilterOperator,
-    MapOperator,
-    PassThrough,
-    SelectOperator,
-    UnionOperator,
-    union_mismatch,
-)
-from sluice.operators.window import window_operator
+from sluice.operators.stateless import EventTimeOperator, PassThrough, union_mismatch
 from sluice.runtime.commit import EpochCommit
+from sluice.runtime.registry import BuildContext, build
 from sluice.runtime.schemas import stream_schema
 
 DEFAULT_BATCH_SIZE = 65_536
@@ -141,8 +112,9 @@ class CheckpointSettings:
     drop_state: tuple[str, ...] = ()
 
 
-def fingerprint(step: Step) -> str:
-    """What a step's state depends on: if this changes, old state cannot be reused."""
+def _legacy_fingerprint(step: Step) -> str | None:
+    """The fingerprint string checkpoints carried before fingerprints became JSON (Sluice ≤ the plan
+    rework); only window, match and process steps had one that said more than their kind."""
     if isinstance(step, Window):
         aggs = ",".join(f"{k}:{type(a).__name__}:{getattr(a, 'of', None)}:{getattr(a, 'q', '')}"
                         for k, a in sorted(step.aggregates.items()))
@@ -151,9 +123,11 @@ def fingerprint(step: Step) -> str:
         return f"match|{step.pattern.describe()}|{step.skip}|{[str(k) for k in step.keys]}"
     if isinstance(step, Process):
         return f"process|{type(step.fn).__module__}.{type(step.fn).__qualname__}|{[str(k) for k in step.keys]}"
-    if isinstance(step, AsofJoin):
-        return "asof_join"  # temporal joins too: checkpoints from before they had their own kind stay usable
-    return step.kind
+    if isinstance(step, EventTime | Union):
+        # their state is watermarks (per partition / per input), valid whatever the delay: an old checkpoint
+        # of nearly every flow stays usable; the new fingerprint is checked from the next checkpoint on
+        return step.kind
+    return None
 
 
 def _check_unions(plan: Plan) -> None:
@@ -201,6 +175,8 @@ class Executor:
         self.readers: dict[str, SourceReader] = {}
         self.ops: dict[str, Operator] = {}
         self.stats: dict[str, StepStats] = {s.name: StepStats() for s in plan.steps}
+        # computed once: a process function's code is hashed from its source file
+        self.fingerprints = {s.name: s.state_fingerprint() for s in plan.steps}
         for step in plan.steps:
             self.ops[step.name] = self._compile(step)
         self.commit = EpochCommit(self.writers)
@@ -235,61 +211,7 @@ class Executor:
                                                 staging_dir=self._staging_dir()))
             self.writers[step.name] = writer
             return _WriteOperator(step.name, writer)
-        if isinstance(step, Filter):
-            return FilterOperator(step)
-        if isinstance(step, Select | WithColumns):
-            return SelectOperator(step)
-        if isinstance(step, Map):
-            return MapOperator(step)
-        if isinstance(step, EventTime):
-            return EventTimeOperator(step)
-        if isinstance(step, Window):
-            return window_operator(step)
-        if isinstance(step, Union):
-            return UnionOperator(step)
-        if isinstance(step, Branch):
-            return BranchOperator(step)
-        if isinstance(step, KeyBy):
-            return PassThrough(step.name)
-        if isinstance(step, DetectAnomalies):
-            from sluice.operators.anomaly import ZScoreOperator
-            from sluice.operators.window import key_names
-
-            return ZScoreOperator(step.name, list(step.keys), key_names(step.keys), step.value, step.window_ms,
-                                  step.threshold, step.min_count, step.only_anomalies)
-        if isinstance(step, LookupJoin):
-            from sluice.operators.lookup import LookupJoinOperator
-
-            return LookupJoinOperator(step.name, step.by, step.lookup, step.how, step.cache_ttl_s, step.cache_size)
-        if isinstance(step, WindowJoin):
-            from sluice.operators.window_join import WindowJoinOperator
-
-            return WindowJoinOperator(step.name, list(step.by), step.window, step.suffix)
-        if isinstance(step, Match):
-            from sluice.operators.match import MatchOperator
-            from sluice.operators.window import key_names
-
-            return MatchOperator(step.name, key_names(step.keys), list(step.keys), step.pattern, step.skip)
-        if isinstance(step, IntervalJoin):
-            from sluice.operators.interval import IntervalJoinOperator
-
-            return IntervalJoinOperator(step.name, list(step.by), step.lower_ms, step.upper_ms, step.how, step.suffix)
-        if isinstance(step, AsofJoin):
-            from sluice.operators.asof import AsofJoinOperator
-
-            return AsofJoinOperator(step.name, list(step.by), step.tolerance_ms, step.strict, step.how,
-                                    step.right_order, step.suffix, step.deleted)
-        if isinstance(step, Process):
-            from sluice.operators.process import ProcessOperator
-            from sluice.operators.window import key_names
-            from sluice.state.backends import make_backend
-
-            state_dir = Path(self.state_dir) / self.plan.name / step.name if self.state_dir else None
-            backend = make_backend(self.state_backend, state_dir)
-            schema = step.schema.polars if step.schema is not None else None
-            return ProcessOperator(step.name, key_names(step.keys), list(step.keys), step.fn, schema,
-                                   step.side_outputs, backend, step.on_error)
-        raise PlanError(f"step {step.name!r}: no operator for {type(step).__name__}")
+        return build(step, BuildContext(self.plan.name, self.batch_size, self.state_backend, self.state_dir))
 
     def _push(self, step: str, port: str, batch: Batch) -> None:
         self.stats[step].rows_out[port] += batch.height
@@ -302,24 +224,57 @@ class Executor:
 
     def apply_state(self, saved: dict[str, Any], load: Callable[[str], dict[str, Any] | None], where: str) -> None:
         """Restore every step from saved state: `saved` maps step names to entries with a "fingerprint";
-        `load(name)` gives the step's state. Changed steps raise unless their state may be dropped."""
+        `load(name)` gives the step's state. A step whose fingerprint differs raises (naming the step and
+        what changed) unless its state may be dropped; see docs/design/plan.md."""
         drop = self.checkpoints.drop_state if self.checkpoints else ()
         removed = [n for n in saved if n not in {s.name for s in self.plan.steps}]
         if removed:
             log.warning("%s has state for steps no longer in the flow, ignored: %s", where, ", ".join(removed))
+        problems: list[str] = []
+        predate: list[Step] = []
+        restore: list[Step] = []
         for step in self.plan.steps:
             entry = saved.get(step.name)
             if entry is None:
                 continue
-            if entry["fingerprint"] != fingerprint(step) and not isinstance(step, Read | Write):
-                if step.name in drop:
-                    log.warning("step %r changed; its checkpointed state is dropped as asked", step.name)
+            now = self.fingerprints[step.name]
+            was = entry["fingerprint"]
+            if not now:  # reads, writes and stateless steps: nothing to check
+                restore.append(step)
+                continue
+            if isinstance(was, str):  # written before fingerprints were JSON
+                legacy = _legacy_fingerprint(step)
+                if legacy is None:
+                    predate.append(step)
                     continue
-                raise IncompatibleCheckpointError(
-                    f"step {step.name!r} changed since {where} "
-                    f"(was {entry['fingerprint']}, now {fingerprint(step)}); its state cannot be reused. "
+                changed = [f"was {was}, now {legacy}"] if was != legacy else []
+            else:
+                changed = describe_changes(was, json.loads(now)) if canonical(was) != now else []
+            if not changed:
+                restore.append(step)
+            elif step.name in drop:
+                log.warning("step %r changed (%s); its checkpointed state is dropped as asked",
+                            step.name, "; ".join(changed))
+            else:
+                problems.append(
+                    f"step {step.name!r} changed since {where} ({'; '.join(changed)}); its state cannot be reused. "
                     f"Rename the step to start it empty, or drop its state explicitly (drop_state=[{step.name!r}], "
                     f"sluice run --drop-state {step.name})")
+        kept = [s for s in predate if s.name not in drop]
+        for step in predate:
+            if step.name in drop:
+                log.warning("step %r: its state in %s predates fingerprints; dropped as asked", step.name, where)
+        if kept:
+            names = ", ".join(f"{s.name!r} ({s.kind})" for s in kept)
+            problems.append(
+                f"{where} was written before Sluice fingerprinted the parameters of {names}, so it cannot tell "
+                "whether they changed since. Start them empty with "
+                f"drop_state=[{', '.join(repr(s.name) for s in kept)}] "
+                f"({' '.join(f'--drop-state {s.name}' for s in kept)}), or start the flow afresh with a new "
+                "checkpoint directory")
+        if problems:
+            raise IncompatibleCheckpointError("\n".join(problems))
+        for step in restore:
             state = load(step.name)
             assert state is not None
             if isinstance(step, Read):
@@ -341,16 +296,20 @@ class Executor:
             else:
                 op.reopen(real)
 
-    def snapshot_state(self) -> dict[str, tuple[str, str, dict[str, Any]]]:
-        """Every stateful step's (kind, fingerprint, state), source positions included."""
-        steps: dict[str, tuple[str, str, dict[str, Any]]] = {}
+    def _saved_fingerprint(self, step: Step) -> dict[str, Any]:
+        fp = self.fingerprints[step.name]
+        return json.loads(fp) if fp else {"kind": step.kind}
+
+    def snapshot_state(self) -> dict[str, tuple[str, dict[str, Any], dict[str, Any]]]:
+        """Every stateful step's (kind, fingerprint as JSON, state), source positions included."""
+        steps: dict[str, tuple[str, dict[str, Any], dict[str, Any]]] = {}
         for step in self.plan.steps:
             if isinstance(step, Read):
-                steps[step.name] = (step.kind, fingerprint(step), {"position": self.readers[step.name].position()})
+                steps[step.name] = (step.kind, self._saved_fingerprint(step), {"position": self.readers[step.name].position()})
                 continue
             state = self.ops[step.name].snapshot()
             if state is not None:
-                steps[step.name] = (step.kind, fingerprint(step), state)
+                steps[step.name] = (step.kind, self._saved_fingerprint(step), state)
         return steps
 
     def take_set_aside(self, late: dict[str, int], dead_letters: dict[str, int]) -> None:

@@ -141,19 +141,12 @@ class _SharedSink:
 
 def check_partitioning(plan: Plan, keys: set[str | None] | None = None) -> None:
     """Tasks see one partition each, so every keyed step must be keyed by what the topics are keyed by."""
-    from sluice.operators.window import key_names
-
     if keys is None:
         keys = {st.source.key for st in plan.steps if isinstance(st, Read)}
     for st in plan.steps:
         if isinstance(st, Read | Write) or not st.stateful:
             continue
-        if hasattr(st, "keys"):
-            names = key_names(st.keys)
-        elif hasattr(st, "by"):
-            names = [st.by] if isinstance(st.by, str) else list(st.by)
-        else:
-            names = []
+        names = list(st.key_columns() or ())
         if not names:
             raise PlanError(f"step {st.name!r} keeps state over all records; under the Kafka runtime each partition "
                             "is processed on its own. Key the step (key_by) by the input topics' key")
