@@ -27,6 +27,7 @@ from sluice.connectors.log import LogSink, LogSource
 from sluice.connectors.lookup import RedisLookup
 from sluice.connectors.memory import CollectSink, MemorySource
 from sluice.connectors.topic import Topic
+from sluice.core import changelog
 from sluice.core.errors import (
     DecodeError,
     DiskFullError,
@@ -112,6 +113,7 @@ __all__ = [
     "Tumbling",
     "UserFunctionError",
     "agg",
+    "changelog",
     "col",
     "lit",
     "run",

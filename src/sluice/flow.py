@@ -20,6 +20,7 @@ from typing import Any
 
 import polars as pl
 
+from sluice.core.changelog import OP, is_delete, is_retraction
 from sluice.core.errors import PlanError
 from sluice.core.plan import (
     ON_ERROR_CHOICES,
@@ -40,6 +41,7 @@ from sluice.core.plan import (
     Select,
     Step,
     TemporalJoin,
+    ToChangelog,
     Union,
     Window,
     WindowJoin,
@@ -95,6 +97,10 @@ class Flow:
         plan = Plan(self.name, tuple(self._steps))
         plan.validate()
         return plan
+
+    def plan_so_far(self) -> Plan:
+        """The steps declared until now (not validated: the flow may not be written anywhere yet)."""
+        return Plan(self.name, tuple(self._steps))
 
     def explain(self) -> str:
         return self.plan().explain()
@@ -232,13 +238,29 @@ class Stream:
         step = AsofJoin(name, (self.ref, right.ref), keys, to_ms(tolerance, "tolerance"), strict, how, right_order, suffix)
         return self.flow._add(step, self.keys)
 
+    def changelog(self, key: str | Iterable[str], *, op: pl.Expr | None = None, name: str | None = None) -> Stream:
+        """Declare this stream a changelog of a table with primary key `key`: each row gets its kind in the
+        column `_op` (+I insert, -U update-before, +U update-after, -D delete) from `op` (default: the
+        stream's own `_op` column). For Debezium's c/r/u/d: `op=sl.changelog.from_debezium(pl.col("op"))`.
+        Temporal joins and sinks then apply rows as inserts, updates and deletes."""
+        keys = (key,) if isinstance(key, str) else tuple(key)
+        if not keys:
+            raise PlanError("changelog(): give the table's primary key, key='id' or key=['a', 'b']")
+        return self.flow._add(ToChangelog(self.flow._name("changelog", name), (self.ref,), keys,
+                                          op if op is not None else pl.col(OP)), self.keys)
+
     def temporal_join(self, name: str, table: Stream, *, by: str | Iterable[str], deleted: pl.Expr | None = None,
                       how: str = "left", suffix: str = "_right") -> Stream:
         """Enrich each record from a table kept from a changelog stream: the table's row for the key as
         it stood at the record's event time (its latest version at or before it). Rows of `table` where
-        `deleted` holds are deletions. how="left" keeps records without a row (right columns null)."""
+        `deleted` holds are deletions; when `table` is a changelog stream (`.changelog(...)`, a Kafka
+        source with changelog=True) its -D rows are, and its -U rows are not versions of the row.
+        how="left" keeps records without a row (right columns null)."""
         if how not in ("inner", "left"):
             raise PlanError(f"temporal_join {name!r}: how must be 'inner' or 'left', got {how!r}")
+        if deleted is None and self.flow.plan_so_far().changelog_key(table.ref) is not None:
+            table = table.filter(~is_retraction(), name=f"{name}_versions")
+            deleted = is_delete()
         keys = (by,) if isinstance(by, str) else tuple(by)
         step = TemporalJoin(name, (self.ref, table.ref), keys, None, False, how, None, suffix, deleted)
         return self.flow._add(step, self.keys)

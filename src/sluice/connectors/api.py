@@ -55,6 +55,7 @@ class SinkContext:
     task: int | None = None  # the Kafka runtime's task (partition number) this writer serves; None: all input
     instance: str = ""  # the worker (Kafka runtime) or run that owns the writer
     staging_dir: str | None = None  # a checkpointed sl.run: where sinks may stage an epoch (under the checkpoints)
+    changelog_key: tuple[str, ...] | None = None  # the input is a changelog (column _op) of a table with this key
 
     @property
     def txn_prefix(self) -> str:

@@ -26,6 +26,7 @@ import polars as pl
 
 from sluice.connectors.api import SinkContext, SourceContext, UntransactedWriter
 from sluice.core.batch import OFFSET, Batch, Origin, user_columns
+from sluice.core.changelog import DELETE, OP, UPDATE_BEFORE
 from sluice.core.deadletter import dead_letters, rows_as_json
 from sluice.core.errors import DEAD_LETTER_FIX, DecodeError, EncodeError, PlanError, SluiceError
 from sluice.core.schema import Schema
@@ -595,6 +596,10 @@ class KafkaWriter(UntransactedWriter):
         rows = user_columns(df)
         if rows.height == 0:
             return
+        if self.ctx.changelog_key is not None and OP in rows.columns:
+            rows = self._apply_changelog(rows)
+            if rows.height == 0:
+                return
         msgs, bad = self.spec.messages(rows, self.codec)
         if bad:
             self._unserializable(rows, bad)
@@ -611,7 +616,24 @@ class KafkaWriter(UntransactedWriter):
         self._flush_rejected()
         self._raise()
 
-    def _produce(self, topic: str, key: bytes | None, value: bytes, headers: Any, ts: int, report: Any) -> None:
+    def _apply_changelog(self, rows: pl.DataFrame) -> pl.DataFrame:
+        """Upsert semantics, as Kafka compaction and Flink's upsert-kafka read them: a delete is a tombstone
+        (the key, no value), an update-before is dropped (the update-after replaces the row), the rest are
+        written without `_op`."""
+        key = getattr(self.spec, "key", None)
+        if key is None:
+            raise PlanError(f"write step {self.ctx.step!r} gets a changelog (keyed by {list(self.ctx.changelog_key or ())}); "
+                            f"give the sink key={(self.ctx.changelog_key or ('id',))[0]!r} so that a delete can be a "
+                            "tombstone of that key")
+        deletes = rows.filter(pl.col(OP) == DELETE)
+        ts_col = getattr(self.spec, "timestamp", None)
+        stamps = deletes[ts_col].cast(pl.Int64).fill_null(0).to_list() if ts_col else [0] * deletes.height
+        for k, ts in zip(deletes[key].cast(pl.String).to_list(), stamps, strict=True):
+            self._produce(self.spec.topic, None if k is None else k.encode(), None, None, ts, self.report)
+        self.produced += deletes.height
+        return rows.filter(~pl.col(OP).is_in([DELETE, UPDATE_BEFORE])).drop(OP)
+
+    def _produce(self, topic: str, key: bytes | None, value: bytes | None, headers: Any, ts: int, report: Any) -> None:
         from confluent_kafka import KafkaException
 
         while True:
@@ -627,7 +649,7 @@ class KafkaWriter(UntransactedWriter):
                     raise KafkaError(f"write step {self.ctx.step!r}: a record (key {key!r}) cannot be produced to "
                                      f"{topic!r}: {_error_text(err)}; to set such records aside, give the sink "
                                      "dead_letters=sl.DeadLetterTopic(...)") from None
-                self._dead_letter(key, value, headers, f"not produced: {_error_text(err)}", f"kafka:{topic}")
+                self._dead_letter(key, value or b"", headers, f"not produced: {_error_text(err)}", f"kafka:{topic}")
                 return
 
     def _unserializable(self, rows: pl.DataFrame, bad: list[tuple[int, str]]) -> None:

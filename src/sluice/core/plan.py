@@ -144,6 +144,19 @@ class Filter(Step):
 
 
 @dataclass(frozen=True, eq=False)
+class ToChangelog(Step):
+    """Declares the stream a changelog of a table keyed by `keys`: each row gets its kind in `_op`
+    (core/changelog.py) from `op`, an expression giving +I / -U / +U / -D."""
+
+    keys: tuple[str, ...]
+    op: pl.Expr
+    kind = "changelog"
+
+    def key_columns(self) -> tuple[str, ...] | None:
+        return self.keys
+
+
+@dataclass(frozen=True, eq=False)
 class Select(Step):
     exprs: tuple[pl.Expr, ...]
     kind = "select"
@@ -395,6 +408,21 @@ class Plan:
             if s.name == name:
                 return s
         raise PlanError(f"flow {self.name!r} has no step {name!r}; steps: {', '.join(s.name for s in self.steps)}")
+
+    def changelog_key(self, ref: Ref) -> tuple[str, ...] | None:
+        """The primary key if the stream at `ref` is a changelog (a `changelog` step, or a source that
+        reads one, upstream through steps that keep rows as they are), else None."""
+        step = self.step(ref.step)
+        if isinstance(step, ToChangelog):
+            return step.keys
+        if isinstance(step, Read):
+            key = getattr(step.source, "changelog_key", None)
+            return key() if callable(key) else None
+        if isinstance(step, Filter | WithColumns | KeyBy | EventTime) and ref.port == "out":
+            return self.changelog_key(step.inputs[0])
+        if isinstance(step, Branch):
+            return self.changelog_key(step.inputs[0])
+        return None
 
     def consumers(self, ref: Ref) -> list[Step]:
         return [s for s in self.steps if ref in s.inputs]

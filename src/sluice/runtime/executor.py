@@ -208,7 +208,8 @@ class Executor:
             writer = step.sink.open(SinkContext(step.name, exactly_once=self.exactly_once,
                                                 schema=stream_schema(self.plan, step.inputs[0]),
                                                 flow=self.plan.name, task=self.task, instance=self.instance,
-                                                staging_dir=self._staging_dir()))
+                                                staging_dir=self._staging_dir(),
+                                                changelog_key=self.plan.changelog_key(step.inputs[0])))
             self.writers[step.name] = writer
             return _WriteOperator(step.name, writer)
         return build(step, BuildContext(self.plan.name, self.batch_size, self.state_backend, self.state_dir))

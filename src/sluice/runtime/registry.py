@@ -32,6 +32,7 @@ from sluice.core.plan import (
     Process,
     Select,
     Step,
+    ToChangelog,
     Union,
     Window,
     WindowJoin,
@@ -119,6 +120,13 @@ def _event_time(step: EventTime, ctx: BuildContext) -> Operator:
 @register(KeyBy)
 def _key_by(step: KeyBy, ctx: BuildContext) -> Operator:
     return PassThrough(step.name)
+
+
+@register(ToChangelog)
+def _changelog(step: ToChangelog, ctx: BuildContext) -> Operator:
+    from sluice.operators.changelog import ChangelogOperator
+
+    return ChangelogOperator(step)
 
 
 @register(Union)
