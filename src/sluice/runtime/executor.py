@@ -16,6 +16,7 @@ from sluice.checkpoint.store import CheckpointStore, IncompatibleCheckpointError
 from sluice.connectors.api import SinkContext, SinkWriter, SourceContext, SourceReader
 from sluice.core.batch import Batch
 from sluice.core.errors import ENCODE_FIX, DiskFullError, EncodeError, PlanError, RejectedRecord
+from sluice.core.failpoints import failpoint
 from sluice.core.plan import (
     AsofJoin,
     Branch,
@@ -331,14 +332,17 @@ class Executor:
         cid = self.next_checkpoint
         self.next_checkpoint += 1
         sinks = {name: w.prepare(cid) for name, w in self.writers.items()}
+        failpoint("after_prepare")
         if self.store is None:
             for name, w in self.writers.items():
                 w.commit(sinks[name])
             return
         steps = self.snapshot_state()
         self.store.write(cid, self.plan.name, steps, sinks)
+        failpoint("after_manifest")
         for name, w in self.writers.items():
             w.commit(sinks[name])
+            failpoint("after_sink_commit")
         self.store.prune()
 
     def run(self) -> RunResult:
