@@ -23,7 +23,8 @@ import polars as pl
 from sluice.connectors.api import SinkContext, SourceContext, UntransactedWriter
 from sluice.core.batch import OFFSET, Batch, Origin, user_columns
 from sluice.core.deadletter import dead_letters
-from sluice.core.errors import DEAD_LETTER_FIX, DecodeError, PlanError, SluiceError
+from sluice.core.errors import DEAD_LETTER_FIX, DecodeError, PlanError
+from sluice.core.errors import KafkaError as KafkaError  # also importable from here, as before
 from sluice.core.schema import Schema
 from sluice.formats.json import Json
 
@@ -35,10 +36,6 @@ HEADERS_DTYPE = pl.List(pl.Struct({"key": pl.String, "value": pl.Binary}))
 # on this machine); user config overrides them.
 FETCH_TUNING = {"queued.min.messages": 1_000_000, "queued.max.messages.kbytes": 262_144,
                 "fetch.max.bytes": 64 << 20, "max.partition.fetch.bytes": 8 << 20, "fetch.wait.max.ms": 100}
-
-
-class KafkaError(SluiceError):
-    """Kafka refused or failed an operation."""
 
 
 def redact(config: Mapping[str, Any]) -> dict[str, Any]:
