@@ -20,7 +20,7 @@ def transactions(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return generate("transactions", 40_000, tmp_path_factory.mktemp("w4") / "tx.jsonl", users=200, span_s=7200)
 
 
-@pytest.mark.parametrize("batch_size", [7, 1000, 65536])
+@pytest.mark.parametrize("batch_size", [pytest.param(7, marks=pytest.mark.slow), 1000, 65536])  # 7: ~15 s
 def test_w4_equals_duckdb(transactions: Path, batch_size: int, tmp_path: Path) -> None:
     out = tmp_path / "alerts.jsonl"
     sl.run(file_flow("w4", transactions, out), batch_size=batch_size)
