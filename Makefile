@@ -6,11 +6,15 @@ BIN := $(VENV)/bin
 
 .PHONY: setup services kafka-up kafka-down demo test test-fast lint bench bench-data clean
 
+# Bytecode is compiled at install time (dependencies by uv, Sluice's own src/ by compileall, which only
+# redoes changed files), so `import sluice` stays fast where Python is told not to write bytecode
+# (PYTHONDONTWRITEBYTECODE=1 stops writing at import, not reading).
 setup: $(VENV)/.synced
+	@$(BIN)/python -m compileall -q -j 0 src
 
-$(VENV)/.synced: pyproject.toml uv.lock
+$(VENV)/.synced: pyproject.toml uv.lock Makefile
 	@$(PY) -m uv --version >/dev/null 2>&1 || $(PY) -m pip install --quiet --disable-pip-version-check uv
-	$(UV) sync --frozen --quiet
+	$(UV) sync --frozen --quiet --compile-bytecode
 	@touch $@
 
 services:  ## the servers some tests run against (Redis), from Debian packages
@@ -32,6 +36,9 @@ test: setup services  ## the whole suite (what CI runs)
 	$(BIN)/mypy
 	$(BIN)/python -m pytest
 
+# Skips the tests marked slow: every test that starts Kafka or the schema registry (tests/kafka, the Kafka
+# page of the docs; tests/conftest.py marks them), the kill -9 crash runs (tests/test_crash_recovery.py),
+# the aggregate property test against DuckDB and w4 at batch size 7 (about 3 minutes on 2 cores).
 test-fast: setup
 	$(BIN)/python -m pytest -x -q -m "not slow"
 

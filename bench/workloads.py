@@ -71,11 +71,8 @@ def search_to_click(source: object, sink: object) -> sl.Flow:
 
 
 def file_flow(workload: str, input_path: str | Path, output_path: str | Path) -> sl.Flow:
-    if workload == "risk":  # the process-function job of examples/risk_score.py, over transactions
-        import sys
-
-        sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "examples"))
-        import risk_score
+    if workload == "risk":  # the process-function job of sluice/examples/risk_score.py, over transactions
+        from sluice.examples import risk_score
 
         out = Path(output_path)
         alerts = out.with_name(out.stem + "-alerts" + out.suffix)

@@ -11,6 +11,16 @@ sys.path.insert(0, str(ROOT / "bench"))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 
+# Fixtures that start a broker: a test using one is slow (`make test-fast` skips it) wherever it lives.
+BROKER_FIXTURES = {"kafka_broker", "kafka_bootstrap", "kafka_sasl_ssl", "registry_url"}
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    for item in items:
+        if BROKER_FIXTURES & set(getattr(item, "fixturenames", ())):
+            item.add_marker(pytest.mark.slow)
+
+
 def generate(kind: str, n: int, path: Path, **opts: int) -> Path:
     args = [sys.executable, str(ROOT / "bench" / "gen_events.py"), kind, "--n", str(n), "--out", str(path)]
     for k, v in opts.items():

@@ -13,6 +13,8 @@ import pytest
 
 from conftest import ROOT, generate
 
+pytestmark = pytest.mark.slow  # 600,000-event runs killed and restarted many times: about 1.5 minutes
+
 RUN = [sys.executable, str(ROOT / "bench" / "run.py")]
 
 

@@ -1,9 +1,8 @@
-"""The fraud job of examples/fraud.py end to end: each of its three results checked against DuckDB or
+"""The fraud job (sluice/examples/fraud.py, run by examples/fraud.py and `sluice demo`) end to end: each of its three results checked against DuckDB or
 the risk-score reference."""
 
 from __future__ import annotations
 
-import sys
 from pathlib import Path
 
 import duckdb
@@ -12,10 +11,8 @@ import pytest
 
 import oracle
 import sluice as sl
-from conftest import ROOT, generate
-
-sys.path.insert(0, str(ROOT / "examples"))
-import fraud
+from conftest import generate
+from sluice.examples import fraud
 
 
 @pytest.fixture(scope="module")

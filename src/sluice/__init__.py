@@ -8,7 +8,7 @@
 
 from polars import col, lit
 
-from sluice import agg
+from sluice import agg, errors
 from sluice.cep.pattern import Pattern
 from sluice.connectors.api import Sink, SinkContext, SinkWriter
 from sluice.connectors.console import ConsoleSink
@@ -22,34 +22,34 @@ from sluice.connectors.files import (
 )
 from sluice.connectors.foreach import ForeachBatch
 from sluice.connectors.generator import GeneratorSource
-from sluice.connectors.kafka import DeadLetterTopic, KafkaError, KafkaSink, KafkaSource
+from sluice.connectors.kafka import DeadLetterTopic, KafkaSink, KafkaSource
 from sluice.connectors.log import LogSink, LogSource
 from sluice.connectors.lookup import RedisLookup
 from sluice.connectors.memory import CollectSink, MemorySource
 from sluice.connectors.topic import Topic
 from sluice.core import changelog
-from sluice.core.errors import (
+from sluice.core.schema import JsonValue, Map, Optional
+from sluice.errors import (
+    CheckpointError,
+    CorruptSegmentError,
     DecodeError,
     DiskFullError,
     EncodeError,
+    IncompatibleCheckpointError,
+    IncompatibleSchemaError,
+    KafkaError,
+    LogError,
     MissingTimestampError,
     PlanError,
     SchemaError,
+    SchemaRegistryError,
     SluiceError,
     StepError,
     UserFunctionError,
 )
-from sluice.core.schema import JsonValue, Map, Optional
 from sluice.flow import Flow, Stream
 from sluice.formats.json import Json
-from sluice.formats.registry import (
-    Avro,
-    IncompatibleSchemaError,
-    JsonSchema,
-    LocalRegistry,
-    RegistryClient,
-    SchemaRegistryError,
-)
+from sluice.formats.registry import Avro, JsonSchema, LocalRegistry, RegistryClient
 from sluice.operators.process import KeyedProcessFunction, ProcessContext, StateContext
 from sluice.runtime.executor import RunResult, run
 from sluice.runtime.kafka_worker import KafkaRuntime, run_worker
@@ -61,8 +61,10 @@ __version__ = "0.1.0"
 __all__ = [
     "Avro",
     "BoundedOutOfOrderness",
+    "CheckpointError",
     "CollectSink",
     "ConsoleSink",
+    "CorruptSegmentError",
     "CsvSink",
     "CsvSource",
     "DeadLetterTopic",
@@ -72,6 +74,7 @@ __all__ = [
     "Flow",
     "ForeachBatch",
     "GeneratorSource",
+    "IncompatibleCheckpointError",
     "IncompatibleSchemaError",
     "Json",
     "JsonLinesSink",
@@ -84,6 +87,7 @@ __all__ = [
     "KafkaSource",
     "KeyedProcessFunction",
     "LocalRegistry",
+    "LogError",
     "LogSink",
     "LogSource",
     "Map",
@@ -115,6 +119,7 @@ __all__ = [
     "agg",
     "changelog",
     "col",
+    "errors",
     "lit",
     "run",
     "run_worker",

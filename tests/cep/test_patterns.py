@@ -113,3 +113,38 @@ def test_timeouts_and_conditions_on_earlier_events():
     got = sorted((r["first"]["v"], r["higher"]["v"]) for r in out.to_dicts())
     assert got == [(3, 50), (5, 50)]
     assert sorted(timeouts["timeout_at"].to_list()) == [7_000, 35_000]  # 50 started one; so did 95 (never matched)
+
+
+def _b_runs(pattern, recs):
+    """For each match: the row indexes of its `b` events, at every batch size (all must agree)."""
+    results = set()
+    for batch_size in (1, 2, 3, 1000):
+        _, out, _, late = run(recs, pattern, batch_size)
+        assert late.height == 0
+        results.add(tuple(sorted(tuple(e["i"] for e in r["b"]) for r in out.to_dicts())))
+    assert len(results) == 1, results
+    return list(results.pop())
+
+
+A, B, NOISE = 5, 95, 50  # a: v < 10, b: v > 90, noise: neither
+
+
+def test_strict_contiguity_holds_between_the_repeats_of_a_stage():
+    """`next("b").times(2)`: both b's directly after a and after each other (the stage repeats with the
+    contiguity it was entered with); an event of the key between the two b's breaks the match."""
+    p = sl.Pattern.begin("a").where(pl.col("v") < 10).next("b").where(pl.col("v") > 90).times(2)
+    assert _b_runs(p, [(1000, "x", A), (2000, "x", B), (3000, "x", B)]) == [(1, 2)]
+    assert _b_runs(p, [(1000, "x", A), (2000, "x", B), (3000, "x", NOISE), (4000, "x", B)]) == []
+    # relaxed repeats skip the noise
+    relaxed = sl.Pattern.begin("a").where(pl.col("v") < 10).followed_by("b").where(pl.col("v") > 90).times(2)
+    assert _b_runs(relaxed, [(1000, "x", A), (2000, "x", B), (3000, "x", NOISE), (4000, "x", B)]) == [(1, 3)]
+
+
+def test_strict_one_or_more_stops_at_the_first_other_event():
+    p = sl.Pattern.begin("a").where(pl.col("v") < 10).next("b").where(pl.col("v") > 90).one_or_more()
+    recs = [(1000, "x", A), (2000, "x", B), (3000, "x", B), (4000, "x", NOISE), (5000, "x", B)]
+    # a match at each b while the run is unbroken; the b after the noise extends nothing
+    assert _b_runs(p, recs) == [(1,), (1, 2)]
+    # another key's events do not break the run
+    recs = [(1000, "x", A), (2000, "x", B), (2500, "y", NOISE), (3000, "x", B)]
+    assert _b_runs(p, recs) == [(1,), (1, 3)]

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import sys
 from datetime import timedelta
 from pathlib import Path
 
@@ -10,11 +9,9 @@ import polars as pl
 import pytest
 
 import sluice as sl
-from conftest import ROOT, generate
+from conftest import generate
 from sluice import testing
-
-sys.path.insert(0, str(ROOT / "examples"))
-import risk_score
+from sluice.examples import risk_score
 
 
 @pytest.fixture(scope="module")

@@ -6,8 +6,10 @@ from datetime import timedelta
 
 import numpy as np
 import polars as pl
+import pytest
 
 import sluice as sl
+from sluice import testing
 from sluice.core.batch import NO_WATERMARK, TIME, WATERMARK, Batch
 from sluice.core.plan import Window
 from sluice.operators.window import window_operator
@@ -67,3 +69,46 @@ def test_sliding_windows_emit_in_end_order_within_one_batch():
     d = Driver(sl.Sliding(timedelta(seconds=10), timedelta(seconds=5)))
     out = d.send((1000, "b"), (6000, "a"), (30000, "c"))
     assert out == [("b", -5000, 5000, 1), ("a", 0, 10000, 1), ("b", 0, 10000, 1), ("a", 5000, 15000, 1)]
+
+
+# --- the session late boundary (docs/design/time.md: late when t + gap < W_prev) ----------------------
+
+GAP = 3000
+
+
+def _sessions(recs, batch_size):
+    """recs: (t, k) with no delay; returns (sessions as (k, start, end, n), late records as (t, k))."""
+    flow = sl.Flow("s")
+    src = flow.read("in", testing.rows({"t": [r[0] for r in recs], "k": [r[1] for r in recs]}))
+    win = src.event_time("t", timedelta(0)).key_by("k").window("w", sl.Session(timedelta(milliseconds=GAP)),
+                                                              n=sl.agg.count())
+    out, late = testing.collect(win), testing.collect(win.late)
+    sl.run(flow, batch_size=batch_size)
+    sessions = sorted((r["k"], r["window_start"], r["window_end"], r["n"]) for r in out.frame().to_dicts())
+    return sessions, sorted((r["t"], r["k"]) for r in late.frame().to_dicts())
+
+
+@pytest.mark.parametrize("batch_size", [1, 2, 3, 65536])
+def test_session_record_exactly_gap_behind_the_watermark_is_on_time(batch_size):
+    # W_prev = 10000 for the second record; 7000 + gap == W_prev: its own session would close only
+    # when W > 10000, so it is on time and forms a session of its own
+    sessions, late = _sessions([(10_000, "a"), (7_000, "z")], batch_size)
+    assert late == []
+    assert sessions == [("a", 10_000, 13_000, 1), ("z", 7_000, 10_000, 1)]
+
+
+@pytest.mark.parametrize("batch_size", [1, 2, 3, 65536])
+def test_session_record_one_ms_further_behind_is_late(batch_size):
+    # 6999 + gap + 1 == W_prev: its session would have closed already
+    sessions, late = _sessions([(10_000, "a"), (6_999, "z")], batch_size)
+    assert late == [(6_999, "z")]
+    assert sessions == [("a", 10_000, 13_000, 1)]
+
+
+@pytest.mark.parametrize("batch_size", [1, 2, 3, 65536])
+def test_session_record_exactly_gap_behind_joins_the_open_session_of_its_key(batch_size):
+    # a's session [1000] is still open at W = 4000 (it closes when W > 1000 + gap); a record at 1000 joins
+    # it, and one at 999 (999 + gap + 1 == W_prev) is late
+    sessions, late = _sessions([(1_000, "a"), (4_000, "b"), (1_000, "a"), (999, "a")], batch_size)
+    assert late == [(999, "a")]
+    assert sessions == [("a", 1_000, 4_000, 2), ("b", 4_000, 7_000, 1)]

@@ -8,6 +8,7 @@ from datetime import timedelta
 import duckdb
 import numpy as np
 import polars as pl
+import pytest
 from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
 
@@ -42,6 +43,7 @@ def close(a, b, rel):
     return math.isclose(a, b, rel_tol=rel, abs_tol=1e-6)
 
 
+@pytest.mark.slow  # ~30 s
 @settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(recs=rows)
 def test_aggregates_match_duckdb(recs):

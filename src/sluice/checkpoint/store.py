@@ -23,7 +23,8 @@ from typing import Any
 
 import polars as pl
 
-from sluice.core.errors import SluiceError
+from sluice.core.errors import CheckpointError as CheckpointError  # also importable from here, as before
+from sluice.core.errors import IncompatibleCheckpointError as IncompatibleCheckpointError
 
 log = logging.getLogger("sluice.checkpoint")
 
@@ -35,14 +36,6 @@ class DirectoryState:
     """State that writes itself as a directory (a RocksDB checkpoint): `create(path)` makes `path`."""
 
     create: Any  # Callable[[Path], None]
-
-
-class CheckpointError(SluiceError):
-    """A checkpoint cannot be written or used."""
-
-
-class IncompatibleCheckpointError(CheckpointError):
-    """The flow changed in a way its checkpointed state cannot follow."""
 
 
 @dataclass(frozen=True)

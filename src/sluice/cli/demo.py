@@ -50,19 +50,10 @@ def analytics(log_root: Path, out: Path) -> sl.Flow:
 
 
 def fraud(log_root: Path, out: Path) -> sl.Flow:
-    """examples/fraud.py over the transactions topic."""
-    import importlib.util
-    import sys
+    """The fraud job (sluice/examples/fraud.py) over the transactions topic."""
+    from sluice.examples.fraud import build
 
-    path = Path(__file__).resolve().parents[3] / "examples" / "fraud.py"
-    spec = importlib.util.spec_from_file_location("sluice_example_fraud", path)
-    if spec is None or spec.loader is None or not path.exists():
-        raise FileNotFoundError(f"the fraud example is missing: {path}")
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[spec.name] = module
-    spec.loader.exec_module(module)
-    built: sl.Flow = module.build(sl.LogSource("transactions", root=log_root), out)
-    return built
+    return build(sl.LogSource("transactions", root=log_root), out)
 
 
 def run_demo(directory: Path, events: int, batch_size: int) -> int:

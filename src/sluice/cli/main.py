@@ -207,7 +207,8 @@ def cmd_log(a: argparse.Namespace) -> int:
 
 
 def cmd_checkpoints(a: argparse.Namespace) -> int:
-    from sluice.checkpoint.store import CheckpointError, CheckpointStore
+    from sluice.checkpoint.store import CheckpointStore
+    from sluice.core.errors import CheckpointError
 
     store = CheckpointStore(a.dir)
     ids = store.ids()

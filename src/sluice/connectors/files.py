@@ -24,9 +24,9 @@ import pyarrow.parquet as pq
 from sluice.connectors.api import SinkContext, SourceContext
 from sluice.core.batch import OFFSET, TIME, Batch, Origin, user_columns
 from sluice.core.deadletter import dead_letters
-from sluice.core.errors import DEAD_LETTER_FIX, DecodeError, PlanError
+from sluice.core.errors import DEAD_LETTER_FIX, DecodeError, HeaderError, PlanError
 from sluice.core.schema import Schema
-from sluice.formats.csv import Csv, CsvFile, HeaderError
+from sluice.formats.csv import Csv, CsvFile
 from sluice.formats.json import BadRecord, Json
 
 

@@ -28,7 +28,8 @@ from sluice.connectors.api import SinkContext, SourceContext, UntransactedWriter
 from sluice.core.batch import OFFSET, Batch, Origin, user_columns
 from sluice.core.changelog import DELETE, OP, UPDATE_BEFORE
 from sluice.core.deadletter import dead_letters, rows_as_json
-from sluice.core.errors import DEAD_LETTER_FIX, DecodeError, EncodeError, PlanError, SluiceError
+from sluice.core.errors import DEAD_LETTER_FIX, DecodeError, EncodeError, PlanError
+from sluice.core.errors import KafkaError as KafkaError  # also importable from here, as before
 from sluice.core.schema import Schema
 from sluice.formats.json import Json
 
@@ -46,10 +47,6 @@ FETCH_TUNING = {"queued.min.messages": 1_000_000, "queued.max.messages.kbytes": 
 # Keyed records go where the Java client and Kafka Streams put them: murmur2 of the key bytes (librdkafka's
 # default, "consistent_random", is CRC-32). Records without a key are spread at random.
 PARTITIONER = "murmur2_random"
-
-
-class KafkaError(SluiceError):
-    """Kafka refused or failed an operation."""
 
 
 def murmur2(data: bytes) -> int:

@@ -1,4 +1,4 @@
-"""Every error Sluice raises, in one tree.
+"""Every error Sluice raises, in one tree (public as `sluice.errors` and as `sl.<Name>`).
 
     SluiceError
     ├── PlanError              the pipeline as written cannot run (unknown step, bad argument, cycle)
@@ -8,9 +8,17 @@
     │   ├── MissingTimestampError  the event-time column is null for a record
     │   ├── UserFunctionError  a user's map/flat_map/process function raised or returned the wrong thing
     │   └── EncodeError        a record does not fit the sink's format (e.g. its Avro schema)
+    ├── CheckpointError        a checkpoint cannot be written or used
+    │   └── IncompatibleCheckpointError  the flow changed in a way its checkpointed state cannot follow
     ├── LogError               the embedded log is damaged or misused
-    │   └── CorruptSegmentError
+    │   └── CorruptSegmentError  a log segment fails its CRC check somewhere other than its tail
+    ├── KafkaError             Kafka refused or failed an operation
+    ├── SchemaRegistryError    the schema registry refused a request or could not be reached
+    │   └── IncompatibleSchemaError  a schema change breaks the subject's compatibility level
     └── DiskFullError          no space left while writing output, state or a checkpoint
+
+Internal signals, raised and caught inside Sluice (never seen by a user), are defined here too and listed
+in `INTERNAL`: RejectedRecord, FrameError, HeaderError, Unsupported.
 """
 
 from __future__ import annotations
@@ -77,6 +85,44 @@ class CorruptSegmentError(LogError):
 
 class DiskFullError(SluiceError):
     """The disk filled up. Whatever was committed before is intact; the run can resume."""
+
+
+class CheckpointError(SluiceError):
+    """A checkpoint cannot be written or used."""
+
+
+class IncompatibleCheckpointError(CheckpointError):
+    """The flow changed in a way its checkpointed state cannot follow."""
+
+
+class KafkaError(SluiceError):
+    """Kafka refused or failed an operation."""
+
+
+class SchemaRegistryError(SluiceError):
+    """The schema registry refused a request or could not be reached."""
+
+
+class IncompatibleSchemaError(SchemaRegistryError):
+    """A schema change breaks the subject's compatibility level."""
+
+
+# --- internal signals: raised and caught inside Sluice ------------------------------------------
+
+
+class FrameError(Exception):
+    """A log frame is incomplete or fails its CRC (the log store turns it into a LogError or a torn tail)."""
+
+
+class HeaderError(ValueError):
+    """A CSV header lacks a required declared column (position: line 1); the CSV source reports it."""
+
+
+class Unsupported(Exception):
+    """This Avro schema or block is not for the columnar decoder: the registry format falls back to fastavro."""
+
+
+INTERNAL = (RejectedRecord, FrameError, HeaderError, Unsupported)
 
 
 ENCODE_FIX = ("make the record fit the sink's schema before the sink (cast or fill the column with "

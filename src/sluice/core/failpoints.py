@@ -10,6 +10,7 @@ The commit path's failpoints, in order:
     after_manifest        sl.run: the checkpoint manifest is durable; no sink has committed the epoch
     after_kafka_commit    Kafka runtime: the Kafka transaction (output, state, offsets) has committed;
                           no other sink has committed the epoch
+    after_sink_commit     a sink has committed the epoch (fires after each sink's commit)
     between_sink_commits  one sink has committed the epoch, the next has not
     after_commit          every sink has committed the epoch
     during_restore        a restore has begun re-committing the recovered epoch (one sink done)
@@ -21,8 +22,8 @@ import os
 import signal
 from collections.abc import Iterable
 
-POINTS = ("after_prepare", "after_manifest", "after_kafka_commit", "between_sink_commits", "after_commit",
-          "during_restore")
+POINTS = ("after_prepare", "after_manifest", "after_kafka_commit", "after_sink_commit", "between_sink_commits",
+          "after_commit", "during_restore")
 
 _armed: dict[str, int] = {}  # name → hits left until it fires
 
@@ -36,7 +37,10 @@ def arm(spec: str | Iterable[str]) -> None:
         name, _, nth = item.partition("@")
         if name not in POINTS:
             raise ValueError(f"unknown failpoint {name!r}; known: {', '.join(POINTS)}")
-        _armed[name] = int(nth) if nth else 1
+        hits = int(nth) if nth else 1
+        if hits < 1:
+            raise ValueError(f"failpoint {item!r}: the hit to fire at must be at least 1")
+        _armed[name] = hits
 
 
 def disarm() -> None:

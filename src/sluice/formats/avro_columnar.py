@@ -21,11 +21,9 @@ import numpy as np
 import polars as pl
 import pyarrow as pa
 
+from sluice.core.errors import Unsupported
+
 PAD = 16
-
-
-class Unsupported(Exception):
-    """This schema or this block is not for the columnar path: use fastavro."""
 
 
 def _varint(data: np.ndarray, pos: np.ndarray) -> tuple[np.ndarray, np.ndarray]:

@@ -16,16 +16,12 @@ from dataclasses import dataclass
 
 import polars as pl
 
-from sluice.core.errors import PlanError
+from sluice.core.errors import HeaderError, PlanError
 from sluice.core.schema import Schema
 from sluice.formats.records import BadRecord, decode_records, missing_required
 
 _PARSE_ERRORS = (pl.exceptions.ComputeError, pl.exceptions.SchemaError, pl.exceptions.ShapeError)
 _BLANK_LINE = re.compile(rb"(^|\n)[ \t\r]*(\n|$)")
-
-
-class HeaderError(ValueError):
-    """The header lacks a required declared column (position: line 1)."""
 
 
 @dataclass(frozen=True)

@@ -36,20 +36,14 @@ from typing import Any
 import orjson
 import polars as pl
 
-from sluice.core.errors import RejectedRecord, SluiceError
+from sluice.core.errors import IncompatibleSchemaError as IncompatibleSchemaError  # also importable from here
+from sluice.core.errors import RejectedRecord
+from sluice.core.errors import SchemaRegistryError as SchemaRegistryError
 from sluice.core.schema import Optional, Schema, resolve_schema
 from sluice.formats.json import BadRecord, Json
 
 MAGIC = b"\x00"
 LEVELS = ("NONE", "BACKWARD", "BACKWARD_TRANSITIVE", "FORWARD", "FORWARD_TRANSITIVE", "FULL", "FULL_TRANSITIVE")
-
-
-class SchemaRegistryError(SluiceError):
-    """The schema registry refused a request or could not be reached."""
-
-
-class IncompatibleSchemaError(SchemaRegistryError):
-    """A schema change breaks the subject's compatibility level."""
 
 
 def _redact_url(url: str) -> str:
@@ -614,7 +608,8 @@ class _AvroCodec:
 
     def _columnar(self, sid: int, schema: Schema) -> Any:
         """The columnar decoder for writer schema `sid` and these columns, or None if its shape is not handled."""
-        from sluice.formats.avro_columnar import ColumnarReader, Unsupported
+        from sluice.core.errors import Unsupported
+        from sluice.formats.avro_columnar import ColumnarReader
 
         key = (sid, tuple(schema.names))
         if key not in self.columnar:

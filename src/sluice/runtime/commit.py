@@ -50,6 +50,7 @@ class EpochCommit:
             if i:
                 failpoint("between_sink_commits")
             writer.commit(txns.get(name) or {})
+            failpoint("after_sink_commit")
         failpoint("after_commit")
 
     def abort(self, txns: Mapping[str, dict[str, Any]]) -> None:

@@ -19,6 +19,8 @@ from dataclasses import dataclass
 import numpy as np
 import numpy.typing as npt
 
+from sluice.core.errors import FrameError
+
 MAGIC = b"SLB1"
 PREFIX = struct.Struct("<4sII")  # magic, length, crc
 HEADER = struct.Struct("<qiqqIII")  # base offset, count, min ts, max ts, keys len, values len, flags
@@ -75,10 +77,6 @@ def encode(base_offset: int, timestamps: npt.NDArray[np.int64], values: bytes, v
     parts += [value_offsets.astype("<u4").tobytes(), values]
     body = b"".join(parts)
     return PREFIX.pack(MAGIC, len(body), zlib.crc32(body)) + body
-
-
-class FrameError(Exception):
-    """A frame is incomplete or fails its CRC."""
 
 
 def decode(buf: memoryview | bytes | mmap.mmap, pos: int) -> tuple[RecordBatch, int]:

@@ -24,8 +24,8 @@ import numpy as np
 import numpy.typing as npt
 
 from sluice.connectors.log import segment
-from sluice.connectors.log.segment import FrameError, RecordBatch
-from sluice.core.errors import CorruptSegmentError, LogError
+from sluice.connectors.log.segment import RecordBatch
+from sluice.core.errors import CorruptSegmentError, FrameError, LogError
 
 log = logging.getLogger("sluice.log")
 
