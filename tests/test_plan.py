@@ -87,6 +87,7 @@ keyed.match("match", pattern, skip="skip_to_next").write("c4", sl.CollectSink())
 split = left.union(right.select("ts", "k", "v", "w")).branch("split", big=pl.col("v") > 100)
 split.big.write("c5", sl.CollectSink())
 split.other.write("c6", sl.CollectSink())
+right.changelog("k", op=sl.changelog.from_debezium(pl.lit("u"))).write("c7", sl.CollectSink())
 '''
 
 
