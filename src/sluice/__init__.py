@@ -52,7 +52,7 @@ from sluice.formats.json import Json
 from sluice.formats.registry import Avro, JsonSchema, LocalRegistry, RegistryClient
 from sluice.operators.process import KeyedProcessFunction, ProcessContext, StateContext
 from sluice.runtime.executor import RunResult, run
-from sluice.runtime.kafka_worker import KafkaRuntime, run_worker
+from sluice.runtime.kafka import KafkaRuntime, run_worker
 from sluice.time.watermark import BoundedOutOfOrderness
 from sluice.time.windows import Session, Sliding, Tumbling
 

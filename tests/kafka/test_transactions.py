@@ -12,7 +12,7 @@ from confluent_kafka import KafkaError, KafkaException
 import oracle
 import sluice as sl
 from kafka_util import create_topic, frame, load, read_committed
-from sluice.runtime import kafka_worker
+from sluice.runtime.kafka.transactions import Transactions
 from workloads import build
 
 
@@ -23,10 +23,10 @@ def test_a_failed_commit_rewinds_and_nothing_is_lost_or_doubled(failure: str, ka
     create_topic(kafka_bootstrap, inp, 3)
     create_topic(kafka_bootstrap, out, 3)
     load(kafka_bootstrap, events_medium, inp)
-    real = kafka_worker.Worker._commit_transaction
+    real = Transactions.commit_transaction
     calls = {"n": 0}
 
-    def flaky(self: kafka_worker.Worker) -> None:
+    def flaky(self: Transactions) -> None:
         calls["n"] += 1
         if calls["n"] in (2, 4):  # the second and fourth commits fail before reaching the broker
             if failure == "timeout":
@@ -34,7 +34,7 @@ def test_a_failed_commit_rewinds_and_nothing_is_lost_or_doubled(failure: str, ka
             raise KafkaException(KafkaError(KafkaError._STATE, "injected: abortable", txn_requires_abort=True))
         real(self)
 
-    monkeypatch.setattr(kafka_worker.Worker, "_commit_transaction", flaky)
+    monkeypatch.setattr(Transactions, "commit_transaction", flaky)
     flow = build("w1", sl.KafkaSource(inp, kafka_bootstrap, key="user_id"), sl.KafkaSink(out, kafka_bootstrap, key="user_id"))
     result = sl.run_worker(flow, sl.KafkaRuntime(app_id=f"txn-{failure}", until_end=True, batch_size=500,
                                                  commit_interval_s=0.05, poll_records=2000))

@@ -145,7 +145,7 @@ def _run_on_kafka(a: argparse.Namespace, bootstrap: str) -> int:
         return 0
     import logging
 
-    from sluice.runtime.kafka_worker import KafkaRuntime, run_worker
+    from sluice.runtime.kafka import KafkaRuntime, run_worker
 
     who = f"[{a.instance}] " if a.instance else ""
     logging.basicConfig(level=logging.INFO, format=f"%(asctime)s {who}%(name)s %(levelname)s %(message)s")

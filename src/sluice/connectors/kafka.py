@@ -2,7 +2,7 @@
 
 In a single process (`sl.run`) the source reads every partition itself: bounded to the end offsets seen
 at start (or `follow=True`), with per-partition offsets as checkpoint positions. With the Kafka runtime
-(`sluice.runtime.kafka_worker`, `sluice run --kafka ... --workers N`) partitions are assigned by the
+(`sluice.runtime.kafka`, `sluice run --kafka ... --workers N`) partitions are assigned by the
 consumer group and output, offsets and state are committed in one Kafka transaction.
 
 Values are JSON by default, or Avro / JSON Schema in the Confluent wire format (`sluice.formats.registry`).
