@@ -246,3 +246,20 @@ def test_a_stream_with_its_own_hour_column_is_refused_by_a_partitioned_parquet_s
         "out", sl.ParquetSink(tmp_path / "out", partition_by="hour"))
     with pytest.raises(sl.PlanError, match="already has a column 'hour'"):
         sl.run(flow)
+
+
+def test_the_first_records_come_before_a_whole_block_is_read(tmp_path: Path) -> None:
+    """Progress from the start: the first blocks are small (256 kB, doubling to block_bytes), so the first
+    batch reaches the flow long before 8 MB are parsed."""
+    from sluice.connectors.api import SourceContext
+    from sluice.connectors.files import FIRST_BLOCK_BYTES
+    from sluice.core.schema import resolve_schema
+
+    line = b'{"ts": 1, "user": "' + b"u" * 200 + b'"}\n'
+    path = tmp_path / "big.jsonl"
+    path.write_bytes(line * (12 * (1 << 20) // len(line)))
+    reader = sl.JsonLinesSource(path).open(SourceContext("in", resolve_schema({"ts": int, "user": str}), 1 << 20, "fail"))
+    heights = [b.height for port, b in reader.batches() if port == "out" and b.height]
+    assert heights[0] <= FIRST_BLOCK_BYTES // len(line) + 1
+    assert heights[1] <= 2 * FIRST_BLOCK_BYTES // len(line) + 1  # growing
+    assert sum(heights) == path.stat().st_size // len(line)

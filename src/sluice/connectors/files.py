@@ -29,6 +29,8 @@ from sluice.core.schema import Schema
 from sluice.formats.csv import Csv, CsvFile
 from sluice.formats.json import BadRecord, Json
 
+FIRST_BLOCK_BYTES = 256 << 10
+
 
 def _expand(paths: str | Path | Sequence[str | Path], step: str, suffix: str, allow_empty: bool = False) -> list[Path]:
     """The input files, checked before the run starts: each named file exists and is a file, and each
@@ -135,11 +137,15 @@ class _JsonLinesReader(_FileReader):
 
         Plain reads, not mmap: pages of a mapped file stay resident, so memory would grow with the file."""
         size = path.stat().st_size
+        # the first blocks are small and grow to block_bytes: the first records reach the flow (and the
+        # progress line) within a fraction of a second, not after a whole 8 MB block is parsed
+        want = min(self.spec.block_bytes, FIRST_BLOCK_BYTES)
         with open(path, "rb") as f:
             pos = start
             while pos < size:
                 f.seek(pos)
-                data = f.read(self.spec.block_bytes)
+                data = f.read(want)
+                want = min(want * 2, self.spec.block_bytes)
                 while pos + len(data) < size and b"\n" not in data[-1:]:
                     cut = data.rfind(b"\n")
                     if cut >= 0:
