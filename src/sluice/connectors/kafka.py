@@ -118,7 +118,20 @@ class ClientLog:
         self.lock = threading.Lock()
 
     def log(self, level: int, fmt: str, *args: Any) -> None:
-        text = _masked(fmt % args if args else fmt)
+        # called from librdkafka's threads through C: an exception here would surface later as a
+        # SystemError in an unrelated call (seen once in subscribe), so nothing may escape
+        try:
+            self._log(level, fmt, *args)
+        except Exception:  # noqa: BLE001
+            with contextlib.suppress(Exception):
+                CLIENT_LOG.log(level, "%s", _masked(str(fmt)))
+
+    def _log(self, level: int, fmt: str, *args: Any) -> None:
+        try:
+            text = fmt % args if args else str(fmt)
+        except (TypeError, ValueError):  # a line with a stray % in it
+            text = " ".join([str(fmt), *map(str, args)])
+        text = _masked(text)
         key = _VARYING.sub("", text)
         now = time.monotonic()
         with self.lock:
