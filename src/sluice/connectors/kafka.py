@@ -122,7 +122,7 @@ class ClientLog:
         # SystemError in an unrelated call (seen once in subscribe), so nothing may escape
         try:
             self._log(level, fmt, *args)
-        except Exception:  # noqa: BLE001
+        except Exception:
             with contextlib.suppress(Exception):
                 CLIENT_LOG.log(level, "%s", _masked(str(fmt)))
 
