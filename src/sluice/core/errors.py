@@ -8,6 +8,8 @@
     │   ├── MissingTimestampError  the event-time column is null for a record
     │   ├── UserFunctionError  a user's map/flat_map/process function raised or returned the wrong thing
     │   └── EncodeError        a record does not fit the sink's format (e.g. its Avro schema)
+    ├── SchemaRegistryError    a schema registry refused a request or could not be reached
+    │   └── IncompatibleSchemaError  a schema change breaks the subject's compatibility level
     ├── LogError               the embedded log is damaged or misused
     │   └── CorruptSegmentError
     └── DiskFullError          no space left while writing output, state or a checkpoint
@@ -65,6 +67,14 @@ class RejectedRecord(SluiceError):
         self.index = index
         self.detail = detail
         super().__init__(f"record {index} of the batch: {detail}")
+
+
+class SchemaRegistryError(SluiceError):
+    """The schema registry refused a request or could not be reached."""
+
+
+class IncompatibleSchemaError(SchemaRegistryError):
+    """A schema change breaks the subject's compatibility level."""
 
 
 class LogError(SluiceError):
