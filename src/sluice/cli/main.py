@@ -91,11 +91,14 @@ def cmd_run(a: argparse.Namespace) -> int:
         from sluice.core import failpoints
 
         failpoints.arm(os.environ["SLUICE_FAILPOINTS"])
-    if a.broker:
-        os.environ["SLUICE_BROKER"] = a.broker  # sl.Topic reads it; worker processes inherit it
-    from sluice.connectors.topic import current_broker, kafka_bootstrap
+    from sluice import settings
 
-    bootstrap = kafka_bootstrap(current_broker())
+    if a.broker:
+        settings.set_broker(a.broker)  # what sl.Topic uses in this process
+        os.environ["SLUICE_BROKER"] = a.broker  # and in the worker processes started below, which inherit it
+    from sluice.connectors.topic import kafka_bootstrap
+
+    bootstrap = kafka_bootstrap(settings.broker())
     if bootstrap is not None:
         return _run_on_kafka(a, bootstrap)
     if a.workers != 1:

@@ -10,24 +10,24 @@ import io
 import os
 import shutil
 import uuid
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from glob import glob
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 import polars as pl
 import pyarrow.parquet as pq
 
 from sluice.connectors.api import SinkContext, SourceContext
 from sluice.core.batch import OFFSET, TIME, Batch, Origin, user_columns
-from sluice.core.deadletter import dead_letters
-from sluice.core.errors import DEAD_LETTER_FIX, DecodeError, HeaderError, PlanError
+from sluice.core.errors import DecodeError, HeaderError, PlanError
 from sluice.core.schema import Schema
+from sluice.formats.api import Decoded
 from sluice.formats.csv import Csv, CsvFile
-from sluice.formats.json import BadRecord, Json
+from sluice.formats.decode import Split, split
+from sluice.formats.json import Json
 
 FIRST_BLOCK_BYTES = 256 << 10
 
@@ -98,14 +98,13 @@ class _FileReader:
     def close(self) -> None:
         pass
 
-    def _reject(self, path: Path, bad: list[BadRecord], lines: list[int]) -> Iterator[tuple[str, Batch]]:
-        positions = [f"{path}:{lines[b.index]}" for b in bad]
-        if self.ctx.on_error != "dead_letter":
-            first = bad[0]
-            raise DecodeError(
-                self.ctx.step, positions[0], f"{first.reason}; the line reads {first.raw[:200]!r}", DEAD_LETTER_FIX
-            )
-        yield "dead_letters", dead_letters(self.ctx.step, positions, [b.reason for b in bad], [b.raw for b in bad])
+    def _split(self, path: Path, decoded: Decoded, lines: Callable[[], list[int]]) -> Split:
+        """Good rows and dead letters (or the error), bad records named by `file:line`; `lines()` gives each
+        record's line, and is called only when a record is bad."""
+        if not decoded.bad:
+            return split(decoded, self.ctx.step, self.ctx.on_error, str)
+        at = lines()
+        return split(decoded, self.ctx.step, self.ctx.on_error, lambda i: f"{path}:{at[i]}", unit="line")
 
 
 # --- JSON Lines ---------------------------------------------------------------------------------
@@ -158,7 +157,7 @@ class _JsonLinesReader(_FileReader):
                 yield pos, data
                 pos += len(data)
 
-    def _decoded(self, path: Path, start: int) -> Iterator[tuple[int, bytes, pl.DataFrame, list[BadRecord], list[int]]]:
+    def _decoded(self, path: Path, start: int) -> Iterator[tuple[int, bytes, Decoded]]:
         """Blocks with their decoded rows; the next block is parsed in the background meanwhile
         (Polars releases the GIL while parsing, so parsing overlaps the operators' work)."""
         blocks = self._blocks(path, start)
@@ -169,9 +168,8 @@ class _JsonLinesReader(_FileReader):
             self.schema = Schema(pl.read_ndjson(io.BytesIO(first[1])).schema, ())
         schema = self.schema
 
-        def decode(item: tuple[int, bytes]) -> tuple[int, bytes, pl.DataFrame, list[BadRecord], list[int]]:
-            df, bad, index = self.format.decode_block(item[1], schema)
-            return item[0], item[1], df, bad, index
+        def decode(item: tuple[int, bytes]) -> tuple[int, bytes, Decoded]:
+            return item[0], item[1], self.format.decode_block(item[1], schema)
 
         with ThreadPoolExecutor(max_workers=1, thread_name_prefix="sluice-parse") as pool:
             pending = pool.submit(decode, first)
@@ -190,15 +188,15 @@ class _JsonLinesReader(_FileReader):
             origin = Origin(self.ctx.step, p, str(path), unit="record")
             ordinal = start["ordinal"] if resume else 0
             skip = start["skip"] if resume else 0
-            for byte_pos, block, df, bad, index in self._decoded(path, start["byte"] if resume else 0):
-                records = df.height + len(bad)
-                if bad:
-                    lines = _record_lines(block, _line_at(path, byte_pos))
-                    if not skip:
-                        yield from self._reject(path, bad, lines)
-                    offsets = ordinal + np.asarray(index, dtype=np.int64)
-                else:
-                    offsets = ordinal + np.arange(df.height, dtype=np.int64)
+            for byte_pos, block, decoded in self._decoded(path, start["byte"] if resume else 0):
+                records = decoded.rows.height + len(decoded.bad)
+                if skip:  # resuming inside this block: its bad records were set aside before
+                    decoded = decoded._replace(bad=[])
+                df, kept, dead = self._split(path, decoded,
+                                             lambda: _record_lines(block, _line_at(path, byte_pos)))  # noqa: B023
+                if dead is not None:
+                    yield "dead_letters", dead
+                offsets = ordinal + kept
                 df = df.with_columns(pl.Series(OFFSET, offsets, dtype=pl.Int64))
                 size = self.ctx.batch_size
                 for first in range(skip, df.height, size):
@@ -265,14 +263,15 @@ class _CsvReader(_FileReader):
             resume = p == self.start["file"]
             row, dead = (self.start["row"], self.start["dead"]) if resume else (0, 0)
             origin = Origin(self.ctx.step, p, str(path), unit="record")
-            decoded = self._decode(path)
-            index = decoded.index if decoded.bad else range(decoded.rows.height)
-            df = decoded.rows.with_columns(pl.Series(OFFSET, index, dtype=pl.Int64)).filter(pl.col(OFFSET) >= row)
-            bad = [b for b in decoded.bad if b.index >= dead]
+            file = self._decode(path)
+            bad = [b for b in file.decoded.bad if b.index >= dead]  # the rest were set aside before
             if bad:
                 dead = bad[-1].index + 1
                 self.pos = {"file": p, "row": row, "dead": dead}
-                yield from self._reject(path, bad, decoded.lines)
+            rows, kept, dead_letters = self._split(path, file.decoded._replace(bad=bad), lambda: file.lines)  # noqa: B023
+            if dead_letters is not None:
+                yield "dead_letters", dead_letters
+            df = rows.with_columns(pl.Series(OFFSET, kept, dtype=pl.Int64)).filter(pl.col(OFFSET) >= row)
             for piece in _slices(df, self.ctx.batch_size):
                 self.pos = {"file": p, "row": int(piece[OFFSET][-1]) + 1, "dead": dead}
                 yield "out", Batch(piece, origin=origin)

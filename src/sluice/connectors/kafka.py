@@ -27,10 +27,12 @@ import polars as pl
 from sluice.connectors.api import SinkContext, SourceContext, UntransactedWriter
 from sluice.core.batch import OFFSET, Batch, Origin, user_columns
 from sluice.core.changelog import DELETE, OP, UPDATE_BEFORE
-from sluice.core.deadletter import dead_letters, rows_as_json
-from sluice.core.errors import DEAD_LETTER_FIX, DecodeError, EncodeError, PlanError
+from sluice.core.deadletter import rows_as_json
+from sluice.core.errors import EncodeError, PlanError
 from sluice.core.errors import KafkaError as KafkaError  # also importable from here, as before
 from sluice.core.schema import Schema
+from sluice.formats.api import Codec, Format
+from sluice.formats.decode import decode_values, split
 from sluice.formats.json import Json
 
 Message = tuple[bytes | None, bytes, list[tuple[str, bytes]] | None, int]  # key, value, headers, timestamp ms (0: now)
@@ -205,7 +207,7 @@ class KafkaSource:
     topic: str
     bootstrap: str
     config: dict[str, Any] = field(default_factory=dict, repr=False)  # may hold credentials: never shown
-    format: Any = field(default_factory=Json)
+    format: Format = field(default_factory=Json)
     key: str | None = None
     metadata: bool = False
     connect_timeout_s: float = 30.0
@@ -220,9 +222,7 @@ class KafkaSource:
         return _KafkaReader(self, ctx, self.schema_for(ctx))
 
     def schema_for(self, ctx: SourceContext) -> Schema:
-        schema = ctx.schema
-        if schema is None and hasattr(self.format, "sluice_schema"):
-            schema = self.format.sluice_schema()
+        schema = ctx.schema or self.format.sluice_schema()
         if schema is None:
             raise PlanError(f"read step {ctx.step!r}: a Kafka source needs schema= (the fields of its records), "
                             "or a format that carries one (sl.Avro, sl.JsonSchema)")
@@ -234,38 +234,15 @@ class Decoder:
 
     def __init__(self, spec: KafkaSource, ctx: SourceContext, schema: Schema) -> None:
         self.spec, self.ctx, self.schema = spec, ctx, schema
-        self.format = spec.format.bind(spec.topic, reading=True) if hasattr(spec.format, "bind") else spec.format
+        self.codec = spec.format.bind(spec.topic, reading=True)
 
     def decode(self, origin: Origin, msgs: list[Any]) -> Iterator[tuple[str, Batch]]:
-        values = [m.value() for m in msgs]
         offs = np.fromiter((m.offset() for m in msgs), dtype=np.int64, count=len(msgs))
-        keep = None
-        empty = [i for i, v in enumerate(values) if not v]
-        bad_pos: list[str] = []
-        bad_reason: list[str] = []
-        bad_raw: list[bytes] = []
-        if empty:  # tombstones and empty values are not records of the schema
-            for i in empty:
-                bad_pos.append(origin.position(int(offs[i])))
-                bad_reason.append("the message has no value (a tombstone)")
-                bad_raw.append(b"")
-            drop = set(empty)
-            keep = np.asarray([i for i in range(len(values)) if i not in drop], dtype=np.int64)
-            values = [values[i] for i in keep]
-        df, bad, index = self.format.decode_values(values, self.schema) if values else (
-            pl.DataFrame(schema=self.schema.polars), [], [])
-        rows = keep if keep is not None else np.arange(len(msgs), dtype=np.int64)
-        if bad:
-            for b in bad:
-                bad_pos.append(origin.position(int(offs[rows[b.index]])))
-                bad_reason.append(b.reason)
-                bad_raw.append(b.raw)
-            rows = rows[np.asarray(index, dtype=np.int64)]
-        if bad_pos:
-            if self.ctx.on_error != "dead_letter":
-                raw = bad_raw[0][:200]
-                raise DecodeError(self.ctx.step, bad_pos[0], f"{bad_reason[0]}; the record reads {raw!r}", DEAD_LETTER_FIX)
-            yield "dead_letters", dead_letters(self.ctx.step, bad_pos, bad_reason, bad_raw)
+        decoded = decode_values(self.codec, [m.value() for m in msgs], self.schema,
+                                empty="the message has no value (a tombstone)")
+        df, rows, dead = split(decoded, self.ctx.step, self.ctx.on_error, lambda i: origin.position(int(offs[i])))
+        if dead is not None:
+            yield "dead_letters", dead
         if self.spec.metadata:
             chosen = [msgs[i] for i in rows]
             df = df.with_columns(
@@ -398,7 +375,7 @@ class KafkaSink:
     header_columns: tuple[str, ...] = ()
     timestamp: str | None = None
     config: dict[str, Any] = field(default_factory=dict, repr=False)  # may hold credentials: never shown
-    format: Any = field(default_factory=Json)
+    format: Format = field(default_factory=Json)
     connect_timeout_s: float = 30.0  # reaching the cluster and finding the topic at start
     delivery_timeout_s: float = 60.0  # a record not acknowledged by then fails (librdkafka's message.timeout.ms)
     dead_letters: DeadLetterTopic | None = None  # where records that cannot be written go
@@ -414,13 +391,14 @@ class KafkaSink:
             return StagedKafkaWriter(self, ctx)
         return KafkaWriter(self, ctx)
 
-    def codec(self) -> Any:
+    def codec(self) -> Codec:
         """The value format, bound to the topic (a registry format registers its schema here)."""
-        return self.format.bind(self.topic, reading=False) if hasattr(self.format, "bind") else self.format
+        return self.format.bind(self.topic, reading=False)
 
-    def messages(self, rows: pl.DataFrame, codec: Any) -> tuple[list[Message], list[tuple[int, str]]]:
+    def messages(self, rows: pl.DataFrame, codec: Codec | None) -> tuple[list[Message], list[tuple[int, str]]]:
         """The message of each row the format can serialize, and (row, reason) for each it cannot."""
         n = rows.height
+        assert codec is not None, "a KafkaSink writes with the codec of its format (KafkaSink.codec())"
         values, bad = _encode(codec, rows)
         keys: list[Any] = (rows[self.key].cast(pl.String).to_list() if self.key else [None] * n)
         stamps: list[Any] = rows[self.timestamp].cast(pl.Int64).fill_null(0).to_list() if self.timestamp else [0] * n
@@ -438,7 +416,7 @@ class KafkaSink:
         return out, bad
 
 
-def _encode(codec: Any, rows: pl.DataFrame) -> tuple[list[bytes | None], list[tuple[int, str]]]:
+def _encode(codec: Codec, rows: pl.DataFrame) -> tuple[list[bytes | None], list[tuple[int, str]]]:
     """Values of the rows; when the batch does not serialize, row by row to find the ones that do not
     (None in their place, with the reason)."""
     try:
@@ -491,10 +469,10 @@ class DeadLetterTopic:
             return StagedKafkaWriter(self, ctx)
         return KafkaWriter(self, ctx)
 
-    def codec(self) -> Any:
-        return None
+    def codec(self) -> None:
+        return None  # the dead letters' raw text is the value
 
-    def messages(self, rows: pl.DataFrame, codec: Any) -> tuple[list[Message], list[tuple[int, str]]]:
+    def messages(self, rows: pl.DataFrame, codec: Codec | None) -> tuple[list[Message], list[tuple[int, str]]]:
         out: list[Message] = []
         where = re.compile(r"^kafka:(?P<topic>.+)/(?P<partition>\d+) offset (?P<offset>\d+)$")
         for step, position, reason, raw in rows.select("step", "position", "reason", "raw").iter_rows():

@@ -3,10 +3,11 @@
     events = flow.read("events", sl.Topic("events", key="user_id"), schema=...)
     ...write("out", sl.Topic("user-stats", key="user_id"))
 
-The broker is the `SLUICE_BROKER` setting (`sluice run --broker`): a directory for the embedded log
-(default `.sluice/log`), or Kafka as `HOST:PORT[,HOST:PORT]` or `kafka://HOST:PORT`. A value that could
-be either (a bare name, or an existing directory called like an address) is an error, not a guess.
-Nothing else in the pipeline changes.
+The broker is the process's broker setting (`sluice.settings.broker()`: `sluice run --broker`,
+`settings.set_broker(...)`, else `SLUICE_BROKER`): a directory for the embedded log (default
+`.sluice/log`), or Kafka as `HOST:PORT[,HOST:PORT]` or `kafka://HOST:PORT`. A value that could be either
+(a bare name, or an existing directory called like an address) is an error, not a guess. Nothing else in
+the pipeline changes.
 """
 
 from __future__ import annotations
@@ -16,15 +17,11 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from sluice import settings
 from sluice.connectors.api import SinkContext, SourceContext
 from sluice.core.errors import PlanError
+from sluice.formats.api import Format
 from sluice.formats.json import Json
-
-DEFAULT_BROKER = ".sluice/log"
-
-
-def current_broker() -> str:
-    return os.environ.get("SLUICE_BROKER") or DEFAULT_BROKER
 
 
 def kafka_bootstrap(broker: str) -> str | None:
@@ -56,11 +53,11 @@ class Topic:
     name: str
     key: str | None = None
     partitions: int = 1
-    format: Any = field(default_factory=Json)
+    format: Format = field(default_factory=Json)
     config: dict[str, Any] = field(default_factory=dict, repr=False)  # Kafka client settings (security)
 
     def source(self, broker: str | None = None) -> Any:
-        broker = broker or current_broker()
+        broker = broker or settings.broker()
         bootstrap = kafka_bootstrap(broker)
         if bootstrap is not None:
             from sluice.connectors.kafka import KafkaSource
@@ -71,7 +68,7 @@ class Topic:
         return LogSource(self.name, broker, format=self.format)
 
     def sink(self, broker: str | None = None) -> Any:
-        broker = broker or current_broker()
+        broker = broker or settings.broker()
         bootstrap = kafka_bootstrap(broker)
         if bootstrap is not None:
             from sluice.connectors.kafka import KafkaSink

@@ -18,7 +18,8 @@ import polars as pl
 
 from sluice.core.errors import HeaderError, PlanError
 from sluice.core.schema import Schema
-from sluice.formats.records import BadRecord, decode_records, missing_required
+from sluice.formats.api import Decoded
+from sluice.formats.records import decode_records, missing_required
 
 _PARSE_ERRORS = (pl.exceptions.ComputeError, pl.exceptions.SchemaError, pl.exceptions.ShapeError)
 _BLANK_LINE = re.compile(rb"(^|\n)[ \t\r]*(\n|$)")
@@ -26,12 +27,10 @@ _BLANK_LINE = re.compile(rb"(^|\n)[ \t\r]*(\n|$)")
 
 @dataclass(frozen=True)
 class CsvFile:
-    """A decoded file: good rows, bad records, each good row's record index (empty when none was bad),
-    and each record's 1-based line (only computed when a record was bad)."""
+    """A decoded file: its records decoded, and each record's 1-based line (only computed when a record
+    was bad)."""
 
-    rows: pl.DataFrame
-    bad: list[BadRecord]
-    index: list[int]
+    decoded: Decoded
     lines: list[int]
 
 
@@ -75,12 +74,12 @@ class Csv:
             except _PARSE_ERRORS:
                 reasons = []
             if reasons is None:
-                return CsvFile(df, [], [], [])
+                return CsvFile(Decoded(df, [], []), [])
         records, lines = self._records(body)
         frames, bad, index = decode_records(records, parse, validate, _PARSE_ERRORS,
                                             lambda raw, exc: self._reason(raw, exc, len(names)), "not a CSV row")
         good = pl.concat(frames) if frames else pl.DataFrame(schema=schema.polars)
-        return CsvFile(good, bad, index, lines)
+        return CsvFile(Decoded(good, bad, index), lines)
 
     def _header(self, header: bytes) -> list[str]:
         return pl.read_csv(io.BytesIO(header + b"\n"), separator=self.separator, infer_schema=False).columns

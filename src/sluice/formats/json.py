@@ -16,7 +16,8 @@ from typing import Any
 import polars as pl
 
 from sluice.core.schema import Schema
-from sluice.formats.records import BadRecord, decode_records, missing_required
+from sluice.formats.api import BadRecord, Codec, Decoded, Format, LineCodec
+from sluice.formats.records import decode_records, missing_required
 
 __all__ = ["BadRecord", "Json"]
 
@@ -24,10 +25,22 @@ _PARSE_ERRORS = (pl.exceptions.ComputeError, pl.exceptions.SchemaError, pl.excep
 
 
 @dataclass(frozen=True)
-class Json:
-    """JSON objects, one per record (JSON Lines in files; one object per message in a log)."""
+class Json(Format, Codec, LineCodec):
+    """JSON objects, one per record (JSON Lines in files; one object per message in a log).
 
-    def decode_block(self, blob: bytes, schema: Schema) -> tuple[pl.DataFrame, list[BadRecord], list[int]]:
+    JSON needs nothing from the topic, so the format is its own codec, and its own line codec."""
+
+    def sluice_schema(self) -> None:
+        return None
+
+    def bind(self, topic: str, reading: bool) -> Json:
+        return self
+
+    @property
+    def lines(self) -> Json:
+        return self
+
+    def decode_block(self, blob: bytes, schema: Schema) -> Decoded:
         """Decode newline-separated records.
 
         Returns the good rows, the bad records, and for every good row its record index in the block
@@ -47,10 +60,10 @@ class Json:
             else:
                 return self._slow(blob, schema)
         if missing_required(df, schema) is None:
-            return df, [], []
+            return Decoded(df, [], [])
         return self._slow(blob, schema)
 
-    def _slow(self, blob: bytes, schema: Schema) -> tuple[pl.DataFrame, list[BadRecord], list[int]]:
+    def _slow(self, blob: bytes, schema: Schema) -> Decoded:
         lines = [ln for ln in blob.split(b"\n") if ln.strip()]
 
         def parse(chunk: Sequence[bytes]) -> pl.DataFrame:
@@ -69,9 +82,9 @@ class Json:
         frames, bad, index = decode_records(lines, parse, validate, _PARSE_ERRORS, lambda _raw, exc: _reason(exc),
                                             "not a JSON object")
         good = pl.concat(frames) if frames else pl.DataFrame(schema=schema.polars)
-        return good, bad, index
+        return Decoded(good, bad, index)
 
-    def decode_values(self, values: list[bytes], schema: Schema) -> tuple[pl.DataFrame, list[BadRecord], list[int]]:
+    def decode_values(self, values: list[bytes], schema: Schema) -> Decoded:
         """One JSON object per value (a message); bad values are reported by their index in `values`."""
         blob = b"\n".join(values)
         if blob.count(b"\n") != len(values) - 1:  # pretty-printed values: a raw newline is only whitespace

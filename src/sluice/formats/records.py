@@ -9,25 +9,16 @@ which names the exact field and value without any re-parsing.
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
 
 import polars as pl
 
 from sluice.core.schema import Schema
+from sluice.formats.api import BadRecord
 
 # parse(records) -> rows, one per record; raises one of `errors` when a record cannot be parsed
 Parse = Callable[[Sequence[bytes]], pl.DataFrame]
 # validate(rows) -> (rows in their declared types, per row the reason it is bad or None; None when all are good)
 Validate = Callable[[pl.DataFrame], tuple[pl.DataFrame, list[str | None] | None]]
-
-
-@dataclass(frozen=True)
-class BadRecord:
-    """A record that could not be decoded: its index among the block's records, why, and its bytes."""
-
-    index: int
-    reason: str
-    raw: bytes
 
 
 def decode_records(

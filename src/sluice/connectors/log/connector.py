@@ -18,9 +18,10 @@ from sluice.connectors.api import SinkContext, SourceContext
 from sluice.connectors.log.segment import NEWLINE_JOINED
 from sluice.connectors.log.store import Log, LogSettings, Partition
 from sluice.core.batch import OFFSET, TIME, Batch, Origin, user_columns
-from sluice.core.deadletter import dead_letters
-from sluice.core.errors import DEAD_LETTER_FIX, DecodeError, PlanError
+from sluice.core.errors import PlanError
 from sluice.core.schema import Schema
+from sluice.formats.api import Format
+from sluice.formats.decode import decode_values, split
 from sluice.formats.json import Json
 
 DEFAULT_ROOT = ".sluice/log"
@@ -33,16 +34,14 @@ class LogSource:
 
     topic: str
     root: str | Path = DEFAULT_ROOT
-    format: Any = field(default_factory=Json)  # Json, or a registry format (sl.Avro, sl.JsonSchema)
+    format: Format = field(default_factory=Json)  # Json, or a registry format (sl.Avro, sl.JsonSchema)
     start: str = "earliest"  # "earliest" | "latest"
     follow: bool = False
     block_bytes: int = 8 << 20
     poll_interval_s: float = 0.1
 
     def open(self, ctx: SourceContext) -> _LogReader:
-        schema = ctx.schema
-        if schema is None and hasattr(self.format, "sluice_schema"):
-            schema = self.format.sluice_schema()
+        schema = ctx.schema or self.format.sluice_schema()
         if schema is None:
             raise PlanError(f"read step {ctx.step!r}: a log source needs schema= (the fields of its JSON records)")
         return _LogReader(self, ctx, schema)
@@ -53,7 +52,8 @@ class _LogReader:
         self.spec = spec
         self.ctx = ctx
         self.schema = schema
-        self.codec = spec.format.bind(spec.topic, reading=True) if hasattr(spec.format, "bind") else None
+        self.codec = spec.format.bind(spec.topic, reading=True)
+        self.lines = self.codec.lines  # values that are lines of text are stored newline-joined: read blocks
         log = Log(spec.root)
         self.parts = [log.partition(spec.topic, p) for p in range(log.partition_count(spec.topic))]
         self.positions = [p.end_offset if spec.start == "latest" else p.start_offset for p in self.parts]
@@ -123,7 +123,7 @@ class _LogReader:
                 origin = Origin(self.ctx.step, p, f"log:{self.spec.topic}/{p}")
                 if self.ends is None:
                     self.parts[p].refresh()
-                if self.codec is None:
+                if self.lines is not None:
                     blob, first, count = self._block(p)
                 else:
                     values, first, count = self._values(p)
@@ -133,18 +133,15 @@ class _LogReader:
                         yield "out", Batch(pl.DataFrame(), origin=origin, end_of_partition=True)
                     continue
                 progressed = True
-                if self.codec is None:
-                    df, bad, index = self.spec.format.decode_block(blob, self.schema)
+                if self.lines is not None:
+                    decoded = self.lines.decode_block(blob, self.schema)
                 else:
-                    df, bad, index = self.codec.decode_values(values, self.schema)
-                if bad:
-                    positions = [origin.position(first + b.index) for b in bad]
-                    if self.ctx.on_error != "dead_letter":
-                        raise DecodeError(self.ctx.step, positions[0], f"{bad[0].reason}; the record reads {bad[0].raw[:200]!r}", DEAD_LETTER_FIX)
-                    yield "dead_letters", dead_letters(self.ctx.step, positions, [b.reason for b in bad], [b.raw for b in bad])
-                    offsets = first + np.asarray(index, dtype=np.int64)
-                else:
-                    offsets = first + np.arange(df.height, dtype=np.int64)
+                    decoded = decode_values(self.codec, values, self.schema)
+                df, records, dead = split(decoded, self.ctx.step, self.ctx.on_error,
+                                          lambda i: origin.position(first + i))  # noqa: B023 (called at once)
+                if dead is not None:
+                    yield "dead_letters", dead
+                offsets = first + records
                 df = df.with_columns(pl.Series(OFFSET, offsets, dtype=pl.Int64))
                 size = self.ctx.batch_size
                 for start in range(0, df.height, size):
@@ -168,7 +165,7 @@ class LogSink:
     root: str | Path = DEFAULT_ROOT
     partitions: int = 1
     key: str | None = None
-    format: Any = field(default_factory=Json)  # Json, or a registry format (sl.Avro, sl.JsonSchema)
+    format: Format = field(default_factory=Json)  # Json, or a registry format (sl.Avro, sl.JsonSchema)
     settings: LogSettings = field(default_factory=LogSettings)
 
     def open(self, ctx: SinkContext) -> _LogWriter:
@@ -198,7 +195,8 @@ class _LogWriter:
         self.spec = spec
         self.parts = parts
         # a registry format registers its schema now, so an incompatible change fails at startup
-        self.codec = spec.format.bind(spec.topic, reading=False) if hasattr(spec.format, "bind") else None
+        self.codec = spec.format.bind(spec.topic, reading=False)
+        self.lines = self.codec.lines  # values that are lines of text are appended newline-joined
         self.turn = 0
         self.records = 0
         self.staging_name = staging_name
@@ -209,7 +207,7 @@ class _LogWriter:
         if df.height == 0:
             return
         if self.staging_name is not None:
-            if self.codec is not None:  # a record the schema rejects fails now, at its position, not at commit
+            if self.lines is None:  # a record the schema rejects fails now, at its position, not at commit
                 self.codec.encode_values(user_columns(df))
             keep = [c for c in df.columns if not c.startswith("__sl_") or c == TIME]
             self.pending.append(df.select(keep))
@@ -220,7 +218,7 @@ class _LogWriter:
         ts = df[TIME].to_numpy() if TIME in df.columns else np.full(df.height, int(time.time() * 1000), dtype=np.int64)
         rows = user_columns(df)
         # a registry format encodes every row before any is appended: a rejected record stops the write whole
-        encoded = self.codec.encode_values(rows) if self.codec is not None else None
+        encoded = self.codec.encode_values(rows) if self.lines is None else None
         if self.spec.key is None:
             self._append(self.parts[self.turn % len(self.parts)], rows, ts, None, encoded)
             self.turn += 1
@@ -235,12 +233,13 @@ class _LogWriter:
     def _append(self, part: Partition, rows: pl.DataFrame, ts: np.ndarray, keys: pl.Series | None,
                 values: list[bytes] | None) -> None:
         flags = NEWLINE_JOINED
-        if values is not None:  # a registry format: binary values
+        if self.lines is None:  # a registry format: binary values
+            assert values is not None
             blob = b"".join(values)
             voffs = np.concatenate([[0], np.cumsum([len(v) for v in values])]).astype(np.uint32)
             flags = 0
         else:
-            blob = self.spec.format.encode(rows)
+            blob = self.lines.encode(rows)
             ends = np.flatnonzero(np.frombuffer(blob, dtype=np.uint8) == 10).astype(np.uint32) + 1
             voffs = np.concatenate([np.zeros(1, dtype=np.uint32), ends])
         kblob, koffs = b"", None
