@@ -279,8 +279,9 @@ class DeltaWriter:
             staged = StagedFiles.get(txn["staged"])
             if staged is None:
                 raise SinkError(f"sink {self.ctx.step!r}: the staged rows of epoch {epoch} ({txn['staged']}) are gone, "
-                                f"but the table records {done} for {app_id}, so the epoch was not applied; the staging "
-                                "was deleted by hand, and its rows are lost to the table")
+                                f"but the table records {done} for {app_id}, so the epoch was not applied. Either a newer "
+                                "owner of this task recovered it and dropped this writer's staging (this writer is a "
+                                "zombie and must stop), or it was deleted by hand")
             props = CommitProperties(app_transactions=[Transaction(app_id, epoch)],
                                      custom_metadata={"sluice.step": self.ctx.step, "sluice.epoch": str(epoch)})
             try:

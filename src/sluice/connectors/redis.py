@@ -10,7 +10,7 @@ Exactly-once (a checkpointed `sl.run`, or the Kafka runtime):
                naming the step and the row)
     prepare    the epoch's commands are staged: an Arrow file under the checkpoint's staging directory
                (sl.run), or — under the Kafka runtime, where a task can move to another worker — a list
-               in Redis itself (`sluice:staged:<txn_prefix>:<lineage>:<epoch>`), which every worker reaches
+               in Redis itself (`sluice:staged:<txn_prefix>:<lineage>:<epoch>:<writer>`), which every worker reaches
     commit     WATCH the epoch key `sluice:epoch:<txn_prefix>:<lineage>`; if it holds this epoch or a
                later one, the epoch was applied already (skip); else MULTI, the commands, SET the epoch
                key, DEL the staged list, EXEC. A concurrent writer of the same key (a zombie) makes EXEC
@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import json
 import string
+import uuid
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from datetime import timedelta
@@ -129,6 +130,7 @@ class RedisWriter:
                                            socket_connect_timeout=spec.timeout_s, **spec.options)
         self.pending: list[tuple[bytes, int]] = []  # (commands, how many) of the epoch so far
         self.lineage = new_lineage()
+        self.writer_id = uuid.uuid4().hex[:8]  # a zombie and the new owner never share a staging key
         self.files = StagedFiles(Path(ctx.staging_dir) / ctx.step, "redis") if ctx.staging_dir else None
         self.commands = 0  # metrics
         self.epochs_skipped = 0
@@ -243,7 +245,7 @@ class RedisWriter:
         self.commands += n
         if errors:
             raise SinkError(f"sink {self.ctx.step!r}: Redis refused {len(errors)} of {n} commands, the first with "
-                            f"{errors[0]!r}. Fix: a key of another type (e.g. a string where HSET writes a hash) must "
+                            f"'{errors[0]}'. Fix: a key of another type (e.g. a string where HSET writes a hash) must "
                             "be deleted or the key template changed")
 
     @property
@@ -251,7 +253,7 @@ class RedisWriter:
         return f"sluice:epoch:{self.ctx.txn_prefix}:{self.lineage}"
 
     def _stage_key(self, epoch: int) -> str:
-        return f"sluice:staged:{self.ctx.txn_prefix}:{self.lineage}:{epoch}"
+        return f"sluice:staged:{self.ctx.txn_prefix}:{self.lineage}:{epoch}:{self.writer_id}"
 
     def prepare(self, epoch: int) -> dict[str, Any]:
         pending, self.pending = self.pending, []
@@ -326,7 +328,8 @@ class RedisWriter:
             conn.read_response()
             raise SinkError(f"sink {self.ctx.step!r}: the staged commands of epoch {epoch} are gone "
                             f"({txn.get('staged') or txn.get('staged_key')}) but {key!r} says the epoch was not "
-                            "applied; the staging was deleted by hand. Its rows are lost to Redis")
+                            "applied. Either a newer owner of this task recovered it and dropped this writer's "
+                            "staging (this writer is a zombie and must stop), or it was deleted by hand")
         tail: list[tuple[str, ...]] = [("SET", key, str(epoch))]
         if "staged_key" in txn:
             tail.append(("DEL", txn["staged_key"]))
@@ -336,7 +339,7 @@ class RedisWriter:
         if errors:
             conn.send_command("DISCARD")
             conn.read_response()
-            raise SinkError(f"sink {self.ctx.step!r}: Redis refused a command of epoch {epoch}: {errors[0]!r}")
+            raise SinkError(f"sink {self.ctx.step!r}: Redis refused a command of epoch {epoch}: '{errors[0]}'")
         conn.send_command("EXEC")
         result = conn.read_response(disable_decoding=True)
         if result is None:
@@ -344,7 +347,7 @@ class RedisWriter:
         failed = [r for r in result if isinstance(r, Exception)]
         if failed:
             raise SinkError(f"sink {self.ctx.step!r}: {len(failed)} commands of epoch {epoch} failed inside the "
-                            f"transaction (Redis does not roll them back), the first with {failed[0]!r}. Fix: a key of "
+                            f"transaction (Redis does not roll them back), the first with '{failed[0]}'. Fix: a key of "
                             "another type (e.g. a string where HSET writes a hash) must be deleted or the key "
                             "template changed; the epoch is recorded as applied")
         self.commands += n

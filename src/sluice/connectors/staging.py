@@ -31,14 +31,17 @@ def lineage_of(txn: dict[str, Any] | None) -> str:
 
 
 class StagedFiles:
-    """Epochs staged as Arrow files in `directory`, named `<prefix>-<lineage>-<epoch>.arrow`."""
+    """Epochs staged as Arrow files in `directory`, named `<prefix>-<lineage>-<epoch>-<writer>.arrow`: the
+    writer's own random id keeps a zombie and the task's new owner, which may stage the same epoch of the
+    same lineage at the same time, from overwriting each other's rows."""
 
     def __init__(self, directory: str | Path, prefix: str) -> None:
         self.dir = Path(directory)
         self.prefix = prefix
+        self.writer = uuid.uuid4().hex[:8]
 
     def path(self, lineage: str, epoch: int) -> Path:
-        return self.dir / f"{self.prefix}-{lineage}-{epoch:010d}.arrow"
+        return self.dir / f"{self.prefix}-{lineage}-{epoch:010d}-{self.writer}.arrow"
 
     def put(self, lineage: str, epoch: int, df: pl.DataFrame) -> str:
         """Write the epoch durably; returns its path (what the transaction records)."""
