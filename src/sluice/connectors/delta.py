@@ -202,6 +202,16 @@ class DeltaWriter:
 
     def _apply(self, table: Any, df: pl.DataFrame, props: Any) -> None:
         """Append or merge `df` in one Delta commit carrying `props` (the app transaction)."""
+        from deltalake.exceptions import SchemaMismatchError
+
+        try:
+            self._write(table, df, props)
+        except SchemaMismatchError as exc:
+            raise SinkError(f"sink {self.ctx.step!r}: the rows do not fit the schema of the Delta table {self.uri}: "
+                            f"{exc}. Fix: DeltaSink(..., schema_mode='merge') adds new columns; otherwise select and "
+                            "cast the stream's columns to the table's") from None
+
+    def _write(self, table: Any, df: pl.DataFrame, props: Any) -> None:
         from deltalake import write_deltalake
 
         if df.height == 0 and props is None:
