@@ -42,6 +42,7 @@ from sluice.core.changelog import DELETE, OP, UPDATE_BEFORE
 from sluice.core.errors import EncodeError, PlanError, SinkError
 
 COMMANDS = ("hset", "set", "del")
+SEND_ROWS = 20_000  # without checkpoints: rows per pipeline round trip
 CHUNK_BYTES = 32 << 20  # staged in Redis in pieces of at most this size (a Redis string holds 512 MB)
 _STAGE_SCHEMA = {"resp": pl.Binary(), "n": pl.Int64()}
 
@@ -223,13 +224,15 @@ class RedisWriter:
 
     # --- the epoch commit ---------------------------------------------------------------------------
     def write(self, df: pl.DataFrame) -> None:
-        resp, n = self.encode(df)
-        if not n:
-            return
         if self.ctx.exactly_once:
-            self.pending.append((resp, n))
-        else:
-            self._send(resp, n)
+            resp, n = self.encode(df)
+            if n:
+                self.pending.append((resp, n))
+            return
+        for piece in df.iter_slices(SEND_ROWS):  # each round trip stays short on a busy server
+            resp, n = self.encode(piece)
+            if n:
+                self._send(resp, n)
 
     def _send(self, resp: bytes, n: int) -> None:
         """At-least-once: the commands as a pipeline; errors Redis gives are reported."""
