@@ -61,8 +61,8 @@ class Job:
         (tmp / "pipeline.py").write_text(PIPELINE)
         self.args = [str(events), str(tmp / "appended"), str(tmp / "totals"), str(tmp / "dead"), redis_url, self.tag]
 
-    def command(self, interval: str) -> list[str]:
-        return [sys.executable, "-m", "sluice.cli.main", "run", str(self.tmp / "pipeline.py"), "--batch-size", "3000",
+    def command(self, interval: str, batch_size: int = 3000) -> list[str]:
+        return [sys.executable, "-m", "sluice.cli.main", "run", str(self.tmp / "pipeline.py"), "--batch-size", str(batch_size),
                 "--quiet", "--checkpoint-dir", str(self.tmp / "ck"), "--checkpoint-interval", interval, "--", *self.args]
 
     def env(self, failpoints: str | None) -> dict[str, str]:
@@ -130,11 +130,12 @@ def test_killed_at_random_moments_many_times_is_exactly_once(events: Path, redis
 
     while True:
         seen = newest()
-        proc = subprocess.Popen(job.command("0.05"), env=job.env(None), stderr=subprocess.PIPE)
+        # small batches: many epochs, so a kill lands mid-run however fast the machine is
+        proc = subprocess.Popen(job.command("0.02", batch_size=1000), env=job.env(None), stderr=subprocess.PIPE)
         if kills < 8:
             while proc.poll() is None and newest() <= seen:
                 time.sleep(0.005)
-            time.sleep(rng.uniform(0.0, 0.3))
+            time.sleep(rng.uniform(0.0, 0.15))
             if proc.poll() is None:
                 proc.kill()
                 proc.wait()
@@ -143,5 +144,6 @@ def test_killed_at_random_moments_many_times_is_exactly_once(events: Path, redis
         _, err = proc.communicate(timeout=300)
         assert proc.returncode == 0, err.decode()[-3000:]
         break
+    print(f"killed {kills} times")
     assert kills >= 4, "the run finished before it could be killed often; make the input larger"
     job.check()
