@@ -10,7 +10,8 @@ import pytest
 
 ROOT = Path(__file__).resolve().parent.parent
 KAFKA_DOC = ROOT / "docs" / "kafka.md"  # its blocks talk to the real broker and registry: run once, in order
-DOCS = [ROOT / "README.md", *sorted(p for p in (ROOT / "docs").rglob("*.md") if p != KAFKA_DOC)]
+REDIS_DOC = ROOT / "docs" / "redis.md"  # its blocks talk to the test session's Redis server (REDIS)
+DOCS = [ROOT / "README.md", *sorted(p for p in (ROOT / "docs").rglob("*.md") if p not in (KAFKA_DOC, REDIS_DOC))]
 
 
 def blocks(path: Path) -> list[str]:
@@ -51,3 +52,19 @@ def test_kafka_page_runs_against_the_real_broker(kafka_bootstrap: str, registry_
         os.chdir(cwd)
     result = namespace["result"]
     assert result.records == 20_000 and result.commits >= 1  # type: ignore[attr-defined]
+
+
+def test_redis_page_runs_against_the_real_server(redis_url: str, tmp_path: Path) -> None:
+    import redis
+
+    code = blocks(REDIS_DOC)
+    assert code
+    redis.Redis.from_url(redis_url).flushdb()
+    namespace: dict[str, object] = {"REDIS": redis_url}
+    cwd = os.getcwd()
+    os.chdir(tmp_path)
+    try:
+        for i, block in enumerate(code):
+            exec(compile(block, f"redis.md#{i}", "exec"), namespace)
+    finally:
+        os.chdir(cwd)

@@ -12,6 +12,7 @@ from sluice import agg, errors
 from sluice.cep.pattern import Pattern
 from sluice.connectors.api import Sink, SinkContext, SinkWriter
 from sluice.connectors.console import ConsoleSink
+from sluice.connectors.delta import DeltaMerge, DeltaSink, DeltaSource
 from sluice.connectors.files import (
     CsvSink,
     CsvSource,
@@ -26,6 +27,7 @@ from sluice.connectors.kafka import DeadLetterTopic, KafkaSink, KafkaSource
 from sluice.connectors.log import LogSink, LogSource
 from sluice.connectors.lookup import RedisLookup
 from sluice.connectors.memory import CollectSink, MemorySource
+from sluice.connectors.redis import RedisSink
 from sluice.connectors.topic import Topic
 from sluice.core import changelog
 from sluice.core.schema import JsonValue, Map, Optional
@@ -43,6 +45,7 @@ from sluice.errors import (
     PlanError,
     SchemaError,
     SchemaRegistryError,
+    SinkError,
     SluiceError,
     StepError,
     UserFunctionError,
@@ -69,6 +72,9 @@ __all__ = [
     "CsvSource",
     "DeadLetterTopic",
     "DecodeError",
+    "DeltaMerge",
+    "DeltaSink",
+    "DeltaSource",
     "DiskFullError",
     "EncodeError",
     "Flow",
@@ -100,6 +106,7 @@ __all__ = [
     "PlanError",
     "ProcessContext",
     "RedisLookup",
+    "RedisSink",
     "RegistryClient",
     "RunResult",
     "SchemaError",
@@ -107,6 +114,7 @@ __all__ = [
     "Session",
     "Sink",
     "SinkContext",
+    "SinkError",
     "SinkWriter",
     "Sliding",
     "SluiceError",

@@ -13,6 +13,7 @@
     ├── LogError               the embedded log is damaged or misused
     │   └── CorruptSegmentError  a log segment fails its CRC check somewhere other than its tail
     ├── KafkaError             Kafka refused or failed an operation
+    ├── SinkError              a database sink's target (Redis, Delta Lake) refused or failed an operation
     ├── SchemaRegistryError    the schema registry refused a request or could not be reached
     │   └── IncompatibleSchemaError  a schema change breaks the subject's compatibility level
     └── DiskFullError          no space left while writing output, state or a checkpoint
@@ -97,6 +98,10 @@ class IncompatibleCheckpointError(CheckpointError):
 
 class KafkaError(SluiceError):
     """Kafka refused or failed an operation."""
+
+
+class SinkError(SluiceError):
+    """A sink's target (Redis, a Delta table) refused or failed an operation; the message says which."""
 
 
 class SchemaRegistryError(SluiceError):
