@@ -22,13 +22,14 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
+import orjson
 import polars as pl
 
 from sluice.connectors.api import SinkContext, SourceContext, UntransactedWriter
 from sluice.core.batch import OFFSET, Batch, Origin, user_columns
-from sluice.core.changelog import DELETE, OP, UPDATE_BEFORE
+from sluice.core.changelog import DELETE, OP, UPDATE_AFTER, UPDATE_BEFORE
 from sluice.core.deadletter import rows_as_json
-from sluice.core.errors import EncodeError, PlanError
+from sluice.core.errors import DecodeError, EncodeError, PlanError
 from sluice.core.errors import KafkaError as KafkaError  # also importable from here, as before
 from sluice.core.schema import Schema
 from sluice.formats.api import Codec, Format
@@ -202,7 +203,13 @@ def _masked(text: str) -> str:
 class KafkaSource:
     """Records of a topic. `key` names the field the topic is keyed (partitioned) by, so the Kafka
     runtime knows which `key_by` needs no repartitioning. `metadata=True` adds the columns kafka_key,
-    kafka_timestamp (ms), kafka_partition and kafka_headers."""
+    kafka_timestamp (ms), kafka_partition and kafka_headers.
+
+    `changelog=True` reads the topic as a table's changelog keyed by `key` (as Kafka compaction and Flink's
+    upsert-kafka do): a message with a value is the key's new row (`_op` = +U), a tombstone (no value)
+    deletes it (`_op` = -D, the key column from the message key, the other columns null). The message key
+    is decoded with `key_format`: None takes it as text (cast to the key column's declared type), `sl.Json()`
+    as a JSON object holding the key field (or a JSON scalar)."""
 
     topic: str
     bootstrap: str
@@ -214,9 +221,17 @@ class KafkaSource:
     follow: bool = False
     poll_timeout_s: float = 1.0
     block_records: int = 65_536
+    changelog: bool = False
+    key_format: Format | None = None
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "bootstrap", bootstrap_servers(self.bootstrap))
+        if self.changelog and not self.key:
+            raise PlanError(f"KafkaSource({self.topic!r}, changelog=True) needs key= (the field the message key "
+                            "holds): a tombstone says which key is deleted only through it")
+
+    def changelog_key(self) -> tuple[str, ...] | None:
+        return (self.key,) if self.changelog and self.key else None
 
     def open(self, ctx: SourceContext) -> _KafkaReader:
         return _KafkaReader(self, ctx, self.schema_for(ctx))
@@ -238,9 +253,12 @@ class Decoder:
 
     def decode(self, origin: Origin, msgs: list[Any]) -> Iterator[tuple[str, Batch]]:
         offs = np.fromiter((m.offset() for m in msgs), dtype=np.int64, count=len(msgs))
-        decoded = decode_values(self.codec, [m.value() for m in msgs], self.schema,
-                                empty="the message has no value (a tombstone)")
-        df, rows, dead = split(decoded, self.ctx.step, self.ctx.on_error, lambda i: origin.position(int(offs[i])))
+        if self.spec.changelog:
+            df, rows, dead = self._changelog(msgs, origin, offs)
+        else:
+            decoded = decode_values(self.codec, [m.value() for m in msgs], self.schema,
+                                    empty="the message has no value (a tombstone)")
+            df, rows, dead = split(decoded, self.ctx.step, self.ctx.on_error, lambda i: origin.position(int(offs[i])))
         if dead is not None:
             yield "dead_letters", dead
         if self.spec.metadata:
@@ -256,6 +274,46 @@ class Decoder:
         size = self.ctx.batch_size
         for start in range(0, df.height, size):
             yield "out", Batch(df.slice(start, size), origin=origin)
+
+
+    def _changelog(self, msgs: list[Any], origin: Origin, offs: np.ndarray) -> tuple[pl.DataFrame, np.ndarray, Any]:
+        """Upsert semantics: values are the key's new row (+U), tombstones delete the key (-D); in offset order."""
+        key = self.spec.key
+        assert key is not None
+        values = [m.value() for m in msgs]
+        live = [i for i, v in enumerate(values) if v]
+        gone = [i for i, v in enumerate(values) if not v]
+        decoded = decode_values(self.codec, [values[i] for i in live], self.schema)
+        df, kept, dead = split(decoded, self.ctx.step, self.ctx.on_error,
+                               lambda j: origin.position(int(offs[live[j]])))
+        rows = np.asarray([live[int(j)] for j in kept], dtype=np.int64)
+        df = df.with_columns(pl.lit(UPDATE_AFTER).alias(OP))
+        if gone:
+            keys = self._keys([msgs[i].key() for i in gone], origin, [int(offs[i]) for i in gone])
+            deletes = pl.DataFrame({key: keys}).cast({key: df.schema.get(key, pl.String)}, strict=False)
+            df = pl.concat([df, deletes.with_columns(pl.lit(DELETE).alias(OP))], how="diagonal_relaxed")
+            rows = np.concatenate([rows, np.asarray(gone, dtype=np.int64)])
+            order = np.argsort(rows, kind="stable")
+            df, rows = df[order], rows[order]
+        return df, rows, dead
+
+    def _keys(self, raw: list[bytes | None], origin: Origin, offsets: list[int]) -> list[Any]:
+        """The key field of each tombstone, decoded from the message key."""
+        out: list[Any] = []
+        for k, off in zip(raw, offsets, strict=True):
+            if k is None:
+                raise DecodeError(self.ctx.step, origin.position(off), "a tombstone without a message key",
+                                  "a changelog topic's producer must key every message by the table's key")
+            if self.spec.key_format is None:
+                out.append(k.decode("utf-8", "replace"))
+                continue
+            try:
+                value = orjson.loads(k)
+            except orjson.JSONDecodeError as exc:
+                raise DecodeError(self.ctx.step, origin.position(off), f"the message key is not JSON ({exc})",
+                                  "set key_format=None for text keys") from None
+            out.append(value.get(self.spec.key) if isinstance(value, dict) else value)
+        return out
 
 
 class _KafkaReader:
