@@ -54,7 +54,7 @@ from sluice.operators.process import KeyedProcessFunction, ProcessContext, State
 from sluice.runtime.executor import RunResult, run
 from sluice.runtime.kafka import KafkaRuntime, run_worker
 from sluice.time.watermark import BoundedOutOfOrderness
-from sluice.time.windows import Session, Sliding, Tumbling
+from sluice.time.windows import Emit, Session, Sliding, Tumbling
 
 __version__ = "0.1.0"
 
@@ -70,6 +70,7 @@ __all__ = [
     "DeadLetterTopic",
     "DecodeError",
     "DiskFullError",
+    "Emit",
     "EncodeError",
     "Flow",
     "ForeachBatch",
