@@ -249,7 +249,8 @@ class Window(_Keyed):
         found = {"keys": _keys(self.keys), "window": fingerprint_value(self.window),
                  "aggregates": {k: fingerprint_value(a) for k, a in sorted(self.aggregates.items())}}
         if self.emits_early:
-            found["emit"] = fingerprint_value(self.emit)
+            interval = getattr(self.emit, "interval_ms", None)
+            found["emit"] = {"mode": self.emit.mode, **({"interval_ms": interval} if interval is not None else {})}
         if self.allowed_lateness_ms:
             found["allowed_lateness_ms"] = self.allowed_lateness_ms
         return found
