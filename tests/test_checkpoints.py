@@ -20,12 +20,12 @@ from sluice.core.plan import Ref
 ROWS = pl.DataFrame({"ts": [i * 1000 for i in range(300)], "k": [f"k{i % 4}" for i in range(300)], "v": [float(i) for i in range(300)]})
 
 
-def build(tmp: Path, agg: str = "count") -> tuple[sl.Flow, Path]:
+def build(tmp: Path, agg: str = "count", **emission: object) -> tuple[sl.Flow, Path]:
     out = tmp / "out.jsonl"
     flow = sl.Flow("f")
     timed = flow.read("in", testing.rows(ROWS)).event_time("ts", timedelta(0)).key_by("k")
     aggregate = sl.agg.count() if agg == "count" else sl.agg.sum("v")
-    timed.window("w", sl.Tumbling(timedelta(seconds=30)), n=aggregate).write("out", sl.JsonLinesSink(out))
+    timed.window("w", sl.Tumbling(timedelta(seconds=30)), n=aggregate, **emission).write("out", sl.JsonLinesSink(out))  # type: ignore[arg-type]
     return flow, out
 
 
@@ -59,6 +59,23 @@ def test_changed_window_is_refused_unless_its_state_is_dropped(tmp_path: Path) -
     with pytest.raises(IncompatibleCheckpointError, match="step 'w' changed"):
         sl.run(changed, checkpoint_dir=tmp_path / "ck")
     sl.run(changed, checkpoint_dir=tmp_path / "ck", drop_state=("w",))
+
+
+@pytest.mark.parametrize(("before", "after", "change"), [
+    ({}, {"emit": sl.Emit.each_batch()}, "emit.mode: was absent, now each_batch"),
+    ({}, {"allowed_lateness": timedelta(seconds=5)}, "allowed_lateness: was absent, now 5000 ms"),
+    ({"emit": sl.Emit.every(timedelta(seconds=1))}, {"emit": sl.Emit.every(timedelta(seconds=2))},
+     "emit.interval: was 1000 ms, now 2000 ms"),
+])
+def test_changed_emission_is_refused(tmp_path: Path, before: dict, after: dict, change: str) -> None:
+    """What a window emitted already (+I or +U next) and how long it keeps panes are its state too."""
+    flow, _ = build(tmp_path, **before)
+    sl.run(flow, batch_size=10, checkpoint_dir=tmp_path / "ck", checkpoint_interval=0.0)
+    changed, _out = build(tmp_path, **after)
+    with pytest.raises(IncompatibleCheckpointError, match="step 'w' changed") as err:
+        sl.run(changed, checkpoint_dir=tmp_path / "ck")
+    assert change in str(err.value)
+    sl.run(build(tmp_path, **before)[0], checkpoint_dir=tmp_path / "ck")  # unchanged: resumes
 
 
 def test_added_steps_start_empty(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:

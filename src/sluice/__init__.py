@@ -57,7 +57,7 @@ from sluice.operators.process import KeyedProcessFunction, ProcessContext, State
 from sluice.runtime.executor import RunResult, run
 from sluice.runtime.kafka import KafkaRuntime, run_worker
 from sluice.time.watermark import BoundedOutOfOrderness
-from sluice.time.windows import Session, Sliding, Tumbling
+from sluice.time.windows import Emit, Session, Sliding, Tumbling
 
 __version__ = "0.1.0"
 
@@ -76,6 +76,7 @@ __all__ = [
     "DeltaSink",
     "DeltaSource",
     "DiskFullError",
+    "Emit",
     "EncodeError",
     "Flow",
     "ForeachBatch",

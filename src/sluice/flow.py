@@ -52,7 +52,7 @@ from sluice.core.plan import (
 from sluice.core.schema import Schema, SchemaLike, column, resolve_schema
 from sluice.time.aggregates import Aggregate, Percentile
 from sluice.time.watermark import BoundedOutOfOrderness, to_ms
-from sluice.time.windows import Session, Sliding, Tumbling
+from sluice.time.windows import Emit, Session, Sliding, Tumbling
 
 
 def _on_error(value: str) -> str:
@@ -194,15 +194,34 @@ class Stream:
         return Branches(step, list(routes))
 
     # stateful -------------------------------------------------------------------------------
-    def window(self, name: str, shape: Tumbling | Sliding | Session, **aggregates: Aggregate | Percentile) -> Stream:
-        """Aggregate per key and window. Output: keys, window_start, window_end, one column per aggregate."""
+    def window(self, name: str, shape: Tumbling | Sliding | Session, *, emit: Emit | None = None,
+               allowed_lateness: timedelta | None = None, **aggregates: Aggregate | Percentile) -> Stream:
+        """Aggregate per key and window. Output: keys, window_start, window_end, one column per aggregate.
+
+        By default each window is emitted once, when the watermark passes its end, and a record that
+        arrives after that goes to `.late`. `emit=sl.Emit.every(interval)` or `sl.Emit.each_batch()` also
+        emits early results; `allowed_lateness` keeps windows open until the watermark passes
+        end + allowed_lateness, and a late record within it updates its windows, which are emitted
+        again. Either makes the output an upsert changelog keyed by (keys, window_start), with `_op`
+        (+I, then +U) and `is_final` (true on a window's last row); see docs/design/time.md."""
         if not isinstance(shape, Tumbling | Sliding | Session):
             raise PlanError(f"window {name!r}: shape must be Tumbling, Sliding or Session, got {shape!r}")
         if not aggregates:
             raise PlanError(f"window {name!r}: name at least one aggregate, e.g. count=sl.agg.count()")
         _ = shape.gap_ms if isinstance(shape, Session) else (shape.size_ms, shape.slide_ms)  # validates now
+        if emit is not None and not isinstance(emit, Emit):
+            raise PlanError(f"window {name!r}: emit must be sl.Emit.on_close(), sl.Emit.every(timedelta) or "
+                            f"sl.Emit.each_batch(), got {emit!r}")
+        lateness = 0 if allowed_lateness is None else to_ms(allowed_lateness, f"window {name!r}: allowed_lateness")
+        if isinstance(shape, Session) and (lateness or (emit is not None and emit.early)):
+            raise PlanError(
+                f"window {name!r}: session windows are emitted once, when they close; they take neither "
+                "allowed_lateness nor an early emit (a late or early session can merge with one already "
+                "emitted under another window_start). Route `.late` to a sink, or widen the session gap "
+                "or the watermark delay")
         keys = self.keys or (pl.lit(0).alias("__sl_all"),)
-        return self.flow._add(Window(name, (self.ref,), keys, shape, dict(aggregates)))
+        return self.flow._add(Window(name, (self.ref,), keys, shape, dict(aggregates),
+                                     emit if emit is not None and emit.early else None, lateness))
 
     def process(self, name: str, fn: Any, *, schema: SchemaLike | None = None,
                 side_outputs: Iterable[str] = (), on_error: str = "fail") -> Stream:

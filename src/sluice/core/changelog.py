@@ -9,7 +9,8 @@ A changelog stream has the column `_op` with one of Flink's row kinds:
 
 It is produced by `Stream.changelog(key=..., op=...)` (from any stream that says what happened, e.g.
 Debezium's c/u/d/r), by Kafka sources with `changelog=True` (a tombstone is a delete, any other message an
-upsert), and consumed by the temporal join (the table as of each record's time: -U rows are ignored, -D
+upsert), by windows that emit updates (+I then +U per (keys, window_start), each row the window's whole
+result; docs/design/time.md), and consumed by the temporal join (the table as of each record's time: -U rows are ignored, -D
 rows end a key's row) and by sinks (Kafka sinks write a tombstone for -D and skip -U: upsert semantics;
 file sinks keep `_op` as a column; the database sinks to come apply them as upserts and deletes).
 """

@@ -203,18 +203,62 @@ class EventTime(Step):
 
 @dataclass(frozen=True, eq=False)
 class Window(_Keyed):
+    """Aggregates per key and window. With the defaults each window is emitted once, when the watermark
+    passes its end. An `emit` that fires early (time.windows.Emit) or an allowed lateness makes the output
+    an upsert changelog keyed by (keys, window_start): see `emits_updates` and docs/design/time.md."""
+
     keys: tuple[pl.Expr, ...]
     window: Any  # time.windows.Tumbling | Sliding | Session
     aggregates: Mapping[str, Any]  # output column → time.aggregates.Aggregate
+    emit: Any = None  # time.windows.Emit; None: once, on close
+    allowed_lateness_ms: int = 0  # windows stay open for late records until W ≥ end + this
     kind = "window"
     stateful = True
 
     def ports(self) -> tuple[str, ...]:
         return ("out", "late")
 
+    @property
+    def emits_early(self) -> bool:
+        return bool(getattr(self.emit, "early", False))
+
+    @property
+    def emits_updates(self) -> bool:
+        """Whether a window may come out more than once (its output is then a changelog)."""
+        return self.emits_early or self.allowed_lateness_ms > 0
+
+    def _defaults(self) -> set[str]:
+        out = set()
+        if not self.emits_early:
+            out.add("emit")
+        if self.allowed_lateness_ms == 0:
+            out.add("allowed_lateness_ms")
+        return out
+
+    def describe(self) -> str:
+        skip = self._defaults()
+        return ", ".join(f"{f.name}={_show(getattr(self, f.name))}" for f in fields(self)
+                         if f.name not in ("name", "inputs", *skip))
+
+    def params(self) -> dict[str, Any]:
+        skip = self._defaults()
+        return {k: v for k, v in super().params().items() if k not in skip}
+
     def state_fields(self) -> dict[str, Any] | None:
-        return {"keys": _keys(self.keys), "window": fingerprint_value(self.window),
-                "aggregates": {k: fingerprint_value(a) for k, a in sorted(self.aggregates.items())}}
+        # emission and lateness only when set: a default window's fingerprint is what it always was
+        found = {"keys": _keys(self.keys), "window": fingerprint_value(self.window),
+                 "aggregates": {k: fingerprint_value(a) for k, a in sorted(self.aggregates.items())}}
+        if self.emits_early:
+            interval = getattr(self.emit, "interval_ms", None)
+            found["emit"] = {"mode": self.emit.mode, **({"interval_ms": interval} if interval is not None else {})}
+        if self.allowed_lateness_ms:
+            found["allowed_lateness_ms"] = self.allowed_lateness_ms
+        return found
+
+    def changelog_columns(self) -> tuple[str, ...] | None:
+        """The key of its output changelog, when it emits updates: its key columns and window_start."""
+        keys = self.key_columns() or ()
+        return (*keys, "window_start") if self.emits_updates else None
 
 
 @dataclass(frozen=True, eq=False)
@@ -410,14 +454,16 @@ class Plan:
         raise PlanError(f"flow {self.name!r} has no step {name!r}; steps: {', '.join(s.name for s in self.steps)}")
 
     def changelog_key(self, ref: Ref) -> tuple[str, ...] | None:
-        """The primary key if the stream at `ref` is a changelog (a `changelog` step, or a source that
-        reads one, upstream through steps that keep rows as they are), else None."""
+        """The primary key if the stream at `ref` is a changelog (a `changelog` step, a window that emits
+        updates, or a source that reads one, upstream through steps that keep rows as they are), else None."""
         step = self.step(ref.step)
         if isinstance(step, ToChangelog):
             return step.keys
         if isinstance(step, Read):
             key = getattr(step.source, "changelog_key", None)
             return key() if callable(key) else None
+        if isinstance(step, Window):
+            return step.changelog_columns() if ref.port == "out" else None
         if isinstance(step, Filter | WithColumns | KeyBy | EventTime) and ref.port == "out":
             return self.changelog_key(step.inputs[0])
         if isinstance(step, Branch):

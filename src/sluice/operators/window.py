@@ -154,10 +154,12 @@ class WindowOperator(Operator):
             self.sketch_state[out] = both.group_by([*by, BUCKET]).agg(n=pl.col("n").sum())
 
     # --- output --------------------------------------------------------------------------------
-    def _emit(self, closing: pl.DataFrame, wms: np.ndarray, sketches: dict[str, pl.DataFrame]) -> pl.DataFrame:
-        """Finish the closing windows (keys, WS, WE, partials; sketches: keys, WS, BUCKET, n) into output rows."""
+    def _emit(self, closing: pl.DataFrame, wms: np.ndarray, sketches: dict[str, pl.DataFrame],
+              extra: tuple[str, ...] = ()) -> pl.DataFrame:
+        """Finish the closing windows (keys, WS, WE, partials; sketches: keys, WS, BUCKET, n) into output
+        rows; `extra` columns of `closing` come last."""
         by = [*self.key_cols, WS]
-        out = closing.select(*self.key_cols, WS, WE, *self._bounds(closing), *self.aggs.finish())
+        out = closing.select(*self.key_cols, WS, WE, *self._bounds(closing), *self.aggs.finish(), *extra)
         if self.text_keys:
             out = out.with_columns(pl.col(self.text_keys).cast(pl.String))
             sketches = {k: v.with_columns(pl.col(self.text_keys).cast(pl.String)) for k, v in sketches.items()}
@@ -173,6 +175,8 @@ class WindowOperator(Operator):
             picked = ranked.group_by(by).agg(pl.col(BUCKET).filter(pl.col("cum") >= rank).min())
             picked = picked.select(*by, agg.bucket_value(pl.col(BUCKET)).alias(name))
             out = out.join(picked, on=by, how="left", nulls_equal=True)
+        if extra:
+            out = out.select(pl.exclude(list(extra)), *extra)
         out = out.sort([WE, *self.key_cols, WS], nulls_last=True)
         ends = out[WE].to_numpy()
         idx = np.searchsorted(wms, ends, side="left") - 1
@@ -297,6 +301,7 @@ class FixedWindowOperator(WindowOperator):
         self.offset = w.offset_ms
         self.pane = pane_ms(w)
         self.fan = (self.size - self.pane) // self.slide + 1  # windows that contain one pane
+        self.lateness = step.allowed_lateness_ms
         self.closed_upto = NO_WATERMARK  # every window ending at or before this has been emitted
 
     def on_batch(self, index: int, batch: Batch) -> Emitted:
@@ -309,7 +314,10 @@ class FixedWindowOperator(WindowOperator):
         t = pl.col(TIME)
         pane = ((t - off) // g) * g + off
         s0 = _ceil_div(pl.col(PANE) + (g - size - off), slide) * slide + off
-        wp = pl.max_horizontal(pl.col(WATERMARK), pl.col(PANE) - 2 * size, pl.lit(self.floor, pl.Int64))
+        # a window is still open for a record while its end + allowed lateness > W_prev; what was final
+        # when an ended input was resumed (floor) stays final whatever the lateness
+        wm = pl.col(WATERMARK) - self.lateness if self.lateness else pl.col(WATERMARK)
+        wp = pl.max_horizontal(wm, pl.col(PANE) - 2 * size, pl.lit(self.floor, pl.Int64))
         not_late = _ceil_div(wp - (size - 1 + off), slide) * slide + off
         df = df.with_columns(pane.alias(PANE)).with_columns(s0.alias(S0), not_late.alias(LO))
         df = df.with_columns(pl.max_horizontal(S0, LO).alias(LO))
@@ -505,4 +513,8 @@ class SessionWindowOperator(WindowOperator):
 def window_operator(step: Window) -> WindowOperator:
     if isinstance(step.window, Session):
         return SessionWindowOperator(step)
+    if step.emits_updates:
+        from sluice.operators.window_updates import UpdatingWindowOperator
+
+        return UpdatingWindowOperator(step)
     return FixedWindowOperator(step)

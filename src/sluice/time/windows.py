@@ -1,4 +1,5 @@
-"""Window shapes. How windows are emitted is the window operator's business, not the shape's."""
+"""Window shapes, and when a window's result is emitted (`Emit`): the shape says which records a window
+holds, the emission when its result comes out. See docs/design/time.md."""
 
 from __future__ import annotations
 
@@ -65,6 +66,53 @@ class Session:
     @property
     def gap_ms(self) -> int:
         return _positive(self.gap, "session gap")
+
+
+@dataclass(frozen=True)
+class Emit:
+    """When a window emits its result. Build one with `Emit.on_close()`, `Emit.every(interval)` or
+    `Emit.each_batch()`.
+
+    - on_close (the default): once, when the watermark passes the window's end.
+    - every(interval): early results too, for the windows that changed, whenever `interval` of processing
+      time has passed since the last early firing (Flink's ContinuousProcessingTimeTrigger, Spark's
+      trigger interval); checked when a batch reaches the step.
+    - each_batch: early results at the end of every micro-batch that changed the window (Spark's
+      update output mode).
+
+    Any mode but on_close, or an allowed lateness, makes the window's output an upsert changelog keyed
+    by (keys, window_start): column `_op` (+I the first row of a window, +U every later one) and
+    `is_final` (true on its last row). Each row is the window's whole current result, not a delta.
+    """
+
+    mode: str = "on_close"
+    interval: timedelta | None = None
+
+    @staticmethod
+    def on_close() -> Emit:
+        return Emit("on_close")
+
+    @staticmethod
+    def every(interval: timedelta) -> Emit:
+        if to_ms(interval, "Emit.every interval") <= 0:
+            raise PlanError(f"Emit.every needs a positive interval, got {interval}")
+        return Emit("every", interval)
+
+    @staticmethod
+    def each_batch() -> Emit:
+        return Emit("each_batch")
+
+    @property
+    def interval_ms(self) -> int | None:
+        return None if self.interval is None else to_ms(self.interval, "Emit.every interval")
+
+    @property
+    def early(self) -> bool:
+        """Whether windows are emitted before the watermark reaches their end."""
+        return self.mode != "on_close"
+
+
+ON_CLOSE = Emit()
 
 
 FixedWindow = Tumbling | Sliding
