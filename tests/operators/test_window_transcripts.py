@@ -112,3 +112,15 @@ def test_session_record_exactly_gap_behind_joins_the_open_session_of_its_key(bat
     sessions, late = _sessions([(1_000, "a"), (4_000, "b"), (1_000, "a"), (999, "a")], batch_size)
     assert late == [(999, "a")]
     assert sessions == [("a", 1_000, 4_000, 2), ("b", 4_000, 7_000, 1)]
+
+
+def test_late_rows_keep_the_stream_s_column_types() -> None:
+    """Text keys group as categoricals inside the window; the late stream gives them back as text."""
+    flow = sl.Flow("late_types")
+    rows = [{"ts": 100_000, "user": "a"}, {"ts": 1_000, "user": "a"}]
+    win = (flow.read("in", testing.rows(rows)).event_time("ts", timedelta(0)).key_by("user")
+               .window("w", sl.Tumbling(timedelta(seconds=10)), n=sl.agg.count()))
+    late = testing.collect(win.late)
+    testing.collect(win)
+    sl.run(flow)
+    assert late.frame().schema["user"] == pl.String and late.frame()["user"].to_list() == ["a"]

@@ -401,8 +401,9 @@ class FixedWindowOperator(WindowOperator):
         copies = [late.with_columns((pl.col(S0) + j * self.slide).alias(WS)) for j in range(self.fan)]
         missed = pl.concat(copies).filter((pl.col(WS) < pl.col(LO)) & (pl.col(WS) <= pl.col(PANE)))
         missed = missed.sort([ROW, WS]).with_columns((pl.col(WS) + self.size).alias(WE))
+        # the columns as the stream had them (text keys were made categorical only to group faster)
         return missed.select(
-            *batch.df.columns,
+            *[pl.col(c).cast(t) for c, t in batch.df.schema.items()],
             self._as_time(pl.col(WS)).alias("missed_window_start"),
             self._as_time(pl.col(WE)).alias("missed_window_end"),
         )
