@@ -263,3 +263,26 @@ def test_the_first_records_come_before_a_whole_block_is_read(tmp_path: Path) -> 
     assert heights[0] <= FIRST_BLOCK_BYTES // len(line) + 1
     assert heights[1] <= 2 * FIRST_BLOCK_BYTES // len(line) + 1  # growing
     assert sum(heights) == path.stat().st_size // len(line)
+
+
+@pytest.mark.parametrize("stop_after", [1, 5, 40, 200])
+def test_a_resumed_read_continues_exactly_where_it_stopped(tmp_path: Path, stop_after: int) -> None:
+    """Positions are (block start, rows consumed): a reader resumed inside one of the small first blocks
+    or a later one goes on with the next record, whatever the block sizes of either read."""
+    from sluice.connectors.api import SourceContext
+    from sluice.core.schema import resolve_schema
+
+    line = b'{"i": %d, "pad": "' + b"x" * 100 + b'"}\n'
+    path = tmp_path / "in.jsonl"
+    path.write_bytes(b"".join(line % i for i in range(40_000)))
+    ctx = SourceContext("in", resolve_schema({"i": int}), 997, "fail")
+    first = sl.JsonLinesSource(path).open(ctx)
+    seen: list[int] = []
+    for n, (_port, batch) in enumerate(b for b in first.batches() if b[0] == "out" and b[1].height):
+        seen += batch.df["i"].to_list()
+        if n + 1 == stop_after:
+            break
+    resumed = sl.JsonLinesSource(path).open(ctx)
+    resumed.seek(first.position())
+    seen += [i for port, b in resumed.batches() if port == "out" and b.height for i in b.df["i"].to_list()]
+    assert seen == list(range(40_000))

@@ -136,9 +136,11 @@ class _JsonLinesReader(_FileReader):
 
         Plain reads, not mmap: pages of a mapped file stay resident, so memory would grow with the file."""
         size = path.stat().st_size
-        # the first blocks are small and grow to block_bytes: the first records reach the flow (and the
-        # progress line) within a fraction of a second, not after a whole 8 MB block is parsed
-        want = min(self.spec.block_bytes, FIRST_BLOCK_BYTES)
+        # from the start of a file the first blocks are small and grow to block_bytes: the first records
+        # reach the flow (and the progress line) within a fraction of a second, not after a whole 8 MB block
+        # is parsed. A resumed read (a position saved as block start + rows consumed) starts with a whole
+        # block, never smaller than the block that position was counted in.
+        want = min(self.spec.block_bytes, FIRST_BLOCK_BYTES) if start == 0 else self.spec.block_bytes
         with open(path, "rb") as f:
             pos = start
             while pos < size:
