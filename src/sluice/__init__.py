@@ -24,14 +24,17 @@ from sluice.connectors.foreach import ForeachBatch
 from sluice.connectors.generator import GeneratorSource
 from sluice.connectors.kafka import DeadLetterTopic, KafkaSink, KafkaSource
 from sluice.connectors.log import LogSink, LogSource
-from sluice.connectors.lookup import RedisLookup
+from sluice.connectors.lookup import PostgresLookup, RedisLookup
 from sluice.connectors.memory import CollectSink, MemorySource
+from sluice.connectors.postgres import PostgresSink
 from sluice.connectors.topic import Topic
 from sluice.core import changelog
 from sluice.core.schema import JsonValue, Map, Optional
 from sluice.errors import (
     CheckpointError,
+    ConstraintError,
     CorruptSegmentError,
+    DatabaseError,
     DecodeError,
     DiskFullError,
     EncodeError,
@@ -64,9 +67,11 @@ __all__ = [
     "CheckpointError",
     "CollectSink",
     "ConsoleSink",
+    "ConstraintError",
     "CorruptSegmentError",
     "CsvSink",
     "CsvSource",
+    "DatabaseError",
     "DeadLetterTopic",
     "DecodeError",
     "DiskFullError",
@@ -98,6 +103,8 @@ __all__ = [
     "ParquetSource",
     "Pattern",
     "PlanError",
+    "PostgresLookup",
+    "PostgresSink",
     "ProcessContext",
     "RedisLookup",
     "RegistryClient",
