@@ -51,7 +51,7 @@ def test_upsert_keeps_each_keys_last_row_whatever_the_batch_size(dsn: str, tmp_p
     for bs in (1, 7, 1000):
         execute(dsn, "TRUNCATE users")
         flow = sl.Flow(f"ups{bs}")
-        flow.read("in", testing.rows(rows)).write("db", sl.PostgresSink("users", dsn, key="id"))
+        flow.read("in", testing.rows(rows)).write("db", sl.PostgresSink("users", dsn, key="id", stage_rows=25))
         run(flow, tmp_path / str(bs), batch_size=bs)
         got = table(dsn, "users", "id")
         assert got.equals(want.cast(got.schema)), f"batch size {bs}"
@@ -83,13 +83,16 @@ def test_merge_expressions_accumulate_as_written_and_where_updates_only_newer(ds
     (flow.read("in", testing.rows(rows)).select(sl.col("customer"), sl.lit(1).alias("total_orders"),
                                                 sl.col("amount").alias("total_amount"),
                                                 sl.col("day").alias("last_order_date"), sl.col("version"))
-         .write("db", sl.PostgresSink("summary", dsn, key="customer", where="t.version < excluded.version", merge={
+         .write("db", sl.PostgresSink("summary", dsn, key="customer", where="t.version < excluded.version", stage_rows=100, merge={
              "total_orders": "t.total_orders + 1",
              "total_amount": "t.total_amount + excluded.total_amount",
              "last_order_date": "GREATEST(t.last_order_date, excluded.last_order_date)"})))
     run(flow, tmp_path, batch_size=333)
     got = {r[0]: (r[1], int(r[2]), r[3], r[4]) for r in query(dsn, "SELECT * FROM summary")}
     assert got == accumulate(rows)
+    execute(dsn, "TRUNCATE summary")
+    sl.run(flow, batch_size=77)  # one epoch (no checkpoints) of many staged chunks
+    assert {r[0]: (r[1], int(r[2]), r[3], r[4]) for r in query(dsn, "SELECT * FROM summary")} == accumulate(rows)
 
 
 def test_a_changelog_is_applied_as_upserts_and_deletes(dsn: str, tmp_path) -> None:
@@ -112,8 +115,12 @@ def test_a_changelog_is_applied_as_upserts_and_deletes(dsn: str, tmp_path) -> No
     ops = {"c": "+I", "u": "+U", "d": "-D", "before": "-U"}
     (flow.read("in", testing.rows(events))
          .changelog(key="id", op=sl.col("op").replace_strict(ops, return_dtype=pl.String))
-         .write("db", sl.PostgresSink("accounts", dsn, columns=["id", "owner", "balance"])))  # by the changelog's key
+         .write("db", sl.PostgresSink("accounts", dsn, columns=["id", "owner", "balance"], stage_rows=150)))  # by its key
     run(flow, tmp_path, batch_size=97)
+    got = sorted(query(dsn, "SELECT id, owner, balance FROM accounts"))
+    assert got == sorted((k, o, b) for k, (o, b) in live.items()) and len(got) > 10
+    execute(dsn, "TRUNCATE accounts")
+    sl.run(flow, batch_size=97)  # one epoch (no checkpoints) of many staged chunks
     got = sorted(query(dsn, "SELECT id, owner, balance FROM accounts"))
     assert got == sorted((k, o, b) for k, (o, b) in live.items()) and len(got) > 10
 

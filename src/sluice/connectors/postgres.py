@@ -454,17 +454,24 @@ class PostgresWriter:
             return
         upsert = self._upsert_sql(txn["columns"])
         keys = sql.SQL(" AND ").join(sql.SQL("t.{k} = s.{k}").format(k=sql.Identifier(k)) for k in self.key)
-        for chunk, (rounds, deletes, _, _) in enumerate(txn["chunks"]):
-            for r in range(1, rounds + 1):
-                cond = sql.SQL("_sl_chunk = {} AND _sl_round = {}").format(chunk, r) + span
-                if deletes:
-                    cur.execute(sql.SQL("DELETE FROM {} t USING {} s WHERE {} AND _sl_op = '-D' AND {}")
-                                .format(ident(self.spec.table), stage, cond, keys))
-                    self.applied += max(cur.rowcount, 0)
-                cur.execute(sql.SQL("INSERT INTO {} AS t ({}) SELECT {} FROM {} WHERE {} AND _sl_op <> '-D' "
-                                    "ORDER BY _sl_seq {}").format(ident(self.spec.table), collist, collist, stage, cond,
-                                                                  upsert))
+        chunks = txn["chunks"]
+        if not self.rounds and len(chunks) > 1:
+            # last row wins: each chunk was deduplicated as it was staged; across chunks, in SQL (one pass)
+            keylist = sql.SQL(", ").join(map(sql.Identifier, self.key))
+            source = sql.SQL("(SELECT DISTINCT ON ({}) * FROM {} WHERE true{} ORDER BY {}, _sl_seq DESC)").format(
+                keylist, stage, span, keylist)
+            passes: list[tuple[Any, Any, bool]] = [(source, sql.SQL("true"), any(c[1] for c in chunks))]
+        else:
+            passes = [(stage, sql.SQL("_sl_chunk = {} AND _sl_round = {}").format(chunk, r) + span, bool(deletes))
+                      for chunk, (rounds, deletes, _, _) in enumerate(chunks) for r in range(1, rounds + 1)]
+        for source, cond, deletes in passes:  # within a pass, each key has one row at most
+            if deletes:
+                cur.execute(sql.SQL("DELETE FROM {} t USING {} s WHERE {} AND _sl_op = '-D' AND {}")
+                            .format(ident(self.spec.table), source, cond, keys))
                 self.applied += max(cur.rowcount, 0)
+            cur.execute(sql.SQL("INSERT INTO {} AS t ({}) SELECT {} FROM {} s WHERE {} AND _sl_op <> '-D' {}")
+                        .format(ident(self.spec.table), collist, collist, source, cond, upsert))
+            self.applied += max(cur.rowcount, 0)
 
     def _upsert_sql(self, columns: Sequence[str]) -> Any:
         from psycopg import sql
