@@ -10,7 +10,8 @@ import pytest
 
 ROOT = Path(__file__).resolve().parent.parent
 KAFKA_DOC = ROOT / "docs" / "kafka.md"  # its blocks talk to the real broker and registry: run once, in order
-DOCS = [ROOT / "README.md", *sorted(p for p in (ROOT / "docs").rglob("*.md") if p != KAFKA_DOC)]
+POSTGRES_DOC = ROOT / "docs" / "postgres.md"  # its blocks talk to a real PostgreSQL (DSN): run once, in order
+DOCS = [ROOT / "README.md", *sorted(p for p in (ROOT / "docs").rglob("*.md") if p not in (KAFKA_DOC, POSTGRES_DOC))]
 
 
 def blocks(path: Path) -> list[str]:
@@ -51,3 +52,19 @@ def test_kafka_page_runs_against_the_real_broker(kafka_bootstrap: str, registry_
         os.chdir(cwd)
     result = namespace["result"]
     assert result.records == 20_000 and result.commits >= 1  # type: ignore[attr-defined]
+
+
+@pytest.mark.slow
+def test_postgres_page_runs_against_the_real_server(postgres_dsn: str, tmp_path: Path) -> None:
+    from pg_util import fresh_database
+
+    code = blocks(POSTGRES_DOC)
+    assert len(code) >= 4
+    namespace: dict[str, object] = {"DSN": fresh_database(postgres_dsn)}
+    cwd = os.getcwd()
+    os.chdir(tmp_path)
+    try:
+        for i, block in enumerate(code):
+            exec(compile(block, f"postgres.md#{i}", "exec"), namespace)
+    finally:
+        os.chdir(cwd)
