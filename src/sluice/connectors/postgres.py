@@ -1,7 +1,7 @@
 """PostgreSQL as a sink (psycopg 3): append, upsert by key, changelog deletes and merge expressions,
 exactly-once through a marker row committed in the same database transaction as the rows.
 
-    write     the rows are kept (Arrow, in memory); past `stage_rows` they go to the epoch's staging table
+    write     the rows are kept (Arrow, in memory); past `stage_bytes` they go to the epoch's staging table
     prepare   the rest go there too. The staging table is a plain (logged) table in the target's schema,
               `sluice_stage_<writer>_<random>`, made for the epoch with the target's column types and
               filled with COPY (CSV) in committed transactions: the epoch survives a crash of Sluice or of
@@ -77,7 +77,8 @@ class PostgresSink:
     create: bool = False
     dead_letters: str | None = None
     markers: str = "sluice_commits"
-    stage_rows: int = 250_000  # rows kept in memory before they go to the staging table
+    stage_rows: int = 2_000_000  # rows kept in memory before they go to the staging table …
+    stage_bytes: int = 64 << 20  # … or this many bytes (Arrow), whichever comes first
     retry_timeout_s: float = 30.0  # how long a lost connection is retried before the run stops
     connect_timeout_s: float = 10.0
 
@@ -147,7 +148,7 @@ class PostgresWriter:
 
     def _reset(self) -> None:
         self.buffer: list[pl.DataFrame] = []
-        self.buffered = 0
+        self.buffered = self.buffered_bytes = 0
         self.stage: str | None = None
         self.chunks: list[list[int]] = []  # per chunk staged: [rounds, has deletes, first seq, end seq]
         self.seq = 0
@@ -270,13 +271,14 @@ class PostgresWriter:
         df = user_columns(df)
         self.buffer.append(df)
         self.buffered += df.height
-        if self.buffered >= self.spec.stage_rows:
+        self.buffered_bytes += int(df.estimated_size())
+        if self.buffered >= self.spec.stage_rows or self.buffered_bytes >= self.spec.stage_bytes:
             self._flush()
 
     def _chunk(self) -> pl.DataFrame:
         """The buffered rows as staging rows: sequence numbers, the round of each row, its kind."""
         df = pl.concat(self.buffer, how="vertical_relaxed") if len(self.buffer) > 1 else self.buffer[0]
-        self.buffer, self.buffered = [], 0
+        self.buffer, self.buffered, self.buffered_bytes = [], 0, 0
         cols = self._settle_columns(df)
         n = df.height
         op = pl.col(OP).fill_null("+I") if self.changelog and OP in df.columns else pl.lit("+I")
@@ -317,9 +319,11 @@ class PostgresWriter:
                 schema = self.spec.table.rsplit(".", 1)[0] + "." if "." in self.spec.table else ""
                 self.stage = self.stage or f"{schema}sluice_stage_{self.writer_id}_{uuid.uuid4().hex[:8]}"
                 target_cols = sql.SQL(", ").join(sql.Identifier(c) for c in cols[len(INTERNAL):])
-                conn.execute(sql.SQL("CREATE TABLE {} AS SELECT NULL::bigint AS _sl_seq, NULL::integer AS _sl_chunk, "
+                # without checkpoints a crash means starting over: the staging need not survive the server
+                kind = sql.SQL("TABLE" if self.ctx.exactly_once else "UNLOGGED TABLE")
+                conn.execute(sql.SQL("CREATE {} {} AS SELECT NULL::bigint AS _sl_seq, NULL::integer AS _sl_chunk, "
                                      "NULL::integer AS _sl_round, NULL::text AS _sl_op, {} FROM {} WITH NO DATA")
-                             .format(ident(self.stage), target_cols, ident(self.spec.table)))
+                             .format(kind, ident(self.stage), target_cols, ident(self.spec.table)))
                 conn.execute(sql.SQL("COMMENT ON TABLE {} IS {}").format(
                     ident(self.stage), sql.Literal(f"sluice: staged rows of {self.ctx.txn_prefix} into {self.spec.table}")))
             copy = sql.SQL("COPY {} ({}) FROM STDIN (FORMAT csv)").format(
