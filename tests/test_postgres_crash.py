@@ -170,6 +170,7 @@ def test_a_server_restart_mid_run_is_ridden_through_or_stops_clearly(postgres_se
         if proc.returncode != 0:
             assert "DatabaseError" in text and "run again" in text, text[-2000:]  # stopped, clearly
         outcomes.append(proc.returncode)
+        print(f"server restart ({mode}): the run {'rode through' if proc.returncode == 0 else 'stopped: ' + text[-300:]}")
     if any(outcomes):  # stopped with a clear error: a restart finishes it
         assert subprocess.run(cmd, env=env(), timeout=300).returncode == 0
     check_against_oracle(events_medium, dsn)

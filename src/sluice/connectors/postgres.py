@@ -2,7 +2,8 @@
 exactly-once through a marker row committed in the same database transaction as the rows.
 
     write     the rows are kept (Arrow, in memory); past `stage_bytes` they go to the epoch's staging table
-    prepare   the rest go there too. The staging table is a plain (logged) table in the target's schema,
+    prepare   the rest go there too. The staging table is a plain (logged) table in the target's schema
+              (unlogged in a run without checkpoints, which starts over after a crash anyway),
               `sluice_stage_<writer>_<random>`, made for the epoch with the target's column types and
               filled with COPY (CSV) in committed transactions: the epoch survives a crash of Sluice or of
               the server, under both runtimes (a Kafka task that moves to another machine finds it in the
