@@ -1,10 +1,11 @@
 #!/usr/bin/env bash
-# Installs what the tests' servers need (Debian packages) when it is missing: Redis, a JRE and Maven.
+# Installs what the tests' servers need (Debian packages) when it is missing: Redis, PostgreSQL, a JRE and Maven.
 # Apicurio Registry also needs Java 21+ (scripts/registry.sh looks under /usr/lib/jvm or JAVA21).
 # The tests start their own instances on loopback ports; nothing is left running.
 set -euo pipefail
 missing=()
 command -v redis-server >/dev/null 2>&1 || missing+=(redis-server)
+ls /usr/lib/postgresql/*/bin/initdb >/dev/null 2>&1 || missing+=(postgresql)   # scripts/postgres.sh: initdb + pg_ctl
 command -v java >/dev/null 2>&1 || missing+=(openjdk-17-jre-headless)   # Kafka (and keytool for its TLS listener)
 command -v mvn >/dev/null 2>&1 || missing+=(maven)                      # fetches Kafka and Apicurio from Maven Central
 if [ ${#missing[@]} -gt 0 ]; then

@@ -109,3 +109,20 @@ def registry_url(tmp_path_factory: pytest.TempPathFactory):
     assert r.returncode == 0, r.stderr[-2000:]
     yield r.stdout.strip().splitlines()[-1].removeprefix("registry=")
     subprocess.run(["bash", str(script), "down", str(directory)], timeout=60)
+
+
+@pytest.fixture(scope="session")
+def postgres_server(tmp_path_factory: pytest.TempPathFactory):
+    """A throwaway PostgreSQL cluster (Debian's package: initdb + pg_ctl, scripts/postgres.sh) on a free
+    loopback port, with a password, for this session: {"dsn", "dir"}. Tests that use it are slow."""
+    directory = tmp_path_factory.mktemp("postgres")
+    script = ROOT / "scripts" / "postgres.sh"
+    r = subprocess.run(["bash", str(script), "up", str(directory)], capture_output=True, text=True, timeout=120)
+    assert r.returncode == 0, r.stderr[-2000:]
+    yield {"dsn": r.stdout.strip().splitlines()[-1].removeprefix("dsn="), "dir": directory}
+    subprocess.run(["bash", str(script), "down", str(directory)], timeout=60)
+
+
+@pytest.fixture(scope="session")
+def postgres_dsn(postgres_server: dict) -> str:
+    return str(postgres_server["dsn"])

@@ -11,7 +11,9 @@ import pytest
 ROOT = Path(__file__).resolve().parent.parent
 KAFKA_DOC = ROOT / "docs" / "kafka.md"  # its blocks talk to the real broker and registry: run once, in order
 REDIS_DOC = ROOT / "docs" / "redis.md"  # its blocks talk to the test session's Redis server (REDIS)
-DOCS = [ROOT / "README.md", *sorted(p for p in (ROOT / "docs").rglob("*.md") if p not in (KAFKA_DOC, REDIS_DOC))]
+POSTGRES_DOC = ROOT / "docs" / "postgres.md"  # its blocks talk to a real PostgreSQL (DSN): run once, in order
+SERVER_DOCS = (KAFKA_DOC, REDIS_DOC, POSTGRES_DOC)
+DOCS = [ROOT / "README.md", *sorted(p for p in (ROOT / "docs").rglob("*.md") if p not in SERVER_DOCS)]
 
 
 def blocks(path: Path) -> list[str]:
@@ -54,17 +56,28 @@ def test_kafka_page_runs_against_the_real_broker(kafka_bootstrap: str, registry_
     assert result.records == 20_000 and result.commits >= 1  # type: ignore[attr-defined]
 
 
-def test_redis_page_runs_against_the_real_server(redis_url: str, tmp_path: Path) -> None:
-    import redis
-
-    code = blocks(REDIS_DOC)
-    assert code
-    redis.Redis.from_url(redis_url).flushdb()
-    namespace: dict[str, object] = {"REDIS": redis_url}
+def run_page(path: Path, namespace: dict[str, object], tmp_path: Path) -> None:
+    """Every block of a page that talks to a server, in order, in one namespace."""
     cwd = os.getcwd()
     os.chdir(tmp_path)
     try:
-        for i, block in enumerate(code):
-            exec(compile(block, f"redis.md#{i}", "exec"), namespace)
+        for i, block in enumerate(blocks(path)):
+            exec(compile(block, f"{path.name}#{i}", "exec"), namespace)
     finally:
         os.chdir(cwd)
+
+
+def test_redis_page_runs_against_the_real_server(redis_url: str, tmp_path: Path) -> None:
+    import redis
+
+    assert blocks(REDIS_DOC)
+    redis.Redis.from_url(redis_url).flushdb()
+    run_page(REDIS_DOC, {"REDIS": redis_url}, tmp_path)
+
+
+@pytest.mark.slow
+def test_postgres_page_runs_against_the_real_server(postgres_dsn: str, tmp_path: Path) -> None:
+    from pg_util import fresh_database
+
+    assert len(blocks(POSTGRES_DOC)) >= 4
+    run_page(POSTGRES_DOC, {"DSN": fresh_database(postgres_dsn)}, tmp_path)

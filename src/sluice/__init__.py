@@ -25,15 +25,18 @@ from sluice.connectors.foreach import ForeachBatch
 from sluice.connectors.generator import GeneratorSource
 from sluice.connectors.kafka import DeadLetterTopic, KafkaSink, KafkaSource
 from sluice.connectors.log import LogSink, LogSource
-from sluice.connectors.lookup import RedisLookup
+from sluice.connectors.lookup import PostgresLookup, RedisLookup
 from sluice.connectors.memory import CollectSink, MemorySource
+from sluice.connectors.postgres import PostgresSink
 from sluice.connectors.redis import RedisSink
 from sluice.connectors.topic import Topic
 from sluice.core import changelog
 from sluice.core.schema import JsonValue, Map, Optional
 from sluice.errors import (
     CheckpointError,
+    ConstraintError,
     CorruptSegmentError,
+    DatabaseError,
     DecodeError,
     DiskFullError,
     EncodeError,
@@ -67,9 +70,11 @@ __all__ = [
     "CheckpointError",
     "CollectSink",
     "ConsoleSink",
+    "ConstraintError",
     "CorruptSegmentError",
     "CsvSink",
     "CsvSource",
+    "DatabaseError",
     "DeadLetterTopic",
     "DecodeError",
     "DeltaMerge",
@@ -105,6 +110,8 @@ __all__ = [
     "ParquetSource",
     "Pattern",
     "PlanError",
+    "PostgresLookup",
+    "PostgresSink",
     "ProcessContext",
     "RedisLookup",
     "RedisSink",

@@ -8,7 +8,9 @@
 
 from sluice.core.errors import (
     CheckpointError,
+    ConstraintError,
     CorruptSegmentError,
+    DatabaseError,
     DecodeError,
     DiskFullError,
     EncodeError,
@@ -28,7 +30,9 @@ from sluice.core.errors import (
 
 __all__ = [
     "CheckpointError",
+    "ConstraintError",
     "CorruptSegmentError",
+    "DatabaseError",
     "DecodeError",
     "DiskFullError",
     "EncodeError",

@@ -7,13 +7,15 @@
     │   ├── SchemaError        a required field is missing or null
     │   ├── MissingTimestampError  the event-time column is null for a record
     │   ├── UserFunctionError  a user's map/flat_map/process function raised or returned the wrong thing
-    │   └── EncodeError        a record does not fit the sink's format (e.g. its Avro schema)
+    │   ├── EncodeError        a record does not fit the sink's format (e.g. its Avro schema)
+    │   └── ConstraintError    a database refused a row (a constraint of the table); names the constraint
     ├── CheckpointError        a checkpoint cannot be written or used
     │   └── IncompatibleCheckpointError  the flow changed in a way its checkpointed state cannot follow
     ├── LogError               the embedded log is damaged or misused
     │   └── CorruptSegmentError  a log segment fails its CRC check somewhere other than its tail
     ├── KafkaError             Kafka refused or failed an operation
     ├── SinkError              a database sink's target (Redis, Delta Lake) refused or failed an operation
+    ├── DatabaseError          a database (PostgreSQL) cannot be reached or refused an operation
     ├── SchemaRegistryError    the schema registry refused a request or could not be reached
     │   └── IncompatibleSchemaError  a schema change breaks the subject's compatibility level
     └── DiskFullError          no space left while writing output, state or a checkpoint
@@ -66,6 +68,14 @@ class EncodeError(StepError):
     """A record could not be encoded for its sink: it does not match the sink's schema."""
 
 
+class ConstraintError(StepError):
+    """A database refused a row: it violates a constraint of the table (`constraint` names it)."""
+
+    def __init__(self, step: str, position: str, detail: str, fix: str, constraint: str | None = None) -> None:
+        self.constraint = constraint
+        super().__init__(step, position, detail, fix)
+
+
 class RejectedRecord(SluiceError):
     """Raised by a format's encoder for the record at `index` of the frame it was given; the sink or the
     runtime turns it into an `EncodeError` that names the step and the record's position."""
@@ -102,6 +112,8 @@ class KafkaError(SluiceError):
 
 class SinkError(SluiceError):
     """A sink's target (Redis, a Delta table) refused or failed an operation; the message says which."""
+class DatabaseError(SluiceError):
+    """A database cannot be reached, or refused an operation (not a row: see ConstraintError)."""
 
 
 class SchemaRegistryError(SluiceError):

@@ -1,6 +1,8 @@
 """Lookup join: enrich each record with values fetched from an external store by key, through a cache.
 
-Per batch: the distinct keys not in the cache (or older than `cache_ttl`) are fetched in one round trip,
+The store is a spec with `fields` and `connect()`, giving a client with `fetch(keys)` (values per key, in
+`fields` order, or None) and optionally `dtypes` (field → Polars type; strings otherwise): RedisLookup,
+PostgresLookup (connectors/lookup.py). Per batch: the distinct keys not in the cache (or older than `cache_ttl`) are fetched in one round trip,
 then the batch is joined with the cache in columns. A failing store stops the step with an error that
 names the store without its password.
 """
@@ -22,7 +24,7 @@ class LookupJoinOperator(Operator):
     def __init__(self, name: str, by: str, lookup: Any, how: str, cache_ttl_s: float | None, cache_size: int) -> None:
         self.name, self.by, self.lookup, self.how = name, by, lookup, how
         self.ttl, self.size = cache_ttl_s, cache_size
-        self.cache: OrderedDict[str, tuple[list[str | None] | None, float]] = OrderedDict()
+        self.cache: OrderedDict[str, tuple[list[Any] | None, float]] = OrderedDict()
         self.client: Any = None
         self.fetched = 0  # keys asked of the store (for tests and metrics)
 
@@ -41,7 +43,9 @@ class LookupJoinOperator(Operator):
             self.cache.move_to_end(k)
             for i, f in enumerate(fields):
                 rows[f].append(values[i] if values else None)
-        table = pl.DataFrame(rows, schema={self.by: pl.String, **dict.fromkeys(fields, pl.String)})
+        # a store that knows its types says them (PostgreSQL); Redis values are strings
+        types = getattr(self.client, "dtypes", None) or dict.fromkeys(fields, pl.String)
+        table = pl.DataFrame(rows, schema={self.by: pl.String, **{f: types[f] for f in fields}})
         df = batch.df.with_columns(pl.col(self.by).cast(pl.String).alias("__sl_lookup_key"))
         joined = df.join(table.rename({self.by: "__sl_lookup_key"}), on="__sl_lookup_key", how="left",
                          maintain_order="left").drop("__sl_lookup_key")
