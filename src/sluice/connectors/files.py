@@ -131,22 +131,22 @@ class _JsonLinesReader(_FileReader):
         self.format = Json()
         self.schema = ctx.schema
 
-    def _blocks(self, path: Path, start: int) -> Iterator[tuple[int, bytes]]:
-        """(byte position, block) pairs from `start`; each block ends at a line end.
+    def _blocks(self, path: Path, start: int, want: int) -> Iterator[tuple[int, bytes, int]]:
+        """(byte position, block, bytes asked for) from `start`; each block ends at a line end.
 
         Plain reads, not mmap: pages of a mapped file stay resident, so memory would grow with the file."""
         size = path.stat().st_size
-        # from the start of a file the first blocks are small and grow to block_bytes: the first records
-        # reach the flow (and the progress line) within a fraction of a second, not after a whole 8 MB block
-        # is parsed. A resumed read (a position saved as block start + rows consumed) starts with a whole
-        # block, never smaller than the block that position was counted in.
-        want = min(self.spec.block_bytes, FIRST_BLOCK_BYTES) if start == 0 else self.spec.block_bytes
+        # from the start of a file the first blocks are small and double up to block_bytes (`want`): the
+        # first records reach the flow (and the progress line) within a fraction of a second, not after a
+        # whole 8 MB block is parsed. A position records the size its block was read with, so a resumed
+        # read cuts the same blocks (and batches) as the run it resumes.
         with open(path, "rb") as f:
             pos = start
             while pos < size:
                 f.seek(pos)
-                data = f.read(want)
-                want = min(want * 2, self.spec.block_bytes)
+                asked = min(want, self.spec.block_bytes)
+                data = f.read(asked)
+                want = asked * 2
                 while pos + len(data) < size and b"\n" not in data[-1:]:
                     cut = data.rfind(b"\n")
                     if cut >= 0:
@@ -156,13 +156,13 @@ class _JsonLinesReader(_FileReader):
                     if not more:
                         break
                     data += more
-                yield pos, data
+                yield pos, data, asked
                 pos += len(data)
 
-    def _decoded(self, path: Path, start: int) -> Iterator[tuple[int, bytes, Decoded]]:
+    def _decoded(self, path: Path, start: int, want: int) -> Iterator[tuple[int, bytes, Decoded, int]]:
         """Blocks with their decoded rows; the next block is parsed in the background meanwhile
         (Polars releases the GIL while parsing, so parsing overlaps the operators' work)."""
-        blocks = self._blocks(path, start)
+        blocks = self._blocks(path, start, want)
         first = next(blocks, None)
         if first is None:
             return
@@ -170,8 +170,8 @@ class _JsonLinesReader(_FileReader):
             self.schema = Schema(pl.read_ndjson(io.BytesIO(first[1])).schema, ())
         schema = self.schema
 
-        def decode(item: tuple[int, bytes]) -> tuple[int, bytes, Decoded]:
-            return item[0], item[1], self.format.decode_block(item[1], schema)
+        def decode(item: tuple[int, bytes, int]) -> tuple[int, bytes, Decoded, int]:
+            return item[0], item[1], self.format.decode_block(item[1], schema), item[2]
 
         with ThreadPoolExecutor(max_workers=1, thread_name_prefix="sluice-parse") as pool:
             pending = pool.submit(decode, first)
@@ -190,7 +190,10 @@ class _JsonLinesReader(_FileReader):
             origin = Origin(self.ctx.step, p, str(path), unit="record")
             ordinal = start["ordinal"] if resume else 0
             skip = start["skip"] if resume else 0
-            for byte_pos, block, decoded in self._decoded(path, start["byte"] if resume else 0):
+            want = FIRST_BLOCK_BYTES
+            if resume and start["byte"]:  # the size this block was read with (older checkpoints: a whole block)
+                want = start.get("block", self.spec.block_bytes)
+            for byte_pos, block, decoded, asked in self._decoded(path, start["byte"] if resume else 0, want):
                 records = decoded.rows.height + len(decoded.bad)
                 if skip:  # resuming inside this block: its bad records were set aside before
                     decoded = decoded._replace(bad=[])
@@ -203,11 +206,13 @@ class _JsonLinesReader(_FileReader):
                 size = self.ctx.batch_size
                 for first in range(skip, df.height, size):
                     piece = df.slice(first, size)
-                    self.pos = {"file": p, "byte": byte_pos, "skip": first + piece.height, "ordinal": ordinal}
+                    self.pos = {"file": p, "byte": byte_pos, "skip": first + piece.height, "ordinal": ordinal,
+                                "block": asked}
                     yield "out", Batch(piece, origin=origin)
                 skip = 0
                 ordinal += records
-                self.pos = {"file": p, "byte": byte_pos + len(block), "skip": 0, "ordinal": ordinal}
+                self.pos = {"file": p, "byte": byte_pos + len(block), "skip": 0, "ordinal": ordinal,
+                            "block": min(asked * 2, self.spec.block_bytes)}
             self.pos = {"file": p + 1, "byte": 0, "skip": 0, "ordinal": 0}
             yield _eof(origin)
 
