@@ -39,6 +39,7 @@ log = logging.getLogger("sluice.connectors")
 MODES = ("append", "merge")
 COMBINE = ("sum", "min", "max", "first", "last")
 STAGING = "_sluice_staging"
+CHANGE_RANK = {"update_preimage": 0, "delete": 1, "update_postimage": 2, "insert": 2}
 CHANGE_TYPES = {"insert": INSERT, "update_preimage": UPDATE_BEFORE, "update_postimage": UPDATE_AFTER, "delete": DELETE}
 
 
@@ -417,6 +418,10 @@ class DeltaReader:
             frame = pl.from_arrow(pa.table(self.table.load_cdf(starting_version=v, ending_version=v)))
             assert isinstance(frame, pl.DataFrame)
             if frame.height:
+                # delta-rs reads a commit's change files in no fixed order; a resumed read counts rows into a
+                # version, so fix one: update-befores first, then the rest, each by their values
+                rank = pl.col("_change_type").replace_strict(CHANGE_RANK, return_dtype=pl.Int8)
+                frame = frame.sort([rank, *frame.columns], nulls_last=True, maintain_order=True)
                 frame = frame.with_columns(pl.col("_change_type").replace_strict(CHANGE_TYPES, return_dtype=pl.String)
                                            .alias(OP)).drop("_change_type")
                 yield from self._emit(frame, f"delta:{self.uri} version {v}", {"version": v})
