@@ -4,7 +4,7 @@ UV := $(PY) -m uv
 VENV := .venv
 BIN := $(VENV)/bin
 
-.PHONY: setup services kafka-up kafka-down demo test test-fast lint bench bench-data clean
+.PHONY: setup services kafka-up kafka-down cassandra-up cassandra-down demo test test-fast lint bench bench-data clean
 
 # Bytecode is compiled at install time (dependencies by uv, Sluice's own src/ by compileall, which only
 # redoes changed files), so `import sluice` stays fast where Python is told not to write bytecode
@@ -27,6 +27,12 @@ kafka-up:  ## Kafka (KRaft) and Apicurio Registry from Maven Central, on loopbac
 kafka-down:
 	@bash scripts/kafka.sh down $(CURDIR)/.sluice/kafka
 	@bash scripts/registry.sh down $(CURDIR)/.sluice/registry
+
+cassandra-up:  ## a single-node Cassandra 5 from Maven Central, on loopback; last line: contact=HOST:PORT
+	@bash scripts/cassandra.sh up $(CURDIR)/.sluice/cassandra
+
+cassandra-down:
+	@bash scripts/cassandra.sh down $(CURDIR)/.sluice/cassandra
 
 demo: setup  ## the real-time analytics job on the embedded default
 	$(BIN)/sluice demo --events 1000000
