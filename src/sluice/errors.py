@@ -7,6 +7,7 @@
 """
 
 from sluice.core.errors import (
+    CassandraError,
     CheckpointError,
     CorruptSegmentError,
     DecodeError,
@@ -26,6 +27,7 @@ from sluice.core.errors import (
 )
 
 __all__ = [
+    "CassandraError",
     "CheckpointError",
     "CorruptSegmentError",
     "DecodeError",

@@ -13,6 +13,7 @@
     ├── LogError               the embedded log is damaged or misused
     │   └── CorruptSegmentError  a log segment fails its CRC check somewhere other than its tail
     ├── KafkaError             Kafka refused or failed an operation
+    ├── CassandraError         Cassandra could not be reached, or refused or failed an operation
     ├── SchemaRegistryError    the schema registry refused a request or could not be reached
     │   └── IncompatibleSchemaError  a schema change breaks the subject's compatibility level
     └── DiskFullError          no space left while writing output, state or a checkpoint
@@ -97,6 +98,10 @@ class IncompatibleCheckpointError(CheckpointError):
 
 class KafkaError(SluiceError):
     """Kafka refused or failed an operation."""
+
+
+class CassandraError(SluiceError):
+    """Cassandra could not be reached, or refused or failed an operation (not one row's fault)."""
 
 
 class SchemaRegistryError(SluiceError):
