@@ -42,7 +42,7 @@ test: setup services  ## the whole suite (what CI runs)
 	$(BIN)/mypy
 	$(BIN)/python -m pytest
 
-# Skips the tests marked slow: every test that starts Kafka or the schema registry (tests/kafka, the Kafka
+# Skips the tests marked slow: every test that starts Kafka, the schema registry or Cassandra (tests/kafka, the Kafka
 # page of the docs; tests/conftest.py marks them), the kill -9 crash runs (tests/test_crash_recovery.py),
 # the aggregate property test against DuckDB and w4 at batch size 7 (about 3 minutes on 2 cores).
 test-fast: setup

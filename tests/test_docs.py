@@ -10,7 +10,8 @@ import pytest
 
 ROOT = Path(__file__).resolve().parent.parent
 KAFKA_DOC = ROOT / "docs" / "kafka.md"  # its blocks talk to the real broker and registry: run once, in order
-DOCS = [ROOT / "README.md", *sorted(p for p in (ROOT / "docs").rglob("*.md") if p != KAFKA_DOC)]
+CASSANDRA_DOC = ROOT / "docs" / "cassandra.md"  # the same, against a real Cassandra
+DOCS = [ROOT / "README.md", *sorted(p for p in (ROOT / "docs").rglob("*.md") if p not in (KAFKA_DOC, CASSANDRA_DOC))]
 
 
 def blocks(path: Path) -> list[str]:
@@ -51,3 +52,17 @@ def test_kafka_page_runs_against_the_real_broker(kafka_bootstrap: str, registry_
         os.chdir(cwd)
     result = namespace["result"]
     assert result.records == 20_000 and result.commits >= 1  # type: ignore[attr-defined]
+
+
+def test_cassandra_page_runs_against_a_real_cassandra(cassandra_contact: str, tmp_path: Path) -> None:
+    code = blocks(CASSANDRA_DOC)
+    assert len(code) >= 3
+    namespace: dict[str, object] = {"CONTACT": cassandra_contact}
+    cwd = os.getcwd()
+    os.chdir(tmp_path)
+    try:
+        for i, block in enumerate(code):
+            exec(compile(block, f"cassandra.md#{i}", "exec"), namespace)
+    finally:
+        os.chdir(cwd)
+    assert '"position":"row 1 written to shop.carts"' in (tmp_path / "rejected.jsonl").read_text()
