@@ -413,7 +413,7 @@ class _Table:
 
     def read_fence(self, writer: str) -> Fence | None:
         row = self.execute(self.read_fence_stmt, (writer,)).one()
-        return Fence(row.lineage, row.epoch, getattr(row, "ts", 0))  # a refused UPDATE shows only the IF columns if row is not None else None
+        return Fence(row.lineage, row.epoch, row.ts) if row is not None else None
 
     def advance_fence(self, writer: str, seen: Fence | None, new: Fence) -> Fence | None:
         """Compare-and-set the fence from `seen` to `new`; None if done, else what the fence holds now."""
