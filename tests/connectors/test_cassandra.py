@@ -187,8 +187,11 @@ def test_a_recommitted_epoch_is_skipped_by_the_fence(cassandra_contact: str, cql
     w.recover(None)
     w.write(_rows(1))
     txn = w.prepare(1)
+    staged = Path(txn["staged"]).read_bytes()
     w.commit(txn)
-    w.commit(txn)  # a crash after the commit, before the runtime moved on: recovery commits it again
+    # a crash after the rows and the fence, before the staged file was deleted: recovery commits it again
+    Path(txn["staged"]).write_bytes(staged)
+    w.commit(txn)
     w.recover(txn)
     assert w.metrics()["epochs_committed"] == 1 and w.metrics()["epochs_skipped"] == 2
     assert w.metrics()["upserted"] == 20, "a committed epoch was written again"

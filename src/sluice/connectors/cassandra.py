@@ -56,6 +56,7 @@ log = logging.getLogger("sluice.cassandra")
 CONSISTENCY = ("ANY", "ONE", "TWO", "THREE", "QUORUM", "ALL", "LOCAL_QUORUM", "EACH_QUORUM", "LOCAL_ONE")
 FENCE_TABLE = "sluice_commits"
 STAGING_TABLE = "sluice_staging"
+FLUSH_ROWS = 50_000  # without checkpoints, rows are written once this many are held (and at the end)
 STAGE_CHUNK = 1 << 20  # bytes of Arrow IPC per staging row (Cassandra refuses mutations above half a commitlog segment)
 MAX_TTL_S = 630_720_000  # 20 years: Cassandra's limit
 INT_RANGES = {"int": 31, "smallint": 15, "tinyint": 7}
@@ -75,7 +76,7 @@ class CassandraSink:
     its whole primary key.
 
     Under a checkpointed `sl.run` or the Kafka runtime the output is effectively-once for upserts and
-    deletes (see docs/cassandra.md); otherwise rows are written as they come, at-least-once. The sink
+    deletes (see docs/cassandra.md); otherwise rows are written as they come (50,000 at a time), at-least-once. The sink
     keeps two tables of its own in the keyspace: `sluice_commits` (the fence: each writer's last
     committed epoch) and, under the Kafka runtime, `sluice_staging`.
 
@@ -537,7 +538,8 @@ class CassandraWriter:
         self.db = _Table(spec, ctx.step)
         self.fenced = ctx.exactly_once
         self.writer = ctx.txn_prefix
-        self.pending: list[pl.DataFrame] = []
+        self.pending: list[pl.DataFrame] = []  # the epoch's rows (without checkpoints: up to FLUSH_ROWS of them)
+        self.held = 0
         self.given = 0  # rows given to the sink, for positions
         self.next_ts = _now_us()
         self.committed = self.skipped = self.dead_lettered = 0
@@ -567,10 +569,18 @@ class CassandraWriter:
         self.given += rows.height
         if good.height == 0:
             return
-        if self.fenced:
-            self.pending.append(good)
-        else:
-            self.db.apply(good, self._stamps(good.height), self.changelog)
+        self.pending.append(good)
+        self.held += good.height
+        if not self.fenced and self.held >= FLUSH_ROWS:
+            self._flush()
+
+    def _flush(self) -> None:
+        """Without checkpoints: write what is held (held back a little, so that a partition's rows go in
+        fewer, fuller batches)."""
+        if self.pending:
+            rows = pl.concat(self.pending, how="diagonal_relaxed") if len(self.pending) > 1 else self.pending[0]
+            self.pending, self.held = [], 0
+            self.db.apply(rows, self._stamps(rows.height), self.changelog)
 
     def _reject(self, rows: pl.DataFrame, bad: list[tuple[int, str]]) -> None:
         raws = rows_as_json(rows[[i for i, _ in bad]])
@@ -597,13 +607,15 @@ class CassandraWriter:
 
     # --- the epoch commit ---------------------------------------------------------------------------
     def prepare(self, epoch: int) -> dict[str, Any]:
+        if not self.fenced:
+            self._flush()
         dead = self.dead.prepare(epoch) if self.dead is not None else None
         txn: dict[str, Any] = {"dead": dead} if dead else {}
         if not self.fenced or not self.pending:
             return {**txn, "epoch": epoch, "lineage": self.lineage} if self.fenced else txn
         assert self.stage is not None
         rows = pl.concat(self.pending, how="diagonal_relaxed") if len(self.pending) > 1 else self.pending[0]
-        self.pending = []
+        self.pending, self.held = [], 0
         ts = self._stamps(rows.height)
         return {**txn, "epoch": epoch, "lineage": self.lineage, "ts": ts, "rows": rows.height, **self.stage.put(epoch, rows)}
 
@@ -623,7 +635,11 @@ class CassandraWriter:
         if fence is not None and fence.lineage != lineage and self.took_over:
             raise self._fenced(fence, epoch)
         rows = self.stage.get(txn)
-        if rows is None:
+        if rows is None:  # gone: committed meanwhile by a twin (the task's new owner), which dropped them?
+            now = self.db.read_fence(self.writer)
+            if now is not None and now.lineage == lineage and now.epoch >= epoch:
+                self.skipped += 1
+                return
             raise CassandraError(f"write step {self.ctx.step!r}: the staged rows of epoch {epoch} are gone, and the "
                                  f"fence of {self.writer!r} in {self.spec.keyspace}.{FENCE_TABLE} says it was not "
                                  "committed; was the staging (directory or table) cleared by hand?")
@@ -658,12 +674,14 @@ class CassandraWriter:
             self.dead.abort(txn.get("dead") or {})
 
     def recover(self, txn: dict[str, Any] | None) -> None:
-        self.pending = []
+        self.pending, self.held = [], 0
         if self.fenced:
             assert self.stage is not None
             fence = self.db.read_fence(self.writer)
             if txn and txn.get("lineage"):
                 self.lineage = str(txn["lineage"])
+            if txn and txn.get("rows"):  # the next epoch's timestamps come after the recorded one's
+                self.next_ts = max(self.next_ts, int(txn["ts"]) + int(txn["rows"]))
             if fence is not None:
                 self.next_ts = max(self.next_ts, fence.ts)
                 recorded = int(txn["epoch"]) if txn and txn.get("epoch") is not None else 0
