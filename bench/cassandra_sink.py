@@ -48,7 +48,9 @@ def session(contact: str) -> tuple[Any, Any]:
     for attempt in range(60):
         cluster = Cluster([(host, int(port))], auth_provider=PlainTextAuthProvider("cassandra", "cassandra"))
         try:
-            return cluster, cluster.connect()
+            cql = cluster.connect()
+            cql.default_timeout = 30.0  # as the sink's requests (the driver's 10 s trips on a flush here)
+            return cluster, cql
         except Exception:
             cluster.shutdown()
             if attempt == 59:
