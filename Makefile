@@ -4,7 +4,7 @@ UV := $(PY) -m uv
 VENV := .venv
 BIN := $(VENV)/bin
 
-.PHONY: setup services kafka-up kafka-down demo test test-fast lint bench bench-data clean
+.PHONY: setup services kafka-up kafka-down cassandra-up cassandra-down demo test test-fast lint bench bench-data clean
 
 # Bytecode is compiled at install time (dependencies by uv, Sluice's own src/ by compileall, which only
 # redoes changed files), so `import sluice` stays fast where Python is told not to write bytecode
@@ -28,6 +28,12 @@ kafka-down:
 	@bash scripts/kafka.sh down $(CURDIR)/.sluice/kafka
 	@bash scripts/registry.sh down $(CURDIR)/.sluice/registry
 
+cassandra-up:  ## a single-node Cassandra 5 from Maven Central, on loopback; last line: contact=HOST:PORT
+	@bash scripts/cassandra.sh up $(CURDIR)/.sluice/cassandra
+
+cassandra-down:
+	@bash scripts/cassandra.sh down $(CURDIR)/.sluice/cassandra
+
 demo: setup  ## the real-time analytics job on the embedded default
 	$(BIN)/sluice demo --events 1000000
 
@@ -36,7 +42,7 @@ test: setup services  ## the whole suite (what CI runs)
 	$(BIN)/mypy
 	$(BIN)/python -m pytest
 
-# Skips the tests marked slow: every test that starts Kafka or the schema registry (tests/kafka, the Kafka
+# Skips the tests marked slow: every test that starts Kafka, the schema registry or Cassandra (tests/kafka, the Kafka
 # page of the docs; tests/conftest.py marks them), the kill -9 crash runs (tests/test_crash_recovery.py),
 # the aggregate property test against DuckDB and w4 at batch size 7 (about 3 minutes on 2 cores).
 test-fast: setup

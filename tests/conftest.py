@@ -12,7 +12,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 
 # Fixtures that start a broker: a test using one is slow (`make test-fast` skips it) wherever it lives.
-BROKER_FIXTURES = {"kafka_broker", "kafka_bootstrap", "kafka_sasl_ssl", "registry_url"}
+BROKER_FIXTURES = {"kafka_broker", "kafka_bootstrap", "kafka_sasl_ssl", "registry_url", "cassandra_server",
+                   "cassandra_contact"}
 
 
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
@@ -126,3 +127,20 @@ def postgres_server(tmp_path_factory: pytest.TempPathFactory):
 @pytest.fixture(scope="session")
 def postgres_dsn(postgres_server: dict) -> str:
     return str(postgres_server["dsn"])
+
+
+@pytest.fixture(scope="session")
+def cassandra_server(tmp_path_factory: pytest.TempPathFactory):
+    """A real Apache Cassandra 5 (cassandra-all jars from Maven Central, our cassandra.yaml) on free loopback
+    ports, for this session: one server (its start takes 20–30 s here), user cassandra/cassandra."""
+    directory = tmp_path_factory.mktemp("cassandra")
+    script = ROOT / "scripts" / "cassandra.sh"
+    r = subprocess.run(["bash", str(script), "up", str(directory)], capture_output=True, text=True, timeout=600)
+    assert r.returncode == 0, r.stderr[-2000:]
+    yield {"contact": r.stdout.strip().splitlines()[-1].removeprefix("contact="), "dir": directory, "script": script}
+    subprocess.run(["bash", str(script), "down", str(directory)], timeout=120)
+
+
+@pytest.fixture(scope="session")
+def cassandra_contact(cassandra_server: dict) -> str:
+    return str(cassandra_server["contact"])

@@ -12,7 +12,8 @@ ROOT = Path(__file__).resolve().parent.parent
 KAFKA_DOC = ROOT / "docs" / "kafka.md"  # its blocks talk to the real broker and registry: run once, in order
 REDIS_DOC = ROOT / "docs" / "redis.md"  # its blocks talk to the test session's Redis server (REDIS)
 POSTGRES_DOC = ROOT / "docs" / "postgres.md"  # its blocks talk to a real PostgreSQL (DSN): run once, in order
-SERVER_DOCS = (KAFKA_DOC, REDIS_DOC, POSTGRES_DOC)
+CASSANDRA_DOC = ROOT / "docs" / "cassandra.md"  # the same, against a real Cassandra
+SERVER_DOCS = (KAFKA_DOC, REDIS_DOC, POSTGRES_DOC, CASSANDRA_DOC)
 DOCS = [ROOT / "README.md", *sorted(p for p in (ROOT / "docs").rglob("*.md") if p not in SERVER_DOCS)]
 
 
@@ -81,3 +82,10 @@ def test_postgres_page_runs_against_the_real_server(postgres_dsn: str, tmp_path:
 
     assert len(blocks(POSTGRES_DOC)) >= 4
     run_page(POSTGRES_DOC, {"DSN": fresh_database(postgres_dsn)}, tmp_path)
+
+
+@pytest.mark.slow
+def test_cassandra_page_runs_against_a_real_cassandra(cassandra_contact: str, tmp_path: Path) -> None:
+    assert len(blocks(CASSANDRA_DOC)) >= 3
+    run_page(CASSANDRA_DOC, {"CONTACT": cassandra_contact}, tmp_path)
+    assert '"position":"row 1 written to shop.carts"' in (tmp_path / "rejected.jsonl").read_text()

@@ -11,6 +11,7 @@ from polars import col, lit
 from sluice import agg, errors
 from sluice.cep.pattern import Pattern
 from sluice.connectors.api import Sink, SinkContext, SinkWriter
+from sluice.connectors.cassandra import CassandraSink
 from sluice.connectors.console import ConsoleSink
 from sluice.connectors.delta import DeltaMerge, DeltaSink, DeltaSource
 from sluice.connectors.files import (
@@ -33,6 +34,7 @@ from sluice.connectors.topic import Topic
 from sluice.core import changelog
 from sluice.core.schema import JsonValue, Map, Optional
 from sluice.errors import (
+    CassandraError,
     CheckpointError,
     ConstraintError,
     CorruptSegmentError,
@@ -67,6 +69,8 @@ __version__ = "0.1.0"
 __all__ = [
     "Avro",
     "BoundedOutOfOrderness",
+    "CassandraError",
+    "CassandraSink",
     "CheckpointError",
     "CollectSink",
     "ConsoleSink",

@@ -7,6 +7,7 @@
 """
 
 from sluice.core.errors import (
+    CassandraError,
     CheckpointError,
     ConstraintError,
     CorruptSegmentError,
@@ -29,6 +30,7 @@ from sluice.core.errors import (
 )
 
 __all__ = [
+    "CassandraError",
     "CheckpointError",
     "ConstraintError",
     "CorruptSegmentError",

@@ -65,6 +65,24 @@ class SinkContext:
         return f"{self.flow}-{self.step}{task}"
 
 
+def staging_lineage(staging_dir: str) -> str:
+    """An id made once per checkpoint directory (kept in its staging directory): a sink that keeps a marker
+    of its last committed epoch in the target keys it by this too, since a new directory is a new job
+    whose epochs start again at 1."""
+    import os
+    import uuid
+    from pathlib import Path
+
+    staging = Path(staging_dir)
+    path = staging / "lineage"
+    if not path.exists():
+        staging.mkdir(parents=True, exist_ok=True)
+        tmp = staging / f".lineage-{uuid.uuid4().hex}"
+        tmp.write_text(uuid.uuid4().hex[:12])
+        os.replace(tmp, path)
+    return path.read_text().strip()
+
+
 class SinkWriter(Protocol):
     """A participant in the epoch commit (runtime/commit.py; docs/design/commit.md).
 

@@ -27,7 +27,7 @@ from typing import Any
 
 import polars as pl
 
-from sluice.connectors.api import SinkContext
+from sluice.connectors.api import SinkContext, staging_lineage
 from sluice.connectors.kafka import (
     PARTITIONER,
     KafkaError,
@@ -64,19 +64,6 @@ class _StagingProducer:
         self.messages = []
 
 
-def _lineage(staging: Path) -> str:
-    """An id made once per checkpoint directory (kept in its staging directory)."""
-    import uuid
-
-    path = staging / "lineage"
-    if not path.exists():
-        staging.mkdir(parents=True, exist_ok=True)
-        tmp = staging / f".lineage-{uuid.uuid4().hex}"
-        tmp.write_text(uuid.uuid4().hex[:12])
-        os.replace(tmp, path)
-    return path.read_text().strip()
-
-
 class StagedKafkaWriter:
     """KafkaSink / DeadLetterTopic under a checkpointed sl.run (see the module docstring)."""
 
@@ -87,7 +74,7 @@ class StagedKafkaWriter:
         self.inner = KafkaWriter(spec, ctx, producer=self.staging)
         self.dir = Path(ctx.staging_dir) / ctx.step
         # the checkpoint directory's lineage: a new directory is a new job, whose epochs start again at 1
-        self.txn_id = f"sluice-{ctx.txn_prefix}-{_lineage(Path(ctx.staging_dir))}"
+        self.txn_id = f"sluice-{ctx.txn_prefix}-{staging_lineage(ctx.staging_dir)}"
         self.producer: Any = None
         self.last_epoch: int | None = None  # the newest epoch the marker topic says is committed
 

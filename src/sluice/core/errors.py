@@ -16,6 +16,7 @@
     ├── KafkaError             Kafka refused or failed an operation
     ├── SinkError              a database sink's target (Redis, Delta Lake) refused or failed an operation
     ├── DatabaseError          a database (PostgreSQL) cannot be reached or refused an operation
+    ├── CassandraError         Cassandra could not be reached, or refused or failed an operation
     ├── SchemaRegistryError    the schema registry refused a request or could not be reached
     │   └── IncompatibleSchemaError  a schema change breaks the subject's compatibility level
     └── DiskFullError          no space left while writing output, state or a checkpoint
@@ -112,8 +113,14 @@ class KafkaError(SluiceError):
 
 class SinkError(SluiceError):
     """A sink's target (Redis, a Delta table) refused or failed an operation; the message says which."""
+
+
 class DatabaseError(SluiceError):
     """A database cannot be reached, or refused an operation (not a row: see ConstraintError)."""
+
+
+class CassandraError(SluiceError):
+    """Cassandra could not be reached, or refused or failed an operation (not one row's fault)."""
 
 
 class SchemaRegistryError(SluiceError):
