@@ -33,12 +33,15 @@ def build(source: Any, out: Path) -> sl.Flow:
     alerts = large.asof_join("small_then_large", small, by="user_id", tolerance=timedelta(minutes=10),
                              right_order="small_tx_id")
     alerts.write("alerts", sl.JsonLinesSink(out / "alerts.jsonl"))
+    alerts.late.write("late_alerts", sl.JsonLinesSink(out / "late_alerts.jsonl"))  # nothing disappears silently
 
     scored = timed.key_by("user_id").process("risk", RiskScorer(), schema=OUT_SCHEMA, side_outputs=["high_risk"])
     scored.write("risk_scores", sl.ParquetSink(out / "risk_scores"))
     scored.side("high_risk").write("high_risk", sl.JsonLinesSink(out / "high_risk.jsonl"))
+    scored.late.write("late_scores", sl.JsonLinesSink(out / "late_scores.jsonl"))
 
     stats = timed.key_by("user_id").window("user_5min", sl.Tumbling(timedelta(minutes=5)),
                                            transactions=sl.agg.count(), total_amount=sl.agg.sum("amount"))
     stats.write("user_stats", sl.ParquetSink(out / "user_5min", partition_by="hour", time_column="window_start"))
+    stats.late.write("late_stats", sl.JsonLinesSink(out / "late_stats.jsonl"))
     return flow
