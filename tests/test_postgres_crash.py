@@ -189,8 +189,9 @@ def kafka_input(kafka_bootstrap: str, events_medium: Path) -> str:
 
 
 @pytest.mark.parametrize("crashes", [
-    ["after_prepare@3"], ["after_kafka_commit@3"], ["between_sink_commits@3"], ["after_sink_commit@5"],
-    ["after_commit@3"], ["after_kafka_commit@2", "during_restore"],
+    # early commits: how many a worker makes before its input ends depends on the machine's speed (timed)
+    ["after_prepare@1"], ["after_kafka_commit@1"], ["between_sink_commits@1"], ["after_sink_commit@2"],
+    ["after_commit@1"], ["after_kafka_commit@1", "during_restore"],
 ])
 def test_kafka_runtime_killed_at_each_failpoint_is_exactly_once(postgres_dsn: str, kafka_input: str,
                                                                 events_medium: Path, tmp_path: Path,

@@ -67,11 +67,13 @@ def parts(directory: Path, suffix: str) -> pl.DataFrame:
 
 
 @pytest.mark.parametrize(("runtime", "crashes"), [
-    ("kafka", ["after_prepare@3"]),
-    ("kafka", ["after_kafka_commit@3"]),
-    ("kafka", ["between_sink_commits@3"]),
-    ("kafka", ["after_commit@3"]),
-    ("kafka", ["after_kafka_commit@2", "during_restore"]),
+    # under the Kafka runtime, the first commit: how many commits a worker makes before its input ends
+    # depends on the machine's speed (they are timed); sl.run checkpoints after every batch here
+    ("kafka", ["after_prepare@1"]),
+    ("kafka", ["after_kafka_commit@1"]),
+    ("kafka", ["between_sink_commits@1"]),
+    ("kafka", ["after_commit@1"]),
+    ("kafka", ["after_kafka_commit@1", "during_restore"]),
     ("sl.run", ["after_prepare@3"]),
     ("sl.run", ["after_manifest@3"]),
     ("sl.run", ["between_sink_commits@3"]),

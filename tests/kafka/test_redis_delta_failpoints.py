@@ -94,8 +94,9 @@ class Job:
 
 
 @pytest.mark.parametrize("crashes", [
-    ["after_prepare@3"], ["after_kafka_commit@3"], ["between_sink_commits@3"], ["after_commit@3"],
-    ["after_kafka_commit@2", "during_restore"],
+    # the first commit: how many commits a worker makes before its input ends depends on the machine's speed
+    ["after_prepare@1"], ["after_kafka_commit@1"], ["between_sink_commits@1"], ["after_commit@1"],
+    ["after_kafka_commit@1", "during_restore"],
 ])
 def test_killed_at_each_failpoint_then_restarted_is_exactly_once(kafka_bootstrap: str, events_medium: Path,
                                                                   redis_url: str, tmp_path: Path,
