@@ -203,7 +203,9 @@ class Stream:
         emits early results; `allowed_lateness` keeps windows open until the watermark passes
         end + allowed_lateness, and a late record within it updates its windows, which are emitted
         again. Either makes the output an upsert changelog keyed by (keys, window_start), with `_op`
-        (+I, then +U) and `is_final` (true on a window's last row); see docs/design/time.md."""
+        (+I, then +U) and `is_final` (true on a window's last row); with `updates="deltas"`
+        (`sl.Emit.each_batch(updates="deltas")`) each row is instead the change since the window's last
+        row, for an accumulating MERGE; see docs/design/time.md."""
         if not isinstance(shape, Tumbling | Sliding | Session):
             raise PlanError(f"window {name!r}: shape must be Tumbling, Sliding or Session, got {shape!r}")
         if not aggregates:
@@ -220,8 +222,8 @@ class Stream:
                 "emitted under another window_start). Route `.late` to a sink, or widen the session gap "
                 "or the watermark delay")
         keys = self.keys or (pl.lit(0).alias("__sl_all"),)
-        return self.flow._add(Window(name, (self.ref,), keys, shape, dict(aggregates),
-                                     emit if emit is not None and emit.early else None, lateness))
+        keep = emit is not None and (emit.early or emit.deltas)
+        return self.flow._add(Window(name, (self.ref,), keys, shape, dict(aggregates), emit if keep else None, lateness))
 
     def process(self, name: str, fn: Any, *, schema: SchemaLike | None = None,
                 side_outputs: Iterable[str] = (), on_error: str = "fail") -> Stream:

@@ -224,12 +224,17 @@ class Window(_Keyed):
 
     @property
     def emits_updates(self) -> bool:
-        """Whether a window may come out more than once (its output is then a changelog)."""
+        """Whether a window may come out more than once (its output is then a changelog, or deltas)."""
         return self.emits_early or self.allowed_lateness_ms > 0
+
+    @property
+    def emits_deltas(self) -> bool:
+        """Whether a window's later rows carry the change since its last row (Emit(updates="deltas"))."""
+        return self.emits_updates and bool(getattr(self.emit, "deltas", False))
 
     def _defaults(self) -> set[str]:
         out = set()
-        if not self.emits_early:
+        if not self.emits_early and not self.emits_deltas:
             out.add("emit")
         if self.allowed_lateness_ms == 0:
             out.add("allowed_lateness_ms")
@@ -248,17 +253,19 @@ class Window(_Keyed):
         # emission and lateness only when set: a default window's fingerprint is what it always was
         found = {"keys": _keys(self.keys), "window": fingerprint_value(self.window),
                  "aggregates": {k: fingerprint_value(a) for k, a in sorted(self.aggregates.items())}}
-        if self.emits_early:
+        if self.emits_early or self.emits_deltas:
             interval = getattr(self.emit, "interval_ms", None)
-            found["emit"] = {"mode": self.emit.mode, **({"interval_ms": interval} if interval is not None else {})}
+            found["emit"] = {"mode": self.emit.mode, **({"interval_ms": interval} if interval is not None else {}),
+                             **({"updates": "deltas"} if self.emits_deltas else {})}
         if self.allowed_lateness_ms:
             found["allowed_lateness_ms"] = self.allowed_lateness_ms
         return found
 
     def changelog_columns(self) -> tuple[str, ...] | None:
-        """The key of its output changelog, when it emits updates: its key columns and window_start."""
+        """The key of its output changelog, when it emits updates: its key columns and window_start. Deltas
+        are no changelog: each row adds to the window's row, it does not replace it."""
         keys = self.key_columns() or ()
-        return (*keys, "window_start") if self.emits_updates else None
+        return (*keys, "window_start") if self.emits_updates and not self.emits_deltas else None
 
 
 @dataclass(frozen=True, eq=False)

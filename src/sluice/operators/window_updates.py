@@ -12,6 +12,14 @@ A window is emitted, in the emission round at the end of a batch, when
 
 Panes are kept until every window holding them is final (pane + size + lateness ≤ W), so every row is
 put together from the panes afresh: means and percentiles are recomputed, never patched.
+
+With `Emit(updates="deltas")` each pane partial also carries the emission round it arrived in (ROUND),
+and each live window the round of its last row (LAST): a window's row takes its additive aggregates
+(count, sum, mean) from the partials of rounds after LAST only — exactly the records since its last
+row, summed afresh, never subtracted — and everything else from all of them. A window comes out only
+when such records exist. After each round the rounds of a pane's partials are coarsened to the next
+LAST of a window holding the pane (or the current round): partials that no window tells apart merge,
+so the state stays one row per pane and distinct boundary.
 """
 
 from __future__ import annotations
@@ -30,6 +38,8 @@ from sluice.operators.window import BUCKET, LO, PANE, WE, WS, FixedWindowOperato
 
 IS_FINAL = "is_final"
 SEEN = "__sl_seen"
+ROUND = "__sl_round"  # deltas: the emission round a pane partial arrived in
+LAST = "__sl_last_round"  # deltas: the round of a live window's last row
 
 
 class UpdatingWindowOperator(FixedWindowOperator):
@@ -44,12 +54,25 @@ class UpdatingWindowOperator(FixedWindowOperator):
         self.last_tick: float | None = None
         # closed_upto (inherited): windows ending at or before it are final (end + lateness ≤ W)
         self.fired_upto = NO_WATERMARK  # windows ending at or before it have had their on-time firing
-        self.emitted: pl.DataFrame | None = None  # keys, WS: live windows emitted at least once
+        self.emitted: pl.DataFrame | None = None  # keys, WS (deltas: and LAST): live windows emitted at least once
         self.dirty: pl.DataFrame | None = None  # keys, WS: changed since they were last emitted
+        self.deltas = step.emits_deltas
+        self.round = 0  # deltas: emission rounds so far
 
     # --- what changed ---------------------------------------------------------------------------
     def _merge_state(self, parts: pl.DataFrame, sketches: dict[str, pl.DataFrame], by: list[str]) -> None:
-        super()._merge_state(parts, sketches, by)
+        if self.deltas:
+            parts = parts.with_columns(pl.lit(self.round, pl.Int64).alias(ROUND))
+            frames = [parts] if self.state is None else [self.state, parts]
+            merged = pl.concat(frames, how="diagonal_relaxed")
+            with_round = [*by, ROUND]
+            self.state = merged.group_by(with_round).agg(self.aggs.merge()) if self.aggs.rows else merged.unique(with_round)
+            for out, sk in sketches.items():
+                prev = self.sketch_state.get(out)
+                both = sk if prev is None else pl.concat([prev, sk], how="diagonal_relaxed")
+                self.sketch_state[out] = both.group_by([*by, BUCKET]).agg(n=pl.col("n").sum())
+        else:
+            super()._merge_state(parts, sketches, by)
         self._touch(parts.select(*self.key_cols, PANE, LO))
 
     def _touch(self, rows: pl.DataFrame) -> None:
@@ -123,17 +146,63 @@ class UpdatingWindowOperator(FixedWindowOperator):
         out = None
         rows = pl.concat(frames, how="vertical_relaxed") if frames else None
         if rows is not None and rows.height:
-            closing = rows.group_by(by).agg(self.aggs.merge()) if self.aggs.rows else rows.unique(by)
+            if self.deltas:
+                closing = self._deltas(rows, by)
+            else:
+                closing = rows.group_by(by).agg(self.aggs.merge()) if self.aggs.rows else rows.unique(by)
             closing = closing.with_columns((pl.col(WS) + size).alias(WE))
             closing = self._mark(closing, final_upto)
             sketches = {n: pl.concat(fs, how="vertical_relaxed").group_by([*by, BUCKET]).agg(n=pl.col("n").sum())
                         for n, fs in sk_frames.items()}
-            out = self._emit(closing, wms, sketches, (IS_FINAL, OP))
+            if self.deltas:
+                out = self._emit(closing.drop(IS_FINAL, OP), wms, sketches) if closing.height else None
+            else:
+                out = self._emit(closing, wms, sketches, (IS_FINAL, OP))
         done = pl.col(PANE) + size <= final_upto  # every window holding this pane is final
         self.state = self.state.filter(~done)
         for name, sk in self.sketch_state.items():
             self.sketch_state[name] = sk.filter(~done)
+        if self.deltas:
+            self._coarsen()
+            self.round += 1
         return out
+
+    def _deltas(self, rows: pl.DataFrame, by: list[str]) -> pl.DataFrame:
+        """Rows (keys, WS, ROUND, partials) of the windows due → one row per window with records since its
+        last row: additive partials over those records, the others over all."""
+        new = rows
+        if self.emitted is not None and self.emitted.height:
+            new = rows.join(self.emitted, on=by, how="left", nulls_equal=True)
+            new = new.filter(pl.col(LAST).is_null() | (pl.col(ROUND) > pl.col(LAST))).drop(LAST)
+        if not self.aggs.rows:
+            return new.unique(by)
+        delta = new.group_by(by).agg(self.aggs.merge())
+        additive = [f"{out}.{part}" for out, agg in self.aggs.rows.items() if agg.additive
+                    for part in agg.merge(pl.col)]
+        if len(additive) == len(delta.columns) - len(by):
+            return delta
+        whole = rows.group_by(by).agg(self.aggs.merge()).drop(additive)
+        return delta.select(*by, *additive).join(whole, on=by, how="inner", nulls_equal=True)
+
+    def _coarsen(self) -> None:
+        """Deltas: give each pane partial the first round ≥ its own that a window holding the pane last
+        emitted in (or the current round), and merge those that then share one; no window's delta changes,
+        since each LAST separates the same partials before and after."""
+        if self.state is None or self.state.height == 0 or self.state[ROUND].n_unique() == 1:
+            return
+        k = self.key_cols
+        bounds = [self.state.select(*k, PANE).unique().with_columns(pl.lit(self.round, pl.Int64).alias(LAST))]
+        if self.emitted is not None and self.emitted.height:
+            offsets = pl.DataFrame({"__sl_off": np.arange(0, self.size, self.pane, dtype=np.int64)})
+            panes = self.emitted.join(offsets, how="cross").select(*k, (pl.col(WS) + pl.col("__sl_off")).alias(PANE), LAST)
+            bounds.append(panes)
+        b = pl.concat(bounds, how="vertical_relaxed")
+        rows = self.state.with_row_index("__sl_i")
+        first = (rows.select("__sl_i", *k, PANE, ROUND).join(b, on=[*k, PANE], how="inner", nulls_equal=True)
+                 .filter(pl.col(LAST) >= pl.col(ROUND)).group_by("__sl_i").agg(pl.col(LAST).min()))
+        rows = rows.join(first, on="__sl_i", how="left").with_columns(pl.col(LAST).alias(ROUND)).drop("__sl_i", LAST)
+        by = [*k, PANE, LO, ROUND]
+        self.state = rows.group_by(by).agg(self.aggs.merge()) if self.aggs.rows else rows.unique(by)
 
     @staticmethod
     def _changed_rows(state: pl.DataFrame, panes: pl.DataFrame, on: list[str]) -> pl.DataFrame:
@@ -144,7 +213,7 @@ class UpdatingWindowOperator(FixedWindowOperator):
         """+I or +U by whether the window was emitted before, is_final by whether it is now; remember it."""
         by = [*self.key_cols, WS]
         if self.emitted is not None and self.emitted.height:
-            seen = self.emitted.with_columns(pl.lit(True).alias(SEEN))
+            seen = self.emitted.select(by).with_columns(pl.lit(True).alias(SEEN))
             closing = closing.join(seen, on=by, how="left", nulls_equal=True)
             op = pl.when(pl.col(SEEN)).then(pl.lit(UPDATE_AFTER)).otherwise(pl.lit(INSERT))
             closing = closing.with_columns(op.alias(OP)).drop(SEEN)
@@ -153,13 +222,17 @@ class UpdatingWindowOperator(FixedWindowOperator):
         closing = closing.with_columns((pl.col(WE) <= final_upto).alias(IS_FINAL))
         live = closing.filter(~pl.col(IS_FINAL)).select(by)
         kept = self.emitted.filter(pl.col(WS) + self.size > final_upto) if self.emitted is not None else None
+        if self.deltas:  # the round of each live window's last row: this one for those emitted now
+            live = live.with_columns(pl.lit(self.round, pl.Int64).alias(LAST))
+            if kept is not None:
+                kept = kept.join(live, on=by, how="anti", nulls_equal=True)
         both = live if kept is None else pl.concat([kept, live], how="vertical_relaxed")
         self.emitted = both.unique() if both.height else None
         return closing
 
     # --- checkpoints --------------------------------------------------------------------------------
     def snapshot(self) -> dict[str, Any]:
-        state = {**super().snapshot(), "fired_upto": self.fired_upto}
+        state = {**super().snapshot(), "fired_upto": self.fired_upto, "round": self.round}
         if self.emitted is not None:
             state["emitted"] = self.emitted
         if self.dirty is not None:
@@ -169,6 +242,7 @@ class UpdatingWindowOperator(FixedWindowOperator):
     def restore(self, state: dict[str, Any]) -> None:
         super().restore(state)
         self.fired_upto = int(state["fired_upto"])
+        self.round = int(state.get("round", 0))
         self.emitted = state.get("emitted")
         self.dirty = state.get("dirty")
         self.last_tick = None  # processing time starts again with the run

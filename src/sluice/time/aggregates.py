@@ -20,6 +20,7 @@ import math
 import sys
 from collections.abc import Callable
 from dataclasses import dataclass
+from typing import ClassVar
 
 import polars as pl
 
@@ -30,9 +31,14 @@ Partial = Callable[[str], pl.Expr]
 
 
 class Aggregate:
-    """Base of the row aggregates. `of` is the input column (None: the aggregate counts rows)."""
+    """Base of the row aggregates. `of` is the input column (None: the aggregate counts rows).
+
+    `additive`: under `Emit(updates="deltas")` a window's row carries this aggregate over the records
+    since its last row (count, sum, mean), so that a MERGE can fold it into the table's row; otherwise
+    (the default, for your own aggregates too) the window's whole current value."""
 
     of: pl.Expr | None = None
+    additive: ClassVar[bool] = False
 
     def update(self, value: pl.Expr, time: pl.Expr) -> dict[str, pl.Expr]:
         raise NotImplementedError
@@ -55,6 +61,7 @@ def _of(ref: str | pl.Expr) -> pl.Expr:
 class Count(Aggregate):
     """Rows in the window, or non-null values of `of` when given."""
 
+    additive: ClassVar[bool] = True
     of: pl.Expr | None = None
 
     def needs_value(self) -> bool:
@@ -74,6 +81,7 @@ class Count(Aggregate):
 class Sum(Aggregate):
     """Sum of the non-null values; null when there are none (as in SQL)."""
 
+    additive: ClassVar[bool] = True
     of: pl.Expr
 
     def update(self, value: pl.Expr, time: pl.Expr) -> dict[str, pl.Expr]:
@@ -116,6 +124,7 @@ class Max(Aggregate):
 
 @dataclass(frozen=True, eq=False)
 class Mean(Aggregate):
+    additive: ClassVar[bool] = True
     of: pl.Expr
 
     def update(self, value: pl.Expr, time: pl.Expr) -> dict[str, pl.Expr]:

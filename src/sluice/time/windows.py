@@ -68,6 +68,9 @@ class Session:
         return _positive(self.gap, "session gap")
 
 
+UPDATES = ("full", "deltas")
+
+
 @dataclass(frozen=True)
 class Emit:
     """When a window emits its result. Build one with `Emit.on_close()`, `Emit.every(interval)` or
@@ -80,27 +83,49 @@ class Emit:
     - each_batch: early results at the end of every micro-batch that changed the window (Spark's
       update output mode).
 
-    Any mode but on_close, or an allowed lateness, makes the window's output an upsert changelog keyed
-    by (keys, window_start): column `_op` (+I the first row of a window, +U every later one) and
-    `is_final` (true on its last row). Each row is the window's whole current result, not a delta.
+    `updates` says what each row of a window that comes out more than once holds:
+    - "full" (the default; Beam's accumulating panes, Spark's update mode): the window's whole current
+      result. Any mode but on_close, or an allowed lateness, makes the output an upsert changelog keyed by
+      (keys, window_start): column `_op` (+I the first row of a window, +U every later one) and `is_final`
+      (true on its last row). Apply it by replacing rows.
+    - "deltas" (Beam's discarding panes): the change since the window's last row, for a MERGE that
+      accumulates (`event_count = target.event_count + source.event_count`). count and sum: of the records
+      since the last row; mean: their mean (so a count-weighted average of target and source is exact);
+      min and max: the window's current value (exact with LEAST/GREATEST, or assigned); every other
+      aggregate (percentile, count_distinct, first/last, variance, collect_list, your own): the window's
+      whole current value, to be assigned (`p99 = source.p99`). A row comes out only when records came in
+      since the window's last row; the output is a plain stream of increments (no `_op`, no `is_final`).
+      See docs/design/time.md, "Deltas".
     """
 
     mode: str = "on_close"
     interval: timedelta | None = None
+    updates: str = "full"
+
+    def __post_init__(self) -> None:
+        if self.updates not in UPDATES:
+            raise PlanError(f"Emit: updates must be 'full' (each row the window's whole result) or 'deltas' (each "
+                            f"row the change since the window's last row), got {self.updates!r}")
 
     @staticmethod
-    def on_close() -> Emit:
-        return Emit("on_close")
+    def on_close(updates: str = "full") -> Emit:
+        """Once on close; with an allowed lateness, again for late records (as `updates` says)."""
+        return Emit("on_close", updates=updates)
 
     @staticmethod
-    def every(interval: timedelta) -> Emit:
+    def every(interval: timedelta, updates: str = "full") -> Emit:
         if to_ms(interval, "Emit.every interval") <= 0:
             raise PlanError(f"Emit.every needs a positive interval, got {interval}")
-        return Emit("every", interval)
+        return Emit("every", interval, updates)
 
     @staticmethod
-    def each_batch() -> Emit:
-        return Emit("each_batch")
+    def each_batch(updates: str = "full") -> Emit:
+        return Emit("each_batch", updates=updates)
+
+    @property
+    def deltas(self) -> bool:
+        """Whether a window's later rows carry the change since its last row, not its whole result."""
+        return self.updates == "deltas"
 
     @property
     def interval_ms(self) -> int | None:
