@@ -55,7 +55,9 @@ class DeltaMerge:
     `combine`: several rows of one key in one epoch are folded into one first (MERGE allows one source row
     per target row): column → "sum" | "min" | "max" | "first" | "last" (other columns: the last row's).
     Without it, an upsert (update=None) or a changelog keeps each key's last row, and update expressions
-    refuse an epoch with repeated keys."""
+    are applied to a key's rows one after the other, in their order, as separate MERGEs would (the rows of
+    keys that repeat in an epoch are put together from the table's row with DuckDB, then written in the
+    epoch's one commit) — so an accumulating merge of a window's deltas is exact whatever an epoch holds."""
 
     on: str | Sequence[str]
     update: Mapping[str, str] | None = None
@@ -179,11 +181,12 @@ class DeltaWriter:
         if self.changelog or m.update is None:
             return df.unique(subset=list(m.keys), keep="last", maintain_order=True)
         dup = df.filter(pl.struct(list(m.keys)).is_duplicated())
-        if dup.height:
+        if dup.height and m.predicate is not None:
             raise EncodeError(self.ctx.step, f"the rows with key {dup.select(m.keys).row(0, named=True)!r}",
                               f"{dup.height} rows of one commit share a merge key, and a MERGE may match a table row "
-                              "with one source row only", "say how to fold them, e.g. DeltaMerge(..., combine="
-                              "{'n': 'sum'}), or aggregate by the key before the sink")
+                              "with one source row only; with a custom predicate they cannot be applied in turn",
+                              "say how to fold them, e.g. DeltaMerge(..., combine={'n': 'sum'}), or aggregate by the "
+                              "key before the sink")
         return df
 
     # --- the table ----------------------------------------------------------------------------------
@@ -234,6 +237,10 @@ class DeltaWriter:
             write_deltalake(self.uri, empty, mode="append", partition_by=_partitions(self.spec),
                             configuration=config, storage_options=self._options())
             table = self._table()
+        rows = df.height
+        folded = m.update is not None and not has_op and df.select(pl.struct(list(m.keys)).is_duplicated().any()).item()
+        if folded:
+            df = _apply_in_turn(table, df, m)
         merger = table.merge(df.to_arrow(), m.condition(), source_alias="source", target_alias="target",
                              merge_schema=self.spec.schema_mode == "merge", commit_properties=props)
         keep = None
@@ -242,14 +249,17 @@ class DeltaWriter:
             keep, except_cols = f"source.{OP} <> '{DELETE}'", [OP]
             if m.delete:
                 merger = merger.when_matched_delete(f"source.{OP} = '{DELETE}'")
+        if folded:  # rows of repeated keys come as the table's row after all of them: set every column
+            keep, except_cols = f"NOT source.{FOLDED}", [FOLDED]
+            merger = merger.when_matched_update_all(predicate=f"source.{FOLDED}", except_cols=except_cols)
         if m.update is not None:
             merger = merger.when_matched_update(dict(m.update), predicate=keep)
         else:
             merger = merger.when_matched_update_all(predicate=keep, except_cols=except_cols)
         if m.insert:
-            merger = merger.when_not_matched_insert_all(predicate=keep, except_cols=except_cols)
+            merger = merger.when_not_matched_insert_all(predicate=None if folded else keep, except_cols=except_cols)
         merger.execute()
-        self.committed_rows += df.height
+        self.committed_rows += rows
 
     # --- the epoch commit ---------------------------------------------------------------------------
     def prepare(self, epoch: int) -> dict[str, Any]:
@@ -326,6 +336,42 @@ class DeltaWriter:
 
     def metrics(self) -> dict[str, int]:
         return {"rows_committed": self.committed_rows, "epochs_skipped": self.epochs_skipped}
+
+
+FOLDED = "__sl_folded"
+
+
+def _apply_in_turn(table: Any, df: pl.DataFrame, m: DeltaMerge) -> pl.DataFrame:
+    """The MERGE source for an epoch in which keys repeat: rows of keys seen once as they are (FOLDED
+    false); for each repeated key, the row the table would hold after MERGE-ing its rows one by one
+    (FOLDED true), computed with DuckDB from the table's current row: round r applies every key's r-th
+    row — the update expressions where a row exists, else an insert (if m.insert)."""
+    import duckdb
+
+    keys = list(m.keys)
+    repeated = pl.struct(keys).is_duplicated()
+    single = df.filter(~repeated).with_columns(pl.lit(False).alias(FOLDED))
+    many = df.filter(repeated).with_columns(pl.int_range(pl.len()).over(keys).alias("__sl_rank"))
+    assert m.update is not None
+    con = duckdb.connect()
+    con.register("tbl", table.to_pyarrow_dataset())
+    con.register("many", many.to_arrow())
+    on = " AND ".join(f'target."{k}" IS NOT DISTINCT FROM source."{k}"' for k in keys)
+    cols = [f.name for f in table.schema().fields]
+    con.execute(f"CREATE TEMP TABLE acc AS SELECT target.* FROM tbl AS target "
+                f"WHERE EXISTS (SELECT 1 FROM many AS source WHERE {on})")
+    sets = ", ".join(f'({m.update[c]}) AS "{c}"' if c in m.update else f'target."{c}"' for c in cols)
+    for r in range(int(many["__sl_rank"].max()) + 1):  # type: ignore[arg-type]
+        con.execute(f"CREATE OR REPLACE TEMP TABLE src AS SELECT * EXCLUDE (__sl_rank) FROM many WHERE __sl_rank = {r}")
+        matched = f"SELECT {sets} FROM acc AS target JOIN src AS source ON {on}"
+        untouched = f"SELECT target.* FROM acc AS target WHERE NOT EXISTS (SELECT 1 FROM src AS source WHERE {on})"
+        parts = [matched, untouched]
+        if m.insert:
+            parts.append(f"SELECT source.* FROM src AS source WHERE NOT EXISTS (SELECT 1 FROM acc AS target WHERE {on})")
+        con.execute("CREATE OR REPLACE TEMP TABLE acc AS " + " UNION ALL BY NAME ".join(f"({p})" for p in parts))
+    done = con.sql("SELECT * FROM acc").pl()
+    done = done.select([c for c in df.columns if c in done.columns]).with_columns(pl.lit(True).alias(FOLDED))
+    return pl.concat([single, done], how="diagonal_relaxed")
 
 
 # --- the source ---------------------------------------------------------------------------------
