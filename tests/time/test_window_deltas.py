@@ -161,3 +161,18 @@ def test_property_any_input_any_split(times: list[int], types: list[str], shape:
         assert out.height == 0
         return
     check(merge(out), expected, f"{mode}, batch size {batch_size}")
+
+
+def test_updates_is_checked_and_part_of_the_state_fingerprint() -> None:
+    with pytest.raises(sl.PlanError, match="updates must be 'full'.*or 'deltas'"):
+        sl.Emit.each_batch(updates="delta")
+
+    def step(emit: sl.Emit) -> Any:
+        flow = sl.Flow("f")
+        w = flow.read("in", testing.rows([{"t": 0, "k": "a"}])).event_time("t", timedelta(0)).key_by("k").window(
+            "w", sl.Tumbling(timedelta(minutes=1)), emit=emit, allowed_lateness=timedelta(minutes=1), n=sl.agg.count())
+        return next(s for s in flow.plan_so_far().steps if s.name == w.ref.step)
+
+    full, deltas = step(sl.Emit.on_close()), step(sl.Emit.on_close(updates="deltas"))
+    assert full.state_fields() != deltas.state_fields()  # a checkpoint of one is refused by the other
+    assert deltas.emits_deltas and not full.emits_deltas

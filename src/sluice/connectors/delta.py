@@ -369,9 +369,10 @@ def _apply_in_turn(table: Any, df: pl.DataFrame, m: DeltaMerge) -> pl.DataFrame:
         if m.insert:
             parts.append(f"SELECT source.* FROM src AS source WHERE NOT EXISTS (SELECT 1 FROM acc AS target WHERE {on})")
         con.execute("CREATE OR REPLACE TEMP TABLE acc AS " + " UNION ALL BY NAME ".join(f"({p})" for p in parts))
-    done = con.sql("SELECT * FROM acc").pl()
+    done: pl.DataFrame = con.sql("SELECT * FROM acc").pl()
     done = done.select([c for c in df.columns if c in done.columns]).with_columns(pl.lit(True).alias(FOLDED))
-    return pl.concat([single, done], how="diagonal_relaxed")
+    folded: pl.DataFrame = pl.concat([single, done], how="diagonal_relaxed")
+    return folded
 
 
 # --- the source ---------------------------------------------------------------------------------
