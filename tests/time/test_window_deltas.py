@@ -164,7 +164,7 @@ def test_property_any_input_any_split(times: list[int], types: list[str], shape:
 
 
 def test_updates_is_checked_and_part_of_the_state_fingerprint() -> None:
-    with pytest.raises(sl.PlanError, match="updates must be 'full'.*or 'deltas'"):
+    with pytest.raises(sl.PlanError, match=r"updates must be 'full'.*or 'deltas'"):
         sl.Emit.each_batch(updates="delta")
 
     def step(emit: sl.Emit) -> Any:
