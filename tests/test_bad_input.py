@@ -30,10 +30,26 @@ def flow_over(path: Path, on_error: str = "fail") -> tuple[sl.Flow, sl.CollectSi
 
 
 @pytest.mark.parametrize(("line", "reason"), [
-    (b'{"ts": 3000, "user": "c", "amount": 1.0', "malformed"),
-    (b'{"ts": "yesterday", "user": "c", "amount": 1.0}', "malformed or wrongly typed"),
+    (b'{"ts": 3000, "user": "c", "amount": 1.0', "truncated JSON: the record ends (after 39 characters) with a "
+                                                 "string, object or array still open"),
+    (b'{"ts": 3000, "user": "c", "amo', "truncated JSON"),
+    (b'{"ts": 3000, "user": "c", "amount": }', "malformed JSON: expecting value (at character 36: '}')"),
+    (b'{"ts": "yesterday", "user": "c", "amount": 1.0}', "field 'ts': expected an integer (Int64), found the string "
+                                                         '"yesterday"'),
     (b'{"ts": 3000, "amount": 1.0}', "required field 'user' is missing"),
-    (b'[1, 2, 3]', "JSON object"),
+    (b'[1, 2, 3]', "not a JSON object: the record is an array [1, 2, 3]"),
+    # a number, an object or a boolean in a str field is not a string (the reader would make it one)
+    (b'{"ts": 3000, "user": 900002, "amount": 1.0}', "field 'user': expected a string (str), found the number 900002"),
+    (b'{"ts": 3000, "user": {"id": 7}, "amount": 1.0}', """field 'user': expected a string (str), found an object {"id": 7}"""),
+    (b'{"ts": 3000, "user": true, "amount": 1.0}', "field 'user': expected a string (str), found the boolean true"),
+    (b'{"ts": 3000, "user": [1], "amount": 1.0}', "field 'user': expected a string (str), found an array [1]"),
+    (b'{"ts": true, "user": "c", "amount": 1.0}', "field 'ts': expected an integer (Int64), found the boolean true"),
+    (b'{"ts": 3000, "user": "c", "amount": "1.0"}', 'field \'amount\': expected a number (Float64), found the string "1.0"'),
+    (b'{"ts": 3000, "user": "c", "amount": NaN}', "NaN is not a JSON value (JSON has no NaN or Infinity)"),
+    (b'{"ts": 3000, "user": "c", "amount": -Infinity}', "-Infinity is not a JSON value"),
+    (b'{"ts": 3000, "user": "c\xff", "amount": 1.0}', "not valid UTF-8: byte 0xff at byte 23 of the record"),
+    (b'\xef\xbb\xbf{"ts": 3000, "user": "c", "amount": 1.0}', "byte order mark (BOM); one is accepted only before the "
+                                                         "first line of a file"),
 ])
 def test_bad_line_fails_with_step_position_and_fix(tmp_path: Path, line: bytes, reason: str) -> None:
     path = write_lines(tmp_path / "orders.jsonl", [GOOD[0], b"", GOOD[1], line, GOOD[0]])
@@ -45,6 +61,37 @@ def test_bad_line_fails_with_step_position_and_fix(tmp_path: Path, line: bytes, 
     assert err.value.position == f"{path}:4"  # the blank line counts: positions are real line numbers
     assert reason in msg
     assert 'on_error="dead_letter"' in msg  # the fix
+
+
+def test_strings_that_look_like_other_types_are_strings() -> None:
+    # the fast path's second look (json_check.py) must not refuse real strings that read like numbers
+    lines = [b'{"ts": %d, "user": "%s", "amount": 1.0}' % (i, s) for i, s in
+             enumerate([b"900002", b"-1", b"true", b"false", b'{\\"a\\": 1}', b"[1]", b"1e5", b"null"])]
+    from sluice.core.schema import resolve_schema
+    from sluice.formats.json import Json
+
+    decoded = Json().decode_block(b"\n".join(lines) + b"\n", resolve_schema(SCHEMA))
+    assert decoded.bad == []
+    assert decoded.rows["user"].to_list() == ["900002", "-1", "true", "false", '{"a": 1}', "[1]", "1e5", "null"]
+
+
+def test_a_bom_before_the_first_line_and_deep_nesting_in_ignored_fields_are_accepted(tmp_path: Path) -> None:
+    deep_array = b'{"ts": 3000, "user": "c", "amount": 1.0, "x": ' + b"[" * 5000 + b"]" * 5000 + b"}"
+    deep_object = b'{"ts": 4000, "x": ' + b'{"a":' * 3000 + b"1" + b"}" * 3000 + b', "user": "d", "amount": 2.0}'
+    path = tmp_path / "orders.jsonl"
+    path.write_bytes(b"\xef\xbb\xbf" + b"\n".join([GOOD[0], deep_array, GOOD[1], deep_object]) + b"\n")
+    flow, out, dead = flow_over(path, "dead_letter")
+    sl.run(flow)
+    assert dead.frame().height == 0
+    assert out.frame().select("ts", "user", "amount").rows() == [
+        (1000, "a", 1.5), (3000, "c", 1.0), (2000, "b", 2.5), (4000, "d", 2.0)]
+    # deep nesting that is not valid JSON is still refused, in words
+    bad = b'{"ts": 5000, "user": "e", "amount": 1.0, "x": ' + b"[" * 5000 + b"]" * 4999 + b"}"
+    path.write_bytes(b"\n".join([GOOD[0], bad]) + b"\n")
+    flow, out, dead = flow_over(path, "dead_letter")
+    sl.run(flow)
+    assert out.frame().height == 1 and dead.frame()["position"].to_list() == [f"{path}:2"]
+    assert "JSON" in dead.frame()["reason"][0] and "TapeError" not in dead.frame()["reason"][0]
 
 
 def test_dead_letters_keep_everything_else(tmp_path: Path) -> None:

@@ -28,6 +28,7 @@ from sluice.formats.api import Decoded
 from sluice.formats.csv import Csv, CsvFile
 from sluice.formats.decode import Split, split
 from sluice.formats.json import Json
+from sluice.formats.json_check import BOM
 
 FIRST_BLOCK_BYTES = 256 << 10
 
@@ -156,6 +157,9 @@ class _JsonLinesReader(_FileReader):
                     if not more:
                         break
                     data += more
+                if pos == 0 and data.startswith(BOM):
+                    # a byte order mark before the first line: blanks keep every byte's and line's position
+                    data = b"   " + data[len(BOM):]
                 yield pos, data, asked
                 pos += len(data)
 

@@ -17,6 +17,7 @@ import polars as pl
 
 from sluice.core.schema import Schema
 from sluice.formats.api import BadRecord, Codec, Decoded, Format, LineCodec
+from sluice.formats.json_check import all_strings, explain, shallow, string_columns, suspects
 from sluice.formats.records import decode_records, missing_required
 
 __all__ = ["BadRecord", "Json"]
@@ -59,7 +60,7 @@ class Json(Format, Codec, LineCodec):
                 df = df.drop(_REASON)
             else:
                 return self._slow(blob, schema)
-        if missing_required(df, schema) is None:
+        if missing_required(df, schema) is None and _strings_hold_strings(df, None, blob, schema):
             return Decoded(df, [], [])
         return self._slow(blob, schema)
 
@@ -67,8 +68,19 @@ class Json(Format, Codec, LineCodec):
         lines = [ln for ln in blob.split(b"\n") if ln.strip()]
 
         def parse(chunk: Sequence[bytes]) -> pl.DataFrame:
-            df = pl.read_ndjson(io.BytesIO(b"\n".join(chunk)), schema=schema.wire)
-            return _with_free_form(df, chunk, schema) if df.height == len(chunk) else df
+            try:
+                df = pl.read_ndjson(io.BytesIO(b"\n".join(chunk)), schema=schema.wire)
+            except _PARSE_ERRORS as exc:
+                # nested deeper than the reader goes: read the record by its declared fields, if it is valid
+                reduced = shallow(chunk[0], schema.names) if len(chunk) == 1 and "DepthLimit" in str(exc) else None
+                if reduced is None or reduced == chunk[0]:
+                    raise
+                return parse([reduced])
+            if df.height != len(chunk):
+                return df
+            if not _strings_hold_strings(df, chunk, b"", schema):
+                raise _WrongType
+            return _with_free_form(df, chunk, schema)
 
         def validate(df: pl.DataFrame) -> tuple[pl.DataFrame, list[str | None] | None]:
             if _REASON not in df.columns:
@@ -79,7 +91,12 @@ class Json(Format, Codec, LineCodec):
             reasons = [f if f is not None else (required[i] if required else None) for i, f in enumerate(free_form)]
             return df, reasons if any(r is not None for r in reasons) else None
 
-        frames, bad, index = decode_records(lines, parse, validate, _PARSE_ERRORS, lambda _raw, exc: _reason(exc),
+        skip = (*schema.maps, *schema.json_text)
+
+        def reason(raw: bytes, exc: Exception) -> str:
+            return explain(raw, schema.wire, skip, fallback=_reason(exc))
+
+        frames, bad, index = decode_records(lines, parse, validate, (*_PARSE_ERRORS, _WrongType), reason,
                                             "not a JSON object")
         good = pl.concat(frames) if frames else pl.DataFrame(schema=schema.polars)
         return Decoded(good, bad, index)
@@ -103,6 +120,22 @@ class Json(Format, Codec, LineCodec):
 
 
 _REASON = "__sl_reason"
+
+
+class _WrongType(Exception):
+    """A String field of the block holds a number, boolean, object or array (which the reader turns into text)."""
+
+
+def _strings_hold_strings(df: pl.DataFrame, lines: Sequence[bytes] | None, blob: bytes, schema: Schema) -> bool:
+    """Whether no String value of `df` is the text of a non-string (json_check.py). `lines` are its records,
+    or None: then they are the non-blank lines of `blob`, split only when a row is a suspect."""
+    columns = string_columns(schema.wire, (*schema.maps, *schema.json_text))
+    rows = suspects(df, schema.wire, columns)
+    if not rows:
+        return True
+    if lines is None:
+        lines = [ln for ln in blob.split(b"\n") if ln.strip()]
+    return all_strings([lines[i] for i in rows], schema.wire, columns)
 
 
 def _with_free_form(df: pl.DataFrame, lines: Sequence[bytes], schema: Schema) -> pl.DataFrame:
