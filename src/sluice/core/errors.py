@@ -22,7 +22,7 @@
     └── DiskFullError          no space left while writing output, state or a checkpoint
 
 Internal signals, raised and caught inside Sluice (never seen by a user), are defined here too and listed
-in `INTERNAL`: RejectedRecord, FrameError, HeaderError, Unsupported.
+in `INTERNAL`: RejectedRecord, FrameError, HeaderError, Unsupported, WrongJsonType.
 """
 
 from __future__ import annotations
@@ -146,7 +146,12 @@ class Unsupported(Exception):
     """This Avro schema or block is not for the columnar decoder: the registry format falls back to fastavro."""
 
 
-INTERNAL = (RejectedRecord, FrameError, HeaderError, Unsupported)
+class WrongJsonType(Exception):
+    """A JSON str field holds a number, boolean, object or array, which the fast reader turned into text; the
+    JSON format finds the record and names the field."""
+
+
+INTERNAL = (RejectedRecord, FrameError, HeaderError, Unsupported, WrongJsonType)
 
 
 ENCODE_FIX = ("make the record fit the sink's schema before the sink (cast or fill the column with "

@@ -15,6 +15,7 @@ from typing import Any
 
 import polars as pl
 
+from sluice.core.errors import WrongJsonType
 from sluice.core.schema import Schema
 from sluice.formats.api import BadRecord, Codec, Decoded, Format, LineCodec
 from sluice.formats.json_check import all_strings, explain, shallow, string_columns, suspects
@@ -79,7 +80,7 @@ class Json(Format, Codec, LineCodec):
             if df.height != len(chunk):
                 return df
             if not _strings_hold_strings(df, chunk, b"", schema):
-                raise _WrongType
+                raise WrongJsonType
             return _with_free_form(df, chunk, schema)
 
         def validate(df: pl.DataFrame) -> tuple[pl.DataFrame, list[str | None] | None]:
@@ -96,7 +97,7 @@ class Json(Format, Codec, LineCodec):
         def reason(raw: bytes, exc: Exception) -> str:
             return explain(raw, schema.wire, skip, fallback=_reason(exc))
 
-        frames, bad, index = decode_records(lines, parse, validate, (*_PARSE_ERRORS, _WrongType), reason,
+        frames, bad, index = decode_records(lines, parse, validate, (*_PARSE_ERRORS, WrongJsonType), reason,
                                             "not a JSON object")
         good = pl.concat(frames) if frames else pl.DataFrame(schema=schema.polars)
         return Decoded(good, bad, index)
@@ -120,10 +121,6 @@ class Json(Format, Codec, LineCodec):
 
 
 _REASON = "__sl_reason"
-
-
-class _WrongType(Exception):
-    """A String field of the block holds a number, boolean, object or array (which the reader turns into text)."""
 
 
 def _strings_hold_strings(df: pl.DataFrame, lines: Sequence[bytes] | None, blob: bytes, schema: Schema) -> bool:

@@ -159,14 +159,6 @@ _INT_RANGE = {f"{s}{b}": ((-(1 << (b - 1)), (1 << (b - 1)) - 1) if s == "Int" el
               for s in ("Int", "UInt") for b in (8, 16, 32, 64)}
 
 
-class _Constant(ValueError):
-    pass
-
-
-def _no_constants(name: str) -> Any:
-    raise _Constant(name)
-
-
 def explain(raw: bytes, schema: pl.Schema, skip: Sequence[str] = (), fallback: str = "") -> str:
     """Why the record `raw` is refused, in words."""
     if raw.startswith(BOM):
@@ -178,11 +170,9 @@ def explain(raw: bytes, schema: pl.Schema, skip: Sequence[str] = (), fallback: s
         return f"not valid UTF-8: byte 0x{raw[exc.start]:02x} at byte {exc.start} of the record"
     if not text.strip():
         return "the record is empty"
+    constants: list[str] = []  # NaN, Infinity, -Infinity: Python reads them, JSON has none
     try:
-        value = json.loads(text, parse_constant=_no_constants)
-    except _Constant as exc:
-        return (f"{exc.args[0]} is not a JSON value (JSON has no NaN or Infinity): write null, or the number as a "
-                "string and declare the field str")
+        value = json.loads(text, parse_constant=lambda name: constants.append(name))
     except RecursionError:
         if shallow(raw, ()) is not None:
             return "a declared field is nested deeper than the JSON reader goes (over 1000 levels)"
@@ -195,6 +185,9 @@ def explain(raw: bytes, schema: pl.Schema, skip: Sequence[str] = (), fallback: s
             return (f"truncated JSON: the record ends (after {end} characters) with a string, object or array still "
                     "open")
         return f"malformed JSON: {exc.msg.lower()} (at character {exc.pos}: {text[exc.pos:exc.pos + 20]!r})"
+    if constants:
+        return (f"{constants[0]} is not a JSON value (JSON has no NaN or Infinity): write null, or the number as a "
+                "string and declare the field str")
     if not isinstance(value, dict):
         return f"not a JSON object: the record is {_kind(value)}"
     for name, t in schema.items():
