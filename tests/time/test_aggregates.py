@@ -81,7 +81,7 @@ def test_aggregates_match_duckdb(recs):
 
 magnitudes = st.one_of(
     st.just(0.0), st.just(-0.0), st.just(math.inf), st.just(-math.inf),
-    st.floats(-1e300, 1e300, allow_nan=False, allow_infinity=False),
+    st.floats(-1e300, 1e300, allow_nan=False, allow_infinity=False, allow_subnormal=False),  # subnormals count as 0
     st.floats(-1e-300, 1e-300, allow_nan=False, allow_subnormal=False),
     st.floats(-1e6, 1e6, allow_nan=False).map(lambda x: round(x, 2)),
 )
