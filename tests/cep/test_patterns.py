@@ -49,13 +49,13 @@ def two_stage(contiguity: str) -> sl.Pattern:
 
 ORACLE = {
     "any": """select a.i, b.i from e a join e b on a.k = b.k and (b.t, b.i) > (a.t, a.i)
-              where a.v < 10 and b.v > 90 and b.t - a.t <= {w}""",
+              where a.v < 10 and b.v > 90 and b.t - a.t < {w}""",
     "relaxed": """select a_i, b_i from (
                     select a.i a_i, arg_min(b.i, (b.t, b.i)) b_i, min(b.t) b_t, any_value(a.t) a_t
                     from e a join e b on a.k = b.k and (b.t, b.i) > (a.t, a.i) and b.v > 90
-                    where a.v < 10 group by a.i) where b_t - a_t <= {w}""",
+                    where a.v < 10 group by a.i) where b_t - a_t < {w}""",
     "strict": """select i, ni from (select i, v, t, lead(i) over o ni, lead(v) over o nv, lead(t) over o nt
-                 from e window o as (partition by k order by t, i)) where v < 10 and nv > 90 and nt - t <= {w}""",
+                 from e window o as (partition by k order by t, i)) where v < 10 and nv > 90 and nt - t < {w}""",
 }
 
 

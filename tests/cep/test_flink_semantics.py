@@ -1,0 +1,345 @@
+"""Flink CEP's semantics: a transcript per bug of issue 11 and per feature, and hypothesis properties
+against the brute-force matcher in brute_force.py (random patterns and inputs, out of order, batch sizes 1, 7,
+65536)."""
+
+from __future__ import annotations
+
+import random
+from datetime import timedelta
+from typing import Any
+
+import polars as pl
+import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+import sluice as sl
+from sluice import testing
+from sluice.core.errors import PlanError
+from brute_force import canon, oracle_matches
+
+DELAY = 3_000
+P = sl.Pattern
+
+
+def is_(v: str) -> pl.Expr:
+    return pl.col("v") == v
+
+
+def run(recs: list[tuple[int, str, str]], pattern: sl.Pattern, batch_size: int = 1, skip: str = "no_skip",
+        order_by: tuple[str, ...] = (), seed: int | None = None) -> tuple[pl.DataFrame, pl.DataFrame, pl.DataFrame]:
+    """recs: (t, key, v) in arrival order (row i is the i-th to arrive); seed shuffles arrival within DELAY."""
+    if seed is not None:
+        rng = random.Random(seed)
+        order = sorted(range(len(recs)), key=lambda i: recs[i][0] + rng.uniform(0, DELAY - 1))
+        recs = [recs[i] for i in order]
+    df = pl.DataFrame(recs, schema={"t": pl.Int64, "k": pl.String, "v": pl.String}, orient="row").with_row_index("i")
+    df = df.with_columns(pl.col("i").cast(pl.Int64), w=pl.lit(0, pl.Int64))
+    flow = sl.Flow("cep")
+    m = flow.read("in", testing.rows(df)).event_time("t", timedelta(milliseconds=DELAY)).key_by("k").match(
+        "m", pattern, skip=skip, order_by=order_by)
+    out, timeouts, late = testing.collect(m), testing.collect(m.timeouts), testing.collect(m.late)
+    sl.run(flow, batch_size=batch_size)
+    assert late.frame().height == 0
+    return df, out.frame(), timeouts.frame()
+
+
+def ids(cell: Any) -> tuple[int, ...]:
+    if cell is None:
+        return ()
+    if isinstance(cell, list):
+        return tuple(e["i"] for e in cell)
+    return (cell["i"],)
+
+
+def canonical(out: pl.DataFrame, pattern: sl.Pattern) -> list[tuple[Any, ...]]:
+    names = [s.name for s in pattern.stages if not s.negative]
+    rows = []
+    for r in out.to_dicts():
+        got = {n: ids(r[n]) for n in names if ids(r[n])}
+        rows.append(canon(r["k"], got, r["match_end"]))
+    return sorted(rows)
+
+
+def seqs(out: pl.DataFrame, pattern: sl.Pattern) -> list[str]:
+    """Each match as its events' v values in event order, e.g. 'c a1 a2 b'."""
+    names = [s.name for s in pattern.stages if not s.negative]
+    res = []
+    for r in out.to_dicts():
+        evs = sorted((e for n in names for e in (r[n] if isinstance(r[n], list) else [r[n]] if r[n] else [])),
+                     key=lambda e: (e["t"], e["i"]))
+        res.append(" ".join(e["v"] for e in evs))
+    return sorted(res)
+
+
+def transcript(vs: str, key: str = "x") -> list[tuple[int, str, str]]:
+    """'c a1 a2 b' → one event per second with v = the word's letters ('a1' → 'a')."""
+    return [((n + 1) * 1000, key, w) for n, w in enumerate(vs.split())]
+
+
+def lit(word: str) -> pl.Expr:
+    return pl.col("v").str.starts_with(word)
+
+
+def matches(pattern: sl.Pattern, vs: str, skip: str = "no_skip", batch_sizes: tuple[int, ...] = (1, 7, 65536)) -> list[str]:
+    """The matches at every batch size (which must agree), each checked against the oracle too."""
+    recs = transcript(vs)
+    found = None
+    for bs in batch_sizes:
+        df, out, _ = run(recs, pattern, bs, skip)
+        got = seqs(out, pattern)
+        assert canonical(out, pattern) == oracle_matches(pattern, df, "k", skip), (bs, got)
+        assert found is None or got == found, (bs, got, found)
+        found = got
+    assert found is not None
+    return found
+
+
+# --- the bugs of issue 11, each failed before the redesign ----------------------------------------------
+def test_a_taken_event_does_not_kill_the_branch_that_leaves_the_loop():
+    p = P.begin("c").where(lit("c")).followed_by("a").where(lit("a")).one_or_more().followed_by("b").where(lit("b"))
+    assert matches(p, "c a1 a2 b") == ["c a1 a2 b", "c a1 b"]
+
+
+def test_an_optional_stage_may_be_skipped_even_when_an_event_could_take_it():
+    p = P.begin("c").where(lit("c")).followed_by("a").where(lit("a")).optional().followed_by("b").where(lit("b"))
+    assert matches(p, "c a b") == ["c a b", "c b"]
+
+
+def test_optional_in_front_of_a_strict_stage():
+    p = P.begin("s").where(lit("s")).followed_by_any("m").where(lit("m")).optional().next("e").where(lit("e"))
+    assert matches(p, "s m1 m2 e") == ["s m2 e"]
+
+
+def test_strict_entry_then_relaxed_loop():
+    p = P.begin("c").where(lit("c")).next("a").where(lit("a")).one_or_more().followed_by("b").where(lit("b"))
+    assert matches(p, "c a x b") == ["c a b"]
+
+
+def test_optional_times_means_none_or_n_to_m():
+    p = P.begin("c").where(lit("c")).followed_by("a").where(lit("a")).times(2, 3).optional().followed_by("b").where(lit("b"))
+    got = matches(p, "c a1 b")  # one a: neither none (an a came first? no: skipping is allowed) nor 2..3
+    assert got == ["c b"]
+    assert matches(p, "c a1 a2 b") == ["c a1 a2 b", "c b"]
+
+
+def test_skip_past_last_event_starts_after_the_last_event():
+    p = P.begin("a").where(lit("a")).times(3)
+    assert matches(p, "a1 a2 a3 a4 a5 a6", skip="skip_past_last_event") == ["a1 a2 a3", "a4 a5 a6"]
+    _, out, _ = run(transcript("a1 a2 a3 a4 a5 a6"), p, 1, "skip_past_last_event")
+    assert sorted(tuple(e["i"] for e in r["a"]) for r in out.to_dicts()) == [(0, 1, 2), (3, 4, 5)]
+
+
+def test_within_is_strictly_less_than_the_duration():
+    p = P.begin("a").where(lit("a")).followed_by("b").where(lit("b")).within(timedelta(seconds=2))
+    assert matches(p, "a x b") == []  # b is exactly 2 s after a
+    assert matches(p, "a b") == ["a b"]
+
+
+def test_the_match_kept_by_a_skip_strategy_is_the_one_that_started_first():
+    p = P.begin("a").where(lit("a")).followed_by_any("b").where(lit("b"))
+    _, out, _ = run(transcript("a1 a2 b"), p, 1, "skip_past_last_event")
+    assert [r["a"]["i"] for r in out.to_dicts()] == [0]  # (a1 b) started first; it prunes (a2 b)
+    # same start: the match whose events come first
+    q = P.begin("a").where(lit("a")).followed_by("m").where(lit("m")).optional().followed_by("b").where(lit("b"))
+    _, out, _ = run(transcript("a m b"), q, 1, "skip_to_next")
+    assert [ids(r["m"]) for r in out.to_dicts()] == [(1,)]
+
+
+def test_windows_ending_past_the_end_of_time_are_rejected_or_emitted():
+    flow = sl.Flow("far")
+    rows = pl.DataFrame({"t": [2**62 - 10], "k": ["x"]})
+    c = testing.collect(flow.read("in", testing.rows(rows)).event_time("t", timedelta(0)).key_by("k")
+                        .window("w", sl.Tumbling(timedelta(seconds=1)), n=sl.agg.count()))
+    try:
+        sl.run(flow)
+    except sl.SluiceError as exc:
+        assert "2^62" in str(exc) or "too far" in str(exc)
+    else:
+        assert c.frame()["n"].to_list() == [1]
+
+
+# --- features ------------------------------------------------------------------------------------------
+def test_times_or_more_and_times_zero_to_m():
+    p = P.begin("a").where(lit("a")).times_or_more(2).followed_by("b").where(lit("b"))
+    assert matches(p, "a1 a2 a3 b") == ["a1 a2 a3 b", "a1 a2 b", "a2 a3 b"]
+    q = P.begin("c").where(lit("c")).followed_by("a").where(lit("a")).times(0, 2).followed_by("b").where(lit("b"))
+    assert matches(q, "c a1 a2 b") == ["c a1 a2 b", "c a1 b", "c b"]
+
+
+def test_consecutive_and_allow_combinations():
+    base = P.begin("c").where(lit("c")).followed_by("a").where(lit("a")).one_or_more()
+    relaxed = base.followed_by("b").where(lit("b"))
+    assert matches(relaxed, "c a1 x a2 b") == ["c a1 a2 b", "c a1 b"]
+    strict = base.consecutive().followed_by("b").where(lit("b"))
+    assert matches(strict, "c a1 x a2 b") == ["c a1 b"]  # x breaks the run after a1: a2 cannot join it
+    combos = base.allow_combinations().followed_by("b").where(lit("b"))
+    assert matches(combos, "c a1 a2 a3 b") == ["c a1 a2 a3 b", "c a1 a2 b", "c a1 a3 b", "c a1 b"]
+
+
+def test_until_ends_a_loop():
+    p = P.begin("c").where(lit("c")).followed_by("a").where(lit("a")).one_or_more().until(lit("ax")).followed_by(
+        "b").where(lit("b"))
+    assert matches(p, "c a1 ax a2 b") == ["c a1 b"]  # ax ends the loop: a2 can neither join nor start it
+
+
+def test_greedy_loop_does_not_leave_while_it_can_take():
+    plain = P.begin("a").where(lit("a")).followed_by("b").where(lit("b")).one_or_more().followed_by("c").where(lit("c"))
+    assert matches(plain, "a b1 b2 c") == ["a b1 b2 c", "a b1 c"]
+    greedy = P.begin("a").where(lit("a")).followed_by("b").where(lit("b")).one_or_more().greedy() \
+        .followed_by("c").where(lit("c"))
+    assert matches(greedy, "a b1 b2 c") == ["a b1 b2 c"]
+
+
+def test_optional_first_and_last_stages():
+    first = P.begin("a").where(lit("a")).optional().followed_by("b").where(lit("b"))
+    assert matches(first, "a b") == ["a b", "b"]
+    last = P.begin("a").where(lit("a")).followed_by("b").where(lit("b")).optional()
+    assert matches(last, "a b") == ["a", "a b"]
+
+
+def test_not_next_and_not_followed_by():
+    nn = P.begin("a").where(lit("a")).not_next("x").where(lit("x")).followed_by("b").where(lit("b"))
+    assert matches(nn, "a x b") == []
+    assert matches(nn, "a y x b") == ["a b"]
+    nf = P.begin("a").where(lit("a")).not_followed_by("x").where(lit("x")).followed_by("b").where(lit("b"))
+    assert matches(nf, "a y x b") == []
+    assert matches(nf, "a y b x") == ["a b"]
+
+
+def test_a_trailing_not_followed_by_is_emitted_when_within_runs_out():
+    p = P.begin("a").where(lit("a")).not_followed_by("x").where(lit("x")).within(timedelta(seconds=3))
+    recs = [(1000, "k", "a"), (2000, "k", "y"), (3500, "k", "x"), (10_000, "k", "a"), (20_000, "k", "z")]
+    for bs in (1, 7, 65536):
+        df, out, timeouts = run(recs, p, bs)
+        assert [(ids(r["a"]), r["match_end"]) for r in out.to_dicts()] == [((3,), 13_000)]
+        assert canonical(out, p) == oracle_matches(p, df, "k")
+
+
+def test_skip_strategies_as_in_flinks_documentation():
+    """Flink's docs: pattern b+ c (consecutive b's, then c next) over b1 b2 b3 c."""
+    p = P.begin("b").where(lit("b")).one_or_more().consecutive().next("c").where(lit("c"))
+    every = ["b1 b2 b3 c", "b2 b3 c", "b3 c"]
+    assert matches(p, "b1 b2 b3 c") == every
+    assert matches(p, "b1 b2 b3 c", skip="skip_to_next") == every
+    assert matches(p, "b1 b2 b3 c", skip="skip_past_last_event") == ["b1 b2 b3 c"]
+    assert matches(p, "b1 b2 b3 c", skip="skip_to_first:b") == every
+    assert matches(p, "b1 b2 b3 c", skip="skip_to_last:b") == ["b1 b2 b3 c", "b3 c"]
+    # (a|b|c) (b|c) c+.greedy d over a b c1 c2 c3 d
+    abc, bc = lit("a") | lit("b") | lit("c"), lit("b") | lit("c")
+    q = (P.begin("x").where(abc).next("y").where(bc).next("z").where(lit("c")).one_or_more().consecutive().greedy()
+         .next("d").where(lit("d")))
+    assert matches(q, "a b c1 c2 c3 d") == ["a b c1 c2 c3 d", "b c1 c2 c3 d", "c1 c2 c3 d"]
+    assert matches(q, "a b c1 c2 c3 d", skip="skip_past_last_event") == ["a b c1 c2 c3 d"]
+    assert matches(q, "a b c1 c2 c3 d", skip="skip_to_first:z") == ["a b c1 c2 c3 d", "c1 c2 c3 d"]
+
+
+def test_within_between_previous_and_current():
+    p = P.begin("a").where(lit("a")).followed_by("b").where(lit("b")).followed_by("c").where(lit("c")) \
+        .within(timedelta(milliseconds=1500), between="previous_and_current")
+    assert matches(p, "a b c") == ["a b c"]  # each step 1 s; the whole match spans 2 s
+    assert matches(p, "a x b c") == []
+
+
+def test_tie_breaker_for_equal_times():
+    p = P.begin("a").where(lit("a")).next("b").where(lit("b"))
+    recs = [(1000, "x", "b"), (1000, "x", "a")]  # b arrives first
+    _, out, _ = run(recs, p)
+    assert out.height == 0
+    recs2 = [(1000, "x", "b", 2), (1000, "x", "a", 1)]
+    df = pl.DataFrame(recs2, schema={"t": pl.Int64, "k": pl.String, "v": pl.String, "rank": pl.Int64}, orient="row")
+    df = df.with_row_index("i").with_columns(pl.col("i").cast(pl.Int64))
+    flow = sl.Flow("tie")
+    m = flow.read("in", testing.rows(df)).event_time("t", timedelta(0)).key_by("k").match("m", p, order_by="rank")
+    c = testing.collect(m)
+    sl.run(flow)
+    assert [(r["a"]["i"], r["b"]["i"]) for r in c.frame().to_dicts()] == [(1, 0)]
+
+
+def test_group_patterns_are_rejected_with_a_clear_error():
+    with pytest.raises(PlanError, match="group patterns"):
+        P.begin(P.begin("a"))  # type: ignore[arg-type]
+
+
+# --- properties against the brute-force matcher ----------------------------------------------------------
+VALUES = ["a", "b", "c"]
+
+
+@st.composite
+def patterns(draw: Any) -> sl.Pattern:
+    n = draw(st.integers(1, 3))
+    p: sl.Pattern | None = None
+    for k in range(n):
+        name = f"s{k}"
+        verb = "begin" if k == 0 else draw(st.sampled_from(["next", "followed_by", "followed_by_any"]))
+        p = P.begin(name) if p is None else getattr(p, verb)(name)
+        vals = draw(st.lists(st.sampled_from(VALUES), min_size=1, max_size=2, unique=True))
+        p = p.where(pl.col("v").is_in(vals))
+        q = draw(st.sampled_from(["one", "one", "times2", "times13", "more", "more2"]))
+        if q == "times2":
+            p = p.times(2)
+        elif q == "times13":
+            p = p.times(1, 3)
+        elif q == "more":
+            p = p.one_or_more()
+        elif q == "more2":
+            p = p.times_or_more(2)
+        if q != "one":
+            p = {"relaxed": p, "strict": p.consecutive(), "any": p.allow_combinations()}[
+                draw(st.sampled_from(["relaxed", "relaxed", "strict", "any"]))]
+            if q in ("more", "more2", "times13") and draw(st.booleans()) and k < n - 1:
+                p = p.greedy()
+            if q in ("more", "more2") and draw(st.integers(0, 3)) == 0:
+                p = p.until(pl.col("v") == draw(st.sampled_from(VALUES)))
+        if draw(st.integers(0, 3)) == 0:
+            p = p.optional()
+    assert p is not None
+    if all(s.optional for s in p.stages):
+        p = p.followed_by("z").where(pl.col("v") == "c")
+    if draw(st.booleans()):
+        p = p.within(timedelta(seconds=draw(st.integers(2, 6))),
+                     between=draw(st.sampled_from(["first_and_last", "previous_and_current"])))
+    return p
+
+
+inputs = st.lists(st.tuples(st.integers(0, 12).map(lambda s: s * 1000), st.sampled_from(["x", "y"]),
+                            st.sampled_from([*VALUES, "d"])), min_size=1, max_size=9)
+SKIP_CHOICES = ["no_skip", "skip_to_next", "skip_past_last_event", "skip_to_first:s0", "skip_to_last:s0"]
+
+
+@settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(pattern=patterns(), recs=inputs, skip=st.sampled_from(SKIP_CHOICES), seed=st.integers(0, 9))
+def test_random_patterns_equal_the_brute_force_matcher(pattern, recs, skip, seed):
+    expected = None
+    for bs in (1, 7, 65536):
+        df, out, _ = run(recs, pattern, bs, skip, seed=seed)
+        got = canonical(out, pattern)
+        if expected is None:
+            expected = oracle_matches(pattern, df, "k", skip)
+        assert got == expected, (str(pattern), skip, bs)
+
+
+@st.composite
+def negated(draw: Any) -> sl.Pattern:
+    p = P.begin("s0").where(pl.col("v") == draw(st.sampled_from(VALUES)))
+    verb = draw(st.sampled_from(["not_next", "not_followed_by"]))
+    p = getattr(p, verb)("n").where(pl.col("v") == draw(st.sampled_from(VALUES)))
+    if draw(st.booleans()) or verb == "not_next":
+        p = getattr(p, draw(st.sampled_from(["next", "followed_by", "followed_by_any"])))("s1").where(
+            pl.col("v").is_in(draw(st.lists(st.sampled_from(VALUES), min_size=1, max_size=2, unique=True))))
+        if draw(st.booleans()):
+            p = p.one_or_more()
+    if p.stages[-1].negative or draw(st.booleans()):
+        p = p.within(timedelta(seconds=draw(st.integers(2, 6))))
+    return p
+
+
+@settings(max_examples=40, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(pattern=negated(), recs=inputs, skip=st.sampled_from(SKIP_CHOICES[:3]), seed=st.integers(0, 9))
+def test_negations_equal_the_brute_force_matcher(pattern, recs, skip, seed):
+    expected = None
+    for bs in (1, 7, 65536):
+        df, out, _ = run(recs, pattern, bs, skip, seed=seed)
+        if expected is None:
+            expected = oracle_matches(pattern, df, "k", skip)
+        assert canonical(out, pattern) == expected, (str(pattern), skip, bs)
