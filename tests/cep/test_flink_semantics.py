@@ -154,7 +154,7 @@ def test_event_times_whose_windows_would_end_past_the_end_of_time_are_rejected()
         rows = pl.DataFrame({"t": [1000, t], "k": ["x", "x"]})
         flow.read("in", testing.rows(rows)).event_time("t", timedelta(0)).key_by("k").window(
             "w", sl.Tumbling(timedelta(seconds=1)), n=sl.agg.count()).write("out", sl.CollectSink())
-        with pytest.raises(sl.MissingTimestampError, match=r"record 1: event time .* 2\^61 ms.*unit"):
+        with pytest.raises(sl.MissingTimestampError, match=r"record 1: event time .*2\^61 ms.*unit"):
             sl.run(flow)
     flow = sl.Flow("near")  # the latest time that is accepted still has its window emitted
     rows = pl.DataFrame({"t": [2**61 - 1], "k": ["x"]})
