@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import random
 from datetime import timedelta
+from dataclasses import replace
 from typing import Any
 
 import polars as pl
@@ -348,3 +349,29 @@ def test_negations_equal_the_brute_force_matcher(pattern, recs, skip, seed):
         if expected is None:
             expected = oracle_matches(pattern, df, "k", skip)
         assert canonical(out, pattern) == expected, (str(pattern), skip, bs)
+
+
+def always(event: dict[str, Any], matched: dict[str, list[dict[str, Any]]]) -> bool:
+    return True
+
+
+@settings(max_examples=40, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(verbs=st.lists(st.sampled_from(["next", "followed_by"]), min_size=0, max_size=3),
+       vals=st.lists(st.sampled_from(VALUES), min_size=4, max_size=4), recs=inputs, seed=st.integers(0, 9),
+       within=st.sampled_from([None, 2, 4]), between=st.sampled_from(["first_and_last", "previous_and_current"]))
+def test_the_vectorized_path_equals_the_nfa(verbs, vals, recs, seed, within, between):
+    """Single stages entered with next/followed_by run as joins (match_sequence.py); a Python condition
+    that is always true sends the same pattern through the NFA. Matches and timeouts agree."""
+    fast = P.begin("s0").where(is_(vals[0]))
+    for k, verb in enumerate(verbs, 1):
+        fast = getattr(fast, verb)(f"s{k}").where(is_(vals[k]))
+    if within is not None:
+        fast = fast.within(timedelta(seconds=within), between=between)
+    slow = sl.Pattern(tuple(replace(s, conditions=(*s.conditions, always)) for s in fast.stages), fast.within_ms,
+                      fast.within_between)
+    for bs in (1, 7, 65536):
+        df, out_fast, to_fast = run(recs, fast, bs, seed=seed)
+        _, out_slow, to_slow = run(recs, slow, bs, seed=seed)
+        assert canonical(out_fast, fast) == canonical(out_slow, slow) == oracle_matches(fast, df, "k")
+        assert sorted(map(str, to_fast.drop("__sl_time", "__sl_wm", strict=False).to_dicts())) == \
+            sorted(map(str, to_slow.drop("__sl_time", "__sl_wm", strict=False).to_dicts()))

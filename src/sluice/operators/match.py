@@ -39,6 +39,7 @@ from sluice.cep.pattern import Pattern, check_skip
 from sluice.core.batch import END_OF_TIME, INTERNAL_PREFIX, NO_WATERMARK, TIME, WATERMARK, Batch
 from sluice.core.errors import PlanError
 from sluice.operators.base import SEQ, ArrivalBuffer, Emitted, Operator, require_event_time
+from sluice.operators.match_sequence import START_POS, SequenceMatcher, eligible
 
 # a node of the shared buffer: (parent, stage index, position, event); a computation: [state, node,
 # start time, start position, previous time]
@@ -84,6 +85,8 @@ class MatchOperator(Operator):
         self.pos = 0  # position of each handled event, increasing in handling order
         self.time_dtype: pl.DataType | None = None
         self.event_schema: dict[str, pl.DataType] | None = None
+        self.seq = SequenceMatcher(pattern, key_cols, [self.cols.get(("C", k)) for k in range(len(self.stages))],
+                                   TIME) if eligible(pattern, skip) else None
 
     def _final_closures(self) -> list[list[tuple[list[Any], int]]]:
         """Per state: the PROCEED paths (their conditions) that reach the final state."""
@@ -286,7 +289,45 @@ class MatchOperator(Operator):
             out[st.name] = (evs[0] if evs else None) if st.max == 1 else (evs or [])
         return out
 
+    def _advance_sequence(self, watermark: int) -> Emitted:
+        """The vectorized path (match_sequence.py)."""
+        assert self.seq is not None
+        start_wm = self.watermark
+        self.watermark = watermark
+        matches: list[pl.DataFrame] = []
+        timeouts: list[pl.DataFrame] = []
+        ready = self.pending.release(watermark)
+        if ready is not None:
+            if self.order_by:
+                ready = ready.sort([TIME, *self.order_by, SEQ], nulls_last=True)
+            users = [c for c in ready.columns if not c.startswith(INTERNAL_PREFIX)]
+            matches, timeouts = self.seq.step(ready, self.pos, users)
+            self.pos += ready.height
+        expired = self.seq.expire(watermark)
+        if expired is not None:
+            timeouts.append(expired)
+        if watermark >= END_OF_TIME:
+            self.seq.drop_all()
+        emitted: Emitted = []
+        if matches:
+            df = pl.concat(matches, how="vertical_relaxed").sort("__sq_end", START_POS)
+            emitted.append(("out", self._frame(self.seq.rows(df, "match_end", pl.col("__sq_t")), "match_end", start_wm)))
+        else:
+            emitted.append(("out", self._batch([], "match_end", start_wm)))
+        if timeouts:
+            df = pl.concat(timeouts, how="vertical_relaxed").with_columns(self.seq.deadline().alias("__sq_d"))
+            df = df.sort("__sq_d", START_POS)
+            emitted.append(("timeouts", self._frame(self.seq.rows(df, "timeout_at", pl.col("__sq_d")), "timeout_at",
+                                                     start_wm)))
+        return emitted
+
+    def _frame(self, df: pl.DataFrame, time_col: str, wm: int) -> Batch:
+        df = df.with_columns(pl.col(time_col).cast(pl.Int64).alias(TIME), pl.lit(wm, pl.Int64).alias(WATERMARK))
+        return Batch(df, watermark=self.watermark, time_dtype=self.time_dtype)
+
     def _advance(self, watermark: int) -> Emitted:
+        if self.seq is not None:
+            return self._advance_sequence(watermark)
         start_wm = self.watermark
         self.watermark = watermark
         matches: list[dict[str, Any]] = []
@@ -315,9 +356,7 @@ class MatchOperator(Operator):
     def _batch(self, rows: list[dict[str, Any]], time_col: str, wm: int) -> Batch:
         if not rows:
             return Batch(pl.DataFrame(), watermark=self.watermark, time_dtype=self.time_dtype)
-        df = pl.from_dicts(rows, infer_schema_length=None)
-        df = df.with_columns(pl.col(time_col).cast(pl.Int64).alias(TIME), pl.lit(wm, pl.Int64).alias(WATERMARK))
-        return Batch(df, watermark=self.watermark, time_dtype=self.time_dtype)
+        return self._frame(pl.from_dicts(rows, infer_schema_length=None), time_col, wm)
 
     # --- checkpoints: plain tables, no pickled objects --------------------------------------------
     def snapshot(self) -> dict[str, Any]:
@@ -362,6 +401,8 @@ class MatchOperator(Operator):
                                                  "prev_t": pl.Int64, "end": pl.Int64}),
             "nodes": pl.DataFrame(nodes, schema=schema),
         }
+        if self.seq is not None:
+            state.update(self.seq.snapshot())
         if events:
             state["events"] = pl.DataFrame(events, schema=self.event_schema) if self.event_schema \
                 else pl.from_dicts(events, infer_schema_length=None)
@@ -381,4 +422,6 @@ class MatchOperator(Operator):
             if end is not None:
                 c.append(end)
             (self.held if held else self.comps).setdefault(kb, []).append(c)
+        if self.seq is not None:
+            self.seq.restore(state)
         self.pending.restore(state)
