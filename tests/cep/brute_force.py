@@ -35,6 +35,7 @@ class Run:
     taken: tuple[tuple[int, int], ...]  # (event position, stage index)
     k: int
     c: int
+    doomed: bool = False  # its last event satisfied a negation: only a match made by it survives
 
     @property
     def p(self) -> int:
@@ -132,8 +133,10 @@ class Oracle:
             return False
         return self.entry_guards(run, k2, y, ctx)
 
-    def entry_guards(self, run: Run, k2: int, y: int, ctx: dict[str, list[dict[str, Any]]]) -> bool:
-        """Greedy and negation guards on event y (skipped or taken) between run.p and stage k2's first."""
+    def entry_guards(self, run: Run, k2: int, y: int, ctx: dict[str, list[dict[str, Any]]],
+                     taking: bool = False) -> bool:
+        """Greedy and negation guards on event y (skipped or taken) between run.p and stage k2's first.
+        A taken event that satisfies a not_followed_by is checked by the caller (the run is doomed)."""
         p, k = run.p, run.k
         if y == p + 1:
             if any(self.st[g].greedy and self.cond(g, y, ctx) for g in self.pos if k <= g < k2):
@@ -146,9 +149,13 @@ class Oracle:
         if neg is not None:
             if neg.contiguity == "not_strict" and y == p + 1 and self._all(neg.conditions, y, ctx):
                 return False
-            if neg.contiguity == "not_relaxed" and self._all(neg.conditions, y, ctx):
+            if neg.contiguity == "not_relaxed" and not taking and self._all(neg.conditions, y, ctx):
                 return False
         return True
+
+    def doomed(self, k2: int, y: int, ctx: dict[str, list[dict[str, Any]]]) -> bool:
+        neg = self.neg_before(k2)
+        return neg is not None and neg.contiguity == "not_relaxed" and self._all(neg.conditions, y, ctx)
 
     # --- enumeration -----------------------------------------------------------------------------
     def runs(self) -> list[Run]:
@@ -156,6 +163,8 @@ class Oracle:
 
         def extend(run: Run) -> None:
             out.append(run)
+            if run.doomed:
+                return
             k, c, p = run.k, run.c, run.p
             ctx = self.ctx(run)
             s = self.st[k]
@@ -170,8 +179,9 @@ class Oracle:
                     for j in range(p + 1, self.n):
                         if j > p + 1 and not self.entry_skips(run, k2, j - 1, ctx):
                             break
-                        if self.take(k2, j, ctx) and self.entry_guards(run, k2, j, ctx) and self.in_time(run, j):
-                            extend(Run((*run.taken, (j, k2)), k2, 1))
+                        if self.take(k2, j, ctx) and self.entry_guards(run, k2, j, ctx, taking=True) \
+                                and self.in_time(run, j):
+                            extend(Run((*run.taken, (j, k2)), k2, 1, self.doomed(k2, j, ctx)))
 
         for k in self.firsts():
             for j in range(self.n):
@@ -212,6 +222,8 @@ class Oracle:
 
     def partial(self, run: Run) -> bool:
         """Is there a non-final computation for this run right after it took its last event?"""
+        if run.doomed:
+            return False
         s = self.st[run.k]
         return s.max is None or run.c < s.max or run.k != self.last_pos or self.trailing is not None
 

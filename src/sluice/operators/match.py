@@ -18,6 +18,7 @@ of a stage (skip_to_first:<stage>, skip_to_last:<stage>).
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Any
 
 import orjson
@@ -29,6 +30,7 @@ from sluice.cep.nfa import (
     PENDING,
     PROCEED,
     STOP,
+    TAKE,
     Compiled,
     compile_condition,
     condition_columns,
@@ -44,6 +46,10 @@ from sluice.operators.match_sequence import START_POS, SequenceMatcher, eligible
 # a node of the shared buffer: (parent, stage index, position, event); a computation: [state, node,
 # start time, start position, previous time]
 Node = tuple[Any, int, int, dict[str, Any]]
+
+
+def _no_ctx() -> dict[str, list[dict[str, Any]]]:
+    raise AssertionError("a pattern without Python conditions needs no context")
 
 
 def events_of(node: Node | None) -> list[Node]:
@@ -79,6 +85,7 @@ class MatchOperator(Operator):
         kind, _, stage = skip.partition(":")
         self.skip_kind, self.skip_stage = kind, names.get(stage, -1)
         self.comps: dict[bytes, list[list[Any]]] = {}
+        self.next_deadline: dict[bytes, int] = {}  # per key: the earliest deadline of its computations
         self.held: dict[bytes, list[list[Any]]] = {}  # completed matches waiting on earlier partial ones
         self.pending = ArrivalBuffer()
         self.watermark = NO_WATERMARK
@@ -143,20 +150,13 @@ class MatchOperator(Operator):
             out.setdefault(self.stage_names[n[1]], []).append(n[3])
         return out
 
-    def _next(self, comp: list[Any], row: dict[str, Any], ev: dict[str, Any], t: int, pos: int,
-              out: list[list[Any]], finals: list[list[Any]]) -> bool:
-        """The computations that follow `comp` after this event (into `out`, matches into `finals`);
-        False when the path reached a negation (Flink discards everything it made from this event)."""
-        sid, node = comp[0], comp[1]
-        is_start = node is None
-        cache: list[Any] = []
-
-        def ctx() -> dict[str, list[dict[str, Any]]]:
-            if not cache:
-                cache.append(self._ctx(node))
-            return cache[0]
-
-        made: list[list[Any]] = []
+    def _moves(self, sid: int, row: dict[str, Any], ev: dict[str, Any],
+               ctx: Callable[[], dict[str, list[dict[str, Any]]]]) -> tuple[list[tuple[int, int, int, int]], bool]:
+        """The edges a computation in state `sid` follows on this event, through PROCEED edges: (action,
+        stage, target, final reached by proceeding from the target or -1), and whether a negation (STOP)
+        was reached."""
+        moves: list[tuple[int, int, int, int]] = []
+        stopped = False
         stack = [sid]
         while stack:
             s = stack.pop()
@@ -166,21 +166,41 @@ class MatchOperator(Operator):
                 if a == PROCEED:
                     stack.append(tgt)
                 elif a == IGNORE:
-                    if not is_start:
-                        made.append([tgt, node, comp[2], comp[3], comp[4]])
-                else:  # TAKE
-                    if self.kinds[tgt] == STOP:
-                        return False
-                    new: Node = (node, self.nfa.states[s].stage, pos, ev)
-                    start_t, start_pos = (t, pos) if is_start else (comp[2], comp[3])
-                    made.append([tgt, new, start_t, start_pos, t])
-                    for conds, fid in self.to_final[tgt]:
+                    moves.append((IGNORE, -1, tgt, -1))
+                elif self.kinds[tgt] == STOP:
+                    stopped = True
+                else:
+                    fid = -1
+                    for conds, f in self.to_final[tgt]:
                         if all(c(row, ev, ctx) for c in conds):
-                            made.append([fid, new, start_t, start_pos, t])
+                            fid = f
                             break
-        for m in made:
-            (finals if self.kinds[m[0]] == FINAL else out).append(m)
-        return True
+                    moves.append((TAKE, self.nfa.states[s].stage, tgt, fid))
+        return moves, stopped
+
+    def _next(self, comp: list[Any], moves: list[tuple[int, int, int, int]], stopped: bool, ev: dict[str, Any],
+              t: int, pos: int, out: list[list[Any]], finals: list[list[Any]]) -> None:
+        """The computations that follow `comp` (into `out`, matches into `finals`). A path that reached a
+        negation keeps only its matches (Flink discards the rest of what it made from this event)."""
+        node = comp[1]
+        is_start = node is None
+        for a, stage, tgt, fid in moves:
+            if a == IGNORE:
+                if not is_start and not stopped:
+                    if self.kinds[tgt] == FINAL:
+                        finals.append([tgt, node, comp[2], comp[3], comp[4]])
+                    else:
+                        out.append([tgt, node, comp[2], comp[3], comp[4]])
+                continue
+            new: Node = (node, stage, pos, ev)
+            start_t, start_pos = (t, pos) if is_start else (comp[2], comp[3])
+            if self.kinds[tgt] == FINAL:
+                finals.append([tgt, new, start_t, start_pos, t])
+                continue
+            if not stopped:
+                out.append([tgt, new, start_t, start_pos, t])
+            if fid >= 0:
+                finals.append([fid, new, start_t, start_pos, t])
 
     def _deadline(self, comp: list[Any]) -> int:
         assert self.within is not None
@@ -213,22 +233,45 @@ class MatchOperator(Operator):
     def _set(self, kb: bytes, comps: list[list[Any]]) -> None:
         if comps:
             self.comps[kb] = comps
+            if self.within is not None:
+                i = 4 if self.prev_gap else 2
+                self.next_deadline[kb] = min(c[i] for c in comps) + self.within
         else:
             self.comps.pop(kb, None)
+            self.next_deadline.pop(kb, None)
 
-    def _handle(self, kb: bytes, row: dict[str, Any], matches: list[dict[str, Any]],
+    def _handle(self, kb: bytes, row: dict[str, Any], users: list[str], matches: list[dict[str, Any]],
                 timeouts: list[dict[str, Any]]) -> None:
         t = row[TIME]
         pos = self.pos
         self.pos += 1
-        self._expire(kb, t, timeouts, matches)
-        ev = {k: v for k, v in row.items() if not k.startswith(INTERNAL_PREFIX)}
+        if self.within is not None:
+            due = self.next_deadline.get(kb)
+            if due is not None and due <= t:
+                self._expire(kb, t, timeouts, matches)
+        ev = {k: row[k] for k in users}
         new: list[list[Any]] = []
         finals: list[list[Any]] = []
+        cache: dict[int, tuple[list[tuple[int, int, int, int]], bool]] = {}
         for comp in [*self.comps.get(kb, ()), [self.start_state, None, 0, 0, 0]]:
-            made: list[list[Any]] = []
-            if self._next(comp, row, ev, t, pos, made, finals):
-                new.extend(made)
+            if self.needs_ctx:
+                node = comp[1]
+                memo: list[dict[str, list[dict[str, Any]]]] = []
+
+                def ctx(node: Node | None = node, memo: list[dict[str, list[dict[str, Any]]]] = memo
+                        ) -> dict[str, list[dict[str, Any]]]:
+                    if not memo:
+                        memo.append(self._ctx(node))
+                    return memo[0]
+
+                moves, stopped = self._moves(comp[0], row, ev, ctx)
+            else:  # without Python conditions the moves depend on the state and the event only
+                found = cache.get(comp[0])
+                if found is None:
+                    found = cache[comp[0]] = self._moves(comp[0], row, ev, _no_ctx)
+                moves, stopped = found
+            if moves:
+                self._next(comp, moves, stopped, ev, t, pos, new, finals)
         self._set(kb, new)
         for f in finals:
             f.append(t)  # match_end
@@ -337,14 +380,16 @@ class MatchOperator(Operator):
             if self.order_by:
                 ready = ready.sort([TIME, *self.order_by, SEQ], nulls_last=True)
             kcols = self.key_cols
+            users = [c for c in ready.columns if not c.startswith(INTERNAL_PREFIX)]
             for row in ready.iter_rows(named=True):
-                self._handle(orjson.dumps([row[k] for k in kcols]), row, matches, timeouts)
+                self._handle(orjson.dumps([row[k] for k in kcols]), row, users, matches, timeouts)
         if self.within is not None:
-            for kb in list(self.comps):
-                self._expire(kb, watermark, timeouts, matches)
+            for kb, due in list(self.next_deadline.items()):
+                if due <= watermark:
+                    self._expire(kb, watermark, timeouts, matches)
         if watermark >= END_OF_TIME:  # nothing can complete what is left: release what waited on it
             for kb in list(self.comps):
-                self.comps.pop(kb)
+                self._set(kb, [])
                 self._release(kb, matches)
             for kb in list(self.held):
                 self._release(kb, matches)
@@ -422,6 +467,8 @@ class MatchOperator(Operator):
             if end is not None:
                 c.append(end)
             (self.held if held else self.comps).setdefault(kb, []).append(c)
+        for kb in list(self.comps):
+            self._set(kb, self.comps[kb])
         if self.seq is not None:
             self.seq.restore(state)
         self.pending.restore(state)
