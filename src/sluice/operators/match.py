@@ -189,6 +189,8 @@ class MatchOperator(Operator):
                 if not is_start and not stopped:
                     if self.kinds[tgt] == FINAL:
                         finals.append([tgt, node, comp[2], comp[3], comp[4]])
+                    elif tgt == comp[0]:
+                        out.append(comp)  # waits on, unchanged
                     else:
                         out.append([tgt, node, comp[2], comp[3], comp[4]])
                 continue
