@@ -451,3 +451,36 @@ def check_checkpoint_cut(pattern: sl.Pattern, recs: list[tuple[int, str, str]], 
     got += _feed(second, batches[cut:]) + [{"port": p, **r} for p, b in second.on_end() for r in b.df.drop("__sl_wm", strict=False).to_dicts()]
     assert sorted(map(str, got)) == sorted(map(str, expected))
     return held
+
+
+def test_processing_time_patterns():
+    """time="processing": arrival order (an event-time column, if any, is not used), `within` and the
+    output's times on the clock at arrival."""
+    from sluice.core.batch import Batch
+    from sluice.operators.match import MatchOperator
+
+    now = [0]
+    p = P.begin("a").where(lit("a")).followed_by("b").where(lit("b")).within(timedelta(seconds=2))
+    op = MatchOperator("m", ["k"], [pl.col("k")], p, "no_skip", time="processing", clock=lambda: now[0])
+
+    def feed(at: int, vs: list[str]) -> dict[str, list[Any]]:
+        now[0] = at
+        df = pl.DataFrame({"k": ["x"] * len(vs), "v": vs, "t": [10_000 - n for n in range(len(vs))]})
+        got: dict[str, list[Any]] = {}
+        for port, b in op.on_batch(0, Batch(df)):
+            got.setdefault(port, []).extend(b.df.drop("__sl_time", "__sl_wm", strict=False).to_dicts())
+        return got
+
+    assert feed(1000, ["a1"]).get("out", []) == []
+    out = feed(1500, ["x", "b1"])["out"]  # b1 arrives after a1, though its t is smaller
+    assert [(r["a"]["v"], r["b"]["v"], r["match_start"], r["match_end"]) for r in out] == [("a1", "b1", 1000, 1500)]
+    assert feed(2000, ["a2"]).get("out", []) == []
+    got = feed(5000, ["b2"])  # a2's time ran out at 4000, before b2 came
+    assert got.get("out", []) == [] and [(r["a"]["v"], r["timeout_at"]) for r in got["timeouts"]] == [("a2", 4000)]
+    # through a flow: no event_time step needed
+    flow = sl.Flow("proc")
+    rows = pl.DataFrame({"k": ["x"] * 4, "v": ["a1", "b1", "a2", "b2"]})
+    c = testing.collect(flow.read("in", testing.rows(rows)).key_by("k").match(
+        "m", P.begin("a").where(lit("a")).followed_by("b").where(lit("b")), time="processing"))
+    sl.run(flow, batch_size=1)
+    assert sorted((r["a"]["v"], r["b"]["v"]) for r in c.frame().to_dicts()) == [("a1", "b1"), ("a2", "b2")]

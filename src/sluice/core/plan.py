@@ -352,6 +352,7 @@ class Match(_Keyed):
     pattern: Any  # cep.pattern.Pattern
     skip: str = "no_skip"
     order_by: tuple[str, ...] = ()  # tie-breaker for equal event times, before arrival order
+    time: str = "event"  # "processing": arrival order, within on the wall clock
     kind = "match"
     stateful = True
 
@@ -362,7 +363,7 @@ class Match(_Keyed):
         # stages with their contiguity, conditions (expressions, or functions by name and code) and
         # quantifiers, and `within`: partial matches are positions in this pattern
         return {"keys": _keys(self.keys), "pattern": fingerprint_value(self.pattern), "skip": self.skip,
-                "order_by": list(self.order_by), "nfa": 2}
+                "order_by": list(self.order_by), "time": self.time, "nfa": 2}
 
 
 @dataclass(frozen=True, eq=False)

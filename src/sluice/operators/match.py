@@ -18,6 +18,7 @@ of a stage (skip_to_first:<stage>, skip_to_last:<stage>).
 
 from __future__ import annotations
 
+import time
 from collections.abc import Callable
 from typing import Any
 
@@ -48,6 +49,10 @@ from sluice.operators.match_sequence import START_POS, SequenceMatcher, eligible
 Node = tuple[Any, int, int, dict[str, Any]]
 
 
+def _wall_clock_ms() -> float:
+    return time.time() * 1000
+
+
 def _no_ctx() -> dict[str, list[dict[str, Any]]]:
     raise AssertionError("a pattern without Python conditions needs no context")
 
@@ -63,9 +68,14 @@ def events_of(node: Node | None) -> list[Node]:
 
 class MatchOperator(Operator):
     def __init__(self, name: str, key_cols: list[str], keys: list[pl.Expr], pattern: Pattern, skip: str,
-                 order_by: tuple[str, ...] = ()) -> None:
+                 order_by: tuple[str, ...] = (), time: str = "event",
+                 clock: Callable[[], float] = _wall_clock_ms) -> None:
         check_skip(name, skip, pattern)
         pattern.check(name)
+        if time not in ("event", "processing"):
+            raise PlanError(f"match {name!r}: time must be 'event' or 'processing', got {time!r}")
+        self.processing = time == "processing"
+        self.clock = clock  # processing time in epoch ms; tests inject their own
         self.name, self.key_cols, self.keys, self.pattern, self.skip = name, key_cols, keys, pattern, skip
         self.order_by = list(order_by)
         self.stages = pattern.stages
@@ -116,6 +126,8 @@ class MatchOperator(Operator):
 
     # --- input -----------------------------------------------------------------------------------
     def on_batch(self, index: int, batch: Batch) -> Emitted:
+        if self.processing:
+            return self._on_batch_processing(batch)
         emitted: Emitted = []
         if batch.height:
             require_event_time("match", self.name, batch)
@@ -132,6 +144,20 @@ class MatchOperator(Operator):
             self.pending.add(df)
         wm = batch.watermark if batch.watermark is not None else self.watermark
         return self._advance(max(self.watermark, wm)) + emitted
+
+    def _on_batch_processing(self, batch: Batch) -> Emitted:
+        """Processing time: records are handled as they arrive, in arrival order, stamped with the clock;
+        `within` and timeouts run on that clock."""
+        now = max(int(self.clock()), self.watermark)
+        if batch.height:
+            if self.event_schema is None:
+                self.event_schema = {c: t for c, t in batch.df.schema.items() if not c.startswith(INTERNAL_PREFIX)}
+            df = batch.df.with_columns(*self.keys, *self.cond_exprs, pl.lit(now, pl.Int64).alias(TIME))
+            df = self.pending.stamp(df)
+            if self.filter:
+                df = df.filter(may_take_part(self.stages, self.cols))
+            self.pending.add(df)
+        return self._advance(now + 1)  # every record so far is before now + 1; nothing later can be
 
     def _check_order_by(self, df: pl.DataFrame) -> None:
         for c in self.order_by:
