@@ -184,24 +184,19 @@ def compile_condition(c: Cond, stages: tuple[Stage, ...], cols: dict[tuple[str, 
         a, b = compile_condition(c[1], stages, cols), compile_condition(c[2], stages, cols)
         return lambda row, ev, ctx: a(row, ev, ctx) and b(row, ev, ctx)
     k = c[1]
-    if tag == "C":
-        col = cols.get(("C", k))
-        fns = [f for f in stages[k].conditions if not isinstance(f, pl.Expr)]
-        if not fns:
-            assert col is not None
-            return lambda row, ev, ctx: bool(row[col])
-        if col is None:
+    conds = stages[k].conditions if tag == "C" else stages[k].until
+    found = cols.get((tag, k))
+    fns = [f for f in conds if not isinstance(f, pl.Expr)]
+    if found is None:
+        if tag == "C":
             return lambda row, ev, ctx: all(f(ev, ctx()) for f in fns)
-        return lambda row, ev, ctx: bool(row[col]) and all(f(ev, ctx()) for f in fns)
-    # until: any of the stage's until conditions
-    col = cols.get(("U", k))
-    fns = [f for f in stages[k].until if not isinstance(f, pl.Expr)]
-    if not fns:
-        assert col is not None
-        return lambda row, ev, ctx: bool(row[col])
-    if col is None:
         return lambda row, ev, ctx: any(f(ev, ctx()) for f in fns)
-    return lambda row, ev, ctx: bool(row[col]) or any(f(ev, ctx()) for f in fns)
+    col: str = found
+    if not fns:
+        return lambda row, ev, ctx: bool(row[col])
+    if tag == "C":  # a stage's conditions: all of them
+        return lambda row, ev, ctx: bool(row[col]) and all(f(ev, ctx()) for f in fns)
+    return lambda row, ev, ctx: bool(row[col]) or any(f(ev, ctx()) for f in fns)  # until: any of them
 
 
 def condition_columns(stages: tuple[Stage, ...]) -> tuple[dict[tuple[str, int], str], list[pl.Expr]]:

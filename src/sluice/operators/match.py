@@ -232,7 +232,7 @@ class MatchOperator(Operator):
 
     def _deadline(self, comp: list[Any]) -> int:
         assert self.within is not None
-        return (comp[4] if self.prev_gap else comp[2]) + self.within
+        return int(comp[4] if self.prev_gap else comp[2]) + self.within
 
     def _expire(self, kb: bytes, now: int, timeouts: list[dict[str, Any]], matches: list[dict[str, Any]]) -> None:
         """Time out this key's computations whose deadline ≤ now; pending ones become matches."""
