@@ -61,7 +61,11 @@ def count_partials() -> dict[str, int]:
     def counted(self: Any, watermark: int) -> Any:
         out = advance(self, watermark)
         held = getattr(self, "comps", None) or getattr(self, "partials", {})
-        peak["peak_partials"] = max(peak["peak_partials"], sum(len(v) for v in held.values()))
+        n = sum(len(v) for v in held.values())
+        seq = getattr(self, "seq", None)  # the vectorized path keeps its partial matches in one frame
+        if seq is not None and seq.partials is not None:
+            n += seq.partials.height
+        peak["peak_partials"] = max(peak["peak_partials"], n)
         return out
 
     match.MatchOperator._advance = counted  # type: ignore[method-assign]
