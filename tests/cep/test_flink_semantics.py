@@ -268,9 +268,17 @@ def test_tie_breaker_for_equal_times():
     assert [(r["a"]["i"], r["b"]["i"]) for r in c.frame().to_dicts()] == [(1, 0)]
 
 
-def test_group_patterns_are_rejected_with_a_clear_error():
-    with pytest.raises(PlanError, match="group patterns"):
-        P.begin(P.begin("a"))  # type: ignore[arg-type]
+def test_group_patterns_without_quantifiers_and_a_clear_error_with_them():
+    inner = P.begin("b").where(lit("b")).next("c").where(lit("c"))
+    grouped = P.begin("a").where(lit("a")).followed_by(inner).followed_by("d").where(lit("d"))
+    flat = P.begin("a").where(lit("a")).followed_by("b").where(lit("b")).next("c").where(lit("c")) \
+        .followed_by("d").where(lit("d"))
+    assert matches(grouped, "a x b c y d") == matches(flat, "a x b c y d") == ["a b c d"]
+    assert matches(P.begin(inner).followed_by("d").where(lit("d")), "b c d") == ["b c d"]
+    for quantify in (lambda p: p.one_or_more(), lambda p: p.times(2), lambda p: p.optional(),
+                     lambda p: p.where(lit("a"))):
+        with pytest.raises(PlanError, match="group pattern"):
+            quantify(P.begin("a").followed_by(inner))
 
 
 # --- properties against the brute-force matcher ----------------------------------------------------------

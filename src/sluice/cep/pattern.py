@@ -67,21 +67,33 @@ class Pattern:
     stages: tuple[Stage, ...]
     within_ms: int | None = None
     within_between: str = "first_and_last"
+    group: int = 0  # > 0: the last `group` stages were added as one group pattern
 
     @staticmethod
-    def begin(name: str) -> Pattern:
-        if not isinstance(name, str):
-            raise PlanError("Pattern.begin takes a stage name; group patterns (a pattern as a stage) are not "
-                            "supported yet. Fix: write the group's stages into the pattern itself")
+    def begin(name: str | Pattern) -> Pattern:
+        """Start a pattern with a stage, or with a group (a pattern whose stages come first)."""
+        if isinstance(name, Pattern):
+            return Pattern((), group=0)._add(name, "relaxed")
         return Pattern((Stage(name, "relaxed"),))
 
-    def _add(self, name: str, contiguity: str) -> Pattern:
+    def _add(self, name: str | Pattern, contiguity: str) -> Pattern:
+        if isinstance(name, Pattern):  # a group: its stages, the first one entered with `contiguity`
+            if name.within_ms is not None:
+                raise PlanError("a group pattern cannot have its own within(); put within() on the whole pattern")
+            first = name.stages[0]
+            if first.negative:
+                raise PlanError(f"group pattern starting with {first.name!r}: a group cannot begin with a negation")
+            inner = (replace(first, contiguity=contiguity), *name.stages[1:])
+            out = self
+            for st in inner:
+                out = out._add(st.name, st.contiguity)
+                out = replace(out, stages=(*out.stages[:-1], st))
+            return replace(out, group=len(inner))
         if not isinstance(name, str):
-            raise PlanError(f"pattern stage {name!r}: group patterns (a pattern as a stage) are not supported yet. "
-                            "Fix: write the group's stages into the pattern itself")
+            raise PlanError(f"pattern stage {name!r}: a stage is a name (str) or a group (sl.Pattern)")
         if any(s.name == name for s in self.stages):
             raise PlanError(f"pattern stage {name!r} is named twice")
-        return replace(self, stages=(*self.stages, Stage(name, contiguity)))
+        return replace(self, stages=(*self.stages, Stage(name, contiguity)), group=0)
 
     def next(self, name: str) -> Pattern:
         return self._add(name, "strict")
@@ -102,9 +114,15 @@ class Pattern:
         return self._add(name, "not_relaxed")
 
     def _last(self, what: str, **changes: Any) -> Pattern:
+        if self.group:
+            raise PlanError(f"{what}() after a group pattern: conditions and quantifiers on a group (Flink's "
+                            "GroupPattern.times/oneOrMore/optional) are not supported yet. Fix: apply them to the "
+                            "group's own stages")
         return replace(self, stages=(*self.stages[:-1], replace(self.stages[-1], **changes)))
 
     def _quantify(self, what: str, lo: int, hi: int | None, optional: bool = False) -> Pattern:
+        if self.group:
+            self._last(what)
         st = self.stages[-1]
         if st.negative:
             raise PlanError(f"pattern stage {st.name!r}: {what} cannot be applied to a negative stage "
@@ -134,12 +152,16 @@ class Pattern:
         return self._quantify("one_or_more()", 1, None)
 
     def optional(self) -> Pattern:
+        if self.group:
+            self._last("optional")
         st = self.stages[-1]
         if st.negative:
             raise PlanError(f"pattern stage {st.name!r}: a negative stage cannot be optional")
         return self._last("optional", optional=True)
 
     def _quantified(self, what: str) -> Stage:
+        if self.group:
+            self._last(what)
         st = self.stages[-1]
         if not st.quantified:
             raise PlanError(f"pattern stage {st.name!r}: {what} needs a quantifier before it (times, "
@@ -166,6 +188,8 @@ class Pattern:
 
     def until(self, condition: Condition) -> Pattern:
         """End this looping stage at an event that satisfies `condition` (that event is not taken)."""
+        if self.group:
+            self._last("until")
         st = self.stages[-1]
         if st.max is not None:
             raise PlanError(f"pattern stage {st.name!r}: until() applies to a looping stage (one_or_more or "
