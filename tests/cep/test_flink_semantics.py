@@ -492,3 +492,25 @@ def test_processing_time_patterns():
         "m", P.begin("a").where(lit("a")).followed_by("b").where(lit("b")), time="processing"))
     sl.run(flow, batch_size=1)
     assert sorted((r["a"]["v"], r["b"]["v"]) for r in c.frame().to_dicts()) == [("a1", "b1"), ("a2", "b2")]
+
+
+def test_flinks_until_condition_transcripts():
+    """UntilConditionITCase: c, then a's until a 5 (which ends the loop and is the end event)."""
+    five = pl.col("v") == "a5"
+
+    def pattern(loop: Any, verb: str = "followed_by", end: bool = True) -> sl.Pattern:
+        p = loop(getattr(P.begin("start").where(lit("c")), verb)("middle").where(lit("a")).one_or_more()).until(five)
+        return p.followed_by("end").where(five) if end else p
+
+    plain, optional = (lambda p: p), (lambda p: p.optional())
+    assert matches(pattern(plain), "c1 a2 a3 a5 a6") == ["c1 a2 a3 a5", "c1 a2 a5"]
+    assert matches(pattern(lambda p: p.allow_combinations()), "c1 a2 a3 a4 a5 a6") == \
+        ["c1 a2 a3 a4 a5", "c1 a2 a3 a5", "c1 a2 a4 a5", "c1 a2 a5"]
+    assert matches(pattern(lambda p: p.consecutive()), "c1 a2 a3 a5 a6") == ["c1 a2 a3 a5", "c1 a2 a5"]
+    assert matches(pattern(optional), "c1 a2 a3 a5 a6") == ["c1 a2 a3 a5", "c1 a2 a5", "c1 a5"]
+    assert matches(pattern(lambda p: p.optional().allow_combinations()), "c1 a2 a3 a4 a5 a6") == \
+        ["c1 a2 a3 a4 a5", "c1 a2 a3 a5", "c1 a2 a4 a5", "c1 a2 a5", "c1 a5"]
+    assert matches(pattern(lambda p: p.optional().consecutive()), "c1 a2 a3 a5 a6") == \
+        ["c1 a2 a3 a5", "c1 a2 a5", "c1 a5"]
+    assert matches(pattern(plain, "followed_by_any", end=False), "c1 a2 a3 a5 a6") == \
+        ["c1 a2", "c1 a2 a3", "c1 a3", "c1 a6"]
