@@ -514,3 +514,20 @@ def test_flinks_until_condition_transcripts():
         ["c1 a2 a3 a5", "c1 a2 a5", "c1 a5"]
     assert matches(pattern(plain, "followed_by_any", end=False), "c1 a2 a3 a5 a6") == \
         ["c1 a2", "c1 a2 a3", "c1 a3", "c1 a6"]
+
+
+def test_flinks_greedy_transcripts():
+    """GreedyITCase: c, a greedy a* (one_or_more().optional().greedy()), then d."""
+    c, a, d, e = lit("c"), lit("a"), lit("d"), lit("e")
+
+    def loop() -> sl.Pattern:
+        return P.begin("start").where(c).followed_by("middle").where(a).one_or_more().optional().greedy()
+
+    cad = loop().followed_by("end").where(d)
+    assert matches(cad, "c a1 a2 a3 d") == ["c a1 a2 a3 d"]
+    assert matches(cad, "c x1 a1 x2 a2 x3 a3 d") == ["c a1 a2 a3 d"]
+    assert matches(cad, "c a1 a2 x d") == ["c a1 a2 d"]
+    assert matches(cad, "c x d") == ["c d"]
+    cade = loop().followed_by("middle2").where(d).optional().followed_by("end").where(e)
+    assert matches(cade, "c a1 a2 x e") == ["c a1 a2 e"]
+    assert matches(cade, "c a1 a2 d e") == ["c a1 a2 d e", "c a1 a2 e"]
