@@ -55,6 +55,24 @@ def pattern_flow(src: Any, sink: Any) -> sl.Flow:
     return flow
 
 
+def much_larger(event: dict[str, Any], matched: dict[str, list[dict[str, Any]]]) -> bool:
+    return bool(event["amount"] > 50 * matched["small"][0]["amount"])
+
+
+def pattern_nfa_flow(src: Any, sink: Any) -> sl.Flow:
+    """A loop, a condition on earlier events and a skip strategy: partial matches, held matches and the
+    shared node chains all go through checkpoints."""
+    flow = sl.Flow("cep_nfa")
+    p = (sl.Pattern.begin("small").where(pl.col("amount") < 10)
+         .followed_by("mid").where((pl.col("amount") > 100) & (pl.col("amount") < 1000)).one_or_more()
+         .followed_by("large").where(pl.col("amount") > 1000).where(much_larger).within(timedelta(minutes=10)))
+    tx = flow.read("tx", src, schema={"tx_id": str, "user_id": str, "amount": float, "timestamp": int})
+    m = tx.event_time("timestamp", timedelta(seconds=5)).key_by("user_id").match("m", p, skip="skip_to_last:mid")
+    m.select("user_id", "match_start", "match_end", small_id=pl.col("small").struct.field("tx_id"),
+             mids=pl.col("mid").list.len(), large_id=pl.col("large").struct.field("tx_id")).write("out", sink)
+    return flow
+
+
 def anomaly_flow(src: Any, sink: Any) -> sl.Flow:
     flow = sl.Flow("z")
     tx = flow.read("tx", src, schema={"tx_id": str, "user_id": str, "amount": float, "timestamp": int})
@@ -96,7 +114,7 @@ def window_updates_flow(src: Any, sink: Any) -> sl.Flow:
     return flow
 
 
-FLOWS = {"asof_w4": fraud_alerts, "pattern": pattern_flow, "anomaly": anomaly_flow,
+FLOWS = {"asof_w4": fraud_alerts, "pattern": pattern_flow, "pattern_nfa": pattern_nfa_flow, "anomaly": anomaly_flow,
          "window_join": window_join_flow, "temporal_join": temporal_flow}
 
 

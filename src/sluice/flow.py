@@ -317,15 +317,27 @@ class Stream:
                                min_count, only_anomalies)
         return self.flow._add(step, self.keys)
 
-    def match(self, name: str, pattern: Any, *, skip: str = "no_skip") -> Stream:
-        """Find `pattern` (sl.Pattern) per key, in event-time order. One row per match: the keys,
-        match_start, match_end and a column per stage with its event (a list for repeating stages).
-        `.timeouts` has partial matches that ran out of `within`. After a match, skip="skip_to_next"
-        drops the partial matches that started with the same event, skip="skip_past_last_event" every
-        partial match that started before the match's last event."""
+    def match(self, name: str, pattern: Any, *, skip: str = "no_skip", order_by: str | Iterable[str] = (),
+              time: str = "event") -> Stream:
+        """Find `pattern` (sl.Pattern) per key, in event-time order, with Flink CEP's semantics
+        (docs/cep.md). One row per match: the keys, match_start, match_end and a column per stage with its
+        event (a list for repeating stages). `.timeouts` has partial matches that ran out of `within`.
+        skip: "no_skip" (every match), "skip_to_next", "skip_past_last_event", "skip_to_first:<stage>",
+        "skip_to_last:<stage>" (Flink's after-match skip strategies). order_by: columns that order events
+        of equal time (then arrival order). time="processing": events in arrival order, as they come
+        (no event_time step needed), `within` and the times in the output on the wall clock."""
         if not self.keys:
             raise PlanError(f"match {name!r} needs keys: call .key_by(...) before it")
-        return self.flow._add(Match(name, (self.ref,), self.keys, pattern, skip), self.keys)
+        from sluice.cep.pattern import Pattern, check_skip
+
+        if not isinstance(pattern, Pattern):
+            raise PlanError(f"match {name!r}: pattern must be an sl.Pattern, got {type(pattern).__name__}")
+        check_skip(name, skip, pattern)
+        pattern.check(name)
+        if time not in ("event", "processing"):
+            raise PlanError(f"match {name!r}: time must be 'event' or 'processing', got {time!r}")
+        order = (order_by,) if isinstance(order_by, str) else tuple(order_by)
+        return self.flow._add(Match(name, (self.ref,), self.keys, pattern, skip, order, time), self.keys)
 
     @property
     def timeouts(self) -> Stream:

@@ -49,13 +49,13 @@ def two_stage(contiguity: str) -> sl.Pattern:
 
 ORACLE = {
     "any": """select a.i, b.i from e a join e b on a.k = b.k and (b.t, b.i) > (a.t, a.i)
-              where a.v < 10 and b.v > 90 and b.t - a.t <= {w}""",
+              where a.v < 10 and b.v > 90 and b.t - a.t < {w}""",
     "relaxed": """select a_i, b_i from (
                     select a.i a_i, arg_min(b.i, (b.t, b.i)) b_i, min(b.t) b_t, any_value(a.t) a_t
                     from e a join e b on a.k = b.k and (b.t, b.i) > (a.t, a.i) and b.v > 90
-                    where a.v < 10 group by a.i) where b_t - a_t <= {w}""",
+                    where a.v < 10 group by a.i) where b_t - a_t < {w}""",
     "strict": """select i, ni from (select i, v, t, lead(i) over o ni, lead(v) over o nv, lead(t) over o nt
-                 from e window o as (partition by k order by t, i)) where v < 10 and nv > 90 and nt - t <= {w}""",
+                 from e window o as (partition by k order by t, i)) where v < 10 and nv > 90 and nt - t < {w}""",
 }
 
 
@@ -129,19 +129,19 @@ def _b_runs(pattern, recs):
 A, B, NOISE = 5, 95, 50  # a: v < 10, b: v > 90, noise: neither
 
 
-def test_strict_contiguity_holds_between_the_repeats_of_a_stage():
-    """`next("b").times(2)`: both b's directly after a and after each other (the stage repeats with the
-    contiguity it was entered with); an event of the key between the two b's breaks the match."""
+def test_consecutive_makes_the_repeats_of_a_stage_strict():
+    """`next("b").times(2)` enters b strictly; between the repeats contiguity is relaxed (Flink's default)
+    unless `consecutive()`: then an event of the key between the two b's breaks the match."""
     p = sl.Pattern.begin("a").where(pl.col("v") < 10).next("b").where(pl.col("v") > 90).times(2)
     assert _b_runs(p, [(1000, "x", A), (2000, "x", B), (3000, "x", B)]) == [(1, 2)]
-    assert _b_runs(p, [(1000, "x", A), (2000, "x", B), (3000, "x", NOISE), (4000, "x", B)]) == []
-    # relaxed repeats skip the noise
-    relaxed = sl.Pattern.begin("a").where(pl.col("v") < 10).followed_by("b").where(pl.col("v") > 90).times(2)
-    assert _b_runs(relaxed, [(1000, "x", A), (2000, "x", B), (3000, "x", NOISE), (4000, "x", B)]) == [(1, 3)]
+    assert _b_runs(p, [(1000, "x", A), (2000, "x", B), (3000, "x", NOISE), (4000, "x", B)]) == [(1, 3)]
+    strict = sl.Pattern.begin("a").where(pl.col("v") < 10).next("b").where(pl.col("v") > 90).times(2).consecutive()
+    assert _b_runs(strict, [(1000, "x", A), (2000, "x", B), (3000, "x", NOISE), (4000, "x", B)]) == []
+    assert _b_runs(strict, [(1000, "x", A), (2000, "x", B), (3000, "x", B)]) == [(1, 2)]
 
 
-def test_strict_one_or_more_stops_at_the_first_other_event():
-    p = sl.Pattern.begin("a").where(pl.col("v") < 10).next("b").where(pl.col("v") > 90).one_or_more()
+def test_consecutive_one_or_more_stops_at_the_first_other_event():
+    p = sl.Pattern.begin("a").where(pl.col("v") < 10).next("b").where(pl.col("v") > 90).one_or_more().consecutive()
     recs = [(1000, "x", A), (2000, "x", B), (3000, "x", B), (4000, "x", NOISE), (5000, "x", B)]
     # a match at each b while the run is unbroken; the b after the noise extends nothing
     assert _b_runs(p, recs) == [(1,), (1, 2)]

@@ -1,14 +1,20 @@
-"""The pattern builder: immutable data, like every other part of a plan.
+"""The pattern builder: immutable data, like every other part of a plan. Semantics are Flink CEP's
+(docs/cep.md states them):
 
     Pattern.begin("small").where(pl.col("amount") < 10)
            .followed_by("large").where(pl.col("amount") > 1000)
            .within(timedelta(minutes=10))
 
-Contiguity says what may come between the previous stage's event and this one:
-  next            nothing (strict): any other event of the key breaks the partial match
-  followed_by     anything; the first matching event is taken (skip till next match)
-  followed_by_any anything; every matching event is taken, each in its own partial match
-A quantified stage (`times`, `one_or_more`, `optional`) repeats with the contiguity it was entered with.
+Contiguity says what may come between the previous stage's last event and this stage's first:
+  next               nothing (strict): any other event of the key breaks the partial match
+  followed_by        anything that does not satisfy this stage (skip till next match)
+  followed_by_any    anything (skip till any match): every satisfying event starts its own branch
+  not_next           the next event must not satisfy this (negative) stage
+  not_followed_by    no event before the next stage's first may satisfy this (negative) stage
+A quantifier (`times`, `times_or_more`, `one_or_more`, `optional`) repeats a stage; between its repeats
+the contiguity is relaxed unless `consecutive()` (strict) or `allow_combinations()` (any). A loop or an
+optional stage branches at every point where it may be left; `greedy()` stops it from leaving while it
+can take the event, `until(cond)` ends it at an event satisfying `cond`.
 A condition is a Polars expression over the event (vectorized), or a Python function
 `(event, matched) -> bool` where `matched` maps earlier stage names to their events.
 """
@@ -26,31 +32,68 @@ from sluice.core.errors import PlanError
 from sluice.core.show import show_expr
 
 Condition = pl.Expr | Callable[[dict[str, Any], dict[str, list[dict[str, Any]]]], bool]
-CONTIGUITY = ("strict", "relaxed", "any")
+CONTIGUITY = ("strict", "relaxed", "any", "not_strict", "not_relaxed")
+VERBS = {"strict": "next", "relaxed": "followed_by", "any": "followed_by_any", "not_strict": "not_next",
+         "not_relaxed": "not_followed_by"}
+INNER = {"strict": "consecutive()", "any": "allow_combinations()"}
+WITHIN_BETWEEN = ("first_and_last", "previous_and_current")
+SKIPS = ("no_skip", "skip_to_next", "skip_past_last_event")
+SKIP_TO = ("skip_to_first", "skip_to_last")
 
 
 @dataclass(frozen=True, eq=False)
 class Stage:
     name: str
-    contiguity: str  # how this stage follows the previous one: strict | relaxed | any
+    contiguity: str  # how this stage follows the previous one (CONTIGUITY)
     conditions: tuple[Condition, ...] = ()
     min: int = 1
     max: int | None = 1  # None: unbounded
+    optional: bool = False  # none, or min…max occurrences
+    inner: str = "relaxed"  # contiguity between repeats: strict | relaxed | any
+    greedy: bool = False
+    until: tuple[Condition, ...] = ()
+
+    @property
+    def negative(self) -> bool:
+        return self.contiguity.startswith("not_")
+
+    @property
+    def quantified(self) -> bool:
+        return (self.min, self.max) != (1, 1)
 
 
 @dataclass(frozen=True, eq=False)
 class Pattern:
     stages: tuple[Stage, ...]
     within_ms: int | None = None
+    within_between: str = "first_and_last"
+    group: int = 0  # > 0: the last `group` stages were added as one group pattern
 
     @staticmethod
-    def begin(name: str) -> Pattern:
+    def begin(name: str | Pattern) -> Pattern:
+        """Start a pattern with a stage, or with a group (a pattern whose stages come first)."""
+        if isinstance(name, Pattern):
+            return Pattern((), group=0)._add(name, "relaxed")
         return Pattern((Stage(name, "relaxed"),))
 
-    def _add(self, name: str, contiguity: str) -> Pattern:
+    def _add(self, name: str | Pattern, contiguity: str) -> Pattern:
+        if isinstance(name, Pattern):  # a group: its stages, the first one entered with `contiguity`
+            if name.within_ms is not None:
+                raise PlanError("a group pattern cannot have its own within(); put within() on the whole pattern")
+            first = name.stages[0]
+            if first.negative:
+                raise PlanError(f"group pattern starting with {first.name!r}: a group cannot begin with a negation")
+            inner = (replace(first, contiguity=contiguity), *name.stages[1:])
+            out = self
+            for st in inner:
+                out = out._add(st.name, st.contiguity)
+                out = replace(out, stages=(*out.stages[:-1], st))
+            return replace(out, group=len(inner))
+        if not isinstance(name, str):
+            raise PlanError(f"pattern stage {name!r}: a stage is a name (str) or a group (sl.Pattern)")
         if any(s.name == name for s in self.stages):
             raise PlanError(f"pattern stage {name!r} is named twice")
-        return replace(self, stages=(*self.stages, Stage(name, contiguity)))
+        return replace(self, stages=(*self.stages, Stage(name, contiguity)), group=0)
 
     def next(self, name: str) -> Pattern:
         return self._add(name, "strict")
@@ -61,58 +104,179 @@ class Pattern:
     def followed_by_any(self, name: str) -> Pattern:
         return self._add(name, "any")
 
-    def _last(self, **changes: Any) -> Pattern:
+    def not_next(self, name: str) -> Pattern:
+        """The event right after the previous stage must not satisfy this stage's conditions."""
+        return self._add(name, "not_strict")
+
+    def not_followed_by(self, name: str) -> Pattern:
+        """No event between the previous stage and the next one may satisfy this stage's conditions. Last in
+        a pattern it needs `within`: the match is emitted when `within` runs out without such an event."""
+        return self._add(name, "not_relaxed")
+
+    def _last(self, what: str, **changes: Any) -> Pattern:
+        if self.group:
+            raise PlanError(f"{what}() after a group pattern: conditions and quantifiers on a group (Flink's "
+                            "GroupPattern.times/oneOrMore/optional) are not supported yet. Fix: apply them to the "
+                            "group's own stages")
         return replace(self, stages=(*self.stages[:-1], replace(self.stages[-1], **changes)))
+
+    def _quantify(self, what: str, lo: int, hi: int | None, optional: bool = False) -> Pattern:
+        if self.group:
+            self._last(what)
+        st = self.stages[-1]
+        if st.negative:
+            raise PlanError(f"pattern stage {st.name!r}: {what} cannot be applied to a negative stage "
+                            f"({VERBS[st.contiguity]})")
+        if st.quantified:
+            raise PlanError(f"pattern stage {st.name!r} already has a quantifier; {what} would replace it. Fix: "
+                            "use one of times / times_or_more / one_or_more per stage")
+        return self._last(what, min=lo, max=hi, optional=st.optional or optional)
 
     def where(self, condition: Condition) -> Pattern:
         """Add a condition to the last stage (several conditions must all hold)."""
-        return self._last(conditions=(*self.stages[-1].conditions, condition))
+        return self._last("where", conditions=(*self.stages[-1].conditions, condition))
 
     def times(self, n: int, m: int | None = None) -> Pattern:
+        """Exactly n occurrences, or n to m; times(0, m) is times(1, m).optional()."""
         hi = n if m is None else m
-        if n < 1 or hi < n:
-            raise PlanError(f"times({n}, {m}): need 1 ≤ n ≤ m")
-        return self._last(min=n, max=hi)
+        if n < 0 or hi < max(n, 1):
+            raise PlanError(f"times({n}, {m}): need 0 ≤ n ≤ m and m ≥ 1")
+        return self._quantify(f"times({n}, {m})", max(n, 1), hi, optional=n == 0)
+
+    def times_or_more(self, n: int) -> Pattern:
+        if n < 1:
+            raise PlanError(f"times_or_more({n}): need n ≥ 1 (times_or_more(0) is one_or_more().optional())")
+        return self._quantify(f"times_or_more({n})", n, None)
 
     def one_or_more(self) -> Pattern:
-        return self._last(min=1, max=None)
+        return self._quantify("one_or_more()", 1, None)
 
     def optional(self) -> Pattern:
-        if len(self.stages) == 1:
-            raise PlanError("the first stage of a pattern cannot be optional")
-        return self._last(min=0)
+        if self.group:
+            self._last("optional")
+        st = self.stages[-1]
+        if st.negative:
+            raise PlanError(f"pattern stage {st.name!r}: a negative stage cannot be optional")
+        return self._last("optional", optional=True)
 
-    def within(self, duration: timedelta) -> Pattern:
-        """The whole match must span at most `duration` of event time."""
-        return replace(self, within_ms=duration // timedelta(milliseconds=1))
+    def _quantified(self, what: str) -> Stage:
+        if self.group:
+            self._last(what)
+        st = self.stages[-1]
+        if not st.quantified:
+            raise PlanError(f"pattern stage {st.name!r}: {what} needs a quantifier before it (times, "
+                            "times_or_more, one_or_more)")
+        return st
+
+    def consecutive(self) -> Pattern:
+        """The repeats of this stage follow each other strictly (no other event of the key between)."""
+        self._quantified("consecutive()")
+        return self._last("consecutive", inner="strict")
+
+    def allow_combinations(self) -> Pattern:
+        """Between the repeats of this stage anything may come, and every combination is a match."""
+        self._quantified("allow_combinations()")
+        return self._last("allow_combinations", inner="any")
+
+    def greedy(self) -> Pattern:
+        """Repeat as often as possible: the next stage may not take (or skip) an event this stage could take."""
+        st = self._quantified("greedy()")
+        if st.max == st.min:
+            raise PlanError(f"pattern stage {st.name!r}: greedy() needs a range of repeats (times(n, m) with "
+                            "n < m, times_or_more, one_or_more)")
+        return self._last("greedy", greedy=True)
+
+    def until(self, condition: Condition) -> Pattern:
+        """End this looping stage at an event that satisfies `condition` (that event is not taken)."""
+        if self.group:
+            self._last("until")
+        st = self.stages[-1]
+        if st.max is not None:
+            raise PlanError(f"pattern stage {st.name!r}: until() applies to a looping stage (one_or_more or "
+                            "times_or_more) only")
+        return self._last("until", until=(*st.until, condition))
+
+    def within(self, duration: timedelta, *, between: str = "first_and_last") -> Pattern:
+        """A match's last event must come less than `duration` after its first (between="first_and_last",
+        Flink's rule), or each event less than `duration` after the one before it ("previous_and_current")."""
+        if between not in WITHIN_BETWEEN:
+            raise PlanError(f"within(between={between!r}): choose one of {WITHIN_BETWEEN}")
+        ms = duration // timedelta(milliseconds=1)
+        if ms <= 0:
+            raise PlanError(f"within({duration!r}): the duration must be positive")
+        return replace(self, within_ms=ms, within_between=between)
+
+    def check(self, step: str) -> None:
+        """Reject shapes this engine cannot run, naming the stage and the fix."""
+        first, last = self.stages[0], self.stages[-1]
+        if first.negative:
+            raise PlanError(f"match {step!r}: a pattern cannot begin with a negative stage")
+        for i, st in enumerate(self.stages):
+            if not st.negative:
+                continue
+            before = self.stages[i - 1]
+            if before.negative or before.quantified or before.optional:
+                raise PlanError(f"match {step!r}: negative stage {st.name!r} must follow a single, non-optional "
+                                f"stage ({before.name!r} is not). Fix: put the quantified stage after the negation")
+            if i + 1 < len(self.stages) and (self.stages[i + 1].optional or self.stages[i + 1].negative):
+                raise PlanError(f"match {step!r}: the stage after negative stage {st.name!r} must be a "
+                                "non-optional, positive stage")
+        if last.contiguity == "not_relaxed" and self.within_ms is None:
+            raise PlanError(f"match {step!r}: a pattern that ends in not_followed_by needs within(...): the match "
+                            "is emitted when that time has passed without the negated event")
+        if all(s.optional or s.negative for s in self.stages):
+            raise PlanError(f"match {step!r}: every stage is optional, so the empty sequence would match")
 
     def __str__(self) -> str:
         """The pattern as the builder calls that make it, quantifiers and `within` included."""
-        verbs = {"strict": "next", "relaxed": "followed_by", "any": "followed_by_any"}
         calls = []
         for i, s in enumerate(self.stages):
-            calls.append(f"begin({s.name!r})" if i == 0 else f"{verbs[s.contiguity]}({s.name!r})")
-            calls += [f"where({show_expr(c) if isinstance(c, pl.Expr) else getattr(c, '__qualname__', 'fn')})"
-                      for c in s.conditions]
-            calls += _quantifier(s.min, s.max)
+            calls.append(f"begin({s.name!r})" if i == 0 else f"{VERBS[s.contiguity]}({s.name!r})")
+            calls += [f"where({_show_condition(c)})" for c in s.conditions]
+            calls += _quantifier(s)
+            calls += [f"until({_show_condition(c)})" for c in s.until]
         if self.within_ms is not None:
-            calls.append(f"within({timedelta(milliseconds=self.within_ms)!r})".replace("datetime.", ""))
+            w = f"within({timedelta(milliseconds=self.within_ms)!r}".replace("datetime.", "")
+            calls.append(w + (")" if self.within_between == "first_and_last" else f", between={self.within_between!r})"))
         return "Pattern." + ".".join(calls)
 
     def describe(self) -> str:
         parts = []
         for s in self.stages:
-            q = "" if (s.min, s.max) == (1, 1) else f"{{{s.min},{'' if s.max is None else s.max}}}"
-            parts.append(f"{s.contiguity}:{s.name}{q}[{', '.join(str(c) if isinstance(c, pl.Expr) else getattr(c, '__name__', 'fn') for c in s.conditions)}]")
+            q = "" if not s.quantified else f"{{{s.min},{'' if s.max is None else s.max}}}"
+            q += "?" if s.optional else ""
+            parts.append(f"{s.contiguity}:{s.name}{q}[{', '.join(_show_condition(c) for c in s.conditions)}]")
         return " → ".join(parts) + (f" within {self.within_ms} ms" if self.within_ms is not None else "")
 
 
-def _quantifier(lo: int, hi: int | None) -> list[str]:
-    """The builder calls that give a stage min `lo` and max `hi` occurrences."""
-    if (lo, hi) == (1, 1):
-        return []
-    if hi is None:
-        return ["one_or_more()"] + (["optional()"] if lo == 0 else [])
-    if lo == 0:
-        return ([] if hi == 1 else [f"times(1, {hi})"]) + ["optional()"]
-    return [f"times({lo})" if lo == hi else f"times({lo}, {hi})"]
+def _show_condition(c: Condition) -> str:
+    return show_expr(c) if isinstance(c, pl.Expr) else getattr(c, "__qualname__", "fn")
+
+
+def _quantifier(s: Stage) -> list[str]:
+    """The builder calls that give a stage its quantifier."""
+    out = []
+    if s.max is None:
+        out.append("one_or_more()" if s.min == 1 else f"times_or_more({s.min})")
+    elif s.quantified:
+        out.append(f"times({s.min})" if s.min == s.max else f"times({s.min}, {s.max})")
+    if s.inner != "relaxed":
+        out.append(INNER[s.inner])
+    if s.greedy:
+        out.append("greedy()")
+    if s.optional:
+        out.append("optional()")
+    return out
+
+
+def check_skip(name: str, skip: str, pattern: Pattern) -> None:
+    if skip in SKIPS:
+        return
+    kind, _, stage = skip.partition(":")
+    if kind in SKIP_TO:
+        if stage not in {s.name for s in pattern.stages if not s.negative}:
+            raise PlanError(f"match {name!r}: skip={skip!r} names stage {stage!r}, which the pattern does not "
+                            f"have; its stages: {', '.join(s.name for s in pattern.stages if not s.negative)}")
+        return
+    raise PlanError(f"match {name!r}: skip must be one of {SKIPS} or 'skip_to_first:<stage>' / "
+                    f"'skip_to_last:<stage>', got {skip!r}")

@@ -5,7 +5,7 @@
     ├── StepError              a step failed on data; names the step, the record's position and the fix
     │   ├── DecodeError        bytes could not be decoded (malformed JSON, wrong type)
     │   ├── SchemaError        a required field is missing or null
-    │   ├── MissingTimestampError  the event-time column is null for a record
+    │   ├── MissingTimestampError  the event-time column is null, or out of range, for a record
     │   ├── UserFunctionError  a user's map/flat_map/process function raised or returned the wrong thing
     │   ├── EncodeError        a record does not fit the sink's format (e.g. its Avro schema)
     │   └── ConstraintError    a database refused a row (a constraint of the table); names the constraint
@@ -58,7 +58,7 @@ class SchemaError(StepError):
 
 
 class MissingTimestampError(StepError):
-    """A record has no event time."""
+    """A record has no usable event time: null, or beyond ±2^61 ms."""
 
 
 class UserFunctionError(StepError):

@@ -358,6 +358,8 @@ class Match(_Keyed):
     keys: tuple[pl.Expr, ...]
     pattern: Any  # cep.pattern.Pattern
     skip: str = "no_skip"
+    order_by: tuple[str, ...] = ()  # tie-breaker for equal event times, before arrival order
+    time: str = "event"  # "processing": arrival order, within on the wall clock
     kind = "match"
     stateful = True
 
@@ -367,7 +369,8 @@ class Match(_Keyed):
     def state_fields(self) -> dict[str, Any] | None:
         # stages with their contiguity, conditions (expressions, or functions by name and code) and
         # quantifiers, and `within`: partial matches are positions in this pattern
-        return {"keys": _keys(self.keys), "pattern": fingerprint_value(self.pattern), "skip": self.skip}
+        return {"keys": _keys(self.keys), "pattern": fingerprint_value(self.pattern), "skip": self.skip,
+                "order_by": list(self.order_by), "time": self.time, "nfa": 2}
 
 
 @dataclass(frozen=True, eq=False)

@@ -228,6 +228,9 @@ class UnionOperator(Operator):
         return [("out", replace(batch, watermark=min(batch.watermark, floor)))]
 
 
+LATEST_TIME = 2**61  # |event time| must stay below this: every window end then stays below END_OF_TIME (2^62)
+
+
 class EventTimeOperator(Operator):
     """Sets each record's event time and the watermark before it (DESIGN.md §3)."""
 
@@ -355,6 +358,24 @@ class EventTimeOperator(Operator):
             keep = ~missing
             df = df.filter(keep)
             ms = ms.filter(keep)
+        far = (ms >= LATEST_TIME) | (ms <= -LATEST_TIME)
+        if far.any():
+            bad_rows = np.flatnonzero(far.to_numpy())
+            reason = (f"event time {int(ms[int(bad_rows[0])])} ms in column {ts.name!r} lies beyond ±2^61 ms (about "
+                      "73 million years from 1970): a window or pattern deadline there would end past the "
+                      "end-of-input watermark (2^62) and never be emitted")
+            if self.on_error != "dead_letter":
+                raise MissingTimestampError(
+                    self.name, batch.position_of(int(bad_rows[0])), reason,
+                    "check the column's unit (epoch milliseconds: divide microseconds by 1,000 and nanoseconds by "
+                    f"1,000,000), or {DEAD_LETTER_FIX}",
+                )
+            emitted.append(("dead_letters", dead_letters(
+                self.name, [batch.position_of(int(i)) for i in bad_rows], [reason] * len(bad_rows),
+                rows_as_json(user_columns(df[bad_rows])),
+            )))
+            df = df.filter(~far)
+            ms = ms.filter(~far)
         if df.height == 0:
             emitted.append(("out", replace(batch, df=df, watermark=self.wms.current)))
             return emitted

@@ -172,7 +172,8 @@ def _window_join(step: WindowJoin, ctx: BuildContext) -> Operator:
 def _match(step: Match, ctx: BuildContext) -> Operator:
     from sluice.operators.match import MatchOperator
 
-    return MatchOperator(step.name, _key_names(step.keys), list(step.keys), step.pattern, step.skip)
+    return MatchOperator(step.name, _key_names(step.keys), list(step.keys), step.pattern, step.skip, step.order_by,
+                         step.time)
 
 
 @register(IntervalJoin)
