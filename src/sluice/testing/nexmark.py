@@ -96,6 +96,16 @@ class NexmarkConfig:
     avg_auction_bytes: int = 500
     avg_bid_bytes: int = 100
 
+    def __post_init__(self) -> None:
+        checks = [("events", self.events >= 0, "0 or more"),
+                  ("events_per_second", self.events_per_second > 0, "above 0"),
+                  ("out_of_order_group_size", self.out_of_order_group_size >= 1, "1 or more"),
+                  ("prob_delayed", 0.0 <= self.prob_delayed <= 1.0, "between 0 and 1"),
+                  ("max_delay_ms", self.max_delay_ms >= 0, "0 or more")]
+        for name, ok, want in checks:
+            if not ok:
+                raise ValueError(f"NexmarkConfig: {name} must be {want}, got {getattr(self, name)!r}")
+
     @property
     def total_proportion(self) -> int:
         return self.person_proportion + self.auction_proportion + self.bid_proportion
@@ -358,7 +368,8 @@ def chunks(cfg: NexmarkConfig, rows: int = 1 << 20) -> Iterator[pa.Table]:
 
 def frame(cfg: NexmarkConfig) -> pl.DataFrame:
     """The whole stream as one DataFrame (for sl.MemorySource)."""
-    out = pl.from_arrow(pa.concat_tables(list(chunks(cfg))))
+    tables = list(chunks(cfg))
+    out = pl.from_arrow(pa.concat_tables(tables) if tables else SCHEMA.empty_table())
     assert isinstance(out, pl.DataFrame)
     return out
 
