@@ -17,7 +17,9 @@ from sluice.testing import nexmark as nx
 from sluice.testing import nexmark_queries as nq
 
 # (batch size, events, events per second): batch size 1 on a small stream, 7 on a larger one
-SCALES = [pytest.param(65_536, 60_000, 1_000, id="batch65536"), pytest.param(7, 4_000, 200, id="batch7"),
+SCALES = [pytest.param(65_536, 60_000, 1_000, id="batch65536"),
+          # Flink's rate: 10 events per ms of event time, auctions that expire within a millisecond or two
+          pytest.param(65_536, 100_000, 10_000_000, id="batch65536-flink-rate"), pytest.param(7, 4_000, 200, id="batch7"),
           pytest.param(1, 3_000, 100, id="batch1", marks=pytest.mark.slow)]
 
 
@@ -114,6 +116,13 @@ def test_q4_q6_winning_bid_between_start_and_expires() -> None:
     running = [sum(finals[:i + 1]) // (i + 1) for i in range(3)]
     _check("q4", df, [(10, v) for v in running], ["category", "final"], ordered=True)
     _check("q6", df, [(7, v) for v in running], ["seller", "avg_price"], ordered=True)
+
+
+def test_q4_ties_close_in_arrival_order() -> None:
+    """Auctions that expire at the same time close in the order of (date_time, arrival), not of their ids."""
+    df = _events(auction(100, 2001, seller=7, expires=500), auction(100, 2000, seller=7, expires=500),
+                 bid(200, 2000, 300), bid(300, 2001, 100))
+    _check("q4", df, [(10, 100), (10, 200)], ["category", "final"], ordered=True)
 
 
 def test_q6_last_eleven() -> None:

@@ -302,18 +302,19 @@ def build_with_late(query: str, source: Any, sink: Any | None = None) -> tuple[F
 
 
 def views_sql(events: str) -> str:
-    """Flink's person / auction / bid views over `events` (a table name or a read_parquet(...) call)."""
+    """Flink's person / auction / bid views over `events` (a table name or a subquery) with an `arrival`
+    column (the row's position in the stream: auctions closing at the same time close in arrival order)."""
     def view(name: str, kind: int, cols: dict[str, tuple[str, type]], more: str = "") -> str:
         sel = ", ".join(f"{c} AS {short}" for c, (short, _) in cols.items())
         return f"CREATE OR REPLACE VIEW {name} AS SELECT {sel}, date_time{more} FROM {events} WHERE event_type = {kind};"
-    return "\n".join([view("person", PERSON, PERSON_COLS), view("auction", AUCTION, AUCTION_COLS),
+    return "\n".join([view("person", PERSON, PERSON_COLS), view("auction", AUCTION, AUCTION_COLS, ", arrival"),
                       view("bid", BID, BID_COLS, ", proc_time")])
 
 
 _WINNERS = """
-    SELECT A.id, A.category, A.seller, A.expires, A.date_time, MAX(B.price) AS final
+    SELECT A.id, A.category, A.seller, A.expires, A.date_time, A.arrival, MAX(B.price) AS final
     FROM auction A JOIN bid B ON A.id = B.auction AND B.date_time BETWEEN A.date_time AND A.expires
-    GROUP BY A.id, A.category, A.seller, A.expires, A.date_time"""
+    GROUP BY A.id, A.category, A.seller, A.expires, A.date_time, A.arrival"""
 
 ORACLES = {
     "q0": "SELECT auction, bidder, price, date_time, extra FROM bid",
@@ -324,7 +325,7 @@ ORACLES = {
     # the update stream: one row per closed auction, running floor(avg) per category in closing order
     "q4": f"""WITH w AS ({_WINNERS})
               SELECT category, (SUM(final) OVER c) // (COUNT(*) OVER c) AS final FROM w
-              WINDOW c AS (PARTITION BY category ORDER BY expires, date_time, id ROWS UNBOUNDED PRECEDING)""",
+              WINDOW c AS (PARTITION BY category ORDER BY expires, date_time, arrival ROWS UNBOUNDED PRECEDING)""",
     "q5": """WITH hop AS (SELECT auction, (date_time // 2000) * 2000 - k * 2000 AS starttime
                          FROM bid CROSS JOIN range(5) AS r(k)),
                   counts AS (SELECT auction, starttime, COUNT(*) AS num FROM hop GROUP BY auction, starttime),
@@ -333,7 +334,7 @@ ORACLES = {
              FROM counts c JOIN maxes m ON c.starttime = m.starttime AND c.num >= m.maxn""",
     "q6": f"""WITH w AS ({_WINNERS})
               SELECT seller, (SUM(final) OVER s) // (COUNT(*) OVER s) AS avg_price FROM w
-              WINDOW s AS (PARTITION BY seller ORDER BY expires, date_time, id ROWS BETWEEN 10 PRECEDING AND CURRENT ROW)""",
+              WINDOW s AS (PARTITION BY seller ORDER BY expires, date_time, arrival ROWS BETWEEN 10 PRECEDING AND CURRENT ROW)""",
     "q7": """WITH m AS (SELECT (date_time // 10000) * 10000 + 10000 AS wend, MAX(price) AS maxprice FROM bid GROUP BY 1)
              SELECT B.auction, B.price, B.bidder, B.date_time, B.extra
              FROM bid B JOIN m ON B.price = m.maxprice AND B.date_time BETWEEN m.wend - 10000 AND m.wend""",
@@ -359,9 +360,11 @@ def oracle(query: str, events: Any, con: Any = None) -> pl.DataFrame:
 
     con = con if con is not None else duckdb.connect()
     if isinstance(events, str):
-        source = f"read_parquet('{events}')"
+        source = f"(SELECT *, file_row_number AS arrival FROM read_parquet('{events}', file_row_number = true))"
     else:
-        con.register("nexmark_events", events)
+        frame = events if isinstance(events, pl.DataFrame) else pl.from_arrow(events)
+        assert isinstance(frame, pl.DataFrame)
+        con.register("nexmark_events", frame.with_row_index("arrival"))
         source = "nexmark_events"
     con.execute(views_sql(source))
     return con.sql(ORACLES[query]).pl()
