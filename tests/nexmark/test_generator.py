@@ -51,7 +51,7 @@ def test_field_distributions() -> None:
     extra = bids["bid_extra"].str.len_bytes()
     assert extra.min() == 54 and extra.max() == 81
     # hot auctions (1/2 of the bids) and hot bidders (3/4): the most frequent ones dominate
-    assert 0.4 < bids["bid_auction"].value_counts().sort("count")["count"].tail(60).sum() / bids.height
+    assert bids["bid_auction"].value_counts().sort("count")["count"].tail(60).sum() / bids.height > 0.4
     assert (auctions["auction_expires"] > auctions["date_time"]).all()
     assert (auctions["auction_reserve"] > auctions["auction_initial_bid"]).all()
     # half the bids on the 4 hot channels

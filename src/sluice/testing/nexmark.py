@@ -117,7 +117,8 @@ class NexmarkConfig:
 
     def adjusted(self, number: np.ndarray) -> np.ndarray:
         g = self.out_of_order_group_size
-        return (number // g) * g + (number * 953) % g
+        out: np.ndarray = (number // g) * g + (number * 953) % g
+        return out
 
 
 # --- counter-based randomness ------------------------------------------------------------------
@@ -200,7 +201,8 @@ def _extra(rand: _Rand, field: int, current: np.ndarray, average: int) -> pa.Arr
 
 
 def _lengths(arr: pa.Array) -> np.ndarray:
-    return pc.binary_length(arr).to_numpy(zero_copy_only=False).astype(np.int64)
+    out: np.ndarray = pc.binary_length(arr).to_numpy(zero_copy_only=False).astype(np.int64)
+    return out
 
 
 def _channel_urls() -> tuple[list[str], list[str]]:
@@ -232,7 +234,8 @@ _URLS: tuple[list[str], list[str]] | None = None
 
 def _last_person(cfg: NexmarkConfig, eid: np.ndarray) -> np.ndarray:
     epoch, offset = eid // cfg.total_proportion, eid % cfg.total_proportion
-    return epoch * cfg.person_proportion + np.minimum(offset, cfg.person_proportion - 1)
+    out: np.ndarray = epoch * cfg.person_proportion + np.minimum(offset, cfg.person_proportion - 1)
+    return out
 
 
 def _last_auction(cfg: NexmarkConfig, eid: np.ndarray) -> np.ndarray:
@@ -241,19 +244,22 @@ def _last_auction(cfg: NexmarkConfig, eid: np.ndarray) -> np.ndarray:
     before = offset < p
     epoch = np.where(before, epoch - 1, epoch)
     offset = np.where(before | (offset >= p + a), a - 1, offset - p)
-    return epoch * a + offset
+    out: np.ndarray = epoch * a + offset
+    return out
 
 
 def _next_person(cfg: NexmarkConfig, eid: np.ndarray, rand: _Rand, field: int) -> np.ndarray:
     people = _last_person(cfg, eid) + 1
     active = np.minimum(people, cfg.num_active_people)
-    return people - active + rand.below(field, active + ID_LEAD)
+    out: np.ndarray = people - active + rand.below(field, active + ID_LEAD)
+    return out
 
 
 def _next_auction(cfg: NexmarkConfig, eid: np.ndarray, rand: _Rand, field: int) -> np.ndarray:
     last = _last_auction(cfg, eid)
     low = np.maximum(last - cfg.num_in_flight_auctions, 0)
-    return low + rand.below(field, last - low + 1 + ID_LEAD)
+    out: np.ndarray = low + rand.below(field, last - low + 1 + ID_LEAD)
+    return out
 
 
 def _price(rand: _Rand, field: int) -> np.ndarray:

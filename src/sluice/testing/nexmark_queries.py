@@ -367,7 +367,8 @@ def oracle(query: str, events: Any, con: Any = None) -> pl.DataFrame:
         con.register("nexmark_events", frame.with_row_index("arrival"))
         source = "nexmark_events"
     con.execute(views_sql(source))
-    return con.sql(ORACLES[query]).pl()
+    result: pl.DataFrame = con.sql(ORACLES[query]).pl()
+    return result
 
 
 def same_rows(got: pl.DataFrame, want: pl.DataFrame) -> str | None:
@@ -377,7 +378,7 @@ def same_rows(got: pl.DataFrame, want: pl.DataFrame) -> str | None:
     got = got.select(want.columns)
     if got.schema != want.schema:
         try:
-            got = got.cast(dict(want.schema))
+            got = got.cast(want.schema)
         except pl.exceptions.PolarsError:
             return f"types differ: got {got.schema}, want {want.schema}"
     if got.height != want.height:
