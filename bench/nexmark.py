@@ -41,17 +41,17 @@ def child(query: str, path: str, batch_size: int, check: bool) -> None:
     wall0, cpu0 = time.perf_counter(), time.process_time()
     result = sl.run(flow, batch_size=batch_size)
     wall, cpu = time.perf_counter() - wall0, time.process_time() - cpu0
+    import resource
+
+    rss_mb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # before the oracle runs in this process
     got = sink.frame()
-    out: dict[str, object] = {"query": query, "events": result.rows_read, "wall": wall, "cpu": cpu,
+    out: dict[str, object] = {"query": query, "events": result.rows_read, "wall": wall, "cpu": cpu, "rss_mb": rss_mb,
                               "rows": got.height, "late": {k: v.frame().height for k, v in late.items() if v.frame().height}}
     if check:
         t = time.perf_counter()
         want = nq.oracle(query, path)
         out["check"] = nq.same_rows(got, want) or "equal"
         out["oracle_s"] = time.perf_counter() - t
-    import resource
-
-    out["rss_mb"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
     print(json.dumps(out))
 
 
