@@ -23,8 +23,8 @@ import polars as pl
 import pyarrow.parquet as pq
 
 from sluice.connectors.api import SinkContext, SourceContext
-from sluice.core.batch import OFFSET, TIME, Batch, Origin, user_columns
 from sluice.connectors.staging import new_lineage
+from sluice.core.batch import OFFSET, TIME, Batch, Origin, user_columns
 from sluice.core.errors import DecodeError, HeaderError, IncompatibleCheckpointError, PlanError, SinkError
 from sluice.core.schema import Schema
 from sluice.formats.api import Decoded

@@ -107,6 +107,20 @@ class IncompatibleCheckpointError(CheckpointError):
     """The flow changed in a way its checkpointed state cannot follow."""
 
 
+class SinkAheadError(CheckpointError):
+    """A sink has applied an epoch newer than the checkpoint recovery chose, and cannot take it back."""
+
+    def __init__(self, step: str, target: str, applied: int, recorded: int | None) -> None:
+        since = f"epoch {recorded}" if recorded else "no epoch (it starts from the beginning)"
+        super().__init__(
+            f"write step {step!r}: {target} has already applied epoch {applied}, but the checkpoint being resumed "
+            f"recorded {since}: the newer checkpoints are damaged or were deleted (see the warnings above), and this "
+            f"sink cannot take back what it applied. Resuming would write epochs {(recorded or 0) + 1}-{applied} "
+            f"again or skip different rows. Fix: restore the newer checkpoint(s) from a backup; or start afresh: "
+            f"remove what this flow wrote to {target} (and its commit marker) and use a new checkpoint directory")
+        self.step, self.applied, self.recorded = step, applied, recorded
+
+
 class KafkaError(SluiceError):
     """Kafka refused or failed an operation."""
 

@@ -22,7 +22,7 @@ from sluice.core.plain import canonical, describe_changes
 from sluice.core.plan import EventTime, Match, Plan, Process, Read, Ref, Step, Union, Window, Write
 from sluice.operators.base import Emitted, Operator
 from sluice.operators.stateless import EventTimeOperator, PassThrough, union_mismatch
-from sluice.runtime.commit import EpochCommit
+from sluice.runtime.commit import EpochCommit, sink_call
 from sluice.runtime.registry import BuildContext, build
 from sluice.runtime.schemas import stream_schema
 
@@ -81,7 +81,7 @@ class _WriteOperator(Operator):
     def on_batch(self, index: int, batch: Batch) -> Emitted:
         if batch.height:
             try:
-                self.writer.write(batch.df)
+                sink_call(self.name, self.writer, f"writing {batch.height} rows", lambda: self.writer.write(batch.df))
             except RejectedRecord as exc:
                 raise EncodeError(self.name, batch.position_of(exc.index), exc.detail, ENCODE_FIX) from exc
         return []
@@ -238,12 +238,12 @@ class Executor:
             self.readers[step.name] = step.source.open(ctx)
             return PassThrough(step.name)
         if isinstance(step, Write):
-            writer = step.sink.open(SinkContext(step.name, exactly_once=self.exactly_once,
+            writer = sink_call(step.name, step.sink, "opening", lambda: step.sink.open(SinkContext(step.name, exactly_once=self.exactly_once,
                                                 schema=stream_schema(self.plan, step.inputs[0]),
                                                 flow=self.plan.name, task=self.task, instance=self.instance,
                                                 staging_dir=self._staging_dir(),
                                                 txn_name=self.txn_names.get(step.name),
-                                                changelog_key=self.plan.changelog_key(step.inputs[0])))
+                                                changelog_key=self.plan.changelog_key(step.inputs[0]))))
             self.writers[step.name] = writer
             return _WriteOperator(step.name, writer)
         return build(step, BuildContext(self.plan.name, self.batch_size, self.state_backend, self.state_dir))
@@ -264,8 +264,8 @@ class Executor:
         drop = self.checkpoints.drop_state if self.checkpoints else ()
         saved = self._renamed(saved, where)
         problems: list[str] = self._suspected_renames(saved, where, drop)
-        names = {s.name for s in self.plan.steps}
-        removed = [n for n in saved if n not in names and n not in drop]
+        step_names = {s.name for s in self.plan.steps}
+        removed = [n for n in saved if n not in step_names and n not in drop]
         if removed:
             log.warning("%s has state for steps no longer in the flow, ignored: %s", where, ", ".join(removed))
         predate: list[Step] = []
@@ -511,7 +511,7 @@ class Executor:
             for reader in self.readers.values():
                 reader.close()
             for name, writer in self.writers.items():
-                writer.close()
+                sink_call(name, writer, "closing", writer.close)
                 metrics = getattr(writer, "metrics", None)
                 if callable(metrics):
                     self.stats[name].metrics = dict(metrics())
