@@ -27,6 +27,7 @@ from sluice.core.failpoints import failpoint
 log = logging.getLogger("sluice.runtime")
 Txns = dict[str, dict[str, Any]]
 T = TypeVar("T")
+_FILE_SYSTEM = {errno.EACCES, errno.EPERM, errno.EROFS, errno.ENOENT, errno.ENOTDIR, errno.EISDIR, errno.EEXIST}
 
 
 def sink_call(step: str, writer: object, doing: str, fn: Callable[[], T], after: str = "") -> T:
@@ -40,6 +41,9 @@ def sink_call(step: str, writer: object, doing: str, fn: Callable[[], T], after:
     except OSError as exc:
         if exc.errno in (errno.ENOSPC, errno.EDQUOT) or "os error 28" in str(exc):
             raise
+        if exc.errno not in _FILE_SYSTEM and exc.filename is None:  # a connection reset, a timeout
+            raise SinkError(f"write step {step!r} ({type(writer).__name__}): {doing} failed: "
+                            f"{type(exc).__name__}: {exc}.{after}") from exc
         where = f" ({exc.filename})" if exc.filename else ""
         raise SinkError(f"write step {step!r} ({type(writer).__name__}): {doing} failed{where}: "
                         f"{exc.strerror or exc}.{after} Fix: make the output writable and run again") from exc

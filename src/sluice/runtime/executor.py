@@ -325,17 +325,25 @@ class Executor:
         """`saved` with the steps renamed by allow_rename under their new names."""
         if not self.renames:
             return saved
-        names = {s.name for s in self.plan.steps}
+        self._check_renames(saved)
         out = dict(saved)
+        for old, new in self.renames.items():
+            if old in out:
+                out[new] = out.pop(old)
+        return out
+
+    def _check_renames(self, *saved: dict[str, Any]) -> None:
+        """Each allow_rename pair names a step of the checkpoint that the flow no longer has, and one it has."""
+        names = {s.name for s in self.plan.steps}
         for old, new in self.renames.items():
             if new not in names:
                 raise IncompatibleCheckpointError(f"allow_rename {old}={new}: the flow has no step {new!r}")
             if old in names:
                 raise IncompatibleCheckpointError(
                     f"allow_rename {old}={new}: the flow still has a step {old!r}; rename it or drop the option")
-            if old in out:
-                out[new] = out.pop(old)
-        return out
+            if saved and not any(old in s for s in saved):
+                raise IncompatibleCheckpointError(
+                    f"allow_rename {old}={new}: the checkpoint has no step {old!r} (nothing to carry over)")
 
     def _suspected_renames(self, saved: dict[str, Any], where: str, drop: tuple[str, ...]) -> list[str]:
         """A step gone from the flow while a new one of the same kind (and, for state, the same parameters)
@@ -419,6 +427,7 @@ class Executor:
                 self.store.set_aside(damaged)
             return
         where = f"checkpoint {cp.id} in {self.store.dir}"
+        self._check_renames(cp.manifest["steps"], cp.manifest["sinks"])
         txns = self._sink_txns(cp, where)
         self.apply_state(cp.manifest["steps"], cp.state, where)
         # every sink back to exactly this checkpoint: its epoch again, anything later dropped or cut back
