@@ -154,8 +154,8 @@ def test_cli_allow_rename(tmp_path: Path) -> None:
     write_input(tmp_path, range(96))
     job = tmp_path / "job.py"
     job.write_text(
-        "import sys\nfrom pathlib import Path\nsys.path.insert(0, %r)\nimport test_plan_changes as t\n"
-        "flow = t.build(Path(%r), window=sys.argv[1])\n" % (str(ROOT / "tests"), str(tmp_path)))
+        "import sys\nfrom pathlib import Path\nsys.path.insert(0, {!r})\nimport test_plan_changes as t\n"
+        "flow = t.build(Path({!r}), window=sys.argv[1])\n".format(str(ROOT / "tests"), str(tmp_path)))
     env = {"PYTHONPATH": str(ROOT / "src")}
     cmd = [sys.executable, "-m", "sluice.cli.main", "run", "-q", str(job), "--checkpoint-dir", str(tmp_path / "ck"),
            "--checkpoint-interval", "0"]
