@@ -63,24 +63,50 @@ def oracle(df: pl.DataFrame) -> pl.DataFrame:
             .agg(n=pl.len()).select("k", "window_start", pl.col("n").cast(pl.Int64)).sort("k", "window_start"))
 
 
+JOB = """
+import sys
+from pathlib import Path
+sys.path.insert(0, {tests!r})
+import test_plan_changes as t
+flow = t.build(Path({tmp!r}), **dict(a.split("=") for a in sys.argv[1:]))
+"""
+
+
+def cli(tmp: Path, *args: str, names: dict[str, str] | None = None, batch: int = 7, failpoint: str = "",
+        check: bool = False) -> subprocess.CompletedProcess[str]:
+    """`sluice run` of `build(tmp, **names)` with checkpoints after every batch (a failpoint armed: killed there)."""
+    job = tmp / "job.py"
+    job.write_text(JOB.format(tests=str(ROOT / "tests"), tmp=str(tmp)))
+    env = {"PYTHONPATH": str(ROOT / "src"), "SLUICE_FAILPOINTS": failpoint}
+    cmd = [sys.executable, "-m", "sluice.cli.main", "run", "-q", str(job), "--checkpoint-dir", str(tmp / "ck"),
+           "--checkpoint-interval", "0", "--batch-size", str(batch), *args, "--",
+           *(f"{k}={v}" for k, v in (names or {}).items())]
+    r = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=300)
+    assert not check or r.returncode == 0, r.stderr
+    return r
+
+
 def first_run(tmp: Path, batch: int) -> pl.DataFrame:
-    """Run over the first 304 rows, then grow the input by 304 more; returns all the input."""
-    first = write_input(tmp, range(304))
-    sl.run(build(tmp), batch_size=batch, checkpoint_dir=tmp / "ck", checkpoint_interval=0.0)
-    return pl.concat([first, write_input(tmp, range(304, 608))])
+    """Killed (kill -9, a failpoint) mid-run over 608 rows, windows open; returns the input."""
+    everything = write_input(tmp, range(608))
+    killed = cli(tmp, batch=batch, failpoint="after_sink_commit@" + ("1" if batch > 608 else "20"))
+    assert killed.returncode == -9, killed.stderr
+    assert raw_ids(tmp / "raw")  # some epochs published
+    return everything
 
 
 @pytest.mark.parametrize("batch", [1, 7, 65536])
 def test_renamed_sink_is_refused_then_carried_over(tmp_path: Path, batch: int) -> None:
     """Before: the renamed sink started as new and its first commit replaced the committed part files."""
     everything = first_run(tmp_path, batch)
+    before = raw_ids(tmp_path / "raw")
     renamed = build(tmp_path, sink="raw_rows")
     with pytest.raises(IncompatibleCheckpointError) as err:
         sl.run(renamed, batch_size=batch, checkpoint_dir=tmp_path / "ck")
     message = str(err.value)
     assert "write step 'raw' is in checkpoint" in message and "'raw_rows'" in message, message
     assert "allow_rename={'raw': 'raw_rows'}" in message and "--allow-rename raw=raw_rows" in message, message
-    assert raw_ids(tmp_path / "raw") == list(range(304))  # refused before anything was touched
+    assert raw_ids(tmp_path / "raw") == before  # refused before anything was touched
     sl.run(renamed, batch_size=batch, checkpoint_dir=tmp_path / "ck", allow_rename={"raw": "raw_rows"})
     assert raw_ids(tmp_path / "raw") == sorted(everything["id"].to_list())
     assert windows(tmp_path / "windows.jsonl").equals(oracle(everything))
@@ -151,21 +177,13 @@ def test_allow_rename_names_must_exist(tmp_path: Path) -> None:
 
 
 def test_cli_allow_rename(tmp_path: Path) -> None:
-    write_input(tmp_path, range(96))
-    job = tmp_path / "job.py"
-    job.write_text(
-        "import sys\nfrom pathlib import Path\nsys.path.insert(0, {!r})\nimport test_plan_changes as t\n"
-        "flow = t.build(Path({!r}), window=sys.argv[1])\n".format(str(ROOT / "tests"), str(tmp_path)))
-    env = {"PYTHONPATH": str(ROOT / "src")}
-    cmd = [sys.executable, "-m", "sluice.cli.main", "run", "-q", str(job), "--checkpoint-dir", str(tmp_path / "ck"),
-           "--checkpoint-interval", "0"]
-    assert subprocess.run([*cmd, "--", "w"], env=env, capture_output=True, text=True).returncode == 0
-    refused = subprocess.run([*cmd, "--", "counts"], env=env, capture_output=True, text=True)
+    everything = first_run(tmp_path, 7)
+    refused = cli(tmp_path, names={"window": "counts"})
     assert refused.returncode != 0 and "--allow-rename w=counts" in refused.stderr, refused.stderr
     assert "Traceback" not in refused.stderr
-    ok = subprocess.run([*cmd, "--allow-rename", "w=counts", "--", "counts"], env=env, capture_output=True, text=True)
-    assert ok.returncode == 0, ok.stderr
-    bad = subprocess.run([*cmd, "--allow-rename", "w", "--", "counts"], env=env, capture_output=True, text=True)
+    cli(tmp_path, "--allow-rename", "w=counts", names={"window": "counts"}, check=True)
+    assert windows(tmp_path / "windows.jsonl").equals(oracle(everything))
+    bad = cli(tmp_path, "--allow-rename", "w", names={"window": "counts"})
     assert bad.returncode != 0 and "OLD=NEW" in bad.stderr
 
 

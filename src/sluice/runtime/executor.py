@@ -325,7 +325,7 @@ class Executor:
         """`saved` with the steps renamed by allow_rename under their new names."""
         if not self.renames:
             return saved
-        self._check_renames(saved)
+        self._check_renames()  # (that each old name is in the checkpoint, steps or sinks: checked by _restore)
         out = dict(saved)
         for old, new in self.renames.items():
             if old in out:
