@@ -2,7 +2,9 @@
 epoch newer than the chosen checkpoint cannot take that epoch back, so the run refuses to start — naming
 the sink, the epochs and the fix — instead of writing those epochs a second time (issue 13, item 2).
 
-Before the change, the Delta table and the PostgreSQL table got the rows of the lost epochs twice."""
+Before the change the replayed epochs were skipped by their numbers: right only when the replay cuts its
+epochs exactly where the lost run did (as here, a checkpoint per batch); with timed checkpoints the replayed
+epoch N holds other rows than the applied epoch N, so rows were lost or written twice, without a word."""
 
 from __future__ import annotations
 
