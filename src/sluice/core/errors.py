@@ -10,11 +10,12 @@
     │   ├── EncodeError        a record does not fit the sink's format (e.g. its Avro schema)
     │   └── ConstraintError    a database refused a row (a constraint of the table); names the constraint
     ├── CheckpointError        a checkpoint cannot be written or used
-    │   └── IncompatibleCheckpointError  the flow changed in a way its checkpointed state cannot follow
+    │   ├── IncompatibleCheckpointError  the flow changed in a way its checkpointed state cannot follow
+    │   └── SinkAheadError     a sink applied epochs after the checkpoint recovery must use (a damaged newer one)
     ├── LogError               the embedded log is damaged or misused
     │   └── CorruptSegmentError  a log segment fails its CRC check somewhere other than its tail
     ├── KafkaError             Kafka refused or failed an operation
-    ├── SinkError              a database sink's target (Redis, Delta Lake) refused or failed an operation
+    ├── SinkError              a sink (Redis, Delta Lake, a user's sl.Sink, a file system) refused or failed
     ├── DatabaseError          a database (PostgreSQL) cannot be reached or refused an operation
     ├── CassandraError         Cassandra could not be reached, or refused or failed an operation
     ├── SchemaRegistryError    the schema registry refused a request or could not be reached
