@@ -80,9 +80,20 @@ def test_redis_sink_ahead_of_the_checkpoint_refuses(tmp_path: Path, redis_url: s
     assert "Redis (key sluice:epoch:" in message
 
 
-def test_an_intact_checkpoint_resumes_without_refusing(tmp_path: Path) -> None:
-    """The rule bites only when the marker is ahead: a plain rerun (the marker equals the checkpoint) goes on."""
+def test_a_sink_exactly_at_the_chosen_checkpoint_resumes(tmp_path: Path) -> None:
+    """The rule bites only when the marker is ahead: losing only the final checkpoints (their epochs, at the
+    end of the input, wrote nothing) leaves the marker equal to the checkpoint used, and the run goes on."""
     flow = _flow(tmp_path, sl.DeltaSink(tmp_path / "table"))
     sl.run(flow, batch_size=12, checkpoint_dir=tmp_path / "ck", checkpoint_interval=0.0, keep_checkpoints=5)
-    sl.run(flow, batch_size=12, checkpoint_dir=tmp_path / "ck", checkpoint_interval=0.0, keep_checkpoints=5)
+    from deltalake import DeltaTable
+
+    versions = DeltaTable(str(tmp_path / "table")).history()
+    applied = max(int(v["sluice.epoch"]) for v in versions if "sluice.epoch" in v)
+    ids = CheckpointStore(tmp_path / "ck").ids()
+    assert applied < ids[-1]  # the final epochs wrote nothing
+    left = _lose_newest_checkpoints(tmp_path / "ck", len([i for i in ids if i > applied]))
+    assert left == applied
+    table = sl.DeltaSink(tmp_path / "table")
+    sl.run(_flow(tmp_path, table), batch_size=12, checkpoint_dir=tmp_path / "ck", checkpoint_interval=0.0,
+           keep_checkpoints=5)
     assert sorted(pl.read_delta(str(tmp_path / "table"))["id"].to_list()) == list(range(ROWS))
