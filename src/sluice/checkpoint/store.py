@@ -202,12 +202,16 @@ class CheckpointStore:
         head = self.head()
         top = max([*ids, head or 0])
         chosen: Checkpoint | None = None
+        known = set(ids)
         for cid in range(top, 0, -1):
             path = self.dir / f"chk-{cid:06d}"
-            if cid not in ids:
+            if cid not in known:
                 if head is None or cid > head:
                     continue
-                if ids and cid < ids[0]:
+                if not ids or cid < ids[0]:
+                    if not ids:  # every checkpoint up to HEAD is gone: one report, not one per id
+                        damaged.append(Damage(cid, path, f"checkpoint {cid} (HEAD) and every one before it in "
+                                                         f"{self.dir} are missing (deleted)"))
                     break  # older than every kept checkpoint: pruned
                 problem = (f"checkpoint {cid} at {path} has no manifest (deleted)" if path.exists() else
                            f"checkpoint {cid} at {path} is missing (its directory was deleted)")
