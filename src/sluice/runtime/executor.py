@@ -170,6 +170,7 @@ class Executor:
         if self.store is not None:
             self._recoverable = self.store.recoverable()
         self.txn_names = self._txn_names(plan, self._recoverable[0])
+        self._plan_record: dict[str, Any] | None = None
         self.writers: dict[str, SinkWriter] = {}
         self.next_checkpoint = 1
         self.restored_from: int | None = None
@@ -209,6 +210,11 @@ class Executor:
 
     def plan_record(self) -> dict[str, Any]:
         """What the manifest keeps of the closed plan: each step's kind, fingerprint and parameters."""
+        if self._plan_record is None:
+            self._plan_record = self._make_plan_record()
+        return self._plan_record
+
+    def _make_plan_record(self) -> dict[str, Any]:
         out: dict[str, Any] = {}
         for step in self.plan.steps:
             fp = self.fingerprints[step.name]
