@@ -49,7 +49,7 @@ def test_damaged_newest_checkpoint_falls_back(tmp_path: Path, caplog: pytest.Log
     frame.write_bytes(b"garbage")
     with caplog.at_level(logging.WARNING):
         assert store.latest().id == newest - 1  # type: ignore[union-attr]
-    assert "fails its checksum" in caplog.text and "recovering from the checkpoint before it" in caplog.text
+    assert "fails its checksum" in caplog.text and f"recovering from checkpoint {newest - 1}, the newest whole one" in caplog.text
 
 
 def test_changed_window_is_refused_unless_its_state_is_dropped(tmp_path: Path) -> None:

@@ -137,9 +137,10 @@ def test_operator_resumes_exactly(name: str, transactions: Path, events: Path, t
     out = tmp_path / "out.jsonl"
     Path(str(out) + ".armed").write_text("6")
     ckpt = tmp_path / "ck"
-    with pytest.raises(Crash):
+    with pytest.raises(sl.SinkError) as err:  # a sink that raises stops the run with an error naming it
         sl.run(build(sl.JsonLinesSource(src), CrashingSink(out)), batch_size=700, checkpoint_dir=ckpt,
                checkpoint_interval=0.0)
+    assert isinstance(err.value.__cause__, Crash)
     assert len(reference.read_bytes()) > 0
     assert not out.exists() or len(out.read_bytes()) < len(reference.read_bytes())  # it died part-way
     sl.run(build(sl.JsonLinesSource(src), CrashingSink(out)), batch_size=700, checkpoint_dir=ckpt, checkpoint_interval=0.0)

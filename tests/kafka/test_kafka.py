@@ -56,9 +56,10 @@ def test_resume_from_checkpointed_offsets_after_a_crash(kafka_bootstrap: str, ev
     sl.run(build("w1", KafkaSource(topic, kafka_bootstrap), sl.JsonLinesSink(reference)), batch_size=2000)
     out, ckpt = tmp_path / "out.jsonl", tmp_path / "ck"
     Path(str(out) + ".armed").write_text("5")
-    with pytest.raises(Crash):
+    with pytest.raises(sl.SinkError) as err:  # the sink's exception, named by its step
         sl.run(build("w1", KafkaSource(topic, kafka_bootstrap), CrashingSink(out)), batch_size=2000,
                checkpoint_dir=ckpt, checkpoint_interval=0.0)
+    assert isinstance(err.value.__cause__, Crash)
     sl.run(build("w1", KafkaSource(topic, kafka_bootstrap), CrashingSink(out)), batch_size=2000,
            checkpoint_dir=ckpt, checkpoint_interval=0.0)
     assert out.read_bytes() == reference.read_bytes()

@@ -3,10 +3,17 @@
     <dir>/chk-000042/manifest.json    written last, through a temporary name, fsync'ed, then renamed
     <dir>/chk-000042/<step>.<key>.arrow   DataFrames of a step's state (Arrow IPC)
 
+    <dir>/HEAD                            the id of the newest checkpoint written (after its manifest)
+
 The manifest holds each stateful step's kind and fingerprint (a JSON object of the parameters its state
-depends on, see docs/design/plan.md), its scalar state, the names and SHA-256 of
-its frame files, and each sink's pending transaction. A checkpoint exists only once its manifest does; a
-manifest whose files fail their checksums is reported and skipped in favour of the one before.
+depends on, see docs/design/plan.md), its scalar state, the names and SHA-256 of its frame files, each
+sink's pending transaction, the closed plan's steps (names, kinds, fingerprints, parameters), and a
+SHA-256 of all of that (`checksum`: every field, so an edited source position is caught too).
+
+A checkpoint exists only once its manifest does. A damaged one (unreadable or edited manifest, a frame
+flipped, truncated or deleted, a manifest or directory deleted although HEAD says it was written) is
+reported with what is wrong, set aside as `damaged-chk-…`, and recovery uses the newest whole checkpoint
+before it; the runtime then cuts every sink back to that checkpoint (docs/design/commit.md).
 """
 
 from __future__ import annotations
@@ -36,6 +43,21 @@ class DirectoryState:
     """State that writes itself as a directory (a RocksDB checkpoint): `create(path)` makes `path`."""
 
     create: Any  # Callable[[Path], None]
+
+
+def manifest_checksum(manifest: dict[str, Any]) -> str:
+    """SHA-256 of every field of the manifest but the checksum itself (canonical JSON)."""
+    body = {k: v for k, v in manifest.items() if k != "checksum"}
+    return hashlib.sha256(json.dumps(body, sort_keys=True, separators=(",", ":")).encode()).hexdigest()
+
+
+@dataclass(frozen=True)
+class Damage:
+    """A checkpoint recovery could not use, and why."""
+
+    id: int
+    path: Path
+    problem: str
 
 
 @dataclass(frozen=True)
@@ -81,13 +103,31 @@ class CheckpointStore:
                     continue
         return sorted(found)
 
-    def write(self, cid: int, flow: str, steps: dict[str, tuple[str, Any, State]], sinks: dict[str, Any]) -> Checkpoint:
-        """steps: name → (kind, fingerprint (JSON), state). Returns once the manifest is durable."""
+    def head(self) -> int | None:
+        """The id HEAD says was written last (None: no HEAD, a directory from before HEAD existed)."""
+        try:
+            return int((self.dir / "HEAD").read_text().strip())
+        except (OSError, ValueError):
+            return None
+
+    def _write_head(self, cid: int) -> None:
+        """Not fsynced: a HEAD lost in a power cut only says less (an older id, or none, which is never
+        mistaken for damage); it is written after the manifest is durable, so it never says more."""
+        tmp = self.dir / "HEAD.tmp"
+        tmp.write_text(f"{cid}\n")
+        os.replace(tmp, self.dir / "HEAD")
+
+    def write(self, cid: int, flow: str, steps: dict[str, tuple[str, Any, State]], sinks: dict[str, Any],
+              plan: dict[str, Any] | None = None) -> Checkpoint:
+        """steps: name → (kind, fingerprint (JSON), state); plan: the closed plan's steps by name (kind,
+        fingerprint, parameters). Returns once the manifest is durable."""
         path = self.dir / f"chk-{cid:06d}"
         if path.exists():
             shutil.rmtree(path)
         path.mkdir(parents=True)
         manifest: dict[str, Any] = {"id": cid, "flow": flow, "steps": {}, "sinks": sinks}
+        if plan is not None:
+            manifest["plan"] = plan
         for name, (kind, fingerprint, state) in steps.items():
             scalars, frames, dirs = {}, {}, {}
             for key, value in state.items():
@@ -108,6 +148,7 @@ class CheckpointStore:
                     scalars[key] = value
             manifest["steps"][name] = {"kind": kind, "fingerprint": fingerprint, "scalars": scalars, "frames": frames,
                                        "dirs": dirs}
+        manifest["checksum"] = manifest_checksum(manifest)
         tmp = path / "manifest.json.tmp"
         with open(tmp, "w") as f:  # an OSError (a full disk) reaches the runtime, which says what to do
             json.dump(manifest, f, indent=1, sort_keys=True)
@@ -115,6 +156,7 @@ class CheckpointStore:
             os.fsync(f.fileno())
         os.replace(tmp, path / "manifest.json")
         _fsync(path)
+        self._write_head(cid)
         return Checkpoint(cid, path, manifest)
 
     def load(self, cid: int) -> Checkpoint:
@@ -123,6 +165,15 @@ class CheckpointStore:
             manifest = json.loads((path / "manifest.json").read_text())
         except (OSError, ValueError) as exc:
             raise CheckpointError(f"checkpoint {cid} at {path} has an unreadable manifest: {exc}") from exc
+        if not isinstance(manifest, dict) or not isinstance(manifest.get("steps"), dict) \
+                or not isinstance(manifest.get("sinks"), dict):
+            raise CheckpointError(f"checkpoint {cid} at {path} has a manifest without its steps and sinks")
+        if "checksum" in manifest and manifest["checksum"] != manifest_checksum(manifest):
+            raise CheckpointError(f"checkpoint {cid} at {path}: its manifest fails its checksum (edited or "
+                                  "damaged: a source position, a state value or a transaction differs from what "
+                                  "was written)")
+        if manifest.get("id", cid) != cid:
+            raise CheckpointError(f"checkpoint {cid} at {path} holds the manifest of checkpoint {manifest.get('id')}")
         for step in manifest["steps"].values():
             for meta in step["frames"].values():
                 file = path / meta["file"]
@@ -136,12 +187,60 @@ class CheckpointStore:
 
     def latest(self) -> Checkpoint | None:
         """The newest checkpoint that is whole; a damaged newer one is reported and skipped."""
-        for cid in reversed(self.ids()):
+        return self.recoverable()[0]
+
+    def recoverable(self) -> tuple[Checkpoint | None, list[Damage]]:
+        """The newest whole checkpoint, and every newer one that is damaged (each reported with a warning).
+
+        Damaged: a manifest that is unreadable, edited (its checksum), or whose frames fail theirs; and,
+        up to the id in HEAD, a checkpoint whose manifest or whole directory is gone (a directory without
+        a manifest above HEAD is a checkpoint a crash interrupted, not damage)."""
+        damaged: list[Damage] = []
+        ids = self.ids()
+        head = self.head()
+        top = max([*ids, head or 0])
+        chosen: Checkpoint | None = None
+        known = set(ids)
+        for cid in range(top, 0, -1):
+            path = self.dir / f"chk-{cid:06d}"
+            if cid not in known:
+                if head is None or cid > head:
+                    continue
+                if not ids or cid < ids[0]:
+                    if not ids:  # every checkpoint up to HEAD is gone: one report, not one per id
+                        damaged.append(Damage(cid, path, f"checkpoint {cid} (HEAD) and every one before it in "
+                                                         f"{self.dir} are missing (deleted)"))
+                    break  # older than every kept checkpoint: pruned
+                problem = (f"checkpoint {cid} at {path} has no manifest (deleted)" if path.exists() else
+                           f"checkpoint {cid} at {path} is missing (its directory was deleted)")
+                damaged.append(Damage(cid, path, problem))
+                continue
             try:
-                return self.load(cid)
+                chosen = self.load(cid)
+                break
             except CheckpointError as exc:
-                log.warning("%s; recovering from the checkpoint before it", exc)
-        return None
+                damaged.append(Damage(cid, path, str(exc)))
+        for d in damaged:
+            log.warning("%s; recovering from %s", d.problem,
+                        f"checkpoint {chosen.id}, the newest whole one before it" if chosen else
+                        "the start: no whole checkpoint is left")
+        return chosen, damaged
+
+    def set_aside(self, damaged: list[Damage]) -> None:
+        """Move damaged checkpoints out of the way (kept for inspection as damaged-chk-…); HEAD goes back
+        to the checkpoint recovery chose, so they are not reported again."""
+        for d in damaged:
+            if d.path.exists():
+                aside = self.dir / f"damaged-{d.path.name}"
+                if aside.exists():
+                    shutil.rmtree(aside, ignore_errors=True)
+                os.replace(d.path, aside)
+        ids = self.ids()
+        if damaged or (self.head() or 0) > (ids[-1] if ids else 0):
+            if ids:
+                self._write_head(ids[-1])
+            else:
+                (self.dir / "HEAD").unlink(missing_ok=True)
 
     def prune(self, keep: int | None = None) -> list[int]:
         keep = self.keep if keep is None else keep
@@ -150,7 +249,9 @@ class CheckpointStore:
         for cid in dropped:
             shutil.rmtree(self.dir / f"chk-{cid:06d}", ignore_errors=True)
         for stray in self.dir.glob("chk-*"):  # directories a crash left without a manifest
-            if not (stray / "manifest.json").exists() and (not ids or int(stray.name[4:] or 0) > ids[-1] or int(stray.name[4:] or 0) < ids[0]):
+            if not stray.name[4:].isdigit() or (stray / "manifest.json").exists():
+                continue
+            if not ids or int(stray.name[4:]) > ids[-1] or int(stray.name[4:]) < ids[0]:
                 shutil.rmtree(stray, ignore_errors=True)
         return dropped
 

@@ -110,16 +110,30 @@ def cmd_run(a: argparse.Namespace) -> int:
     with Progress(f"flow {flow.name!r}") if not a.quiet else contextlib.nullcontext() as progress:
         result = run(flow, batch_size=a.batch_size, progress=progress,
                      checkpoint_dir=a.checkpoint_dir, checkpoint_interval=a.checkpoint_interval,
-                     drop_state=tuple(a.drop_state), state=a.state, state_dir=a.state_dir)
+                     drop_state=tuple(a.drop_state), state=a.state, state_dir=a.state_dir,
+                     allow_rename=_renames(a.allow_rename))
     if not a.quiet:
         print(result.summary())
     return 0
+
+
+def _renames(pairs: list[str]) -> dict[str, str]:
+    out = {}
+    for pair in pairs:
+        old, sep, new = pair.partition("=")
+        if not sep or not old or not new:
+            raise SystemExit(f"sluice run: --allow-rename takes OLD=NEW (two step names), got {pair!r}")
+        out[old] = new
+    return out
 
 
 def _run_on_kafka(a: argparse.Namespace, bootstrap: str) -> int:
     import json
     import subprocess
 
+    if a.allow_rename:
+        raise SystemExit("sluice run: --allow-rename applies to the embedded runtime (--checkpoint-dir); on Kafka, "
+                         "keep the old step names, or start the renamed flow under a new --app-id")
     if a.state != "memory" or a.state_dir:
         raise SystemExit("sluice run: --state/--state-dir apply to the embedded runtime; on Kafka, state is kept "
                          "in memory and restored from the changelog")
@@ -256,6 +270,9 @@ def build_parser() -> argparse.ArgumentParser:
     r.add_argument("--checkpoint-interval", type=float, default=10.0, help="seconds between checkpoints (default: 10)")
     r.add_argument("--drop-state", action="append", default=[], metavar="STEP",
                    help="discard the checkpointed state of a step whose definition changed (repeatable)")
+    r.add_argument("--allow-rename", action="append", default=[], metavar="OLD=NEW",
+                   help="a step renamed since the checkpoint: carry its state, read position or sink "
+                   "transactions over to the new name (repeatable)")
     r.add_argument("--state", choices=BACKENDS, default="memory",
                    help="where process functions keep keyed state: memory, or rocksdb for state larger than "
                    "memory (default: memory)")

@@ -56,13 +56,14 @@ class SinkContext:
     instance: str = ""  # the worker (Kafka runtime) or run that owns the writer
     staging_dir: str | None = None  # a checkpointed sl.run: where sinks may stage an epoch (under the checkpoints)
     changelog_key: tuple[str, ...] | None = None  # the input is a changelog (column _op) of a table with this key
+    txn_name: str | None = None  # a step renamed with allow_rename: the name its transactions keep
 
     @property
     def txn_prefix(self) -> str:
         """A stable name for this writer's transactions: flow, step and task (not the instance, which
         changes when a task moves to another worker; the new owner recovers the same transactions)."""
         task = "" if self.task is None else f"-t{self.task}"
-        return f"{self.flow}-{self.step}{task}"
+        return f"{self.flow}-{self.txn_name or self.step}{task}"
 
 
 def staging_lineage(staging_dir: str) -> str:

@@ -33,7 +33,7 @@ from sluice.connectors.api import SinkContext, SourceContext
 from sluice.connectors.staging import StagedFiles, lineage_of, new_lineage
 from sluice.core.batch import OFFSET, Batch, Origin, user_columns
 from sluice.core.changelog import DELETE, INSERT, OP, UPDATE_AFTER, UPDATE_BEFORE
-from sluice.core.errors import EncodeError, PlanError, SinkError
+from sluice.core.errors import EncodeError, PlanError, SinkAheadError, SinkError
 
 log = logging.getLogger("sluice.connectors")
 MODES = ("append", "merge")
@@ -326,6 +326,12 @@ class DeltaWriter:
     def recover(self, txn: dict[str, Any] | None) -> None:
         self.frames, self.rows, self.ready = [], 0, []
         self.lineage = lineage_of(txn)
+        if txn and txn.get("epoch") is not None:
+            table = self._table()
+            app_id = f"sluice-{self.ctx.txn_prefix}-{self.lineage}"
+            applied = table.transaction_version(app_id) if table is not None else None
+            if applied is not None and applied > int(txn["epoch"]):
+                raise SinkAheadError(self.ctx.step, f"the Delta table {self.uri}", int(applied), int(txn["epoch"]))
         if txn:
             self.commit(txn)
         if self.files is not None:

@@ -6,7 +6,9 @@ then renamed), so a reader never sees half a file.
 
 from __future__ import annotations
 
+import errno
 import io
+import logging
 import os
 import shutil
 import uuid
@@ -21,8 +23,9 @@ import polars as pl
 import pyarrow.parquet as pq
 
 from sluice.connectors.api import SinkContext, SourceContext
+from sluice.connectors.staging import new_lineage
 from sluice.core.batch import OFFSET, TIME, Batch, Origin, user_columns
-from sluice.core.errors import DecodeError, HeaderError, PlanError
+from sluice.core.errors import DecodeError, HeaderError, IncompatibleCheckpointError, PlanError, SinkError
 from sluice.core.schema import Schema
 from sluice.formats.api import Decoded
 from sluice.formats.csv import Csv, CsvFile
@@ -31,6 +34,7 @@ from sluice.formats.json import Json
 from sluice.formats.json_check import BOM
 
 FIRST_BLOCK_BYTES = 256 << 10
+log = logging.getLogger("sluice.files")
 
 
 def _expand(paths: str | Path | Sequence[str | Path], step: str, suffix: str, allow_empty: bool = False) -> list[Path]:
@@ -419,10 +423,16 @@ class CsvSink(_FileSink):
 class _FileWriter:
     """Stages rows and publishes them at commit.
 
-    Directory output: each staged file `.part-….stage` is renamed to `part-…` at commit.
+    Directory output: each staged file `.part-….stage` is renamed at commit to
+    `part-<lineage>-<epoch>-<run>-<seq>`, so the file system itself says which epoch published a file.
     Single-file output (JSONL, CSV): the epoch's rows are staged in `.<name>.stage-<epoch>`; commit
     truncates the target to its length before the epoch and appends them, so commit can be repeated
-    (the first epoch of a replacing run renames the stage over the target instead).
+    (the first epoch of a replacing run renames the stage over the target instead). Every transaction
+    records the output path, the epoch, the lineage and (single file) the target's length after it.
+
+    Recovery from an older checkpoint than the newest written (a damaged newest one) cuts the output back
+    to exactly that checkpoint: part files of the same lineage from later epochs are deleted, a single
+    file is truncated to the recorded length.
 
     mode="replace": a fresh run (not resumed from a checkpoint) leaves the old output in place until its
     first commit; that transaction lists the old part files to delete (or the old file to remove), so
@@ -440,6 +450,7 @@ class _FileWriter:
     committed_len: int = 0
     written: list[Path] = field(default_factory=list)
     fresh: bool = False  # not resumed, and nothing prepared yet: the first transaction replaces old output
+    lineage: str = field(default_factory=new_lineage)
 
     def __post_init__(self) -> None:
         if self.single_file and self.ctx.task is not None:
@@ -518,6 +529,9 @@ class _FileWriter:
             self._flush(key)
 
     def _flush(self, key: str) -> None:
+        self._io(lambda: self._flush_one(key), "writing into", self.target)
+
+    def _flush_one(self, key: str) -> None:
         frames = self.buffers.pop(key, [])
         self.rows.pop(key, None)
         if not frames:
@@ -534,27 +548,48 @@ class _FileWriter:
             return
         directory = self.target / key if key else self.target
         self.seq += 1
-        final = directory / f"{self.part_prefix}{self.run_id}-{self.seq:06d}{self.spec.suffix}"
-        stage = final.with_name(f".{final.name}.stage")
+        stage = directory / f".{self.part_prefix}{self.run_id}-{self.seq:06d}{self.spec.suffix}.stage"
         directory.mkdir(parents=True, exist_ok=True)
         self.spec.write_file(df, stage)
-        self.staged.append((str(stage), str(final)))
+        self.staged.append((str(stage), ""))  # named at prepare, once the epoch is known
+
+    def _io(self, action: Callable[[], Any], doing: str, path: Path | str) -> Any:
+        """Run a file operation; an OSError other than a full disk becomes an error naming the step and path."""
+        try:
+            return action()
+        except OSError as exc:
+            if exc.errno in (errno.ENOSPC, errno.EDQUOT) or "os error 28" in str(exc):
+                raise  # the runtime says what to do about a full disk
+            reason = exc.strerror or str(exc)
+            raise SinkError(f"write step {self.ctx.step!r}: {doing} {path} failed: {reason}. Fix: make "
+                            f"{Path(path).parent} writable (permissions, a read-only mount) and run again; "
+                            "a checkpointed run resumes where it was") from None
+
+    def _final(self, stage: str, epoch: int) -> str:
+        """`part-<lineage>-<epoch>-<run>-<seq><suffix>` for the stage `.part-<run>-<seq><suffix>.stage`."""
+        p = Path(stage)
+        rest = p.name[1 + len(self.part_prefix):-len(".stage")]
+        return str(p.with_name(f"{self.part_prefix}{self.lineage}-{epoch:06d}-{rest}"))
 
     def prepare(self, epoch: int) -> dict[str, Any]:
         for key in list(self.buffers):
             self._flush(key)
         txn: dict[str, Any] = self._replaced() if self.fresh else {}
+        txn.update(path=str(self.spec.path), epoch=epoch, lineage=self.lineage)
         self.fresh = False
         if self.single_file:
             stage = self._stage_path(self.epoch)
             self.epoch += 1
+            length = 0 if "remove" in txn else self.committed_len
             if stage.exists():
-                _fsync_file(stage)
+                self._io(lambda: _fsync_file(stage), "syncing", stage)
                 txn["append"] = [str(stage), str(self.target), self.committed_len]
+                length = self.committed_len + stage.stat().st_size
+            txn["length"] = length
             return txn
         for st, _final in self.staged:
-            _fsync_file(Path(st))
-        txn["files"] = self.staged
+            self._io(lambda st=st: _fsync_file(Path(st)), "syncing", st)  # type: ignore[misc]
+        txn["files"] = [(st, self._final(st, epoch)) for st, _final in self.staged]
         self.staged = []
         return txn
 
@@ -569,6 +604,9 @@ class _FileWriter:
         return {"remove": sorted(str(p) for p in self.target.rglob(f"{self.part_prefix}*{self.spec.suffix}"))}
 
     def commit(self, txn: dict[str, Any]) -> None:
+        self._io(lambda: self._commit(txn), "publishing into", self.target)
+
+    def _commit(self, txn: dict[str, Any]) -> None:
         for st, final in txn.get("files", []):
             if os.path.exists(st):
                 os.replace(st, final)
@@ -603,19 +641,58 @@ class _FileWriter:
             self.fresh = True  # the next transaction replaces the old output instead
 
     def recover(self, txn: dict[str, Any] | None) -> None:
-        """Publish the last checkpoint's transaction again, then drop everything staged after it."""
+        """Publish the last checkpoint's transaction again, then drop everything staged after it, and cut
+        back whatever epochs after it published (recovery from an older checkpoint than the newest)."""
+        if txn and txn.get("path") is not None and Path(txn["path"]) != Path(self.spec.path):
+            raise IncompatibleCheckpointError(
+                f"write step {self.ctx.step!r}: its output path changed from {txn['path']!r} to "
+                f"{str(self.spec.path)!r} since the checkpoint; the rows written so far are in the old path and "
+                f"a resumed run would write only the rest into the new one. Fix: move the output "
+                f"(mv {txn['path']} {self.spec.path}) and run again, or give back the old path, or start this sink "
+                f"empty at the new path with drop_state=[{self.ctx.step!r}] (--drop-state {self.ctx.step})")
+        if txn and txn.get("lineage"):
+            self.lineage = str(txn["lineage"])
+        self._io(lambda: self._recover(txn), "recovering", self.target)
+        self.fresh = txn is None
+
+    def _recover(self, txn: dict[str, Any] | None) -> None:
         if txn:
-            self.commit(txn)
+            self._commit(txn)
         if self.single_file:
             for stray in self.target.parent.glob(f".{self.target.name}.stage-*"):
                 stray.unlink()
-            if not txn or "append" not in txn:
+            if txn and txn.get("length") is not None:
+                length = int(txn["length"])
+                if self.target.exists() and self.target.stat().st_size > length:
+                    log.warning("write step %r: %s holds %d bytes written after checkpoint epoch %s; cut back "
+                                "to the %d bytes of that checkpoint", self.ctx.step, self.target,
+                                self.target.stat().st_size - length, txn.get("epoch"), length)
+                    with open(self.target, "r+b") as out:
+                        out.truncate(length)
+                        os.fsync(out.fileno())
+                self.committed_len = min(length, self.target.stat().st_size) if self.target.exists() else 0
+            elif not txn or "append" not in txn:
                 keep = txn is not None or self.spec.mode == "append"  # a fresh replacing run starts from nothing
                 self.committed_len = self.target.stat().st_size if keep and self.target.exists() else 0
         elif self.target.exists():
             for stray in self.target.rglob(f".{self.part_prefix}*.stage"):
                 stray.unlink()
-        self.fresh = txn is None
+            if txn and txn.get("epoch") is not None and txn.get("lineage"):
+                self._cut_back(str(txn["lineage"]), int(txn["epoch"]))
+
+    def _cut_back(self, lineage: str, epoch: int) -> None:
+        """Delete the part files this lineage published in epochs after `epoch`."""
+        head = f"{self.part_prefix}{lineage}-"
+        later = []
+        for part in self.target.rglob(f"{head}*{self.spec.suffix}"):
+            number = part.name[len(head):].split("-", 1)[0]
+            if number.isdigit() and int(number) > epoch:
+                later.append(part)
+        if later:
+            log.warning("write step %r: %d part file(s) in %s were published after checkpoint epoch %d; deleted, "
+                        "so the output is exactly that checkpoint's", self.ctx.step, len(later), self.target, epoch)
+        for part in later:
+            _remove_part(part, self.target)
 
     def close(self) -> None:
         pass

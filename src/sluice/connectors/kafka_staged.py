@@ -36,6 +36,7 @@ from sluice.connectors.kafka import (
     client_config,
     topic_metadata,
 )
+from sluice.core.errors import SinkAheadError
 
 MARKERS = "sluice-commits"
 _SCHEMA: dict[str, pl.DataType] = {"topic": pl.String(), "key": pl.Binary(), "value": pl.Binary(),
@@ -130,11 +131,23 @@ class StagedKafkaWriter:
         self.last_epoch = epoch
         os.unlink(staged)
 
+    def _has_staged_before(self) -> bool:
+        """This checkpoint directory staged epochs for the sink before (a start without a checkpoint then
+        means the checkpoints were lost, not a new job)."""
+        return self.dir.exists()
+
     def abort(self, txn: dict[str, Any]) -> None:
         if txn.get("staged"):
             Path(txn["staged"]).unlink(missing_ok=True)
 
     def recover(self, txn: dict[str, Any] | None) -> None:
+        recorded = int(txn["epoch"]) if txn and txn.get("epoch") is not None else 0
+        if txn or self._has_staged_before():
+            self._producer()
+            applied = self._committed_epoch()
+            if applied > recorded:
+                raise SinkAheadError(self.ctx.step, f"topic {self.spec.topic!r} (marker {self.txn_id!r} in {MARKERS!r})",
+                                     applied, recorded)
         if txn:
             self.commit(txn)
         if self.dir.exists():

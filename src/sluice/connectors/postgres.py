@@ -46,7 +46,7 @@ import polars as pl
 from sluice.connectors.api import SinkContext
 from sluice.core.batch import user_columns
 from sluice.core.changelog import DELETE, OP, UPDATE_BEFORE
-from sluice.core.errors import ConstraintError, DatabaseError, EncodeError, PlanError
+from sluice.core.errors import ConstraintError, DatabaseError, EncodeError, PlanError, SinkAheadError
 from sluice.core.plain import redact_text
 
 log = logging.getLogger("sluice.postgres")
@@ -538,9 +538,23 @@ class PostgresWriter:
     def recover(self, txn: dict[str, Any] | None) -> None:
         self._reset()
         self.lineage = str(txn["lineage"]) if txn and txn.get("lineage") else uuid.uuid4().hex[:12]
+        if txn and txn.get("epoch") is not None:
+            applied = self._retrying("reading the commit marker", self._applied_epoch)
+            if applied is not None and applied > int(txn["epoch"]):
+                raise SinkAheadError(self.ctx.step, self.spec.describe(), applied, int(txn["epoch"]))
         if txn:
             self.commit(txn)
         self._retrying("dropping staged leftovers", self._drop_strays)
+
+    def _applied_epoch(self, conn: Any) -> int | None:
+        """The newest epoch this writer's lineage committed (its marker row), None without one."""
+        from psycopg import sql
+
+        if conn.execute("SELECT to_regclass(%s)", (self.spec.markers,)).fetchone()[0] is None:
+            return None
+        row = conn.execute(sql.SQL("SELECT epoch FROM {} WHERE writer = %s AND lineage = %s")
+                           .format(ident(self.spec.markers)), (self.ctx.txn_prefix, self.lineage)).fetchone()
+        return None if row is None else int(row[0])
 
     def _drop_strays(self, conn: Any) -> None:
         """This writer's staging tables: staged after the recorded epoch (or by a zombie), never to commit."""

@@ -39,7 +39,7 @@ from sluice.connectors.lookup import redact
 from sluice.connectors.staging import StagedFiles, lineage_of, new_lineage
 from sluice.core.batch import user_columns
 from sluice.core.changelog import DELETE, OP, UPDATE_BEFORE
-from sluice.core.errors import EncodeError, PlanError, SinkError
+from sluice.core.errors import EncodeError, PlanError, SinkAheadError, SinkError
 
 COMMANDS = ("hset", "set", "del")
 SEND_ROWS = 20_000  # without checkpoints: rows per pipeline round trip
@@ -365,6 +365,10 @@ class RedisWriter:
     def recover(self, txn: dict[str, Any] | None) -> None:
         self.pending = []
         self.lineage = lineage_of(txn)
+        if txn and txn.get("epoch") is not None:
+            applied = self.client.get(self.epoch_key)
+            if applied is not None and int(applied) > int(txn["epoch"]):
+                raise SinkAheadError(self.ctx.step, f"Redis (key {self.epoch_key})", int(applied), int(txn["epoch"]))
         if txn:
             self.commit(txn)
         if self.files is not None:

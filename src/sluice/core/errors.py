@@ -10,11 +10,12 @@
     │   ├── EncodeError        a record does not fit the sink's format (e.g. its Avro schema)
     │   └── ConstraintError    a database refused a row (a constraint of the table); names the constraint
     ├── CheckpointError        a checkpoint cannot be written or used
-    │   └── IncompatibleCheckpointError  the flow changed in a way its checkpointed state cannot follow
+    │   ├── IncompatibleCheckpointError  the flow changed in a way its checkpointed state cannot follow
+    │   └── SinkAheadError     a sink applied epochs after the checkpoint recovery must use (a damaged newer one)
     ├── LogError               the embedded log is damaged or misused
     │   └── CorruptSegmentError  a log segment fails its CRC check somewhere other than its tail
     ├── KafkaError             Kafka refused or failed an operation
-    ├── SinkError              a database sink's target (Redis, Delta Lake) refused or failed an operation
+    ├── SinkError              a sink (Redis, Delta Lake, a user's sl.Sink, a file system) refused or failed
     ├── DatabaseError          a database (PostgreSQL) cannot be reached or refused an operation
     ├── CassandraError         Cassandra could not be reached, or refused or failed an operation
     ├── SchemaRegistryError    the schema registry refused a request or could not be reached
@@ -105,6 +106,20 @@ class CheckpointError(SluiceError):
 
 class IncompatibleCheckpointError(CheckpointError):
     """The flow changed in a way its checkpointed state cannot follow."""
+
+
+class SinkAheadError(CheckpointError):
+    """A sink has applied an epoch newer than the checkpoint recovery chose, and cannot take it back."""
+
+    def __init__(self, step: str, target: str, applied: int, recorded: int | None) -> None:
+        since = f"epoch {recorded}" if recorded else "no epoch (it starts from the beginning)"
+        super().__init__(
+            f"write step {step!r}: {target} has already applied epoch {applied}, but the checkpoint being resumed "
+            f"recorded {since}: the newer checkpoints are damaged or were deleted (see the warnings above), and this "
+            f"sink cannot take back what it applied. Resuming would write epochs {(recorded or 0) + 1}-{applied} "
+            f"again or skip different rows. Fix: restore the newer checkpoint(s) from a backup; or start afresh: "
+            f"remove what this flow wrote to {target} (and its commit marker) and use a new checkpoint directory")
+        self.step, self.applied, self.recorded = step, applied, recorded
 
 
 class KafkaError(SluiceError):

@@ -15,15 +15,41 @@ which commits the recorded transaction again (commit is idempotent). See docs/de
 
 from __future__ import annotations
 
+import errno
 import logging
-from collections.abc import Mapping
-from typing import Any
+from collections.abc import Callable, Mapping
+from typing import Any, TypeVar
 
 from sluice.connectors.api import SinkWriter
+from sluice.core.errors import SinkError, SluiceError
 from sluice.core.failpoints import failpoint
 
 log = logging.getLogger("sluice.runtime")
 Txns = dict[str, dict[str, Any]]
+T = TypeVar("T")
+_FILE_SYSTEM = {errno.EACCES, errno.EPERM, errno.EROFS, errno.ENOENT, errno.ENOTDIR, errno.EISDIR, errno.EEXIST}
+
+
+def sink_call(step: str, writer: object, doing: str, fn: Callable[[], T], after: str = "") -> T:
+    """Call into a sink; an exception that is not already Sluice's own (a user's sl.Sink that raises, a
+    file system that refuses) becomes a SinkError naming the step, the sink and what it was doing. A full
+    disk stays an OSError: the runtime reports it with what to do."""
+    try:
+        return fn()
+    except SluiceError:
+        raise
+    except OSError as exc:
+        if exc.errno in (errno.ENOSPC, errno.EDQUOT) or "os error 28" in str(exc):
+            raise
+        if exc.errno not in _FILE_SYSTEM and exc.filename is None:  # a connection reset, a timeout
+            raise SinkError(f"write step {step!r} ({type(writer).__name__}): {doing} failed: "
+                            f"{type(exc).__name__}: {exc}.{after}") from exc
+        where = f" ({exc.filename})" if exc.filename else ""
+        raise SinkError(f"write step {step!r} ({type(writer).__name__}): {doing} failed{where}: "
+                        f"{exc.strerror or exc}.{after} Fix: make the output writable and run again") from exc
+    except Exception as exc:
+        raise SinkError(f"write step {step!r} ({type(writer).__name__}): {doing} failed: "
+                        f"{type(exc).__name__}: {exc}.{after}") from exc
 
 
 class EpochCommit:
@@ -37,7 +63,8 @@ class EpochCommit:
         txns: Txns = {}
         try:
             for name, writer in self.writers.items():
-                txns[name] = writer.prepare(epoch)
+                txns[name] = sink_call(name, writer, f"preparing epoch {epoch}",
+                                       lambda w=writer: w.prepare(epoch))  # type: ignore[misc]
         except BaseException:
             self.abort(txns)
             raise
@@ -46,10 +73,18 @@ class EpochCommit:
 
     def commit(self, txns: Mapping[str, dict[str, Any]]) -> None:
         """Publish a recorded epoch. Call only after the record of `txns` is durable."""
+        done: list[str] = []
         for i, (name, writer) in enumerate(self.writers.items()):
             if i:
                 failpoint("between_sink_commits")
-            writer.commit(txns.get(name) or {})
+            txn = txns.get(name) or {}
+            after = (f" {', '.join(map(repr, done))} published this epoch already; the epoch is recorded, so running "
+                     "again with the same checkpoint directory publishes it here too (recovery repeats the commit "
+                     "of every sink) and brings the sinks level." if done else
+                     " The epoch is recorded: running again with the same checkpoint directory publishes it.")
+            sink_call(name, writer, "publishing (commit)", lambda w=writer, t=txn: w.commit(t),  # type: ignore[misc]
+                      after)
+            done.append(name)
             failpoint("after_sink_commit")
         failpoint("after_commit")
 
@@ -68,6 +103,7 @@ class EpochCommit:
     def recover(self, txns: Mapping[str, dict[str, Any] | None] | None) -> None:
         """After a restart (or when a task moves): commit the recorded epoch again, drop anything later."""
         for i, (name, writer) in enumerate(self.writers.items()):
-            writer.recover((txns or {}).get(name))
+            txn = (txns or {}).get(name)
+            sink_call(name, writer, "recovering", lambda w=writer, t=txn: w.recover(t))  # type: ignore[misc]
             if i == 0:
                 failpoint("during_restore")

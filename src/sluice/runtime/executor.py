@@ -13,7 +13,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from sluice.checkpoint.store import CheckpointStore, IncompatibleCheckpointError
+from sluice.checkpoint.store import Checkpoint, CheckpointStore, Damage, IncompatibleCheckpointError
 from sluice.connectors.api import SinkContext, SinkWriter, SourceContext, SourceReader
 from sluice.core.batch import INTERNAL_PREFIX, Batch
 from sluice.core.errors import ENCODE_FIX, DiskFullError, EncodeError, PlanError, RejectedRecord
@@ -22,7 +22,7 @@ from sluice.core.plain import canonical, describe_changes
 from sluice.core.plan import EventTime, Match, Plan, Process, Read, Ref, Step, Union, Window, Write
 from sluice.operators.base import Emitted, Operator
 from sluice.operators.stateless import EventTimeOperator, PassThrough, union_mismatch
-from sluice.runtime.commit import EpochCommit
+from sluice.runtime.commit import EpochCommit, sink_call
 from sluice.runtime.registry import BuildContext, build
 from sluice.runtime.schemas import stream_schema
 
@@ -81,7 +81,7 @@ class _WriteOperator(Operator):
     def on_batch(self, index: int, batch: Batch) -> Emitted:
         if batch.height:
             try:
-                self.writer.write(batch.df)
+                sink_call(self.name, self.writer, f"writing {batch.height} rows", lambda: self.writer.write(batch.df))
             except RejectedRecord as exc:
                 raise EncodeError(self.name, batch.position_of(exc.index), exc.detail, ENCODE_FIX) from exc
         return []
@@ -110,6 +110,7 @@ class CheckpointSettings:
     interval_s: float | None = 10.0
     keep: int = 3
     drop_state: tuple[str, ...] = ()
+    allow_rename: tuple[tuple[str, str], ...] = ()  # (old, new): a step renamed since the checkpoint
 
 
 def _legacy_fingerprint(step: Step) -> str | None:
@@ -164,6 +165,12 @@ class Executor:
         self.state_backend = state_backend
         self.state_dir = state_dir
         self.store = CheckpointStore(checkpoints.directory, checkpoints.keep) if checkpoints else None
+        self.renames = dict(checkpoints.allow_rename) if checkpoints else {}
+        self._recoverable: tuple[Checkpoint | None, list[Damage]] = (None, [])
+        if self.store is not None:
+            self._recoverable = self.store.recoverable()
+        self.txn_names = self._txn_names(plan, self._recoverable[0])
+        self._plan_record: dict[str, Any] | None = None
         self.writers: dict[str, SinkWriter] = {}
         self.next_checkpoint = 1
         self.restored_from: int | None = None
@@ -186,6 +193,38 @@ class Executor:
                 assert isinstance(op, EventTimeOperator)
                 op.declare({r: self.readers[r].partitions() for r in self._upstream_reads(step)})
 
+    def _txn_names(self, plan: Plan, cp: Checkpoint | None) -> dict[str, str]:
+        """Write steps renamed with allow_rename keep the name their transactions had (a database sink's
+        marker is keyed by it), also in every later checkpoint."""
+        saved = (cp.manifest.get("plan") or {}) if cp is not None else {}
+        back = {new: old for old, new in self.renames.items()}
+        names: dict[str, str] = {}
+        for step in plan.steps:
+            if isinstance(step, Write):
+                was = back.get(step.name, step.name)
+                entry = saved.get(was) or {}
+                txn_name = entry.get("txn_name") or (was if was != step.name else None)
+                if txn_name:
+                    names[step.name] = txn_name
+        return names
+
+    def plan_record(self) -> dict[str, Any]:
+        """What the manifest keeps of the closed plan: each step's kind, fingerprint and parameters."""
+        if self._plan_record is None:
+            self._plan_record = self._make_plan_record()
+        return self._plan_record
+
+    def _make_plan_record(self) -> dict[str, Any]:
+        out: dict[str, Any] = {}
+        for step in self.plan.steps:
+            fp = self.fingerprints[step.name]
+            entry: dict[str, Any] = {"kind": step.kind, "fingerprint": json.loads(fp) if fp else None,
+                                     "params": json.loads(json.dumps(step.params(), default=str))}
+            if step.name in self.txn_names:
+                entry["txn_name"] = self.txn_names[step.name]
+            out[step.name] = entry
+        return out
+
     def _staging_dir(self) -> str | None:
         return str(Path(self.checkpoints.directory) / "staging") if self.checkpoints is not None else None
 
@@ -205,11 +244,12 @@ class Executor:
             self.readers[step.name] = step.source.open(ctx)
             return PassThrough(step.name)
         if isinstance(step, Write):
-            writer = step.sink.open(SinkContext(step.name, exactly_once=self.exactly_once,
+            writer = sink_call(step.name, step.sink, "opening", lambda: step.sink.open(SinkContext(step.name, exactly_once=self.exactly_once,
                                                 schema=stream_schema(self.plan, step.inputs[0]),
                                                 flow=self.plan.name, task=self.task, instance=self.instance,
                                                 staging_dir=self._staging_dir(),
-                                                changelog_key=self.plan.changelog_key(step.inputs[0])))
+                                                txn_name=self.txn_names.get(step.name),
+                                                changelog_key=self.plan.changelog_key(step.inputs[0]))))
             self.writers[step.name] = writer
             return _WriteOperator(step.name, writer)
         return build(step, BuildContext(self.plan.name, self.batch_size, self.state_backend, self.state_dir))
@@ -228,10 +268,12 @@ class Executor:
         `load(name)` gives the step's state. A step whose fingerprint differs raises (naming the step and
         what changed) unless its state may be dropped; see docs/design/plan.md."""
         drop = self.checkpoints.drop_state if self.checkpoints else ()
-        removed = [n for n in saved if n not in {s.name for s in self.plan.steps}]
+        saved = self._renamed(saved, where)
+        problems: list[str] = self._suspected_renames(saved, where, drop)
+        step_names = {s.name for s in self.plan.steps}
+        removed = [n for n in saved if n not in step_names and n not in drop]
         if removed:
             log.warning("%s has state for steps no longer in the flow, ignored: %s", where, ", ".join(removed))
-        problems: list[str] = []
         predate: list[Step] = []
         restore: list[Step] = []
         for step in self.plan.steps:
@@ -275,14 +317,62 @@ class Executor:
                 "checkpoint directory")
         if problems:
             raise IncompatibleCheckpointError("\n".join(problems))
+        back = {new: old for old, new in self.renames.items()}
         for step in restore:
-            state = load(step.name)
+            state = load(back.get(step.name, step.name))
             assert state is not None
             if isinstance(step, Read):
                 self.readers[step.name].seek(state["position"])
             elif not isinstance(step, Write):
                 self.ops[step.name].restore(state)
         self._reopen_after_end()
+
+    def _renamed(self, saved: dict[str, Any], where: str) -> dict[str, Any]:
+        """`saved` with the steps renamed by allow_rename under their new names."""
+        if not self.renames:
+            return saved
+        self._check_renames()  # (that each old name is in the checkpoint, steps or sinks: checked by _restore)
+        out = dict(saved)
+        for old, new in self.renames.items():
+            if old in out:
+                out[new] = out.pop(old)
+        return out
+
+    def _check_renames(self, *saved: dict[str, Any]) -> None:
+        """Each allow_rename pair names a step of the checkpoint that the flow no longer has, and one it has."""
+        names = {s.name for s in self.plan.steps}
+        for old, new in self.renames.items():
+            if new not in names:
+                raise IncompatibleCheckpointError(f"allow_rename {old}={new}: the flow has no step {new!r}")
+            if old in names:
+                raise IncompatibleCheckpointError(
+                    f"allow_rename {old}={new}: the flow still has a step {old!r}; rename it or drop the option")
+            if saved and not any(old in s for s in saved):
+                raise IncompatibleCheckpointError(
+                    f"allow_rename {old}={new}: the checkpoint has no step {old!r} (nothing to carry over)")
+
+    def _suspected_renames(self, saved: dict[str, Any], where: str, drop: tuple[str, ...]) -> list[str]:
+        """A step gone from the flow while a new one of the same kind (and, for state, the same parameters)
+        has nothing saved looks like a rename: its state (or a read's position) would be lost. Refused."""
+        names = {s.name for s in self.plan.steps}
+        gone = [n for n in saved if n not in names and n not in drop]
+        problems = []
+        for old in gone:
+            kind, was = saved[old].get("kind"), saved[old].get("fingerprint")
+            for step in self.plan.steps:
+                if step.name in saved or step.kind != kind or not (isinstance(step, Read) or self.fingerprints[step.name]):
+                    continue
+                if not isinstance(step, Read) and canonical(was) != self.fingerprints[step.name]:
+                    continue
+                lost = ("it would read its input again from the start" if isinstance(step, Read) else
+                        f"it would start empty and the state of {old!r} would be lost")
+                problems.append(
+                    f"step {old!r} ({kind}) is in {where} but not in the flow, and {step.name!r}, a {kind} step like "
+                    f"it, is new: renamed? Resumed as it is, {lost}. Fix: carry the state over with "
+                    f"allow_rename={{{old!r}: {step.name!r}}} (sluice run --allow-rename {old}={step.name}), or "
+                    f"discard it with drop_state=[{old!r}] (--drop-state {old})")
+                break
+        return problems
 
     def _reopen_after_end(self) -> None:
         """State saved after the input ended: if the sources have grown, event time goes on from the last
@@ -336,15 +426,62 @@ class Executor:
     # --- checkpoints ------------------------------------------------------------------------------
     def _restore(self) -> None:
         assert self.store is not None and self.checkpoints is not None
-        cp = self.store.latest()
+        cp, damaged = self._recoverable
         if cp is None:
             self.commit.recover(None)
+            if damaged:
+                self.store.set_aside(damaged)
             return
-        self.apply_state(cp.manifest["steps"], cp.state, f"checkpoint {cp.id} in {self.store.dir}")
-        self.commit.recover(cp.manifest["sinks"])
+        where = f"checkpoint {cp.id} in {self.store.dir}"
+        self._check_renames(cp.manifest["steps"], cp.manifest["sinks"])
+        txns = self._sink_txns(cp, where)
+        self.apply_state(cp.manifest["steps"], cp.state, where)
+        # every sink back to exactly this checkpoint: its epoch again, anything later dropped or cut back
+        # (a sink that applied a later epoch it cannot undo refuses, naming the epochs)
+        self.commit.recover(txns)
+        if damaged:
+            self.store.set_aside(damaged)
+            log.warning("recovered from checkpoint %d after skipping damaged checkpoint(s) %s; every sink was "
+                        "restored to checkpoint %d and the input is read again from its positions", cp.id,
+                        ", ".join(str(d.id) for d in damaged), cp.id)
         self.next_checkpoint = cp.id + 1
         self.restored_from = cp.id
         log.info("restored from checkpoint %d in %s", cp.id, self.store.dir)
+
+    def _sink_txns(self, cp: Checkpoint, where: str) -> dict[str, Any]:
+        """The recorded transaction of each write step (renames applied, dropped sinks start afresh); a
+        sink renamed without allow_rename (same parameters, or the same path) is refused: as a new sink it
+        would replace the committed output."""
+        drop = self.checkpoints.drop_state if self.checkpoints else ()
+        saved: dict[str, Any] = dict(cp.manifest["sinks"])
+        for old, new in self.renames.items():
+            if old in saved:
+                saved[new] = saved.pop(old)
+        saved_plan = cp.manifest.get("plan") or {}
+        writes = [s for s in self.plan.steps if isinstance(s, Write)]
+        names = {s.name for s in writes}
+        problems = []
+        for old in [n for n in saved if n not in names and n not in drop]:
+            was = (saved_plan.get(old) or {}).get("params", {}).get("sink")
+            if not isinstance(was, dict):
+                continue
+            for step in writes:
+                if step.name in saved:
+                    continue
+                now = json.loads(json.dumps(step.params(), default=str)).get("sink")
+                same_path = isinstance(now, dict) and was.get("path") is not None and was.get("path") == now.get("path")
+                if now == was or same_path:
+                    target = f" (both write {was['path']})" if same_path else ""
+                    problems.append(
+                        f"write step {old!r} is in {where} but not in the flow, and {step.name!r} is a new sink like "
+                        f"it{target}: renamed? Resumed as it is, {step.name!r} would start as a new sink and its "
+                        f"first commit would replace or repeat the output committed so far. Fix: "
+                        f"allow_rename={{{old!r}: {step.name!r}}} (sluice run --allow-rename {old}={step.name}), or "
+                        f"drop_state=[{old!r}] (--drop-state {old}) to forget the old sink")
+                    break
+        if problems:
+            raise IncompatibleCheckpointError("\n".join(problems))
+        return {n: (None if n in drop else t) for n, t in saved.items()}
 
     def _checkpoint(self) -> None:
         """Between batches: positions, state and staged output under one manifest, then publish."""
@@ -356,7 +493,7 @@ class Executor:
             return
         steps = self.snapshot_state()
         try:
-            self.store.write(cid, self.plan.name, steps, txns)  # the epoch's one durable record
+            self.store.write(cid, self.plan.name, steps, txns, self.plan_record())  # the epoch's one durable record
         except BaseException:
             self.commit.abort(txns)
             raise
@@ -389,7 +526,7 @@ class Executor:
             for reader in self.readers.values():
                 reader.close()
             for name, writer in self.writers.items():
-                writer.close()
+                sink_call(name, writer, "closing", writer.close)
                 metrics = getattr(writer, "metrics", None)
                 if callable(metrics):
                     self.stats[name].metrics = dict(metrics())
@@ -425,12 +562,16 @@ class Executor:
 def run(flow: object, *, batch_size: int = DEFAULT_BATCH_SIZE, progress: Progress | None = None,
         checkpoint_dir: str | Path | None = None, checkpoint_interval: float | None = 10.0,
         keep_checkpoints: int = 3, drop_state: tuple[str, ...] = (), state: str = "memory",
-        state_dir: str | Path | None = None) -> RunResult:
+        state_dir: str | Path | None = None, allow_rename: dict[str, str] | None = None) -> RunResult:
     """Run a flow (or a plan) to the end of its input.
 
     With `checkpoint_dir`, a checkpoint is taken every `checkpoint_interval` seconds and at the end, and a
     run started again with the same directory resumes from the newest one: file sinks then hold exactly
     what one uninterrupted run writes.
+
+    A resumed run refuses a flow whose steps changed in a way their checkpointed state cannot follow
+    (docs/guarantees.md). `drop_state` names steps (or sinks) to start empty; `allow_rename={"old": "new"}`
+    carries a renamed step's state, a read's position or a sink's transactions over to its new name.
 
     `state="rocksdb"` keeps keyed process-function state in RocksDB (under `state_dir`, or a temporary
     directory) instead of memory.
@@ -440,5 +581,8 @@ def run(flow: object, *, batch_size: int = DEFAULT_BATCH_SIZE, progress: Progres
         raise PlanError(f"run() takes a Flow or a Plan, got {type(flow).__name__}")
     settings = None
     if checkpoint_dir is not None:
-        settings = CheckpointSettings(checkpoint_dir, checkpoint_interval, keep_checkpoints, tuple(drop_state))
+        settings = CheckpointSettings(checkpoint_dir, checkpoint_interval, keep_checkpoints, tuple(drop_state),
+                                      tuple((allow_rename or {}).items()))
+    elif allow_rename:
+        raise PlanError("allow_rename applies to a resumed run: give checkpoint_dir too")
     return Executor(plan, batch_size, progress, settings, state, state_dir).run()
