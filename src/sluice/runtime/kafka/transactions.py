@@ -12,6 +12,22 @@ librdkafka's rules decide the way out of FAILED: a retriable error is retried in
 is not: without KIP-890 a timed-out commit may or may not have happened, so only a new producer makes
 the state certain); an abortable error aborts; anything else makes a new producer. Either way the caller
 rewinds its tasks to their last committed snapshots.
+
+A rolled-back transaction is not over until the broker has written its abort markers. A broker that
+restarts can skip them (its transaction coordinator loads before the partitions have a leader again: "Couldn't
+find leader endpoint … likely deleted already and hence can be skipped"), leaving the records unmarked:
+read_committed readers stop at them (a hanging transaction), and the next transaction of the same producer id
+on that partition would end, and so commit, them too. So after a rollback `settle` waits until every partition
+the transaction wrote to is stable (its last stable offset at its end, as read_committed readers see it); a
+partition that stays unstable gets a sweep: a one-record transaction from this producer, aborted, whose abort
+marker ends the unmarked records too. A partition still unstable after that stops the worker with an error
+that names it (the job never ends "done" with committed output that is not whole).
+
+The newer transaction protocol (KIP-890 part 2, transaction.version=2: an epoch bump per transaction, which
+fences such records) is finalized by Kafka 4.x brokers but not spoken by librdkafka (up to 2.16, the version
+used here); the brokers' part-1 defence (transaction.partition.verification.enable, on by default) is active.
+confluent-kafka has no admin call to list or abort transactions, so a transaction hanging from another
+producer id is reported with the command that aborts it (kafka-transactions.sh).
 """
 
 from __future__ import annotations
@@ -34,22 +50,42 @@ class State(enum.Enum):
     FAILED = "failed"  # the last commit failed: abort or restart before anything else
 
 
+SWEEP_KEY = b"sluice.sweep"
+
+
 class Transactions:
-    def __init__(self, make_producer: Callable[[], Any], name: str) -> None:
+    def __init__(self, make_producer: Callable[[], Any], name: str, admin: Callable[[], Any] | None = None) -> None:
         self.make_producer = make_producer  # a configured, transactional Producer (not yet initialised)
         self.name = name
+        self.make_admin = admin
+        self.admin: Any = None
         self.producer: Any = None
         self.state = State.FAILED
         self.restarts = 0
+        self.sweeps = 0
+        self.topics: set[str] = set()  # the topics the open transaction wrote to
 
     def open(self) -> None:
         """A producer with its transactions initialised (fencing earlier instances) and one begun."""
         producer = self.make_producer()
-        producer.init_transactions(30)
+        deadline = time.monotonic() + 120
+        while True:  # a restarting cluster answers "coordinator loading" / times out for a while
+            try:
+                producer.init_transactions(30)
+                break
+            except Exception as exc:
+                err = exc.args[0] if exc.args else None
+                if err is None or not (hasattr(err, "retriable") and err.retriable()) or time.monotonic() > deadline:
+                    raise
+                log.info("worker %s: initialising transactions failed (%s); retrying", self.name, _error_text(err))
         producer.begin_transaction()
         self.producer, self.state = producer, State.OPEN
 
+    def touch(self, topic: str) -> None:
+        self.topics.add(topic)
+
     def produce(self, topic: str, value: bytes, key: bytes, partition: int, headers: list[Any]) -> None:
+        self.topics.add(topic)
         while True:
             try:
                 self.producer.produce(topic, value=value, key=key, partition=partition, headers=headers)
@@ -69,6 +105,7 @@ class Transactions:
             self.state = State.FAILED
             raise
         self.producer.begin_transaction()
+        self.topics = set()
         self.state = State.OPEN
 
     def commit_transaction(self) -> None:
@@ -106,6 +143,7 @@ class Transactions:
         try:
             self.producer.abort_transaction(30)
             self.producer.begin_transaction()
+            self.topics = set()
         except KafkaException as exc:
             log.warning("worker %s: abort failed (%s); making a new producer", self.name, _error_text(exc.args[0]))
             self.state = State.FAILED
@@ -120,13 +158,102 @@ class Transactions:
                 old.purge()
             del old
         self.open()  # init_transactions fences the old instance's transaction
+        self.topics = set()
         self.restarts += 1
+
+    # --- after a rollback: the partitions written to must become stable ---------------------------
+    def _admin(self) -> Any:
+        if self.admin is None:
+            assert self.make_admin is not None
+            self.admin = self.make_admin()
+        return self.admin
+
+    def partitions(self, topics: set[str]) -> list[Any]:
+        from confluent_kafka import TopicPartition
+
+        meta = self._admin().list_topics(timeout=30)
+        return [TopicPartition(t, p) for t in sorted(topics) if t in meta.topics for p in sorted(meta.topics[t].partitions)]
+
+    def _offsets(self, tps: list[Any], committed: bool) -> dict[tuple[str, int], int]:
+        from confluent_kafka import IsolationLevel, TopicPartition
+        from confluent_kafka.admin import OffsetSpec  # type: ignore[attr-defined]
+
+        level = IsolationLevel.READ_COMMITTED if committed else IsolationLevel.READ_UNCOMMITTED
+        latest = OffsetSpec.latest()  # type: ignore[no-untyped-call]
+        futures = self._admin().list_offsets({TopicPartition(tp.topic, tp.partition): latest for tp in tps},
+                                             isolation_level=level, request_timeout=30)
+        return {(tp.topic, tp.partition): int(f.result().offset) for tp, f in futures.items()}
+
+    def unstable(self, tps: list[Any], timeout_s: float) -> dict[tuple[str, int], tuple[int, int]]:
+        """Waits until each partition's last stable offset reaches its end as of now (transactions open
+        elsewhere end meanwhile); returns those that do not: (topic, partition) → (stable offset, end)."""
+        from confluent_kafka import KafkaException
+
+        if not tps:
+            return {}
+        deadline = time.monotonic() + timeout_s
+        ends: dict[tuple[str, int], int] | None = None
+        stable: dict[tuple[str, int], int] = {}
+        while True:
+            try:
+                if ends is None:
+                    ends = self._offsets(tps, committed=False)
+                stable = self._offsets(tps, committed=True)
+            except KafkaException as exc:  # the cluster is still settling: ask again
+                log.info("worker %s: reading offsets failed (%s); retrying", self.name, _error_text(exc.args[0]))
+                if time.monotonic() > deadline:
+                    raise KafkaError(f"worker {self.name}: cannot read the offsets of {len(tps)} partitions to check "
+                                     f"that they are stable: {_error_text(exc.args[0])}") from None
+                time.sleep(0.5)
+                continue
+            left = {k: (stable[k], end) for k, end in ends.items() if stable[k] < end}
+            if not left or time.monotonic() > deadline:
+                return left
+            time.sleep(0.2)
+
+    def sweep(self, stuck: list[tuple[str, int]]) -> None:
+        """A one-record transaction on each stuck partition, aborted: its abort marker ends the unmarked
+        records this producer id left there (an aborted record: read_committed readers never see it)."""
+        assert self.state is State.OPEN
+        for topic, p in stuck:
+            self.produce(topic, None, SWEEP_KEY, p, [("sluice.sweep", b"1")])  # type: ignore[arg-type]
+        if self.producer.flush(30):
+            raise KafkaError(f"worker {self.name}: the sweep records were not delivered within 30 s")
+        self.sweeps += 1
+        if not self.abort():
+            self.restart()
+
+    def settle(self, topics: set[str], timeout_s: float) -> None:
+        """After a rollback: every partition of `topics` becomes stable, with a sweep if needed; raises a
+        KafkaError naming the partitions that stay unstable."""
+        tps = self.partitions(topics)
+        left = self.unstable(tps, timeout_s)
+        if not left:
+            return
+        log.warning("worker %s: partitions %s hold unmarked transactional records (a broker that restarted "
+                    "skipped their markers); sweeping them", self.name, sorted(left))
+        self.sweep(sorted(left))
+        left = self.unstable([tp for tp in tps if (tp.topic, tp.partition) in left], timeout_s)
+        if left:
+            raise hanging(self.name, left)
 
     def close(self) -> None:
         if self.producer is not None:
             with contextlib.suppress(Exception):
                 self.producer.abort_transaction(10)  # the open (empty) transaction
             self.producer.flush(10)
+
+
+def hanging(name: str, left: dict[tuple[str, int], tuple[int, int]]) -> KafkaError:
+    where = ", ".join(f"{t}/{p} (stable up to offset {lso}, end {end})" for (t, p), (lso, end) in sorted(left.items()))
+    first = min(left)
+    return KafkaError(
+        f"worker {name}: committed output is not whole: a transaction hangs on {where}; read_committed readers "
+        "see nothing past it. A broker restart skipped its markers, and no transaction of this worker ends it. "
+        "Find and abort it with Kafka's tool: kafka-transactions.sh --bootstrap-server HOST:PORT find-hanging "
+        f"--broker-id ID, then kafka-transactions.sh --bootstrap-server HOST:PORT abort --topic {first[0]} "
+        f"--partition {first[1]} --start-offset OFFSET (the one find-hanging shows); then start the workers again: "
+        "they resume from the last commit, exactly once")
 
 
 def fatal(name: str, failures: int, text: str) -> KafkaError:

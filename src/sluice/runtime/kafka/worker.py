@@ -128,6 +128,24 @@ class Worker:
             "transaction.timeout.ms": self.rt.transaction_timeout_ms, "linger.ms": 20, "compression.type": "lz4",
             "queue.buffering.max.messages": 1_000_000, "partitioner": PARTITIONER}))
 
+    def _new_admin(self) -> Any:
+        from confluent_kafka.admin import AdminClient
+
+        return AdminClient(client_config(self.bootstrap, self.config))
+
+    def settle_timeout(self) -> float:
+        """How long transactions open elsewhere may hold a partition's last stable offset back: the
+        broker aborts an abandoned one after the transaction timeout."""
+        return 2 * self.rt.transaction_timeout_ms / 1000 + 15
+
+    def output_topics(self) -> set[str]:
+        """Every topic this flow's workers write in their transactions."""
+        topics = {w.spec.topic for w in self.writers.values() if isinstance(w, KafkaWriter)}
+        topics |= {w.dead.topic for w in self.writers.values() if isinstance(w, KafkaWriter) and w.dead is not None}
+        if self.shuffle_writer is not None:
+            topics.add(self.shuffle_writer.spec.topic)
+        return topics | {self.state_topic}
+
     @property
     def producer(self) -> Any:
         """The current transactional producer (it is replaced after a fatal error)."""
@@ -141,7 +159,7 @@ class Worker:
                            self.shuffle_read.source.topic if self.shuffle_read is not None else None)
         self.partitions = n
         self.task_plans = [self._task_plan(plan) for plan in self.subplans]
-        self.txn = Transactions(self._new_producer, self.instance)
+        self.txn = Transactions(self._new_producer, self.instance, self._new_admin)
         self.txn.open()
         group = client_config(self.bootstrap, self.config, **FETCH_TUNING, **{
             "group.id": self.rt.app_id, "isolation.level": "read_committed", "enable.auto.commit": False,
@@ -306,15 +324,27 @@ class Worker:
         log.warning("worker %s: commit failed (%s); rewinding to the last commit and retrying in %.1f s",
                     self.instance, text, pause)
         time.sleep(pause)
+        touched = set(self.txn.topics)
         if self.txn.recover(exc) == "restarted":
             self.result.producer_restarts += 1
+        self._settle(touched)
         self._rewind()
 
     def _abort(self) -> None:
         assert self.txn is not None
+        touched = set(self.txn.topics)
         if not self.txn.abort():
             self.txn.restart()
             self.result.producer_restarts += 1
+        self._settle(touched)
+
+    def _settle(self, topics: set[str]) -> None:
+        """The rolled-back transaction's partitions become stable before anything more is written (see
+        transactions.py): unmarked records left by a broker restart are swept, or the worker stops."""
+        assert self.txn is not None
+        if topics:
+            self.txn.settle(topics, self.settle_timeout())
+            self.result.sweeps = self.txn.sweeps
 
     def _rewind(self) -> None:
         """Back to the last commit: tasks restored from their committed state, the consumer seeks."""
@@ -416,6 +446,11 @@ class Worker:
                 if self.rt.until_end and now - last_check >= 0.5:
                     last_check = now
                     if self._all_done():
+                        # done only if the committed output is whole: no partition written holds a
+                        # transaction that never ends (the other workers' last commits end meanwhile)
+                        assert self.txn is not None
+                        self.txn.settle(self.output_topics(), self.settle_timeout())
+                        self.result.sweeps = self.txn.sweeps
                         self.result.finished = time.time()
                         break
                 if self.progress is not None and now - last_report >= 1.0:
@@ -459,6 +494,8 @@ class _ProducerRef:
         self.worker = worker
 
     def produce(self, *args: Any, **kwargs: Any) -> None:
+        assert self.worker.txn is not None
+        self.worker.txn.touch(args[0] if args else kwargs["topic"])
         self.worker.producer.produce(*args, **kwargs)
 
     def poll(self, timeout: float) -> int:
