@@ -51,6 +51,7 @@ class State(enum.Enum):
 
 
 SWEEP_KEY = b"sluice.sweep"
+SWEEP_AFTER_S = 5.0
 
 
 class Transactions:
@@ -227,7 +228,9 @@ class Transactions:
         """After a rollback: every partition of `topics` becomes stable, with a sweep if needed; raises a
         KafkaError naming the partitions that stay unstable."""
         tps = self.partitions(topics)
-        left = self.unstable(tps, timeout_s)
+        # a few seconds let transactions open elsewhere (and this one's abort markers) end; a sweep of a
+        # partition that is only held back by another producer's open transaction is harmless
+        left = self.unstable(tps, min(SWEEP_AFTER_S, timeout_s))
         if not left:
             return
         log.warning("worker %s: partitions %s hold unmarked transactional records (a broker that restarted "
