@@ -55,7 +55,8 @@ SWEEP_AFTER_S = 5.0
 
 
 class Transactions:
-    def __init__(self, make_producer: Callable[[], Any], name: str, admin: Callable[[], Any] | None = None) -> None:
+    def __init__(self, make_producer: Callable[[], Any], name: str, admin: Callable[[], Any] | None = None,
+                 settle_s: float = 35.0) -> None:
         self.make_producer = make_producer  # a configured, transactional Producer (not yet initialised)
         self.name = name
         self.make_admin = admin
@@ -65,6 +66,9 @@ class Transactions:
         self.restarts = 0
         self.sweeps = 0
         self.topics: set[str] = set()  # the topics the open transaction wrote to
+        self.written: dict[tuple[str, int], int] = {}  # its delivered records: partition → last offset
+        self.ending = False  # commit_transaction was called: a failure leaves the outcome unknown
+        self.settle_s = settle_s
 
     def open(self) -> None:
         """A producer with its transactions initialised (fencing earlier instances) and one begun."""
@@ -85,11 +89,28 @@ class Transactions:
     def touch(self, topic: str) -> None:
         self.topics.add(topic)
 
+    def record(self, err: Any, msg: Any) -> None:
+        """Delivery report: the partitions and offsets of this transaction, to verify its commit."""
+        if err is None:
+            key = (msg.topic(), msg.partition())
+            self.written[key] = max(self.written.get(key, -1), msg.offset())
+
+    def reporting(self, callback: Any) -> Any:
+        """A delivery callback that records the record's offset, then calls `callback` (if any)."""
+        if callback is None:
+            return self.record
+
+        def both(err: Any, msg: Any) -> None:
+            self.record(err, msg)
+            callback(err, msg)
+        return both
+
     def produce(self, topic: str, value: bytes, key: bytes, partition: int, headers: list[Any]) -> None:
         self.topics.add(topic)
         while True:
             try:
-                self.producer.produce(topic, value=value, key=key, partition=partition, headers=headers)
+                self.producer.produce(topic, value=value, key=key, partition=partition, headers=headers,
+                                      on_delivery=self.record)
                 return
             except BufferError:
                 self.producer.poll(0.05)
@@ -99,15 +120,43 @@ class Transactions:
         state is then FAILED)."""
         assert self.state is State.OPEN, f"commit in state {self.state}"
         self.state = State.COMMITTING
+        self.ending = False
         try:
             self.producer.send_offsets_to_transaction(offsets, group_metadata, 60)
+            self.ending = True
             self.commit_transaction()
         except BaseException:
             self.state = State.FAILED
             raise
+        done, self.written = self.written, {}
         self.producer.begin_transaction()
         self.topics = set()
         self.state = State.OPEN
+        self.verify(done)
+
+    def verify(self, done: dict[tuple[str, int], int]) -> None:
+        """A commit is done when its markers are written: each partition's last stable offset is past the
+        transaction's records. A restarting broker can skip them; then the worker stops (KafkaError)."""
+        from confluent_kafka import KafkaException, TopicPartition
+
+        if not done or self.make_admin is None:
+            return
+        tps = [TopicPartition(t, p) for t, p in done]
+        deadline = time.monotonic() + max(self.settle_s, 120.0)  # a broker restarting takes its time
+        pause = 0.005
+        while True:
+            try:
+                stable = self._offsets(tps, committed=True)
+                left = {k: (stable[k], off + 1) for k, off in done.items() if stable[k] <= off}
+            except KafkaException as exc:
+                left = {k: (-1, off + 1) for k, off in done.items()}
+                log.info("worker %s: reading offsets failed (%s); retrying", self.name, _error_text(exc.args[0]))
+            if not left:
+                return
+            if time.monotonic() > deadline:
+                raise hanging(self.name, left, committed=True)
+            time.sleep(pause)
+            pause = min(0.5, pause * 2)
 
     def commit_transaction(self) -> None:
         from confluent_kafka import KafkaError as KErr
@@ -144,7 +193,7 @@ class Transactions:
         try:
             self.producer.abort_transaction(30)
             self.producer.begin_transaction()
-            self.topics = set()
+            self.topics, self.written = set(), {}
         except KafkaException as exc:
             log.warning("worker %s: abort failed (%s); making a new producer", self.name, _error_text(exc.args[0]))
             self.state = State.FAILED
@@ -159,7 +208,7 @@ class Transactions:
                 old.purge()
             del old
         self.open()  # init_transactions fences the old instance's transaction
-        self.topics = set()
+        self.topics, self.written = set(), {}
         self.restarts += 1
 
     # --- after a rollback: the partitions written to must become stable ---------------------------
@@ -224,14 +273,20 @@ class Transactions:
         if not self.abort():
             self.restart()
 
-    def settle(self, topics: set[str], timeout_s: float) -> None:
-        """After a rollback: every partition of `topics` becomes stable, with a sweep if needed; raises a
-        KafkaError naming the partitions that stay unstable."""
+    def settle(self, topics: set[str], timeout_s: float, sweep: bool = True) -> None:
+        """After a rollback: every partition of `topics` becomes stable, with a sweep if needed (`sweep`:
+        the rolled-back transaction certainly did not commit); raises a KafkaError naming the partitions
+        that stay unstable."""
         tps = self.partitions(topics)
         # a few seconds let transactions open elsewhere (and this one's abort markers) end; a sweep of a
         # partition that is only held back by another producer's open transaction is harmless
         left = self.unstable(tps, min(SWEEP_AFTER_S, timeout_s))
         if not left:
+            return
+        if not sweep:  # the transaction may have committed: aborting its records could lose output
+            left = self.unstable([tp for tp in tps if (tp.topic, tp.partition) in left], timeout_s)
+            if left:
+                raise hanging(self.name, left, committed=None)
             return
         log.warning("worker %s: partitions %s hold unmarked transactional records (a broker that restarted "
                     "skipped their markers); sweeping them", self.name, sorted(left))
@@ -247,9 +302,19 @@ class Transactions:
             self.producer.flush(10)
 
 
-def hanging(name: str, left: dict[tuple[str, int], tuple[int, int]]) -> KafkaError:
+def hanging(name: str, left: dict[tuple[str, int], tuple[int, int]], committed: bool | None = False) -> KafkaError:
     where = ", ".join(f"{t}/{p} (stable up to offset {lso}, end {end})" for (t, p), (lso, end) in sorted(left.items()))
     first = min(left)
+    if committed is not False:
+        what = ("this worker's last commit succeeded but its markers never came" if committed else
+                "this worker's last commit failed in a way that leaves unknown whether it committed")
+        return KafkaError(
+            f"worker {name}: committed output is not whole: {what}; a transaction hangs on {where} and "
+            "read_committed readers see nothing past it (a broker that restarted skipped its markers). Stopped "
+            "rather than guess. kafka-transactions.sh --bootstrap-server HOST:PORT describe --transactional-id "
+            f"<app_id>-{name} says whether it committed: if it aborted, abort the hanging records (kafka-transactions.sh "
+            "abort, with find-hanging's offsets) and start the workers again; if it committed, do not abort them: "
+            "start this worker again with the same --instance, whose next commit on that partition completes them")
     return KafkaError(
         f"worker {name}: committed output is not whole: a transaction hangs on {where}; read_committed readers "
         "see nothing past it. A broker restart skipped its markers, and no transaction of this worker ends it. "

@@ -159,7 +159,7 @@ class Worker:
                            self.shuffle_read.source.topic if self.shuffle_read is not None else None)
         self.partitions = n
         self.task_plans = [self._task_plan(plan) for plan in self.subplans]
-        self.txn = Transactions(self._new_producer, self.instance, self._new_admin)
+        self.txn = Transactions(self._new_producer, self.instance, self._new_admin, self.settle_timeout())
         self.txn.open()
         group = client_config(self.bootstrap, self.config, **FETCH_TUNING, **{
             "group.id": self.rt.app_id, "isolation.level": "read_committed", "enable.auto.commit": False,
@@ -324,10 +324,10 @@ class Worker:
         log.warning("worker %s: commit failed (%s); rewinding to the last commit and retrying in %.1f s",
                     self.instance, text, pause)
         time.sleep(pause)
-        touched = set(self.txn.topics)
+        touched, unknown = set(self.txn.topics), self.txn.ending
         if self.txn.recover(exc) == "restarted":
             self.result.producer_restarts += 1
-        self._settle(touched)
+        self._settle(touched, sweep=not unknown)
         self._rewind()
 
     def _abort(self) -> None:
@@ -338,12 +338,12 @@ class Worker:
             self.result.producer_restarts += 1
         self._settle(touched)
 
-    def _settle(self, topics: set[str]) -> None:
+    def _settle(self, topics: set[str], sweep: bool = True) -> None:
         """The rolled-back transaction's partitions become stable before anything more is written (see
         transactions.py): unmarked records left by a broker restart are swept, or the worker stops."""
         assert self.txn is not None
         if topics:
-            self.txn.settle(topics, self.settle_timeout())
+            self.txn.settle(topics, self.settle_timeout(), sweep)
             self.result.sweeps = self.txn.sweeps
 
     def _rewind(self) -> None:
@@ -495,7 +495,9 @@ class _ProducerRef:
 
     def produce(self, *args: Any, **kwargs: Any) -> None:
         assert self.worker.txn is not None
-        self.worker.txn.touch(args[0] if args else kwargs["topic"])
+        txn = self.worker.txn
+        txn.touch(args[0] if args else kwargs["topic"])
+        kwargs["on_delivery"] = txn.reporting(kwargs.get("on_delivery"))
         self.worker.producer.produce(*args, **kwargs)
 
     def poll(self, timeout: float) -> int:
