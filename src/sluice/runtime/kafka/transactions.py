@@ -69,6 +69,7 @@ class Transactions:
         self.written: dict[tuple[str, int], int] = {}  # its delivered records: partition → last offset
         self.ending = False  # commit_transaction was called: a failure leaves the outcome unknown
         self.settle_s = settle_s
+        self.verify_s = max(settle_s, 120.0)  # a commit's markers may wait for a restarting broker
 
     def open(self) -> None:
         """A producer with its transactions initialised (fencing earlier instances) and one begun."""
@@ -142,7 +143,7 @@ class Transactions:
         if not done or self.make_admin is None:
             return
         tps = [TopicPartition(t, p) for t, p in done]
-        deadline = time.monotonic() + max(self.settle_s, 120.0)  # a broker restarting takes its time
+        deadline = time.monotonic() + self.verify_s
         pause = 0.005
         while True:
             try:

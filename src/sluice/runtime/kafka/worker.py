@@ -31,7 +31,7 @@ from sluice.runtime.kafka.plan import FeedSource, SharedSink, check_partitioning
 from sluice.runtime.kafka.settings import KafkaRuntime, WorkerResult
 from sluice.runtime.kafka.state_topic import StateTopic
 from sluice.runtime.kafka.task import Task
-from sluice.runtime.kafka.transactions import Transactions, fatal
+from sluice.runtime.kafka.transactions import Transactions, fatal, hanging
 from sluice.runtime.repartition import RepartitionSink, RepartitionSource, RepartitionWriter, split
 
 log = logging.getLogger("sluice.kafka")
@@ -206,6 +206,10 @@ class Worker:
                 else:
                     task.close()
             if todo and time.monotonic() > deadline:
+                assert self.txn is not None
+                held = self.txn.unstable([TopicPartition(self.state_topic, p) for p in todo], 0)
+                if held:  # the newest state is behind a transaction that never ended
+                    raise hanging(self.instance, held, committed=None)
                 raise KafkaError(f"tasks {todo}: the committed offsets and the newest state in {self.state_topic} "
                                  "disagree (was the state topic deleted or written by another application?)")
             if todo:
