@@ -10,6 +10,7 @@ import json
 import threading
 from pathlib import Path
 
+import pytest
 from confluent_kafka import Producer
 
 import sluice as sl
@@ -103,3 +104,18 @@ def test_oversized_dead_letter_in_the_embedded_runtime(kafka_bootstrap: str, tmp
         good = frame(read_committed(kafka_bootstrap, o))
         assert sorted(good["amount"].to_list()) == list(range(500))
         check_dead_letters(read_committed(kafka_bootstrap, d), bad, 1_000_000)
+
+
+def test_a_dead_letter_topic_too_small_even_for_the_head_is_a_clear_error(kafka_bootstrap: str, tmp_path: Path) -> None:
+    """Even cut short the dead letter does not fit (the topic takes 2,000 bytes): the run stops with an
+    error naming the step, the record's position, the topic and the setting to raise."""
+    out, dlq = "big-bad-tiny-out", "big-bad-tiny-dlq"
+    create_topic(kafka_bootstrap, out, 1)
+    create_topic(kafka_bootstrap, dlq, 1, topic_config={"max.message.bytes": "2000"})
+    path = tmp_path / "in.jsonl"
+    path.write_bytes(b'{"user": "u1", "amount": 1}\n' + bad_record() + b"\n")
+    flow = flow_for(sl.JsonLinesSource(path), out, dlq, kafka_bootstrap)
+    with pytest.raises(sl.KafkaError) as info:
+        sl.run(flow)
+    text = str(info.value)
+    assert "'dlq'" in text and "line 2" in text and repr(dlq) in text and "max.message.bytes" in text, text

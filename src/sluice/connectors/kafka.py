@@ -565,8 +565,8 @@ class DeadLetterFit:
     headers (sluice.original.size, sluice.original.sha256, sluice.truncated). A dead letter is the record
     that was bad: losing its tail is better than stopping the job on it at every restart."""
 
-    def __init__(self, topic: str, bootstrap: str, config: Mapping[str, Any], client: Any = None) -> None:
-        self.topic, self.bootstrap, self.config, self.client = topic, bootstrap, config, client
+    def __init__(self, step: str, topic: str, bootstrap: str, config: Mapping[str, Any]) -> None:
+        self.step, self.topic, self.bootstrap, self.config = step, topic, bootstrap, config
         self.limit: int | None = None
         self.truncated = 0
 
@@ -602,9 +602,12 @@ class DeadLetterFit:
                  ("sluice.original.sha256", hashlib.sha256(value).hexdigest().encode())]
         room = limit - framing - RECORD_OVERHEAD - sum(len(k) + len(v) for k, v in marks)
         if room < 0:
-            raise KafkaError(f"dead-letter topic {self.topic!r}: a dead letter's key and headers alone ({framing} "
-                             f"bytes) exceed what the topic takes ({limit} bytes); raise the topic's "
-                             "max.message.bytes (and the producer's message.max.bytes)")
+            where = dict(headers).get("sluice.position", b"").decode(errors="replace")
+            raise KafkaError(f"step {self.step!r}: a dead letter ({where or 'no position'}) cannot be written to "
+                             f"{self.topic!r} even cut short: its key and headers alone ({framing} bytes) exceed what "
+                             f"the topic takes ({limit} bytes); raise the topic's max.message.bytes (kafka-configs.sh "
+                             f"--alter --entity-type topics --entity-name {self.topic} --add-config "
+                             "max.message.bytes=...) and the producer's message.max.bytes")
         self.truncated += 1
         log.warning("dead-letter topic %r takes records up to %d bytes: a dead letter of %d bytes keeps its first "
                     "%d (its size and SHA-256 are in its headers); raise the topic's max.message.bytes and the "
@@ -659,9 +662,11 @@ class KafkaWriter(UntransactedWriter):
                 self._check_topic(self.dead.topic)
         self.producer = producer
         dead_spec = spec if isinstance(spec, DeadLetterTopic) else self.dead
-        self.fit = DeadLetterFit(dead_spec.topic, dead_spec.bootstrap, dead_spec.config) if dead_spec else None
-        # a record's report is needed to count it, to pass it on, or to dead-letter it
-        self.report = self._report if self.owned or self.on_delivery or self.dead else None
+        self.fit = DeadLetterFit(ctx.step, dead_spec.topic, dead_spec.bootstrap, dead_spec.config) if dead_spec else None
+        self.fatal: str | None = None  # under the runtime: a dead letter the cluster refused even cut short
+        # a record's report is needed to count it, to pass it on, to dead-letter it, or (a dead letter) to
+        # stop with a clear error when even its cut-short form is refused
+        self.report = self._report if self.owned or self.on_delivery or self.dead or dead_spec else None
 
     def _check_topic(self, name: str) -> None:
         """Fail now, with the address and the cause, if the cluster cannot be reached or lacks the topic."""
@@ -680,6 +685,9 @@ class KafkaWriter(UntransactedWriter):
 
     def _report(self, err: Any, msg: Any) -> None:
         key = msg.key()
+        if err is not None and isinstance(self.spec, DeadLetterTopic):
+            self._dead_report(err, msg)
+            return
         if err is None:
             self.delivered += 1
             if self.on_delivery is not None:
@@ -796,10 +804,24 @@ class KafkaWriter(UntransactedWriter):
         self.dead_lettered += 1
 
     def _dead_report(self, err: Any, msg: Any) -> None:
-        if err is not None and self.owned:  # a dead letter lost would be a record lost: stop
-            self.errors.append(f"dead-letter topic {msg.topic()}/{msg.partition()}: {_error_text(err)}")
+        if err is None:
+            return
+        # a dead letter lost would be a record lost: stop, saying which and how to make room
+        where = dict(msg.headers() or []).get("sluice.position", b"").decode(errors="replace")
+        text = (f"step {self.ctx.step!r}: a dead letter ({where or 'no position'}, {len(msg.value() or b'')} bytes) "
+                f"was not written to {msg.topic()}/{msg.partition()}: {_error_text(err)}")
+        if err.name() in RECORD_ERRORS:
+            text += ("; raise the dead-letter topic's max.message.bytes (kafka-configs.sh --alter --entity-type topics "
+                     f"--entity-name {msg.topic()} --add-config max.message.bytes=...) and the producer's "
+                     "message.max.bytes")
+            self.fatal = self.fatal or text  # under the runtime every retry would fail alike
+        if self.owned:
+            self.errors.append(text)
 
     def _raise(self) -> None:
+        if self.errors and self.errors[0].startswith("step "):  # a dead letter not written: its own words
+            self.failed = True
+            raise KafkaError(self.errors[0])
         if self.errors:
             self.failed = True
             first = self.errors[0]

@@ -322,6 +322,9 @@ class Worker:
         err = exc.args[0] if exc.args else None
         text = _error_text(err) if err is not None else str(exc)
         self.failed_commits += 1
+        for w in self.writers.values():  # a dead letter the cluster refuses would fail every retry alike
+            if isinstance(w, KafkaWriter) and w.fatal:
+                raise KafkaError(w.fatal)
         if self.failed_commits > self.rt.max_failed_commits:
             raise fatal(self.instance, self.failed_commits, text) from None
         pause = min(10.0, 0.1 * 2 ** (self.failed_commits - 1))
