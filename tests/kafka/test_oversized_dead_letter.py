@@ -118,4 +118,4 @@ def test_a_dead_letter_topic_too_small_even_for_the_head_is_a_clear_error(kafka_
     with pytest.raises(sl.KafkaError) as info:
         sl.run(flow)
     text = str(info.value)
-    assert "'dlq'" in text and "line 2" in text and repr(dlq) in text and "max.message.bytes" in text, text
+    assert "'dlq'" in text and "in.jsonl:2" in text and repr(dlq) in text and "max.message.bytes" in text, text

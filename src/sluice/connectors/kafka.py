@@ -604,8 +604,8 @@ class DeadLetterFit:
         if room < 0:
             where = dict(headers).get("sluice.position", b"").decode(errors="replace")
             raise KafkaError(f"step {self.step!r}: a dead letter ({where or 'no position'}) cannot be written to "
-                             f"{self.topic!r} even cut short: its key and headers alone ({framing} bytes) exceed what "
-                             f"the topic takes ({limit} bytes); raise the topic's max.message.bytes (kafka-configs.sh "
+                             f"{self.topic!r} even cut short: its key, headers and framing ({framing + RECORD_OVERHEAD} bytes) "
+                             f"leave no room within what the topic takes ({limit} bytes); raise the topic's max.message.bytes (kafka-configs.sh "
                              f"--alter --entity-type topics --entity-name {self.topic} --add-config "
                              "max.message.bytes=...) and the producer's message.max.bytes")
         self.truncated += 1
