@@ -140,7 +140,7 @@ def test_a_rollback_whose_markers_were_skipped_is_swept() -> None:
     assert all(cluster.lso(k) == cluster.hw[k] for k in cluster.hw)  # every partition stable again
     # the next commit commits only its own records
     txn.produce("out", b"v2", b"k", 2, [])
-    txn.commit([], None)
+    txn.verify(txn.commit([], None))
     assert cluster.lso(("out", 2)) == cluster.hw[("out", 2)]
 
 
@@ -178,9 +178,10 @@ def test_a_commit_is_verified_past_its_records() -> None:
     cluster = Cluster({"out": 2})
     txn = machine(cluster)
     txn.produce("out", b"v", b"k", 0, [])
-    txn.commit([], None)  # markers written: verified
-    assert txn.written == {}
+    written = txn.commit([], None)
+    assert written == {("out", 0): 0} and txn.written == {}
+    txn.verify(written)  # markers written: verified
     txn.produce("out", b"v", b"k", 1, [])
     cluster.skip = {("out", 1)}  # the commit marker goes missing
     with pytest.raises(KafkaError, match=r"last commit succeeded but its markers never came.*out/1"):
-        txn.commit([], None)
+        txn.verify(txn.commit([], None))

@@ -116,9 +116,9 @@ class Transactions:
             except BufferError:
                 self.producer.poll(0.05)
 
-    def commit(self, offsets: list[Any], group_metadata: Any) -> None:
+    def commit(self, offsets: list[Any], group_metadata: Any) -> dict[tuple[str, int], int]:
         """Add the offsets and commit; on success a new transaction is begun. Raises KafkaException (the
-        state is then FAILED)."""
+        state is then FAILED). Returns the partitions written and their last offsets, for `verify`."""
         assert self.state is State.OPEN, f"commit in state {self.state}"
         self.state = State.COMMITTING
         self.ending = False
@@ -133,7 +133,7 @@ class Transactions:
         self.producer.begin_transaction()
         self.topics = set()
         self.state = State.OPEN
-        self.verify(done)
+        return done
 
     def verify(self, done: dict[tuple[str, int], int]) -> None:
         """A commit is done when its markers are written: each partition's last stable offset is past the

@@ -295,7 +295,7 @@ class Worker:
                 for key, value, headers in StateTopic.messages(t.p, t.sid, blob):
                     txn.produce(self.state_topic, value, key, t.p, headers)
             offsets = [TopicPartition(topic, t.p, pos) for t in dirty for topic, pos in t.positions.items()]
-            txn.commit(offsets, self.consumer.consumer_group_metadata())
+            written = txn.commit(offsets, self.consumer.consumer_group_metadata())
         except KafkaException as exc:
             for t in dirty:
                 t.abort_sinks()
@@ -308,6 +308,8 @@ class Worker:
         failpoint("after_kafka_commit")
         for t in dirty:  # the snapshots (with the prepared transactions) are committed: publish
             t.commit_sinks()
+        # done once its markers are written (a restarting broker can skip them: the worker stops)
+        txn.verify(written)
         for t in dirty:
             t.dirty = False
             for ex in t.parts:  # counted once committed: work rewound after a failed commit is done again
