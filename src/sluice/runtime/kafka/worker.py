@@ -333,7 +333,9 @@ class Worker:
         log.warning("worker %s: commit failed (%s); rewinding to the last commit and retrying in %.1f s",
                     self.instance, text, pause)
         time.sleep(pause)
-        touched, unknown = set(self.txn.topics), self.txn.ending
+        # commit_transaction failed without librdkafka asking for an abort: it may have committed
+        abortable = err is not None and hasattr(err, "txn_requires_abort") and err.txn_requires_abort()
+        touched, unknown = set(self.txn.topics), self.txn.ending and not abortable
         if self.txn.recover(exc) == "restarted":
             self.result.producer_restarts += 1
         self._settle(touched, sweep=not unknown)
