@@ -25,11 +25,14 @@ ROOT = Path(__file__).resolve().parents[1]
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--rounds", type=int, default=5, help="broker kills (default 5)")
+    ap.add_argument("--log", default="chaos_broker.log", help="pytest's whole output (default chaos_broker.log)")
     a = ap.parse_args()
     env = {**os.environ, "BROKER_FAULT_ROUNDS": str(a.rounds)}
     r = subprocess.run([sys.executable, "-m", "pytest", str(ROOT / "tests/kafka/test_broker_faults.py"), "-q", "-s",
                         "-p", "no:cacheprovider"], cwd=ROOT, env=env, capture_output=True, text=True)
-    rows = [json.loads(line.split(" ", 1)[1]) for line in r.stdout.splitlines() if line.startswith("BROKER-FAULT ")]
+    (Path(a.log)).write_text(r.stdout + r.stderr)
+    # pytest's progress characters may precede the line
+    rows = [json.loads(line.split("BROKER-FAULT ", 1)[1]) for line in r.stdout.splitlines() if "BROKER-FAULT " in line]
     for row in rows:
         print(json.dumps(row))
     totals = {}
