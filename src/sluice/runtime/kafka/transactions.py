@@ -145,16 +145,25 @@ class Transactions:
         tps = [TopicPartition(t, p) for t, p in done]
         deadline = time.monotonic() + self.verify_s
         pause = 0.005
+        failed: str | None = None
         while True:
             try:
                 stable = self._offsets(tps, committed=True)
                 left = {k: (stable[k], off + 1) for k, off in done.items() if stable[k] <= off}
+                failed = None
             except KafkaException as exc:
+                failed = _error_text(exc.args[0])
                 left = {k: (-1, off + 1) for k, off in done.items()}
-                log.info("worker %s: reading offsets failed (%s); retrying", self.name, _error_text(exc.args[0]))
+                log.info("worker %s: reading offsets failed (%s); retrying", self.name, failed)
+                self.admin = None  # seen: an admin client stuck on stale metadata ("Leader epoch is older …")
             if not left:
                 return
             if time.monotonic() > deadline:
+                if failed is not None:
+                    raise KafkaError(f"worker {self.name}: cannot verify the last commit: the offsets of "
+                                     f"{len(tps)} partitions could not be read for {self.verify_s:g} s ({failed}); "
+                                     "is the cluster reachable? Start the worker again: it resumes from the last "
+                                     "commit") from None
                 raise hanging(self.name, left, committed=True)
             time.sleep(pause)
             pause = min(0.5, pause * 2)
@@ -252,6 +261,7 @@ class Transactions:
                 stable = self._offsets(tps, committed=True)
             except KafkaException as exc:  # the cluster is still settling: ask again
                 log.info("worker %s: reading offsets failed (%s); retrying", self.name, _error_text(exc.args[0]))
+                self.admin = None  # a new client: one stuck on stale metadata never recovers
                 if time.monotonic() > deadline:
                     raise KafkaError(f"worker {self.name}: cannot read the offsets of {len(tps)} partitions to check "
                                      f"that they are stable: {_error_text(exc.args[0])}") from None
