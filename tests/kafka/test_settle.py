@@ -185,3 +185,24 @@ def test_a_commit_is_verified_past_its_records() -> None:
     cluster.skip = {("out", 1)}  # the commit marker goes missing
     with pytest.raises(KafkaError, match=r"last commit succeeded but its markers never came.*out/1"):
         txn.verify(txn.commit([], None))
+
+
+def test_a_transactional_call_stuck_past_its_timeout_ends_the_worker_with_a_clear_error() -> None:
+    import subprocess
+    import sys
+
+    code = """
+import time
+from sluice.runtime.kafka.transactions import Watchdog
+Watchdog.GRACE_S = 0.5
+w = Watchdog("w7")
+with w.watch("quick", 5):
+    pass  # returns in time: nothing happens
+time.sleep(2.5)
+with w.watch("send_offsets_to_transaction", 0.5):
+    time.sleep(30)  # as librdkafka was seen blocked
+"""
+    r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
+    assert r.returncode == 75, (r.returncode, r.stderr[-2000:])
+    assert "worker w7: the Kafka client is stuck in send_offsets_to_transaction" in r.stderr
+    assert "Traceback" not in r.stderr

@@ -35,8 +35,11 @@ from __future__ import annotations
 import contextlib
 import enum
 import logging
+import os
+import sys
+import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from typing import Any
 
 from sluice.connectors.kafka import KafkaError, _error_text
@@ -50,6 +53,51 @@ class State(enum.Enum):
     FAILED = "failed"  # the last commit failed: abort or restart before anything else
 
 
+class Watchdog:
+    """librdkafka's transactional calls take a timeout, yet one was seen blocked for good after a broker
+    restart (send_offsets_to_transaction waiting on its reply with no deadline). A blocked worker holds its
+    partitions until the group gives up on it, then hangs forever. So each call is watched: one that
+    overruns its own timeout by `GRACE_S` ends the process with a clear error (exit code 75). That is as
+    safe as a kill -9: the open transaction is aborted by the broker and the work resumes from the last
+    commit, exactly once, in a restarted worker."""
+
+    GRACE_S = 60.0
+
+    def __init__(self, name: str) -> None:
+        self.name = name
+        self.what: str | None = None
+        self.deadline = 0.0
+        self.lock = threading.Lock()
+        self.thread: threading.Thread | None = None
+
+    @contextlib.contextmanager
+    def watch(self, what: str, timeout_s: float) -> Iterator[None]:
+        with self.lock:
+            self.what, self.deadline = what, time.monotonic() + timeout_s + self.GRACE_S
+            if self.thread is None:
+                self.thread = threading.Thread(target=self._run, name="sluice-txn-watchdog", daemon=True)
+                self.thread.start()
+        try:
+            yield
+        finally:
+            with self.lock:
+                self.what = None
+
+    def _run(self) -> None:
+        while True:
+            time.sleep(1.0)
+            with self.lock:
+                what, late = self.what, self.what is not None and time.monotonic() > self.deadline
+            if late:
+                text = (f"sluice: error: worker {self.name}: the Kafka client is stuck in {what} well past its timeout "
+                        "(a librdkafka call that never returned, seen after a broker restart); stopping this "
+                        "worker: start it again, it resumes from the last commit, exactly once")
+                log.error("%s", text)
+                print(text, file=sys.stderr, flush=True)
+                os._exit(STUCK_EXIT)
+
+
+STUCK_EXIT = 75
 SWEEP_KEY = b"sluice.sweep"
 SWEEP_AFTER_S = 5.0
 
@@ -69,6 +117,7 @@ class Transactions:
         self.written: dict[tuple[str, int], int] = {}  # its delivered records: partition → last offset
         self.ending = False  # commit_transaction was called: a failure leaves the outcome unknown
         self.settle_s = settle_s
+        self.watchdog = Watchdog(name)
         self.verify_s = max(settle_s, 120.0)  # a commit's markers may wait for a restarting broker
 
     def open(self) -> None:
@@ -77,7 +126,8 @@ class Transactions:
         deadline = time.monotonic() + 120
         while True:  # a restarting cluster answers "coordinator loading" / times out for a while
             try:
-                producer.init_transactions(30)
+                with self.watchdog.watch("init_transactions", 30):
+                    producer.init_transactions(30)
                 break
             except Exception as exc:
                 err = exc.args[0] if exc.args else None
@@ -123,7 +173,8 @@ class Transactions:
         self.state = State.COMMITTING
         self.ending = False
         try:
-            self.producer.send_offsets_to_transaction(offsets, group_metadata, 60)
+            with self.watchdog.watch("send_offsets_to_transaction", 60):
+                self.producer.send_offsets_to_transaction(offsets, group_metadata, 60)
             self.ending = True
             self.commit_transaction()
         except BaseException:
@@ -174,7 +225,8 @@ class Transactions:
 
         for attempt in range(5):
             try:
-                self.producer.commit_transaction(60)
+                with self.watchdog.watch("commit_transaction", 60):
+                    self.producer.commit_transaction(60)
                 return
             except KafkaException as exc:
                 err = exc.args[0]
@@ -201,7 +253,8 @@ class Transactions:
         from confluent_kafka import KafkaException
 
         try:
-            self.producer.abort_transaction(30)
+            with self.watchdog.watch("abort_transaction", 30):
+                self.producer.abort_transaction(30)
             self.producer.begin_transaction()
             self.topics, self.written = set(), {}
         except KafkaException as exc:
