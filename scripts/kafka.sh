@@ -3,6 +3,7 @@
 #   scripts/kafka.sh install        resolve the jars into $SLUICE_CACHE (default ~/.cache/sluice)
 #   scripts/kafka.sh up [DIR]       format and start a broker on free loopback ports; last line: bootstrap=HOST:PORT
 #   scripts/kafka.sh down [DIR]     stop it
+#   scripts/kafka.sh start [DIR]    start the broker of DIR again (its data and ports; after a crash, for fault tests)
 # DIR (default /tmp/sluice-kafka) holds the data, logs, config and pid.
 set -euo pipefail
 HERE="$(cd "$(dirname "$0")/.." && pwd)"
@@ -84,14 +85,25 @@ PROPS
   local id
   id=$(java -Xmx256m -Dlog4j2.configurationFile="$dir/log4j2.properties" -cp "$LIBS/*" kafka.tools.StorageTool random-uuid)
   java "${jopts[@]}" -cp "$LIBS/*" kafka.tools.StorageTool format -t "$id" -c "$dir/server.properties" --standalone >"$dir/logs/format.log" 2>&1
-  nohup java "${jopts[@]}" -cp "$LIBS/*" kafka.Kafka "$dir/server.properties" >"$dir/logs/stdout.log" 2>&1 &
-  echo $! > "$dir/kafka.pid"
   echo "127.0.0.1:$port" > "$dir/bootstrap"
   echo "127.0.0.1:$sport" > "$dir/sasl_ssl"
+  launch "$dir"
+}
+
+# launch DIR: start the formatted broker of DIR and wait until it serves
+launch() {
+  local dir="$1" sport
+  sport=$(cut -d: -f2 "$dir/sasl_ssl")
+  local jopts=(-Xms512m -Xmx1g -XX:+UseG1GC -Djava.awt.headless=true -Dkafka.logs.dir="$dir/logs"
+               -Dlog4j2.configurationFile="$dir/log4j2.properties")
+  local log="$dir/logs/stdout.log"
+  [ -f "$log" ] && cat "$log" >> "$dir/logs/stdout.previous.log" && : > "$log"
+  nohup java "${jopts[@]}" -cp "$LIBS/*" kafka.Kafka "$dir/server.properties" >"$log" 2>&1 &
+  echo $! > "$dir/kafka.pid"
   for _ in $(seq 1 120); do
     if grep -q "Kafka Server started" "$dir/logs/stdout.log"; then
       echo "sasl_ssl=127.0.0.1:$sport user=sluice password_file=$dir/sasl_password ca=$dir/tls/ca.pem"
-      echo "bootstrap=127.0.0.1:$port"
+      echo "bootstrap=$(cat "$dir/bootstrap")"
       return
     fi
     kill -0 "$(cat "$dir/kafka.pid")" 2>/dev/null || { tail -40 "$dir/logs/stdout.log" >&2; exit 1; }
@@ -108,6 +120,7 @@ down() {
 case "${1:-}" in
   install) install ;;
   up) up "${2:-}" ;;
+  start) d="${2:-/tmp/sluice-kafka}"; [ -f "$d/server.properties" ] || { echo "kafka.sh: no broker in $d" >&2; exit 1; }; launch "$d" ;;
   down) down "${2:-}" ;;
-  *) echo "usage: scripts/kafka.sh install | up [DIR] | down [DIR]" >&2; exit 2 ;;
+  *) echo "usage: scripts/kafka.sh install | up [DIR] | down [DIR] | start [DIR]" >&2; exit 2 ;;
 esac

@@ -11,9 +11,10 @@ import sluice as sl
 from sluice.connectors.kafka import KafkaSink
 
 
-def create_topic(bootstrap: str, name: str, partitions: int, config: dict[str, str] | None = None) -> None:
+def create_topic(bootstrap: str, name: str, partitions: int, config: dict[str, str] | None = None,
+                 topic_config: dict[str, str] | None = None) -> None:
     admin = AdminClient({"bootstrap.servers": bootstrap, **(config or {})})  # alive until the future resolves
-    admin.create_topics([NewTopic(name, partitions, 1)])[name].result(30)
+    admin.create_topics([NewTopic(name, partitions, 1, config=topic_config or {})])[name].result(30)
 
 
 def load(bootstrap: str, path: Path, topic: str, key: str = "user_id") -> int:

@@ -175,7 +175,7 @@ def _run_on_kafka(a: argparse.Namespace, bootstrap: str) -> int:
         result = run_worker(flow, rt, progress=progress)
     # one JSON line, also with --quiet: what scripts read
     print(json.dumps({"worker": a.instance, "records": result.records, "seconds": round(result.seconds, 3),
-                      "produced": result.produced, "commits": result.commits, "rewinds": result.rewinds,
+                      "produced": result.produced, "commits": result.commits, "rewinds": result.rewinds, "sweeps": result.sweeps,
                       "tasks": result.tasks_started, "late": result.late, "dead_letters": result.dead_letters}))
     return 0
 

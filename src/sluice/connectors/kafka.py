@@ -106,6 +106,7 @@ def redact(config: Mapping[str, Any]) -> dict[str, Any]:
 
 
 CLIENT_LOG = logging.getLogger("sluice.kafka.client")
+log = logging.getLogger("sluice.kafka")
 _VARYING = re.compile(r"\((after \d+ms|\d+ identical)[^)]*\)")  # parts of a librdkafka line that change each time
 
 
@@ -550,6 +551,70 @@ RECORD_ERRORS = frozenset({"MSG_SIZE_TOO_LARGE", "_MSG_SIZE_TOO_LARGE", "INVALID
                            "INVALID_TIMESTAMP", "POLICY_VIOLATION", "RECORD_LIST_TOO_LARGE"})
 
 
+# What a topic accepts when its max.message.bytes cannot be read (the broker's default), and what a
+# producer sends when its message.max.bytes is not set (librdkafka's default).
+BROKER_MESSAGE_LIMIT = 1_048_588
+PRODUCER_MESSAGE_LIMIT = 1_000_000
+RECORD_OVERHEAD = 4096  # room left for the record batch's and the record's own framing
+BIG_RECORD = 64 << 10  # below this, a record fits any sensible limit: no lookup
+
+
+class DeadLetterFit:
+    """Keeps dead letters writable: one larger than the dead-letter topic takes (its max.message.bytes,
+    the producer's message.max.bytes) keeps its head only, with its original size and SHA-256 digest in
+    headers (sluice.original.size, sluice.original.sha256, sluice.truncated). A dead letter is the record
+    that was bad: losing its tail is better than stopping the job on it at every restart."""
+
+    def __init__(self, step: str, topic: str, bootstrap: str, config: Mapping[str, Any]) -> None:
+        self.step, self.topic, self.bootstrap, self.config = step, topic, bootstrap, config
+        self.limit: int | None = None
+        self.truncated = 0
+
+    def _limit(self) -> int:
+        if self.limit is None:
+            producer = int(self.config.get("message.max.bytes", PRODUCER_MESSAGE_LIMIT))
+            self.limit = min(producer, self._topic_limit())
+        return self.limit
+
+    def _topic_limit(self) -> int:
+        from confluent_kafka.admin import AdminClient, ConfigResource  # type: ignore[attr-defined]
+
+        try:
+            admin = AdminClient(client_config(self.bootstrap, self.config))
+            res = ConfigResource(ConfigResource.Type.TOPIC, self.topic)
+            entries = admin.describe_configs([res], request_timeout=30)[res].result(30)
+            return int(entries["max.message.bytes"].value)
+        except Exception as exc:  # no DescribeConfigs ACL, or the cluster is away: assume the default
+            log.info("dead-letter topic %r: cannot read max.message.bytes (%s); assuming %d", self.topic,
+                     exc, BROKER_MESSAGE_LIMIT)
+            return BROKER_MESSAGE_LIMIT
+
+    def fit(self, key: bytes | None, value: bytes, headers: list[tuple[str, bytes]]) -> tuple[bytes, list[tuple[str, bytes]]]:
+        framing = len(key or b"") + sum(len(k) + len(v or b"") for k, v in headers)
+        if len(value) + framing < BIG_RECORD:
+            return value, headers
+        limit = self._limit()
+        if len(value) + framing + RECORD_OVERHEAD <= limit:
+            return value, headers
+        import hashlib
+
+        marks = [("sluice.truncated", b"true"), ("sluice.original.size", str(len(value)).encode()),
+                 ("sluice.original.sha256", hashlib.sha256(value).hexdigest().encode())]
+        room = limit - framing - RECORD_OVERHEAD - sum(len(k) + len(v) for k, v in marks)
+        if room < 0:
+            where = dict(headers).get("sluice.position", b"").decode(errors="replace")
+            raise KafkaError(f"step {self.step!r}: a dead letter ({where or 'no position'}) cannot be written to "
+                             f"{self.topic!r} even cut short: its key, headers and framing ({framing + RECORD_OVERHEAD} bytes) "
+                             f"leave no room within what the topic takes ({limit} bytes); raise the topic's max.message.bytes (kafka-configs.sh "
+                             f"--alter --entity-type topics --entity-name {self.topic} --add-config "
+                             "max.message.bytes=...) and the producer's message.max.bytes")
+        self.truncated += 1
+        log.warning("dead-letter topic %r takes records up to %d bytes: a dead letter of %d bytes keeps its first "
+                    "%d (its size and SHA-256 are in its headers); raise the topic's max.message.bytes and the "
+                    "producer's message.max.bytes to keep whole ones", self.topic, limit, len(value), room)
+        return value[:room], headers + marks
+
+
 def _fingerprint(key: bytes | None, value: bytes) -> bytes:
     import hashlib
 
@@ -596,8 +661,12 @@ class KafkaWriter(UntransactedWriter):
                                     "(the same bootstrap and config), so one producer writes both")
                 self._check_topic(self.dead.topic)
         self.producer = producer
-        # a record's report is needed to count it, to pass it on, or to dead-letter it
-        self.report = self._report if self.owned or self.on_delivery or self.dead else None
+        dead_spec = spec if isinstance(spec, DeadLetterTopic) else self.dead
+        self.fit = DeadLetterFit(ctx.step, dead_spec.topic, dead_spec.bootstrap, dead_spec.config) if dead_spec else None
+        self.fatal: str | None = None  # under the runtime: a dead letter the cluster refused even cut short
+        # a record's report is needed to count it, to pass it on, to dead-letter it, or (a dead letter) to
+        # stop with a clear error when even its cut-short form is refused
+        self.report = self._report if self.owned or self.on_delivery or self.dead or dead_spec else None
 
     def _check_topic(self, name: str) -> None:
         """Fail now, with the address and the cause, if the cluster cannot be reached or lacks the topic."""
@@ -616,6 +685,9 @@ class KafkaWriter(UntransactedWriter):
 
     def _report(self, err: Any, msg: Any) -> None:
         key = msg.key()
+        if err is not None and isinstance(self.spec, DeadLetterTopic):
+            self._dead_report(err, msg)
+            return
         if err is None:
             self.delivered += 1
             if self.on_delivery is not None:
@@ -651,6 +723,8 @@ class KafkaWriter(UntransactedWriter):
             self._unserializable(rows, bad)
         topic = self.spec.topic
         for key, value, headers, ts in msgs:
+            if self.fit is not None and isinstance(self.spec, DeadLetterTopic):
+                value, headers = self.fit.fit(key, value, list(headers or []))
             if self.poison and _fingerprint(key, value) in self.poison:
                 self._dead_letter(key, value, headers, "rejected by the cluster in an earlier attempt of this "
                                   "transaction", f"kafka:{topic}")
@@ -724,14 +798,30 @@ class KafkaWriter(UntransactedWriter):
         assert self.dead is not None
         marks = [("sluice.reason", reason.encode()), ("sluice.step", self.ctx.step.encode()),
                  ("sluice.position", position.encode()), ("sluice.target.topic", self.spec.topic.encode())]
-        self._produce(self.dead.topic, key, value, marks + list(headers or []), 0, self._dead_report)
+        assert self.fit is not None
+        value, all_headers = self.fit.fit(key, value, marks + list(headers or []))
+        self._produce(self.dead.topic, key, value, all_headers, 0, self._dead_report)
         self.dead_lettered += 1
 
     def _dead_report(self, err: Any, msg: Any) -> None:
-        if err is not None and self.owned:  # a dead letter lost would be a record lost: stop
-            self.errors.append(f"dead-letter topic {msg.topic()}/{msg.partition()}: {_error_text(err)}")
+        if err is None:
+            return
+        # a dead letter lost would be a record lost: stop, saying which and how to make room
+        where = dict(msg.headers() or []).get("sluice.position", b"").decode(errors="replace")
+        text = (f"step {self.ctx.step!r}: a dead letter ({where or 'no position'}, {len(msg.value() or b'')} bytes) "
+                f"was not written to {msg.topic()}/{msg.partition()}: {_error_text(err)}")
+        if err.name() in RECORD_ERRORS:
+            text += ("; raise the dead-letter topic's max.message.bytes (kafka-configs.sh --alter --entity-type topics "
+                     f"--entity-name {msg.topic()} --add-config max.message.bytes=...) and the producer's "
+                     "message.max.bytes")
+            self.fatal = self.fatal or text  # under the runtime every retry would fail alike
+        if self.owned:
+            self.errors.append(text)
 
     def _raise(self) -> None:
+        if self.errors and self.errors[0].startswith("step "):  # a dead letter not written: its own words
+            self.failed = True
+            raise KafkaError(self.errors[0])
         if self.errors:
             self.failed = True
             first = self.errors[0]

@@ -17,7 +17,9 @@ isolation.level=read_committed.
 A failed commit is handled as librdkafka asks: retriable errors are retried, abortable ones abort and
 rewind the tasks to the last commit, and anything else, a timeout included (librdkafka lacks KIP-890),
 is fatal for the producer: a new one is made with the same transactional.id (which fences the old one)
-and the tasks rewind.
+and the tasks rewind. A commit counts as done once its markers are written (the last stable offset of each
+partition passes its records); after a rollback, records a restarted broker left unmarked are swept, and
+what cannot be repaired stops the worker with an error (transactions.py).
 """
 
 from sluice.runtime.kafka.plan import check_partitioning

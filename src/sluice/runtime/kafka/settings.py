@@ -37,6 +37,7 @@ class WorkerResult:
     commits: int = 0
     rewinds: int = 0
     producer_restarts: int = 0
+    sweeps: int = 0  # transactions made only to end records a broker restart left unmarked (transactions.py)
     tasks_started: int = 0
     produced: int = 0  # records sent to output and dead-letter topics (committed or rewound)
     first_assigned: float = 0.0  # wall clock (time.time()) of the first assignment

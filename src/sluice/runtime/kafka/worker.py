@@ -31,7 +31,7 @@ from sluice.runtime.kafka.plan import FeedSource, SharedSink, check_partitioning
 from sluice.runtime.kafka.settings import KafkaRuntime, WorkerResult
 from sluice.runtime.kafka.state_topic import StateTopic
 from sluice.runtime.kafka.task import Task
-from sluice.runtime.kafka.transactions import Transactions, fatal
+from sluice.runtime.kafka.transactions import Transactions, fatal, hanging
 from sluice.runtime.repartition import RepartitionSink, RepartitionSource, RepartitionWriter, split
 
 log = logging.getLogger("sluice.kafka")
@@ -128,6 +128,24 @@ class Worker:
             "transaction.timeout.ms": self.rt.transaction_timeout_ms, "linger.ms": 20, "compression.type": "lz4",
             "queue.buffering.max.messages": 1_000_000, "partitioner": PARTITIONER}))
 
+    def _new_admin(self) -> Any:
+        from confluent_kafka.admin import AdminClient
+
+        return AdminClient(client_config(self.bootstrap, self.config))
+
+    def settle_timeout(self) -> float:
+        """How long transactions open elsewhere may hold a partition's last stable offset back: the
+        broker aborts an abandoned one after the transaction timeout."""
+        return 2 * self.rt.transaction_timeout_ms / 1000 + 15
+
+    def output_topics(self) -> set[str]:
+        """Every topic this flow's workers write in their transactions."""
+        topics = {w.spec.topic for w in self.writers.values() if isinstance(w, KafkaWriter)}
+        topics |= {w.dead.topic for w in self.writers.values() if isinstance(w, KafkaWriter) and w.dead is not None}
+        if self.shuffle_writer is not None:
+            topics.add(self.shuffle_writer.spec.topic)
+        return topics | {self.state_topic}
+
     @property
     def producer(self) -> Any:
         """The current transactional producer (it is replaced after a fatal error)."""
@@ -141,7 +159,7 @@ class Worker:
                            self.shuffle_read.source.topic if self.shuffle_read is not None else None)
         self.partitions = n
         self.task_plans = [self._task_plan(plan) for plan in self.subplans]
-        self.txn = Transactions(self._new_producer, self.instance)
+        self.txn = Transactions(self._new_producer, self.instance, self._new_admin, self.settle_timeout())
         self.txn.open()
         group = client_config(self.bootstrap, self.config, **FETCH_TUNING, **{
             "group.id": self.rt.app_id, "isolation.level": "read_committed", "enable.auto.commit": False,
@@ -188,6 +206,10 @@ class Worker:
                 else:
                     task.close()
             if todo and time.monotonic() > deadline:
+                assert self.txn is not None
+                held = self.txn.unstable([TopicPartition(self.state_topic, p) for p in todo], 0)
+                if held:  # the newest state is behind a transaction that never ended
+                    raise hanging(self.instance, held, committed=None)
                 raise KafkaError(f"tasks {todo}: the committed offsets and the newest state in {self.state_topic} "
                                  "disagree (was the state topic deleted or written by another application?)")
             if todo:
@@ -273,7 +295,7 @@ class Worker:
                 for key, value, headers in StateTopic.messages(t.p, t.sid, blob):
                     txn.produce(self.state_topic, value, key, t.p, headers)
             offsets = [TopicPartition(topic, t.p, pos) for t in dirty for topic, pos in t.positions.items()]
-            txn.commit(offsets, self.consumer.consumer_group_metadata())
+            written = txn.commit(offsets, self.consumer.consumer_group_metadata())
         except KafkaException as exc:
             for t in dirty:
                 t.abort_sinks()
@@ -286,6 +308,8 @@ class Worker:
         failpoint("after_kafka_commit")
         for t in dirty:  # the snapshots (with the prepared transactions) are committed: publish
             t.commit_sinks()
+        # done once its markers are written (a restarting broker can skip them: the worker stops)
+        txn.verify(written)
         for t in dirty:
             t.dirty = False
             for ex in t.parts:  # counted once committed: work rewound after a failed commit is done again
@@ -300,21 +324,38 @@ class Worker:
         err = exc.args[0] if exc.args else None
         text = _error_text(err) if err is not None else str(exc)
         self.failed_commits += 1
+        for w in self.writers.values():  # a dead letter the cluster refuses would fail every retry alike
+            if isinstance(w, KafkaWriter) and w.fatal:
+                raise KafkaError(w.fatal)
         if self.failed_commits > self.rt.max_failed_commits:
             raise fatal(self.instance, self.failed_commits, text) from None
         pause = min(10.0, 0.1 * 2 ** (self.failed_commits - 1))
         log.warning("worker %s: commit failed (%s); rewinding to the last commit and retrying in %.1f s",
                     self.instance, text, pause)
         time.sleep(pause)
+        # commit_transaction failed without librdkafka asking for an abort: it may have committed
+        abortable = err is not None and hasattr(err, "txn_requires_abort") and err.txn_requires_abort()
+        touched, unknown = set(self.txn.topics), self.txn.ending and not abortable
         if self.txn.recover(exc) == "restarted":
             self.result.producer_restarts += 1
+        self._settle(touched, sweep=not unknown)
         self._rewind()
 
     def _abort(self) -> None:
         assert self.txn is not None
+        touched = set(self.txn.topics)
         if not self.txn.abort():
             self.txn.restart()
             self.result.producer_restarts += 1
+        self._settle(touched)
+
+    def _settle(self, topics: set[str], sweep: bool = True) -> None:
+        """The rolled-back transaction's partitions become stable before anything more is written (see
+        transactions.py): unmarked records left by a broker restart are swept, or the worker stops."""
+        assert self.txn is not None
+        if topics:
+            self.txn.settle(topics, self.settle_timeout(), sweep)
+            self.result.sweeps = self.txn.sweeps
 
     def _rewind(self) -> None:
         """Back to the last commit: tasks restored from their committed state, the consumer seeks."""
@@ -416,6 +457,11 @@ class Worker:
                 if self.rt.until_end and now - last_check >= 0.5:
                     last_check = now
                     if self._all_done():
+                        # done only if the committed output is whole: no partition written holds a
+                        # transaction that never ends (the other workers' last commits end meanwhile)
+                        assert self.txn is not None
+                        self.txn.settle(self.output_topics(), self.settle_timeout())
+                        self.result.sweeps = self.txn.sweeps
                         self.result.finished = time.time()
                         break
                 if self.progress is not None and now - last_report >= 1.0:
@@ -459,6 +505,10 @@ class _ProducerRef:
         self.worker = worker
 
     def produce(self, *args: Any, **kwargs: Any) -> None:
+        assert self.worker.txn is not None
+        txn = self.worker.txn
+        txn.touch(args[0] if args else kwargs["topic"])
+        kwargs["on_delivery"] = txn.reporting(kwargs.get("on_delivery"))
         self.worker.producer.produce(*args, **kwargs)
 
     def poll(self, timeout: float) -> int:
