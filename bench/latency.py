@@ -351,7 +351,7 @@ def wait_for_group(bootstrap: str, group: str, partitions: int, timeout: float, 
             owned = sum(len(m.assignment.topic_partitions) for m in desc.members if m.assignment)
             if str(desc.state).endswith("STABLE") and owned >= partitions:
                 return
-        except Exception:  # noqa: BLE001 (the group does not exist yet)
+        except Exception:
             pass
         reader.poll()
     raise RuntimeError(f"the worker did not join group {group!r} within {timeout:.0f} s")

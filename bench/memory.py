@@ -107,6 +107,7 @@ def measured(cmd: list[str]) -> tuple[dict[str, Any], float, Any]:
 def check(workload: str, inp: Path, out: Path) -> str:
     """'ok (N rows)' or what differs from the oracle."""
     import duckdb
+
     import oracle
 
     got = pl.read_ndjson(out) if out.stat().st_size else pl.DataFrame()
