@@ -134,6 +134,17 @@ def check(workload: str, inp: Path, out: Path) -> str:
 def keys_job(a: argparse.Namespace) -> int:
     import sluice as sl
 
+    if a.copy_keys:  # the fix for the 4 KB per key (docs/benchmarks.md), applied here without touching the engine
+        import orjson
+
+        from sluice.operators.process import ProcessOperator
+
+        def key_of(self: Any, row: dict[str, Any]) -> tuple[bytes, Any]:
+            kv = row[self.key_cols[0]] if len(self.key_cols) == 1 else [row[k] for k in self.key_cols]
+            return bytes(memoryview(orjson.dumps(kv))), kv
+
+        ProcessOperator._key_of = key_of  # type: ignore[method-assign]
+
     class RunningCount(sl.KeyedProcessFunction):
         def open(self, ctx: Any) -> None:
             self.n = ctx.value_state("n")
@@ -185,14 +196,18 @@ def main(argv: list[str] | None = None) -> int:
         sub = argparse.ArgumentParser()
         for opt in ("--input", "--output", "--backend", "--state-dir"):
             sub.add_argument(opt)
+        sub.add_argument("--copy-keys", action="store_true")
         return keys_job(sub.parse_args(argv[1:]))
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--sizes", default="1000000,10000000")
     ap.add_argument("--workloads", default="w1,w2,w3,w4,w5,cep")
     ap.add_argument("--big", type=int, help="also w1 at this many events (e.g. 50000000)")
     ap.add_argument("--keys", type=int, default=10_000_000, help="distinct keys of the state-size job (0: skip it)")
+    ap.add_argument("--only-keys", action="store_true", help="only the state-size job")
     ap.add_argument("--extra", type=int, default=2_000_000, help="records of the state-size job beyond one per key")
-    ap.add_argument("--backends", default="memory,rocksdb")
+    ap.add_argument("--backends", default="memory,rocksdb",
+                    help="state backends of the state-size job; memory+copy-keys: memory, with the state keys copied "
+                         "out of orjson's 4 KB buffers (see docs/benchmarks.md)")
     ap.add_argument("--data", default=str(HERE / "data" / "mem"))
     ap.add_argument("--keep", action="store_true", help="keep inputs over 1 GB")
     ap.add_argument("--out", help="append each run's JSON line here")
@@ -203,7 +218,9 @@ def main(argv: list[str] | None = None) -> int:
     data = Path(a.data)
     data.mkdir(parents=True, exist_ok=True)
     runs: list[tuple[str, int]] = [(w, int(n)) for n in a.sizes.split(",") for w in a.workloads.split(",")]
-    if a.big:
+    if a.only_keys:
+        runs = []
+    elif a.big:
         runs.append(("w1", a.big))
     results = []
     print(f"{'workload':<15}{'events':>12}{'peak RSS MB':>12}{'wall s':>8}{'CPU s':>8}{'µs/event':>9}"
@@ -235,10 +252,11 @@ def main(argv: list[str] | None = None) -> int:
             out = data / f"out-keys-{backend}.parquet"
             state_dir = data / f"state-{backend}"
             got, wall, ru = measured([sys.executable, str(HERE / "memory.py"), "_keys", "--input", str(inp),
-                                      "--output", str(out), "--backend", backend, "--state-dir", str(state_dir)])
+                                      "--output", str(out), "--backend", backend.split("+")[0],
+                                      "--state-dir", str(state_dir), *(["--copy-keys"] if "+" in backend else [])])
             n = got["events"]
             cpu = ru.ru_utime + ru.ru_stime
-            report({"workload": got["workload"], "events": n, "keys": a.keys, "peak_rss_mb": got["vm_hwm_mb"],
+            report({"workload": f"keys-{backend}", "events": n, "keys": a.keys, "peak_rss_mb": got["vm_hwm_mb"],
                     "wall_s": round(wall, 2), "cpu_s": round(cpu, 2), "us_per_event": round(wall / n * 1e6, 2),
                     "cpu_us_per_event": round(cpu / n * 1e6, 2), "run_us_per_event": round(got["seconds"] / n * 1e6, 2),
                     "load": round(os.getloadavg()[0], 1), "check": check_keys(inp, out)})
