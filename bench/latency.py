@@ -29,7 +29,8 @@ Workloads and what is measured:
 
 The records (filter) or windows (w1) that became due in the `seconds` after the warmup are timed; the
 producer then goes on for 2 commit intervals + `--tail` seconds, so their results are committed in steady
-state (the embedded-log run commits only while input arrives: see docs/benchmarks.md). Every point's output
+state (the embedded-log run commits only while input arrives: see docs/benchmarks.md), and the consumer
+reads on until no result came for 2 intervals + 1.5 s (a worker that fell behind works off its backlog). Every point's output
 is checked: the filter's is records of the input that pass it, each once, all fields equal, and every one
 produced before the tail is there; w1's windows are each there once, equal to a DuckDB group-by over what
 was produced, closed by the final watermark, and every window due before the tail is there. Each point
@@ -415,9 +416,13 @@ def run_point(a: argparse.Namespace, runtime: str, workload: str, rate: int, int
             raise RuntimeError(f"the producer failed (exit {producer.returncode})")
         prod = json.loads(pout.decode().strip().splitlines()[-1])
         produced = pl.read_parquet(plog)
-        settle = time.monotonic() + 0.5
-        while time.monotonic() < settle:
+        # a worker that fell behind is still working off its backlog: wait until results stop coming
+        quiet = 2 * interval + 1.5
+        last_new, seen, give_up = time.monotonic(), len(reader.times), time.monotonic() + a.drain
+        while time.monotonic() - last_new < quiet and time.monotonic() < give_up:
             reader.poll()
+            if len(reader.times) != seen:
+                last_new, seen = time.monotonic(), len(reader.times)
         load1 = os.getloadavg()[0]
     finally:
         wall = time.monotonic() - w_start if "w_start" in locals() else 0.0
@@ -485,6 +490,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--tail", type=float, default=3.0,
                     help="the producer goes on for 2 commit intervals + this many seconds after the timed part, "
                          "so the timed records' results are committed in steady state (not timed, checked)")
+    ap.add_argument("--drain", type=float, default=90.0,
+                    help="after the producer ends, wait for results until none came for 2 intervals + 1.5 s, at most this long")
     ap.add_argument("--log-poll", type=float, default=0.1, help="LogSource poll_interval_s (when it finds nothing)")
     ap.add_argument("--out", help="append each point's JSON line here")
     ap.add_argument("--quick", action="store_true", help="smoke run: 10k/s, intervals 0.25 and 1 s, 5 s per point")
@@ -499,7 +506,7 @@ def main(argv: list[str] | None = None) -> int:
           f"{'p50 ms':>9}{'p99 ms':>9}{'max ms':>9}{'cpu s':>7}  check", file=sys.stderr)
     with tempfile.TemporaryDirectory(prefix="sluice-latency-") as tmp:
         if "kafka" in runtimes:  # a fresh broker loads its transaction log at the first transaction: not timed
-            warm = argparse.Namespace(**{**vars(a), "seconds": 1.0, "warmup": 1.0, "tail": 1.0})
+            warm = argparse.Namespace(**{**vars(a), "seconds": 1.0, "warmup": 1.0, "tail": 1.0, "drain": 5.0})
             run_point(warm, "kafka", "filter", 1000, 0.1, Path(tmp))
         for runtime in runtimes:
             for workload in a.workloads.split(","):

@@ -92,16 +92,30 @@ def data_file(data: Path, kind: str, n: int) -> Path:
     return path
 
 
-def measured(cmd: list[str]) -> tuple[dict[str, Any], float, Any]:
-    """Run cmd as a child; (its last JSON line, wall seconds, its rusage)."""
+def measured(cmd: list[str]) -> tuple[dict[str, Any], float, Any, list[int]]:
+    """Run cmd as a child; (its last JSON line, wall seconds, its rusage, its largest resident set (MB) in each
+    quarter of the run: flat when memory does not grow with the input read so far)."""
     t = time.perf_counter()
-    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE)
-    out = proc.stdout.read() if proc.stdout else b""  # type: ignore[union-attr]
-    _, status, ru = os.wait4(proc.pid, 0)
+    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE)  # it prints one line: the pipe does not fill
+    samples: list[tuple[float, int]] = []
+    status = Path(f"/proc/{proc.pid}/status")
+    while True:
+        pid, code, ru = os.wait4(proc.pid, os.WNOHANG)
+        if pid:
+            break
+        try:
+            rss = next(int(x.split()[1]) for x in status.read_text().splitlines() if x.startswith("VmRSS:"))
+            samples.append((time.perf_counter() - t, rss // 1024))
+        except (OSError, StopIteration):
+            pass
+        time.sleep(0.2)
     wall = time.perf_counter() - t
-    if os.waitstatus_to_exitcode(status) != 0:
-        raise RuntimeError(f"{' '.join(cmd)} failed with exit code {os.waitstatus_to_exitcode(status)}")
-    return json.loads(out.decode().strip().splitlines()[-1]), wall, ru
+    proc.returncode = os.waitstatus_to_exitcode(code)
+    out = proc.stdout.read() if proc.stdout else b""  # type: ignore[union-attr]
+    if proc.returncode != 0:
+        raise RuntimeError(f"{' '.join(cmd)} failed with exit code {proc.returncode}")
+    quarters = [max((m for s, m in samples if q * wall / 4 <= s < (q + 1) * wall / 4), default=0) for q in range(4)]
+    return json.loads(out.decode().strip().splitlines()[-1]), wall, ru, quarters
 
 
 def check(workload: str, inp: Path, out: Path) -> str:
@@ -238,10 +252,10 @@ def main(argv: list[str] | None = None) -> int:
     for workload, n in runs:
         inp = data_file(data, KIND[workload], n)
         out = data / f"out-{workload}-{n}.jsonl"
-        got, wall, ru = measured([sys.executable, str(HERE / "memory.py"), "_run", workload, "--input", str(inp),
+        got, wall, ru, quarters = measured([sys.executable, str(HERE / "memory.py"), "_run", workload, "--input", str(inp),
                                   "--output", str(out)])
         cpu = ru.ru_utime + ru.ru_stime
-        report({"workload": workload, "events": got["events"], "peak_rss_mb": got["vm_hwm_mb"],
+        report({"workload": workload, "events": got["events"], "peak_rss_mb": got["vm_hwm_mb"], "rss_by_quarter_mb": quarters,
                 "wall_s": round(wall, 2), "cpu_s": round(cpu, 2), "us_per_event": round(wall / n * 1e6, 2),
                 "cpu_us_per_event": round(cpu / n * 1e6, 2), "run_us_per_event": round(got["seconds"] / n * 1e6, 2),
                 "load": round(os.getloadavg()[0], 1), "check": check(workload, inp, out)})
@@ -251,12 +265,12 @@ def main(argv: list[str] | None = None) -> int:
         for backend in a.backends.split(","):
             out = data / f"out-keys-{backend}.parquet"
             state_dir = data / f"state-{backend}"
-            got, wall, ru = measured([sys.executable, str(HERE / "memory.py"), "_keys", "--input", str(inp),
+            got, wall, ru, quarters = measured([sys.executable, str(HERE / "memory.py"), "_keys", "--input", str(inp),
                                       "--output", str(out), "--backend", backend.split("+")[0],
                                       "--state-dir", str(state_dir), *(["--copy-keys"] if "+" in backend else [])])
             n = got["events"]
             cpu = ru.ru_utime + ru.ru_stime
-            report({"workload": f"keys-{backend}", "events": n, "keys": a.keys, "peak_rss_mb": got["vm_hwm_mb"],
+            report({"workload": f"keys-{backend}", "events": n, "keys": a.keys, "peak_rss_mb": got["vm_hwm_mb"], "rss_by_quarter_mb": quarters,
                     "wall_s": round(wall, 2), "cpu_s": round(cpu, 2), "us_per_event": round(wall / n * 1e6, 2),
                     "cpu_us_per_event": round(cpu / n * 1e6, 2), "run_us_per_event": round(got["seconds"] / n * 1e6, 2),
                     "load": round(os.getloadavg()[0], 1), "check": check_keys(inp, out)})
