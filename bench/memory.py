@@ -10,8 +10,8 @@ from bench/gen_events.py with the event-time span growing with the input (7,200 
 stream, running longer, so state bounded by time should stay flat); `--big N` adds a run of w1 at N events.
 For each run: peak RSS of the whole process (VmHWM, read by the process at its end), its CPU time (user + sys), its wall
 time, and the time per event (whole process, and inside the run as bench/run.py reports it). Each output
-is compared with a DuckDB oracle (tests/oracle.py for w1–w3; for w4, w5 and cep the same answers as
-as-of and equi-joins, which scale to 10M skewed events: ORACLES below) and the result says so.
+is compared with an oracle (DuckDB's in tests/oracle.py for w1–w3; for w4, w5 and cep the same answers as
+Polars as-of and bucketed equi-joins, which scale to 10M skewed events: ORACLES below).
 
 `--keys K`: the state-size-bound job: K distinct integer keys (K + `--extra` records, shuffled: every key
 once, `--extra` of them again) through a keyed process function keeping a running count per key in value
@@ -45,39 +45,54 @@ KEYS = {"w1": ["user_id", "window_start"], "w2": ["event_type", "window_start"],
         "w4": ["large_tx_id"], "w5": ["search_id", "click_id"], "cep": ["small_tx_id"]}
 # The tests' oracles (tests/oracle.py) join every small with every large (w4) or search with click (w5)
 # of a user: quadratic in a user's records, and the generator's users are zipf-skewed (one has ~25%), so at
-# 10M events they do not finish. These give the same answers as equi-joins and as-of joins (checked
-# against the tests' oracles at 1M events by tests/test_bench_memory.py).
-TX = """(select *, (timestamp - 1767225600000) * 1000000000 + cast(substr(tx_id, 2) as bigint) as ord
-         from read_json('{f}', format='newline_delimited',
-              columns={{tx_id: 'VARCHAR', user_id: 'VARCHAR', amount: 'DOUBLE', timestamp: 'BIGINT'}}))"""
-ORACLES = {
-    # the latest small strictly before each large (ties: the larger tx_id), at most 10 minutes earlier
-    "w4": """with tx as {tx}, l as (select * from tx where amount > 1000),
-                  s as (select user_id, timestamp, max(tx_id) as tx_id from tx where amount < 10 group by all)
-             select l.user_id, s.tx_id as small_tx_id, l.tx_id as large_tx_id, s.timestamp as small_ts,
-                    l.timestamp as large_ts
-             from l asof join s on l.user_id = s.user_id and l.timestamp > s.timestamp
-             where l.timestamp - s.timestamp <= 600000""",
-    # every small with the first large after it in (event time, arrival) order, if within 10 minutes
-    "cep": """with tx as {tx}, s as (select * from tx where amount < 10), l as (select * from tx where amount > 1000)
-              select s.user_id, s.tx_id as small_tx_id, l.tx_id as large_tx_id
-              from s asof join l on s.user_id = l.user_id and s.ord < l.ord
-              where l.timestamp - s.timestamp <= 600000""",
-    # searches with each click of the same user 0-10 s later: an equi-join on 10 s buckets, then the bounds
-    "w5": """with ev as (select *, timestamp // 10000 as b from read_json('{f}', format='newline_delimited',
-                         columns={{event_id: 'VARCHAR', event_type: 'VARCHAR', timestamp: 'BIGINT', user_id: 'VARCHAR'}})),
-                  s as (select * from ev where event_type = 'search'),
-                  c as (select *, unnest([b, b - 1]) as sb from ev where event_type = 'click')
-             select s.user_id, s.event_id as search_id, c.event_id as click_id, s.timestamp, c.timestamp as click_ts
-             from s join c on s.user_id = c.user_id and s.b = c.sb
-             where c.timestamp between s.timestamp and s.timestamp + 10000""",
-}
+# 10M events they do not finish. These give the same answers with Polars as-of joins and a bucketed
+# equi-join (checked against the tests' oracles, and at their boundaries, by tests/test_bench_memory.py).
+T0 = 1767225600000
+TX_SCHEMA = {"tx_id": pl.String, "user_id": pl.String, "amount": pl.Float64, "timestamp": pl.Int64}
+EV_SCHEMA = {"event_id": pl.String, "event_type": pl.String, "timestamp": pl.Int64, "user_id": pl.String}
+
+
+def _w4(path: Path) -> pl.DataFrame:
+    """The latest small strictly before each large (ties: the larger tx_id), at most 10 minutes earlier."""
+    tx = pl.read_ndjson(path, schema=TX_SCHEMA)
+    small = (tx.filter(pl.col("amount") < 10).group_by("user_id", "timestamp")
+               .agg(small_tx_id=pl.col("tx_id").max()).with_columns(small_ts=pl.col("timestamp")).sort("timestamp"))
+    large = tx.filter(pl.col("amount") > 1000).sort("timestamp")
+    j = large.join_asof(small, on="timestamp", by="user_id", strategy="backward", allow_exact_matches=False,
+                        check_sortedness=False)
+    return j.filter(pl.col("timestamp") - pl.col("small_ts") <= 600_000).select(
+        "user_id", "small_tx_id", large_tx_id="tx_id", small_ts="small_ts", large_ts="timestamp")
+
+
+def _cep(path: Path) -> pl.DataFrame:
+    """Every small with the first large after it in (event time, arrival) order, if within 10 minutes."""
+    tx = pl.read_ndjson(path, schema=TX_SCHEMA).with_columns(
+        order=(pl.col("timestamp") - T0) * 1_000_000_000 + pl.col("tx_id").str.slice(1).cast(pl.Int64))
+    small = tx.filter(pl.col("amount") < 10).sort("order")
+    large = (tx.filter(pl.col("amount") > 1000).select("user_id", "order", large_tx_id="tx_id", large_ts="timestamp")
+               .sort("order"))
+    j = small.join_asof(large, on="order", by="user_id", strategy="forward", allow_exact_matches=False,
+                        check_sortedness=False)
+    return j.filter(pl.col("large_ts") - pl.col("timestamp") <= 600_000).select(
+        "user_id", small_tx_id="tx_id", large_tx_id="large_tx_id")
+
+
+def _w5(path: Path) -> pl.DataFrame:
+    """Searches with each click of the same user 0–10 s later: an equi-join on 10 s buckets, then the bounds."""
+    ev = pl.read_ndjson(path, schema=EV_SCHEMA).with_columns(b=pl.col("timestamp") // 10_000)
+    search = ev.filter(pl.col("event_type") == "search")
+    click = (ev.filter(pl.col("event_type") == "click").with_columns(sb=pl.concat_list("b", pl.col("b") - 1))
+               .explode("sb").select("user_id", "sb", click_id="event_id", click_ts="timestamp"))
+    j = search.join(click, left_on=["user_id", "b"], right_on=["user_id", "sb"])
+    return j.filter(pl.col("click_ts").is_between(pl.col("timestamp"), pl.col("timestamp") + 10_000)).select(
+        "user_id", search_id="event_id", click_id="click_id", timestamp="timestamp", click_ts="click_ts")
+
+
+ORACLES = {"w4": _w4, "cep": _cep, "w5": _w5}
 
 
 def oracle_of(workload: str, path: Path) -> pl.DataFrame:
-    import duckdb
-
-    return duckdb.sql(ORACLES[workload].format(f=path, tx=TX.format(f=path))).pl()
+    return ORACLES[workload](Path(path))
 
 
 def peak_mb() -> int:
