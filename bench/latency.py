@@ -450,7 +450,7 @@ def run_point(a: argparse.Namespace, runtime: str, workload: str, rate: int, int
         "p99_ms": round(float(lat.quantile(0.99, "nearest")), 1) if lat.len() else None,  # type: ignore[arg-type]
         "max_ms": round(float(lat.max()), 1) if lat.len() else None,  # type: ignore[arg-type]
         "min_ms": round(float(lat.min()), 1) if lat.len() else None,  # type: ignore[arg-type]
-        "worker_cpu_s": round(ru.ru_utime + ru.ru_stime, 2), "worker_rss_mb": round(ru.ru_maxrss / 1024),
+        "worker_cpu_s": round(ru.ru_utime + ru.ru_stime, 2),
         "wall_s": round(wall, 1), "load": [round(load0, 2), round(load1, 2)],
         "ok": not problems, "problems": problems,
     }
