@@ -15,7 +15,7 @@ EVENT_FIELDS = {
     "w2": {"timestamp": pl.Int64, "event_type": pl.String, "metrics": {"response_time": pl.Float64}},
     "w3": {"timestamp": pl.Int64, "user_id": pl.String},
 }
-WORKLOADS = (*EVENT_FIELDS, "w4", "w5", "risk")
+WORKLOADS = (*EVENT_FIELDS, "w4", "w5", "cep", "risk")
 TX_FIELDS = {"tx_id": pl.String, "user_id": pl.String, "amount": pl.Float64, "timestamp": pl.Int64}
 
 
@@ -29,6 +29,19 @@ def fraud_alerts(source: object, sink: object) -> sl.Flow:
     alerts = large.asof_join("small_then_large", small, by="user_id", tolerance=timedelta(minutes=10),
                              right_order="small_tx_id")
     alerts.select("user_id", "small_tx_id", "large_tx_id", "small_ts", "large_ts").write("alerts", sink)
+    return flow
+
+
+def small_then_large(source: object, sink: object) -> sl.Flow:
+    """cep: a transaction under 10 followed (relaxed contiguity) by one over 1000 of the same user within
+    10 minutes, as an NFA: every small transaction starts a partial match, completed by the first large one."""
+    flow = sl.Flow("cep")
+    tx = flow.read("transactions", source, schema=TX_FIELDS).event_time("timestamp", DELAY)
+    pattern = (sl.Pattern.begin("small").where(pl.col("amount") < 10)
+               .followed_by("large").where(pl.col("amount") > 1000).within(timedelta(minutes=10)))
+    matches = tx.key_by("user_id").match("small_then_large", pattern)
+    matches.select("user_id", "match_start", "match_end", small_tx_id=pl.col("small").struct.field("tx_id"),
+                   large_tx_id=pl.col("large").struct.field("tx_id")).write("matches", sink)
     return flow
 
 
@@ -77,6 +90,8 @@ def file_flow(workload: str, input_path: str | Path, output_path: str | Path) ->
         out = Path(output_path)
         alerts = out.with_name(out.stem + "-alerts" + out.suffix)
         return risk_score.build(sl.JsonLinesSource(input_path), sl.JsonLinesSink(out), sl.JsonLinesSink(alerts))
+    if workload == "cep":
+        return small_then_large(sl.JsonLinesSource(input_path), sl.JsonLinesSink(output_path))
     if workload == "w5":
         return search_to_click(sl.JsonLinesSource(input_path), sl.JsonLinesSink(output_path))
     if workload == "w4":
