@@ -105,7 +105,7 @@ DELAY = 5000
 LOW = -(2**62)
 
 
-def py_w1(lines, emit) -> None:  # noqa: ANN001
+def py_w1(lines, emit) -> None:
     size = 60_000
     state: dict[tuple[str, int], list] = {}
     maxt, emitted_upto = LOW, LOW
@@ -136,7 +136,7 @@ def py_w1(lines, emit) -> None:  # noqa: ANN001
         emit({"user_id": k[0], "window_start": k[1], "window_end": k[1] + size, "count": c, "sum": sm, "min": mn, "max": mx})
 
 
-def py_w2(lines, emit) -> None:  # noqa: ANN001
+def py_w2(lines, emit) -> None:
     size, slide = 300_000, 60_000
     state: dict[tuple[str, int], list] = {}
     maxt, emitted_upto = LOW, LOW
@@ -168,7 +168,7 @@ def py_w2(lines, emit) -> None:  # noqa: ANN001
         out(k, vals)
 
 
-def py_w3(lines, emit) -> None:  # noqa: ANN001
+def py_w3(lines, emit) -> None:
     gap = 60_000
     sessions: dict[str, list[list[int]]] = {}  # per user: [start, last, count], sorted by start
     maxt, emitted_upto = LOW, LOW
@@ -208,7 +208,7 @@ def py_w3(lines, emit) -> None:  # noqa: ANN001
             emit({"user_id": user, "count": s[2], "session_start": s[0], "session_end": s[1] + gap})
 
 
-def py_w4(lines, emit) -> None:  # noqa: ANN001
+def py_w4(lines, emit) -> None:
     within = 600_000
     smalls: dict[str, list[tuple[int, str]]] = {}  # per user, sorted (timestamp, tx_id)
     pending: list[tuple[int, str, str]] = []  # large transactions waiting for the watermark to pass them
