@@ -4,7 +4,7 @@ UV := $(PY) -m uv
 VENV := .venv
 BIN := $(VENV)/bin
 
-.PHONY: setup services kafka-up kafka-down cassandra-up cassandra-down demo test test-fast lint bench bench-data clean
+.PHONY: setup services kafka-up kafka-down cassandra-up cassandra-down demo test test-fast lint bench bench-data bench-limit-data bench-limit clean
 
 # Bytecode is compiled at install time (dependencies by uv, Sluice's own src/ by compileall, which only
 # redoes changed files), so `import sluice` stays fast where Python is told not to write bytecode
@@ -56,6 +56,14 @@ bench-data: setup  ## 1M and 5M benchmark events under bench/data/
 	@mkdir -p bench/data
 	@test -f bench/data/events-1m.jsonl || $(BIN)/python bench/gen_events.py events --n 1000000 --out bench/data/events-1m.jsonl
 	@test -f bench/data/events-5m.jsonl || $(BIN)/python bench/gen_events.py events --n 5000000 --span-s 36000 --out bench/data/events-5m.jsonl
+
+bench-limit-data: bench-data  ## + 10M events, 1M and 10M transactions (w4) under bench/data/ (about 4 GB)
+	@test -f bench/data/events-10m.jsonl || $(BIN)/python bench/gen_events.py events --n 10000000 --span-s 72000 --out bench/data/events-10m.jsonl
+	@test -f bench/data/tx-1m.jsonl || $(BIN)/python bench/gen_events.py transactions --n 1000000 --out bench/data/tx-1m.jsonl
+	@test -f bench/data/tx-10m.jsonl || $(BIN)/python bench/gen_events.py transactions --n 10000000 --span-s 72000 --out bench/data/tx-10m.jsonl
+
+bench-limit: bench-limit-data  ## w1–w4: Sluice, DuckDB, Polars, plain Python side by side, 1M and 10M, medians of 5
+	$(BIN)/python bench/batch_limit.py --runs 5 --sizes 1m,10m
 
 bench: bench-data  ## w1–w3 side by side with the plain-Python baseline, medians of 3
 	$(BIN)/python bench/compare.py --input bench/data/events-1m.jsonl --repeat 3

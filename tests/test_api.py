@@ -5,6 +5,8 @@ import importlib
 import inspect
 import pkgutil
 import re
+import subprocess
+import sys
 from pathlib import Path
 from types import ModuleType
 
@@ -42,10 +44,17 @@ def test_agg_namespace_holds_only_aggregates():
 
 
 def _bound_in_init() -> set[str]:
-    """Every public name sluice/__init__.py binds: by import (submodules too) or by assignment."""
+    """Every public name sluice/__init__.py binds: by import (submodules too) or by assignment; names
+    loaded on first use are imported under `if TYPE_CHECKING:` and listed in its `_LAZY` table."""
     tree = ast.parse(Path(sluice.__file__).read_text())
     names: set[str] = set()
+    body = list(tree.body)
     for node in tree.body:
+        if isinstance(node, ast.If) and isinstance(node.test, ast.Name) and node.test.id == "TYPE_CHECKING":
+            body += node.body
+    for node in body:
+        if isinstance(node, ast.ImportFrom) and node.module == "typing":
+            continue
         if isinstance(node, ast.Import | ast.ImportFrom):
             names |= {(a.asname or a.name).split(".")[0] for a in node.names}
         elif isinstance(node, ast.Assign):
@@ -57,6 +66,18 @@ def _bound_in_init() -> set[str]:
 
 def test_all_is_exactly_what_init_binds():
     assert _bound_in_init() == set(sluice.__all__)
+    lazy = set(sluice._LAZY)  # type: ignore[attr-defined]
+    assert lazy == set(sluice.__all__) - {"col", "lit"}
+
+
+def test_import_loads_no_connector_runtime_or_operator() -> None:
+    """`import sluice` loads numpy, polars and pyarrow; the rest loads when a name is first used."""
+    code = "import sys, sluice; print(sorted(m for m in sys.modules if m.startswith('sluice.')))"
+    loaded = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
+    assert loaded.strip() == "[]", loaded
+    code = "import sys, sluice; sluice.KafkaSink; print('sluice.connectors.kafka' in sys.modules, sluice.KafkaSink.__name__)"
+    used = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
+    assert used.split() == ["True", "KafkaSink"]
 
 
 # --- one error tree ---------------------------------------------------------------------------------

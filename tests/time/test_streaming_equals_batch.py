@@ -131,3 +131,23 @@ def test_sessions_equal_batch(recs, delay, gap):
             first = (out, late)
         else:
             assert out.equals(first[0]) and late.equals(first[1])
+
+
+def test_session_boundaries_to_the_millisecond():
+    """A record exactly `gap` after the last one joins its session, one `gap + 1` after starts a new one, and
+    a key change always does: in one batch (the vectorized split) and record by record (the merge)."""
+    gap = 10_000
+    recs = [(0, "a", 1), (gap, "a", 2), (2 * gap + 1, "a", 3), (2 * gap + 1 + gap, "a", 4),
+            (5, "b", 5), (gap + 5, "b", 6), (2 * gap + 6, "b", 7), (2 * gap + 7, "c", 8)]
+    ref = pl.DataFrame([(*r, True) for r in recs], schema=["t", "k", "v", "on_time"], orient="row")
+    expected = duck(ref, f"""
+        with o as (select k, t, v, case when t - lag(t) over (partition by k order by t) <= {gap} then 0 else 1 end as brk
+                   from p),
+             s as (select *, sum(brk) over (partition by k order by t rows between unbounded preceding and current row) as sid from o)
+        select k, min(t) as window_start, max(t) + {gap} as window_end, count(*)::bigint as n
+        from s group by k, sid order by window_end, k, window_start""")
+    assert expected["n"].to_list() == [2, 2, 1, 1, 2]
+    for batch_size in (1, 3, 1000):
+        out, late = run_stream(recs, sl.Session(timedelta(milliseconds=gap)), 100 * gap, batch_size)
+        assert late.height == 0
+        assert out.select("k", "window_start", "window_end", "n").equals(expected.cast(out.select("k", "window_start", "window_end", "n").schema))

@@ -20,7 +20,6 @@ from pathlib import Path
 from typing import Any
 
 import polars as pl
-import pyarrow.parquet as pq
 
 from sluice.connectors.api import SinkContext, SourceContext
 from sluice.connectors.staging import new_lineage
@@ -302,6 +301,8 @@ class ParquetSource:
     allow_empty: bool = False  # a glob that matches no file reads nothing instead of failing
 
     def open(self, ctx: SourceContext) -> _TableReader:
+        import pyarrow.parquet as pq  # loaded only by flows that read Parquet
+
         def load(path: Path) -> Iterator[pl.DataFrame]:
             pf = pq.ParquetFile(path)
             cols = ctx.schema.names if ctx.schema is not None else None

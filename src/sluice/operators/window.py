@@ -468,27 +468,45 @@ class SessionWindowOperator(WindowOperator):
     def _ingest(self, seg: pl.DataFrame) -> None:
         k = self.key_cols
         rows = self._narrow(seg, []).sort([*k, TIME], maintain_order=True, nulls_last=True)
-        brk = ((pl.col(TIME) - pl.col(TIME).shift(1).over(k)) > self.gap).fill_null(True)
-        rows = rows.with_columns(brk.cum_sum().alias("__sl_cid"))
-        rows = rows.with_columns(pl.col(TIME).min().over("__sl_cid").alias(WS))
-        parts, sketches = self._partials(rows, [*k, WS])
-        lasts = rows.group_by([*k, WS]).agg(pl.col(TIME).max().alias(LAST))
-        parts = parts.join(lasts, on=[*k, WS], nulls_equal=True)
+        if self.aggs.sketches:
+            parts, sketches = self._sessions_with_sketches(rows)
+        else:
+            # sorted by key and time, a session starts where the key changes or the gap is exceeded: one
+            # group-by of the batch gives each session's bounds and partials (no window expressions, no join)
+            same_key = pl.all_horizontal([pl.col(c).eq_missing(pl.col(c).shift(1)) for c in k]) if k else pl.lit(True)
+            brk = (~same_key | ((pl.col(TIME) - pl.col(TIME).shift(1)) > self.gap)).fill_null(True)
+            parts = (rows.lazy().group_by(brk.cum_sum().alias("__sl_cid"))
+                     .agg(*[pl.col(c).first() for c in k], pl.col(TIME).min().alias(WS), *self.aggs.update(),
+                          pl.col(TIME).max().alias(LAST))
+                     .drop("__sl_cid").collect())
+            sketches = {}
         frames = [parts] if self.state is None else [self.state.drop(WE), parts]
-        allp = pl.concat(frames, how="diagonal_relaxed").sort([*k, WS], maintain_order=True, nulls_last=True)
+        allp = pl.concat(frames, how="diagonal_relaxed").lazy().sort([*k, WS], maintain_order=True, nulls_last=True)
         prev_last = pl.col(LAST).cum_max().shift(1).over(k)
         cid = (pl.col(WS) > prev_last + self.gap).fill_null(True).cum_sum()
         allp = allp.with_columns(pl.col(WS).min().over(cid).alias("__sl_new_ws"))
-        mapping = allp.select(*k, WS, "__sl_new_ws").unique()
         merged = allp.drop(WS).rename({"__sl_new_ws": WS})
-        self.state = merged.group_by([*k, WS]).agg(pl.col(LAST).max(), *self.aggs.merge()).with_columns(
+        state = merged.group_by([*k, WS]).agg(pl.col(LAST).max(), *self.aggs.merge()).with_columns(
             (pl.col(LAST) + self.gap + 1).alias(WE)
         )
+        if not sketches:
+            self.state = state.collect()
+            return
+        self.state, mapping = pl.collect_all([state, allp.select(*k, WS, "__sl_new_ws").unique()])
         for out, sk in sketches.items():
             prev = self.sketch_state.get(out)
             both = sk if prev is None else pl.concat([prev, sk], how="diagonal_relaxed")
             both = both.join(mapping, on=[*k, WS], nulls_equal=True).drop(WS).rename({"__sl_new_ws": WS})
             self.sketch_state[out] = both.group_by([*k, WS, BUCKET]).agg(n=pl.col("n").sum())
+
+    def _sessions_with_sketches(self, rows: pl.DataFrame) -> tuple[pl.DataFrame, dict[str, pl.DataFrame]]:
+        k = self.key_cols
+        brk = ((pl.col(TIME) - pl.col(TIME).shift(1).over(k)) > self.gap).fill_null(True)
+        rows = rows.with_columns(brk.cum_sum().alias("__sl_cid"))
+        rows = rows.with_columns(pl.col(TIME).min().over("__sl_cid").alias(WS))
+        parts, sketches = self._partials(rows, [*k, WS])
+        lasts = rows.group_by([*k, WS]).agg(pl.col(TIME).max().alias(LAST))
+        return parts.join(lasts, on=[*k, WS], nulls_equal=True), sketches
 
     def snapshot(self) -> dict[str, Any]:
         state = super().snapshot()
