@@ -5,6 +5,7 @@ from __future__ import annotations
 from collections.abc import Mapping, Sequence
 from typing import Any
 
+import orjson
 import polars as pl
 
 from sluice.core.batch import END_OF_TIME, INTERNAL_PREFIX, TIME, WATERMARK, Batch
@@ -168,3 +169,10 @@ class TwoInputState:
         self.seq = int(state["seq"])
         self.left = state.get("left")
         self.right = state.get("right")
+
+
+def key_bytes(value: Any) -> bytes:
+    """A key as stored bytes (keyed state, timers, partial matches). orjson's bytes keep its 4 kB write
+    buffer (4 GB for a million keys), so the key is copied to its own size."""
+    return bytes(memoryview(orjson.dumps(value)))
+

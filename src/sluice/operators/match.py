@@ -41,7 +41,7 @@ from sluice.cep.nfa import (
 from sluice.cep.pattern import Pattern, check_skip
 from sluice.core.batch import END_OF_TIME, INTERNAL_PREFIX, NO_WATERMARK, TIME, WATERMARK, Batch
 from sluice.core.errors import PlanError
-from sluice.operators.base import SEQ, ArrivalBuffer, Emitted, Operator, require_event_time
+from sluice.operators.base import SEQ, ArrivalBuffer, Emitted, Operator, key_bytes, require_event_time
 from sluice.operators.match_sequence import START_POS, SequenceMatcher, eligible
 
 # a node of the shared buffer: (parent, stage index, position, event); a computation: [state, node,
@@ -410,7 +410,7 @@ class MatchOperator(Operator):
             kcols = self.key_cols
             users = [c for c in ready.columns if not c.startswith(INTERNAL_PREFIX)]
             for row in ready.iter_rows(named=True):
-                self._handle(orjson.dumps([row[k] for k in kcols]), row, users, matches, timeouts)
+                self._handle(key_bytes([row[k] for k in kcols]), row, users, matches, timeouts)
         if self.within is not None:
             for kb, due in list(self.next_deadline.items()):
                 if due <= watermark:

@@ -23,7 +23,7 @@ import polars as pl
 from sluice.core.batch import END_OF_TIME, NO_WATERMARK, OFFSET, TIME, WATERMARK, Batch, user_columns
 from sluice.core.deadletter import dead_letters
 from sluice.core.errors import PlanError, UserFunctionError, polars_detail
-from sluice.operators.base import SEQ, ArrivalBuffer, Emitted, Operator, require_event_time
+from sluice.operators.base import SEQ, ArrivalBuffer, Emitted, Operator, key_bytes, require_event_time
 from sluice.state.backends import StateBackend
 
 T = TypeVar("T")
@@ -299,7 +299,7 @@ class ProcessOperator(Operator):
 
     def _key_of(self, row: dict[str, Any]) -> tuple[bytes, Any]:
         kv = row[self.key_cols[0]] if len(self.key_cols) == 1 else [row[k] for k in self.key_cols]
-        return orjson.dumps(kv), kv
+        return key_bytes(kv), kv
 
     def _advance(self, watermark: int, batch: Batch | None) -> Emitted:
         start_wm = self.watermark
