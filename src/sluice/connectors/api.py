@@ -1,7 +1,9 @@
 """The seams between the engine and the outside world.
 
 A `Source` is a spec (frozen data in the plan); `open` gives a `SourceReader` that yields
-`(port, Batch)` pairs: ("out", rows) or ("dead_letters", rejected records). A `Sink` opens a
+`(port, Batch)` pairs: ("out", rows) or ("dead_letters", rejected records). A followed source with
+nothing new yields `(IDLE, empty batch)` after each empty poll, so that the run keeps control while the
+input is quiet (its timed checkpoints, and so its sinks' commits, go on). A `Sink` opens a
 `SinkWriter` that takes DataFrames without the engine's internal columns.
 """
 
@@ -15,6 +17,8 @@ import polars as pl
 
 from sluice.core.batch import Batch
 from sluice.core.schema import Schema
+
+IDLE = "idle"  # the port of a followed source's "nothing new yet" (an empty batch, pushed nowhere)
 
 
 @dataclass(frozen=True)

@@ -25,7 +25,7 @@ import numpy as np
 import orjson
 import polars as pl
 
-from sluice.connectors.api import SinkContext, SourceContext, UntransactedWriter
+from sluice.connectors.api import IDLE, SinkContext, SourceContext, UntransactedWriter
 from sluice.core.batch import OFFSET, Batch, Origin, user_columns
 from sluice.core.changelog import DELETE, OP, UPDATE_AFTER, UPDATE_BEFORE
 from sluice.core.deadletter import rows_as_json
@@ -359,6 +359,7 @@ class _KafkaReader:
 
     def batches(self) -> Iterator[tuple[str, Batch]]:
         while self.live:
+            progressed = False
             for p in sorted(self.live):
                 origin = Origin(self.ctx.step, p, f"kafka:{self.spec.topic}/{p}")
                 if self.ends is not None and self.positions[p] >= self.ends[p]:
@@ -369,6 +370,7 @@ class _KafkaReader:
                 if not msgs:
                     self.positions[p] = after
                     continue
+                progressed = True
                 for port, batch in self.decoder.decode(origin, msgs):
                     if port == "out" and batch.height:
                         # resume after this batch's last row (rows between batches are dead letters,
@@ -376,6 +378,8 @@ class _KafkaReader:
                         self.positions[p] = int(batch.df[OFFSET][-1]) + 1
                     yield port, batch
                 self.positions[p] = after
+            if not progressed and self.ends is None:
+                yield IDLE, Batch(pl.DataFrame())  # hand control back: the run's timed checkpoints go on
 
     def _read(self, p: int) -> tuple[list[Any], int]:
         """Up to block_records messages of partition p from its position (and below its end), and the

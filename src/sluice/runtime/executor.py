@@ -14,7 +14,7 @@ from pathlib import Path
 from typing import Any
 
 from sluice.checkpoint.store import Checkpoint, CheckpointStore, Damage, IncompatibleCheckpointError
-from sluice.connectors.api import SinkContext, SinkWriter, SourceContext, SourceReader
+from sluice.connectors.api import IDLE, SinkContext, SinkWriter, SourceContext, SourceReader
 from sluice.core.batch import INTERNAL_PREFIX, Batch
 from sluice.core.errors import ENCODE_FIX, DiskFullError, EncodeError, PlanError, RejectedRecord
 from sluice.core.failpoints import failpoint
@@ -538,6 +538,7 @@ class Executor:
     def _loop(self, streams: dict[str, Iterator[tuple[str, Batch]]], start: float) -> None:
         last_report = last_checkpoint = start
         interval = self.checkpoints.interval_s if self.checkpoints else None
+        pushed = False  # a batch went in since the last checkpoint
         while streams:
             for name in list(streams):
                 try:
@@ -545,13 +546,19 @@ class Executor:
                 except StopIteration:
                     del streams[name]
                     continue
-                if port == "out":
-                    self.rows_read += batch.height
-                self._push(name, port, batch)
+                if port == IDLE:  # a followed source with nothing new: checkpoint what is pending, if due
+                    if not pushed:
+                        continue
+                else:
+                    if port == "out":
+                        self.rows_read += batch.height
+                    self._push(name, port, batch)
+                    pushed = True
                 now = time.perf_counter()
                 if interval is not None and now - last_checkpoint >= interval:
                     self._checkpoint()
                     last_checkpoint = time.perf_counter()
+                    pushed = False
                 if self.progress is not None and now - last_report >= 1.0:
                     last_report = now
                     self.progress(self.rows_read, now - start)

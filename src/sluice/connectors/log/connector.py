@@ -14,7 +14,7 @@ from typing import Any
 import numpy as np
 import polars as pl
 
-from sluice.connectors.api import SinkContext, SourceContext
+from sluice.connectors.api import IDLE, SinkContext, SourceContext
 from sluice.connectors.log.segment import NEWLINE_JOINED
 from sluice.connectors.log.store import Log, LogSettings, Partition
 from sluice.core.batch import OFFSET, TIME, Batch, Origin, user_columns
@@ -151,6 +151,7 @@ class _LogReader:
                 self.positions[p] = first + count
             if not progressed and self.ends is None:
                 time.sleep(self.spec.poll_interval_s)
+                yield IDLE, Batch(pl.DataFrame())  # hand control back: the run's timed checkpoints go on
 
 
 @dataclass(frozen=True)
