@@ -10,6 +10,7 @@ off and reported; damage anywhere else raises CorruptSegmentError when read.
 
 from __future__ import annotations
 
+import bisect
 import fcntl
 import json
 import logging
@@ -270,10 +271,13 @@ class Partition:
 
     def read(self, from_offset: int, until_offset: int | None = None) -> Iterator[tuple[RecordBatch, int]]:
         """Frames holding offsets ≥ from_offset (and < until_offset), each with the index of its first wanted record."""
-        for entry in list(self.index):
-            base, _seg, _pos, n = entry
-            if base + n <= from_offset:
-                continue
+        index = self.index  # appends go past `stop`; retention and truncation replace the list, not change it
+        stop = len(index)
+        # frames are contiguous, so their end offsets ascend: the first frame ending after from_offset is a bisection
+        at = bisect.bisect_right(index, from_offset, 0, stop, key=lambda e: e[0] + e[3])
+        for i in range(at, stop):
+            entry = index[i]
+            base = entry[0]
             if until_offset is not None and base >= until_offset:
                 return
             yield self._read_frame(entry), max(0, from_offset - base)
