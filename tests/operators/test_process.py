@@ -114,3 +114,52 @@ def test_process_needs_a_key():
     flow = sl.Flow("b")
     with pytest.raises(sl.PlanError, match="key_by"):
         flow.read("in", testing.rows({"t": [1]})).event_time("t", timedelta(0)).process("p", Counter())
+
+
+class _Echo(sl.KeyedProcessFunction):
+    """Echoes each record with the key and time it was handled under; a record with n == 13 yields a
+    non-dict, which stops the run (or is a dead letter)."""
+
+    def process(self, record, ctx):
+        if record["n"] == 13:
+            yield ["not", "a", "dict"]
+        yield {**record, "k1": ctx.key[0], "k2": ctx.key[1], "at": ctx.timestamp}
+
+
+def test_records_reach_process_as_their_user_columns_under_a_compound_key() -> None:
+    """Out-of-order input, several batch sizes, against the records sorted by hand (time, then arrival)."""
+    import random
+
+    rnd = random.Random(7)
+    n = 300
+    rows = {"t": [rnd.randrange(0, 50) * 10 for _ in range(n)], "a": [rnd.choice("xy") for _ in range(n)],
+            "b": [rnd.randrange(3) for _ in range(n)], "n": [i + 100 for i in range(n)]}
+    expected = (pl.DataFrame(rows).with_row_index("arrival").sort(["t", "arrival"]).drop("arrival")
+                .with_columns(k1=pl.col("a"), k2=pl.col("b"), at=pl.col("t")))
+    for batch_size in (1, 7, 65536):
+        flow = sl.Flow("e")
+        src = flow.read("in", testing.rows(rows)).event_time("t", timedelta(seconds=1)).key_by("a", "b")
+        out = testing.collect(src.process("p", _Echo()))
+        sl.run(flow, batch_size=batch_size)
+        got = out.frame()
+        assert not [c for c in got.columns if c.startswith("__")], got.columns
+        assert got.equals(expected.select(got.columns)) and got.columns == expected.columns, batch_size
+
+
+def test_a_non_dict_output_names_the_record_under_a_compound_key() -> None:
+    rows = {"t": [5, 1, 9], "a": ["x", "y", "x"], "b": [1, 2, 1], "n": [1, 13, 2]}
+    for on_error in ("fail", "dead_letter"):
+        flow = sl.Flow("e")
+        src = flow.read("in", testing.rows(rows)).event_time("t", timedelta(seconds=1)).key_by("a", "b")
+        proc = src.process("p", _Echo(), on_error=on_error)
+        out = testing.collect(proc)
+        if on_error == "fail":
+            with pytest.raises(sl.UserFunctionError) as err:
+                sl.run(flow)
+            assert err.value.position == "offset 1 (key ['y', 2], event time 1)"
+            assert "process produced a list (['not', 'a', 'dict']), not a dict" in str(err.value)
+            continue
+        dead = testing.collect(proc.dead_letters)
+        sl.run(flow)
+        assert dead.frame()["position"].to_list() == ["offset 1 (key ['y', 2], event time 1)"]
+        assert out.frame()["n"].to_list() == [1, 2]  # the failed record's output is dropped whole

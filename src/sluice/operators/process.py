@@ -13,7 +13,7 @@ from __future__ import annotations
 import copy
 import heapq
 import time
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Iterable, Iterator
 from datetime import datetime, timedelta
 from typing import Any, Generic, TypeVar
 
@@ -27,7 +27,8 @@ from sluice.operators.base import SEQ, ArrivalBuffer, Emitted, Operator, key_byt
 from sluice.state.backends import StateBackend
 
 T = TypeVar("T")
-Output = tuple[dict[str, Any], int, str]  # a produced record, its event time, the position it came from
+Place = tuple[Any, ...]  # (offset, key, event time) of a record, or (None, key, time, "timer") of a timer
+Output = tuple[dict[str, Any], int, Place]  # a produced record, its event time, where it came from
 
 
 def _misfit(records: list[dict[str, Any]], schema: pl.Schema | None) -> tuple[int, str] | None:
@@ -50,6 +51,27 @@ def _misfit(records: list[dict[str, Any]], schema: pl.Schema | None) -> tuple[in
                 return i, (f"has {k}={v!r} ({type(v).__name__}), but earlier records have {t0.__name__} there "
                            f"(e.g. {v0!r}): a column holds one type")
     return None
+
+
+def _place(where: Place) -> str:
+    """The position of a record or timer in words (built only for an error or a dead letter)."""
+    if len(where) == 4:
+        return f"the timer at {where[2]} of key {where[1]!r}"
+    return f"offset {where[0]} (key {where[1]!r}, event time {where[2]})"
+
+
+def _dicts(produced: Any, what: str) -> list[dict[str, Any]]:
+    """The records a process function returned or yielded; anything but dicts is a TypeError."""
+    if type(produced) is list:
+        items: list[dict[str, Any]] = produced
+    elif isinstance(produced, dict | str | bytes):
+        raise TypeError(f"{what} returned a {type(produced).__name__}; return a list of dicts or yield them")
+    else:
+        items = list(produced)
+    for item in items:
+        if type(item) is not dict and not isinstance(item, dict):
+            raise TypeError(f"{what} produced a {type(item).__name__} ({item!r:.80}), not a dict")
+    return items
 
 
 def _ms(value: int | datetime | timedelta) -> int:
@@ -238,7 +260,7 @@ class ProcessOperator(Operator):
                  on_error: str = "fail") -> None:
         self.name = name
         self.on_error = on_error
-        self.where = ""  # the position of the record or timer being handled
+        self.where: Place = ()  # the record or timer being handled (_place puts it in words)
         self.dead: list[tuple[str, str, str]] = []  # (position, reason, raw) set aside since the last emit
         self.key_cols = key_cols
         self.keys = keys
@@ -297,26 +319,32 @@ class ProcessOperator(Operator):
     def on_end(self) -> Emitted:
         return self._advance(END_OF_TIME, None)
 
-    def _key_of(self, row: dict[str, Any]) -> tuple[bytes, Any]:
-        kv = row[self.key_cols[0]] if len(self.key_cols) == 1 else [row[k] for k in self.key_cols]
-        return key_bytes(kv), kv
-
     def _advance(self, watermark: int, batch: Batch | None) -> Emitted:
         start_wm = self.watermark
         self.watermark = watermark
         out: list[Output] = []
         released = self.pending.release(watermark)
-        ready: list[dict[str, Any]] = released.to_dicts() if released is not None else []
+        records: list[dict[str, Any]] = []
+        if released is not None and released.height:
+            # once per batch: the user's columns as dicts, and times, offsets and keys as plain lists
+            times: list[int] = released[TIME].to_list()
+            offsets: list[Any] = (released[OFFSET].to_list() if OFFSET in released.columns
+                                  else [None] * released.height)
+            if len(self.key_cols) == 1:
+                kvs: list[Any] = released[self.key_cols[0]].to_list()
+            else:
+                kvs = [list(r) for r in released.select(self.key_cols).iter_rows()]
+            records = user_columns(released).to_dicts()
+        n = len(records)
         i = 0
         while True:
-            next_rec = ready[i][TIME] if i < len(ready) else None
+            next_rec = times[i] if i < n else None
             next_timer = self.timers[0][0] if self.timers and self.timers[0][0] < watermark else None
             if next_rec is None and next_timer is None:
                 break
             if next_timer is None or (next_rec is not None and next_rec <= next_timer):
-                row = ready[i]
+                self._call_process(records[i], kvs[i], times[i], offsets[i], out)
                 i += 1
-                self._call_process(row, out)
             else:
                 ts, _, key, key_json = heapq.heappop(self.timers)
                 self.timer_index.discard(("event", ts, key))
@@ -328,37 +356,43 @@ class ProcessOperator(Operator):
             self._call_timer(ts, key, orjson.loads(key_json), out)
         return self._emit(out, start_wm, watermark, batch)
 
-    def _call_process(self, row: dict[str, Any], out: list[Output]) -> None:
-        key, kv = self._key_of(row)
-        self.scope.key, self.current_key, self.scope.event_time = key, kv, row[TIME]
-        record = {k: v for k, v in row.items() if not k.startswith("__sl_")}
-        self.where = f"offset {row.get(OFFSET)} (key {kv!r}, event time {row[TIME]})"
-        self._call(lambda: self.fn.process(record, self.ctx), "process", row[TIME], record, out)
+    def _call_process(self, record: dict[str, Any], kv: Any, ts: int, offset: Any, out: list[Output]) -> None:
+        scope = self.scope
+        scope.key, self.current_key, scope.event_time = key_bytes(kv), kv, ts
+        self.where = where = (offset, kv, ts)  # put in words only when something fails (_place)
+        try:
+            produced = self.fn.process(record, self.ctx)
+            if produced is None:
+                return
+            items = _dicts(produced, "process")
+        except Exception as exc:
+            self._failed(exc, "process", record)
+            return
+        out.extend((item, ts, where) for item in items)
 
     def _call_timer(self, ts: int, key: bytes, kv: Any, out: list[Output]) -> None:
         self.scope.key, self.current_key, self.scope.event_time = key, kv, ts
-        self.where = f"the timer at {ts} of key {kv!r}"
-        self._call(lambda: self.fn.on_timer(ts, self.ctx), "on_timer", ts, {"key": kv, "timer": ts}, out)
-
-    def _call(self, call: Callable[[], Any], what: str, ts: int, raw: dict[str, Any], out: list[Output]) -> None:
-        """Run the user's function; its output counts only if all of it is dicts."""
+        self.where = where = (None, kv, ts, "timer")
         try:
-            produced = call()
-            if isinstance(produced, dict | str | bytes):
-                raise TypeError(f"{what} returned a {type(produced).__name__}; return a list of dicts or yield them")
-            items = list(produced or ())
-            wrong = [i for i in items if not isinstance(i, dict)]
-            if wrong:
-                raise TypeError(f"{what} produced a {type(wrong[0]).__name__} ({wrong[0]!r:.80}), not a dict")
-        except Exception as exc:
-            reason = f"{type(exc).__name__}: {exc}"
-            if self.on_error == "dead_letter":
-                self.dead.append((self.where, reason, orjson.dumps(raw, default=str).decode()))
+            produced = self.fn.on_timer(ts, self.ctx)
+            if produced is None:
                 return
-            raise UserFunctionError(self.name, self.where, f"{what} raised {reason}",
-                                    "fix the process function, or set aside the records it fails on with "
-                                    '.process(..., on_error="dead_letter") and write the step\'s .dead_letters') from exc
-        out.extend((item, ts, self.where) for item in items)
+            items = _dicts(produced, "on_timer")
+        except Exception as exc:
+            self._failed(exc, "on_timer", {"key": kv, "timer": ts})
+            return
+        out.extend((item, ts, where) for item in items)
+
+    def _failed(self, exc: Exception, what: str, raw: dict[str, Any]) -> None:
+        """The user's function raised (or produced something other than dicts): a dead letter, or stop."""
+        reason = f"{type(exc).__name__}: {exc}"
+        where = _place(self.where)
+        if self.on_error == "dead_letter":
+            self.dead.append((where, reason, orjson.dumps(raw, default=str).decode()))
+            return
+        raise UserFunctionError(self.name, where, f"{what} raised {reason}",
+                                "fix the process function, or set aside the records it fails on with "
+                                '.process(..., on_error="dead_letter") and write the step\'s .dead_letters') from exc
 
     def _frame(self, rows: list[Output], schema: pl.Schema | None, start_wm: int) -> pl.DataFrame:
         """The records as columns. A record whose values do not fit the others' (or the declared schema's)
@@ -376,7 +410,8 @@ class ProcessOperator(Operator):
                     df = pl.from_dicts(records, infer_schema_length=None)
                     break
                 i, detail = found or (0, polars_detail(exc))
-                record, _, where = rows[i]
+                record, _, place = rows[i]
+                where = _place(place)
                 reason = f"its output record {orjson.dumps(record, default=str).decode()[:200]} {detail}"
                 if self.on_error != "dead_letter":
                     fix = ("declare the output types with .process(..., schema={...}) and return values of those "
