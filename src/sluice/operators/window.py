@@ -480,7 +480,14 @@ class SessionWindowOperator(WindowOperator):
                           pl.col(TIME).max().alias(LAST))
                      .drop("__sl_cid").collect())
             sketches = {}
-        frames = [parts] if self.state is None else [self.state.drop(WE), parts]
+        # only the keys this batch has records for can merge sessions: the others' stay as they are, so the
+        # cost of a batch follows its keys, not the number of open sessions (when the batch touches most of
+        # them anyway, merging everything is cheaper than splitting)
+        touched = parts.select(k).unique() if k and self.state is not None else None
+        if touched is not None and self.state is not None and self.state.height < 2 * touched.height:
+            touched = None
+        old, kept = self._split(self.state, touched)
+        frames = [parts] if old is None else [old.drop(WE), parts]
         allp = pl.concat(frames, how="diagonal_relaxed").lazy().sort([*k, WS], maintain_order=True, nulls_last=True)
         prev_last = pl.col(LAST).cum_max().shift(1).over(k)
         cid = (pl.col(WS) > prev_last + self.gap).fill_null(True).cum_sum()
@@ -490,14 +497,24 @@ class SessionWindowOperator(WindowOperator):
             (pl.col(LAST) + self.gap + 1).alias(WE)
         )
         if not sketches:
-            self.state = state.collect()
+            self.state = _joined(kept, state.collect())
             return
-        self.state, mapping = pl.collect_all([state, allp.select(*k, WS, "__sl_new_ws").unique()])
+        new_state, mapping = pl.collect_all([state, allp.select(*k, WS, "__sl_new_ws").unique()])
+        self.state = _joined(kept, new_state)
         for out, sk in sketches.items():
-            prev = self.sketch_state.get(out)
+            prev, prev_kept = self._split(self.sketch_state.get(out), touched)
             both = sk if prev is None else pl.concat([prev, sk], how="diagonal_relaxed")
             both = both.join(mapping, on=[*k, WS], nulls_equal=True).drop(WS).rename({"__sl_new_ws": WS})
-            self.sketch_state[out] = both.group_by([*k, WS, BUCKET]).agg(n=pl.col("n").sum())
+            self.sketch_state[out] = _joined(prev_kept, both.group_by([*k, WS, BUCKET]).agg(n=pl.col("n").sum()))
+
+    def _split(self, frame: pl.DataFrame | None, touched: pl.DataFrame | None
+               ) -> tuple[pl.DataFrame | None, pl.DataFrame | None]:
+        """The rows of `frame` whose keys are in `touched`, and the others (all rows when there are no keys)."""
+        if frame is None or touched is None:
+            return frame, None
+        on = self.key_cols
+        return (frame.join(touched, on=on, how="semi", nulls_equal=True),
+                frame.join(touched, on=on, how="anti", nulls_equal=True))
 
     def _sessions_with_sketches(self, rows: pl.DataFrame) -> tuple[pl.DataFrame, dict[str, pl.DataFrame]]:
         k = self.key_cols
@@ -527,6 +544,13 @@ class SessionWindowOperator(WindowOperator):
         both = done if self.emitted_last is None else pl.concat([self.emitted_last, done])
         both = both.group_by(self.key_cols).agg(pl.col(LAST).max())
         self.emitted_last = both.filter(pl.col(LAST) > self.watermark - 2 * self.gap - 1)
+
+
+def _joined(kept: pl.DataFrame | None, merged: pl.DataFrame) -> pl.DataFrame:
+    """State rows left alone by a batch, and the ones it merged."""
+    if kept is None or kept.height == 0:
+        return merged
+    return pl.concat([kept, merged], how="diagonal_relaxed")
 
 
 def window_operator(step: Window) -> WindowOperator:
