@@ -18,11 +18,16 @@ Rules, for a run that took event p last (at stage k, c times) and takes event j 
 A run completes when taken at a stage with all later stages optional (greedy stages on the way: the taken
 event must not satisfy them); a trailing not_next completes at the next event if that event does not
 satisfy it; a trailing not_followed_by completes when within runs out with no satisfying event.
+
+Group patterns with quantifiers are written out as flat patterns, one per repeat count (`expansions`); the
+runs of all of them are enumerated together, a match found by several counts once, and a partial match
+alive in any of them holds back later ones under a skip strategy.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+import itertools
+from dataclasses import dataclass, replace
 from typing import Any
 
 import polars as pl
@@ -47,8 +52,10 @@ class Run:
 
 
 class Oracle:
-    def __init__(self, pattern: Pattern, events: list[dict[str, Any]], frame: pl.DataFrame) -> None:
+    def __init__(self, pattern: Pattern, events: list[dict[str, Any]], frame: pl.DataFrame,
+                 original: Pattern | None = None) -> None:
         self.pat = pattern
+        self.pat_orig = original or pattern  # the pattern with groups this one is an expansion of
         self.st: tuple[Stage, ...] = pattern.stages
         self.ev = events
         self.n = len(events)
@@ -251,68 +258,9 @@ class Oracle:
                     return True
         return False
 
-    # --- matches and the skip strategy -----------------------------------------------------------
     def matches(self, skip: str) -> list[tuple[Run, int]]:
         """(run, match_end) of every match emitted, in emission order."""
-        runs = self.runs()
-        done = [(r, self.completes(r)) for r in runs]
-        at: dict[int, list[Run]] = {}
-        deadline: list[tuple[int, Run]] = []
-        for r, d in done:
-            if d is None:
-                continue
-            if d[0] == "at":
-                at.setdefault(d[1], []).append(r)
-            else:
-                deadline.append((d[1], r))
-        if skip == "no_skip":
-            out = [(r, self.t[d[1]] if d[0] == "at" else d[1]) for r, d in done if d is not None]
-            return out
-        ends: dict[int, int] = {}
-        for i, rs in at.items():
-            for r in rs:
-                ends[id(r)] = self.t[i]
-        for d, r in deadline:
-            ends[id(r)] = d
-        emitted: list[tuple[Run, int]] = []
-        held: list[Run] = []
-        thr = -1  # starts below thr are pruned
-        partials = [r for r in runs if self.partial(r)]
-
-        def order(r: Run) -> tuple[Any, ...]:
-            return (r.start, tuple(y for y, _ in r.taken))
-
-        def emit_loop(alive_starts: list[int]) -> None:
-            nonlocal thr, held
-            while True:
-                held = [r for r in held if r.start >= thr]
-                if not held:
-                    return
-                m = min(held, key=order)
-                live = [s for s in alive_starts if s >= thr]
-                if live and min(live) < m.start:
-                    return
-                held.remove(m)
-                emitted.append((m, ends[id(m)]))
-                thr = max(thr, self.prune_bound(m, skip))
-
-        pending_done: set[int] = set()
-        for i in range(self.n):
-            for d, r in deadline:
-                if d <= self.t[i] and id(r) not in pending_done:
-                    pending_done.add(id(r))
-                    if r.start >= thr:
-                        held.append(r)
-            alive_before = [r.start for r in partials if i > 0 and r.p <= i - 1 and self.alive(r, i - 1)
-                            and self._not_timed_out(r, i - 1, self.t[i])]
-            emit_loop(alive_before)
-            held.extend(r for r in at.get(i, []) if r.start >= thr)
-            emit_loop([r.start for r in partials if r.p <= i and self.alive(r, i)])
-        for _d, r in deadline:
-            if id(r) not in pending_done and r.start >= thr:
-                held.append(r)
-        emit_loop([])
-        return emitted
+        return [(r, end) for _o, r, end in combined_matches([self], skip)]
 
     def _not_timed_out(self, run: Run, i: int, now: int) -> bool:
         if self.W is None:
@@ -333,14 +281,123 @@ class Oracle:
         return ks[0] if kind == "skip_to_first" else ks[-1]
 
 
+# --- the matches and the skip strategy, over the runs of one or more flat patterns --------------------------
+def combined_matches(oracles: list[Oracle], skip: str) -> list[tuple[Oracle, Run, int]]:
+    """(oracle, run, match_end) of every match emitted, in emission order. Several oracles (the flat
+    expansions of a pattern with groups) share the events; a match found by several counts once, a partial
+    match alive in any of them holds back later ones."""
+    if not oracles:
+        return []
+    o0 = oracles[0]
+    t, n = o0.t, o0.n
+    runs: list[tuple[Oracle, Run]] = [(o, r) for o in oracles for r in o.runs()]
+    done: list[tuple[Oracle, Run, tuple[str, int]]] = []
+    seen: set[tuple[Any, ...]] = set()
+    for o, r in runs:
+        d = o.completes(r)
+        if d is None:
+            continue
+        label = tuple((y, o.st[k].name) for y, k in r.taken)
+        if label in seen:
+            continue
+        seen.add(label)
+        done.append((o, r, d))
+    if skip == "no_skip":
+        return [(o, r, t[d[1]] if d[0] == "at" else d[1]) for o, r, d in done]
+    at: dict[int, list[tuple[Oracle, Run]]] = {}
+    deadline: list[tuple[int, Oracle, Run]] = []
+    ends: dict[int, int] = {}
+    for o, r, d in done:
+        if d[0] == "at":
+            at.setdefault(d[1], []).append((o, r))
+            ends[id(r)] = t[d[1]]
+        else:
+            deadline.append((d[1], o, r))
+            ends[id(r)] = d[1]
+    emitted: list[tuple[Oracle, Run, int]] = []
+    held: list[tuple[Oracle, Run]] = []
+    thr = -1  # starts below thr are pruned
+    partials = [(o, r) for o, r in runs if o.partial(r)]
+
+    index = {s.name: k for k, s in enumerate(o0.pat_orig.stages)}
+
+    def order(item: tuple[Oracle, Run]) -> tuple[Any, ...]:
+        """By start, then events, then the (pattern's) stages that took them."""
+        o, r = item
+        return (r.start, tuple(y for y, _ in r.taken), tuple(index[o.st[k].name] for _, k in r.taken))
+
+    def emit_loop(alive_starts: list[int]) -> None:
+        nonlocal thr, held
+        while True:
+            held = [x for x in held if x[1].start >= thr]
+            if not held:
+                return
+            m = min(held, key=order)
+            live = [s for s in alive_starts if s >= thr]
+            if live and min(live) < m[1].start:
+                return
+            held.remove(m)
+            emitted.append((m[0], m[1], ends[id(m[1])]))
+            thr = max(thr, m[0].prune_bound(m[1], skip))
+
+    pending_done: set[int] = set()
+    for i in range(n):
+        for d, o, r in deadline:
+            if d <= t[i] and id(r) not in pending_done:
+                pending_done.add(id(r))
+                if r.start >= thr:
+                    held.append((o, r))
+        alive_before = [r.start for o, r in partials if i > 0 and r.p <= i - 1 and o.alive(r, i - 1)
+                        and o._not_timed_out(r, i - 1, t[i])]
+        emit_loop(alive_before)
+        held.extend(x for x in at.get(i, []) if x[1].start >= thr)
+        emit_loop([r.start for o, r in partials if r.p <= i and o.alive(r, i)])
+    for _d, o, r in deadline:
+        if id(r) not in pending_done and r.start >= thr:
+            held.append((o, r))
+    emit_loop([])
+    return emitted
+
+
+def expansions(pattern: Pattern, n: int) -> list[Pattern]:
+    """Flat patterns (no groups) whose matches together are the pattern's: each group written out r times
+    for every count r it allows (0 too when optional; at most n, as every repeat takes an event of its own).
+    The group's first stage is entered with the group's contiguity on the first repeat, with its inner
+    contiguity on the others, and repeats itself with the group's inner contiguity (Flink's rules)."""
+    choices: list[list[tuple[Any, int]]] = []
+    for g in pattern.groups:
+        hi = n if g.max is None else min(g.max, n)
+        counts = ([0] if g.optional else []) + list(range(g.min, hi + 1))
+        choices.append([(g, r) for r in counts])
+    out = []
+    for combo in itertools.product(*choices):
+        by_start = {g.start: (g, r) for g, r in combo}
+        stages: list[Stage] = []
+        k = 0
+        while k < len(pattern.stages):
+            if k not in by_start:
+                stages.append(pattern.stages[k])
+                k += 1
+                continue
+            g, r = by_start[k]
+            for c in range(r):
+                head = pattern.stages[g.start]
+                stages.append(replace(head, contiguity=g.contiguity if c == 0 else g.inner, inner=g.inner))
+                stages.extend(pattern.stages[g.start + 1:g.end + 1])
+            k = g.end + 1
+        if any(not s.negative for s in stages):
+            out.append(Pattern(tuple(stages), pattern.within_ms, pattern.within_between))
+    return out
+
+
 def oracle_matches(pattern: Pattern, frame: pl.DataFrame, key: str, skip: str = "no_skip",
                    order: tuple[str, ...] = ("t", "i")) -> list[tuple[Any, ...]]:
     """Every match as (key, {stage: ids}, match_end), sorted. `frame` has columns t, i (arrival), key."""
     out = []
     for (kv,), part in frame.sort(*order).group_by([key], maintain_order=True):
         events = part.to_dicts()
-        o = Oracle(pattern, events, part)
-        for run, end in o.matches(skip):
+        flat = expansions(pattern, len(events)) if pattern.groups else [pattern]
+        for o, run, end in combined_matches([Oracle(p, events, part, pattern) for p in flat], skip):
             out.append(canon(kv, _ids(o, run, events), end))
     return sorted(out)
 
