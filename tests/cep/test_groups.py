@@ -12,7 +12,7 @@ import pytest
 from brute_force import oracle_matches
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
-from test_flink_semantics import SKIP_CHOICES, VALUES, P, canonical, lit, matches, run
+from test_flink_semantics import SKIP_CHOICES, VALUES, P, canonical, check_checkpoint_cut, lit, matches, run
 
 from sluice.core.errors import PlanError
 
@@ -169,3 +169,9 @@ def test_random_group_patterns_equal_the_brute_force_matcher(pattern, recs, skip
         if expected is None:
             expected = oracle_matches(pattern, df, "k", skip)
         assert got == expected, (str(pattern), skip, bs)
+
+
+@settings(max_examples=40, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(pattern=group_patterns(), recs=group_inputs, skip=st.sampled_from(GROUP_SKIPS[:3]), cut=st.integers(0, 9))
+def test_group_state_survives_a_checkpoint_at_any_point(pattern, recs, skip, cut):
+    check_checkpoint_cut(pattern, recs, skip, cut)
