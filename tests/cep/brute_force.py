@@ -14,6 +14,7 @@ Rules, for a run that took event p last (at stage k, c times) and takes event j 
   entry contiguity (strict none, relaxed ¬cond_k2(y), any); greedy: at y = p+1, ¬cond of each greedy stage
   in [k, k2); later y in (p+1, j] ¬cond_{k2-1} if k2-1 is greedy and k2 is not optional.
 - not_next between k and k2: event p+1 must not satisfy it; not_followed_by: no y in (p, j].
+- a negation right after a quantified stage k also ends its repeats (see `killed`).
 - within: every taken event less than W after the first (or after the previous one).
 A run completes when taken at a stage with all later stages optional (greedy stages on the way: the taken
 event must not satisfy them); a trailing not_next completes at the next event if that event does not
@@ -123,7 +124,27 @@ class Oracle:
                 break
         return out
 
-    def inner_skips(self, k: int, y: int, ctx: dict[str, list[dict[str, Any]]]) -> bool:
+    def killed(self, run: Run, y: int, ctx: dict[str, list[dict[str, Any]]]) -> bool:
+        """Does event y end a run that took p last at quantified stage k, negated right after it? not_next: the
+        event right after p, once the stage may be left (c ≥ min). not_followed_by: any event while the stage
+        waits for a required repeat or loops; while it waits for an optional repeat of times(n, m), only the
+        event right after p (Flink puts the stop edge on that state, not on the state it ignores into)."""
+        k, c, p = run.k, run.c, run.p
+        s = self.st[k]
+        neg = self.st[k + 1] if k + 1 < len(self.st) and self.st[k + 1].negative else None
+        if neg is None or not s.quantified or not self._all(neg.conditions, y, ctx):
+            return False
+        if neg.contiguity == "not_strict":
+            return y == p + 1 and c >= s.min
+        if c < s.min or s.max is None:
+            return True
+        return y == p + 1
+
+    def inner_skips(self, run: Run, y: int, ctx: dict[str, list[dict[str, Any]]]) -> bool:
+        """May the run, waiting for its next repeat of stage k, skip event y?"""
+        if self.killed(run, y, ctx):
+            return False
+        k = run.k
         inner = self.st[k].inner
         if inner == "strict":
             return False
@@ -177,9 +198,9 @@ class Oracle:
             s = self.st[k]
             if s.max is None or c < s.max:
                 for j in range(p + 1, self.n):
-                    if j > p + 1 and not self.inner_skips(k, j - 1, ctx):
+                    if j > p + 1 and not self.inner_skips(run, j - 1, ctx):
                         break
-                    if self.take(k, j, ctx) and self.in_time(run, j):
+                    if self.take(k, j, ctx) and self.in_time(run, j) and not self.killed(run, j, ctx):
                         extend(Run((*run.taken, (j, k)), k, c + 1))
             if c >= s.min:
                 for k2 in self.later(k):
@@ -250,7 +271,7 @@ class Oracle:
                 return False
             if all(not self._all(self.trailing.conditions, y, ctx) for y in range(p + 1, i + 1)):
                 return True
-        if (s.max is None or c < s.max) and all(self.inner_skips(k, y, ctx) for y in range(p + 1, i + 1)):
+        if (s.max is None or c < s.max) and all(self.inner_skips(run, y, ctx) for y in range(p + 1, i + 1)):
             return True
         if c >= s.min:
             for k2 in self.later(k):

@@ -168,6 +168,11 @@ class Compiled:
         if st.until and inner is not None:
             inner = _and(_not(("U", i)), inner)
         entry: Cond | None = {"strict": None, "relaxed": _not(cond), "any": TRUE}[entering]
+        # not_followed_by right after a quantified stage: once the stage has taken an event, a negated event
+        # ends the partial match (Flink's addStopStateToLooping, on the same states as Flink)
+        nxt = self.stages[i + 1] if i + 1 < len(self.stages) else None
+        stop = (self._stop(i + 1).id, ("C", i + 1)) if nxt is not None and nxt.contiguity == "not_relaxed" \
+            and st.quantified else None
         if st.max is None:
             loop = self._state(i)
             if st.greedy:
@@ -181,16 +186,20 @@ class Compiled:
             else:
                 loop.edges.append((PROCEED, sink.id, TRUE))
             loop.edges.append((TAKE, loop.id, take))
+            if stop is not None:
+                loop.edges.append((PROCEED, *stop))
             if inner is not None:
                 ig = self._state(i)
                 ig.edges.append((TAKE, loop.id, take))
                 ig.edges.append((IGNORE, ig.id, inner))
+                if stop is not None:
+                    ig.edges.append((PROCEED, *stop))
                 loop.edges.append((IGNORE, ig.id, inner))
-            first = self._times(i, loop, sink, st.min, st.min, take, inner, entry, optional, exit_ok)
+            first = self._times(i, loop, sink, st.min, st.min, take, inner, entry, optional, exit_ok, stop)
         else:
             if st.greedy and st.min != st.max:
                 self._greedy(sink, take)
-            first = self._times(i, sink, sink, st.min, st.max, take, inner, entry, optional, exit_ok)
+            first = self._times(i, sink, sink, st.min, st.max, take, inner, entry, optional, exit_ok, stop)
         for j in range(i - 1, -1, -1):  # not_followed_by stages right before this one
             if self.stages[j].contiguity != "not_relaxed":
                 break
@@ -198,12 +207,16 @@ class Compiled:
         return first
 
     def _times(self, i: int, sink: State, proceed: State, lo: int, hi: int, take: Cond, inner: Cond | None,
-               entry: Cond | None, optional: bool, exit_ok: bool) -> State:
+               entry: Cond | None, optional: bool, exit_ok: bool, stop: tuple[int, Cond] | None = None) -> State:
         last = sink
         for _ in range(lo, hi):
             last = self._single(i, last, proceed, take, inner, True)
+            if stop is not None:
+                last.edges.append((PROCEED, *stop))
         for _ in range(lo - 1):
             last = self._single(i, last, None, take, inner, False)
+            if stop is not None:
+                last.edges.append((PROCEED, *stop))
         return self._single(i, last, proceed if exit_ok else None, take, entry, optional)
 
     def _single(self, i: int, sink: State, proceed: State | None, take: Cond, ignore: Cond | None,
@@ -287,6 +300,9 @@ def may_take_part(stages: tuple[Stage, ...], cols: dict[tuple[str, int], str]) -
 def needs_every_event(pattern: Pattern) -> bool:
     """Strict contiguity anywhere (next, consecutive, not_next) makes every event of the key count; so does
     greedy(), whose guard sits on the next stage's entry state only (an event that satisfies nothing still
-    moves a partial match past it, as in Flink)."""
+    moves a partial match past it, as in Flink), and not_followed_by after times(n, m): an ignored event moves
+    a partial match waiting for an optional repeat to a state without the negation's stop edge."""
     return any((i > 0 and s.contiguity in ("strict", "not_strict")) or (s.quantified and s.inner == "strict")
-               or s.greedy for i, s in enumerate(pattern.stages)) or any(g.inner == "strict" for g in pattern.groups)
+               or s.greedy for i, s in enumerate(pattern.stages)) or any(g.inner == "strict" for g in pattern.groups) \
+        or any(s.max is not None and s.min < s.max and i + 1 < len(pattern.stages)
+               and pattern.stages[i + 1].contiguity == "not_relaxed" for i, s in enumerate(pattern.stages))

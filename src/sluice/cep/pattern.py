@@ -287,12 +287,18 @@ class Pattern:
             if self.group_of(i - 1) is not None:
                 raise PlanError(f"match {step!r}: negative stage {st.name!r} right after a quantified group "
                                 "pattern is not supported. Fix: put a single stage between them")
-            if before.negative or before.quantified or before.optional:
-                raise PlanError(f"match {step!r}: negative stage {st.name!r} must follow a single, non-optional "
-                                f"stage ({before.name!r} is not). Fix: put the quantified stage after the negation")
+            if before.negative or before.optional:
+                raise PlanError(f"match {step!r}: negative stage {st.name!r} cannot follow an optional or negative "
+                                f"stage ({before.name!r}), as in Flink. Fix: write the pattern twice, with and "
+                                "without the optional stage")
             if i + 1 < len(self.stages) and (self.stages[i + 1].optional or self.stages[i + 1].negative):
                 raise PlanError(f"match {step!r}: the stage after negative stage {st.name!r} must be a "
                                 "non-optional, positive stage")
+        if last.contiguity == "not_relaxed" and len(self.stages) > 1 and self.stages[-2].quantified:
+            raise PlanError(f"match {step!r}: a pattern that ends in not_followed_by right after a quantified stage "
+                            f"({self.stages[-2].name!r}) is not supported: in Flink's NFA such a partial match "
+                            "only becomes pending at the next event. Fix: end with a single stage before the "
+                            "negation")
         if last.contiguity == "not_relaxed" and self.within_ms is None:
             raise PlanError(f"match {step!r}: a pattern that ends in not_followed_by needs within(...): the match "
                             "is emitted when that time has passed without the negated event")
