@@ -21,6 +21,8 @@ A condition is a Polars expression over the event (vectorized), or a Python func
 
 from __future__ import annotations
 
+import functools
+import operator
 from collections.abc import Callable
 from dataclasses import dataclass, replace
 from datetime import timedelta
@@ -39,6 +41,15 @@ INNER = {"strict": "consecutive()", "any": "allow_combinations()"}
 WITHIN_BETWEEN = ("first_and_last", "previous_and_current")
 SKIPS = ("no_skip", "skip_to_next", "skip_past_last_event")
 SKIP_TO = ("skip_to_first", "skip_to_last")
+
+
+@dataclass(frozen=True)
+class AnyOf:
+    """Python-function conditions joined by or_where: true when all of some option's conditions hold."""
+    options: tuple[tuple[Any, ...], ...]
+
+    def __call__(self, event: dict[str, Any], matched: dict[str, list[dict[str, Any]]]) -> bool:
+        return any(all(c(event, matched) for c in option) for option in self.options)
 
 
 @dataclass(frozen=True, eq=False)
@@ -177,6 +188,29 @@ class Pattern:
     def where(self, condition: Condition) -> Pattern:
         """Add a condition to the last stage (several conditions must all hold)."""
         return self._last("where", conditions=(*self.stages[-1].conditions, condition))
+
+    def or_where(self, condition: Condition) -> Pattern:
+        """Flink's `or()`: the last stage's conditions so far, or this one. `where(a).where(b).or_where(c)`
+        is (a and b) or c; a `where` after it applies to the whole. Expressions and Python functions are not
+        mixed in one or_where."""
+        if self.group:
+            self._last("or_where")
+        st = self.stages[-1]
+        if not st.conditions:
+            raise PlanError(f"pattern stage {st.name!r}: or_where() needs a where() before it (a stage without "
+                            "conditions takes every event)")
+        kinds = {isinstance(c, pl.Expr) for c in (*st.conditions, condition)}
+        if len(kinds) > 1:
+            raise PlanError(f"pattern stage {st.name!r}: or_where() joins a Polars expression and a Python "
+                            "function; write both sides as expressions, or both as functions")
+        if isinstance(condition, pl.Expr):
+            # Kleene logic and a null taken as false at the end equal nulls taken as false first: and/or are
+            # monotone, so the expression shows as the user wrote it
+            exprs = [c for c in st.conditions if isinstance(c, pl.Expr)]
+            joined: Condition = functools.reduce(operator.and_, exprs) | condition
+        else:
+            joined = AnyOf((tuple(st.conditions), (condition,)))
+        return self._last("or_where", conditions=(joined,))
 
     def times(self, n: int, m: int | None = None) -> Pattern:
         """Exactly n occurrences, or n to m; times(0, m) is times(1, m).optional()."""
@@ -346,6 +380,8 @@ class Pattern:
 
 
 def _show_condition(c: Condition) -> str:
+    if isinstance(c, AnyOf):
+        return " or ".join("(" + " and ".join(_show_condition(x) for x in o) + ")" for o in c.options)
     return show_expr(c) if isinstance(c, pl.Expr) else getattr(c, "__qualname__", "fn")
 
 
