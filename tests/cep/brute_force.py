@@ -15,6 +15,8 @@ Rules, for a run that took event p last (at stage k, c times) and takes event j 
   in [k, k2); later y in (p+1, j] ¬cond_{k2-1} if k2-1 is greedy and k2 is not optional.
 - not_next between k and k2: event p+1 must not satisfy it; not_followed_by: no y in (p, j].
 - a negation right after a quantified stage k also ends its repeats (see `killed`).
+- a negation before optional stages holds until the next taken event, whichever stage takes it (Flink's
+  transitive negations): a run entering k2 checks the negation between k and k2, if any.
 - within: every taken event less than W after the first (or after the previous one).
 A run completes when taken at a stage with all later stages optional (greedy stages on the way: the taken
 event must not satisfy them); a trailing not_next completes at the next event if that event does not
@@ -102,8 +104,9 @@ class Oracle:
         return self.t[j] - ref < self.W
 
     # --- the shape of the pattern ----------------------------------------------------------------
-    def neg_before(self, k: int) -> Stage | None:
-        return self.st[k - 1] if k > 0 and self.st[k - 1].negative else None
+    def neg_between(self, k: int, k2: int) -> Stage | None:
+        """The negation a run at stage k passes on its way to stage k2 (through skipped optional stages)."""
+        return next((self.st[g] for g in range(k + 1, k2) if self.st[g].negative), None)
 
     def later(self, k: int) -> list[int]:
         """Positive stages a run at stage k may enter next (through optional ones)."""
@@ -173,7 +176,7 @@ class Oracle:
             prev = max(g for g in self.pos if g < k2)
             if self.st[prev].greedy and not self.st[k2].optional and self.cond(prev, y, ctx):
                 return False
-        neg = self.neg_before(k2)
+        neg = self.neg_between(k, k2)
         if neg is not None:
             if neg.contiguity == "not_strict" and y == p + 1 and self._all(neg.conditions, y, ctx):
                 return False
@@ -181,8 +184,8 @@ class Oracle:
                 return False
         return True
 
-    def doomed(self, k2: int, y: int, ctx: dict[str, list[dict[str, Any]]]) -> bool:
-        neg = self.neg_before(k2)
+    def doomed(self, k: int, k2: int, y: int, ctx: dict[str, list[dict[str, Any]]]) -> bool:
+        neg = self.neg_between(k, k2)
         return neg is not None and neg.contiguity == "not_relaxed" and self._all(neg.conditions, y, ctx)
 
     # --- enumeration -----------------------------------------------------------------------------
@@ -209,7 +212,7 @@ class Oracle:
                             break
                         if self.take(k2, j, ctx) and self.entry_guards(run, k2, j, ctx, taking=True) \
                                 and self.in_time(run, j):
-                            extend(Run((*run.taken, (j, k2)), k2, 1, self.doomed(k2, j, ctx)))
+                            extend(Run((*run.taken, (j, k2)), k2, 1, self.doomed(k, k2, j, ctx)))
 
         for k in self.firsts():
             for j in range(self.n):
@@ -228,6 +231,11 @@ class Oracle:
             return None
         if self.trailing is None:
             ctx = self.ctx(Run(run.taken[:-1], k, c)) if len(run.taken) > 1 else {}
+            # completing through skipped optional stages evaluates the way there with the taken event itself
+            # (Flink's findFinalStateAfterProceed), a not_next on the way included
+            neg = self.neg_between(k, len(self.st))
+            if neg is not None and neg.contiguity == "not_strict" and self._all(neg.conditions, p, self.ctx(run)):
+                return None
             if any(self.st[g].greedy and self.cond(g, p, ctx) for g in self.pos if g >= k and g < self.last_pos):
                 return None
             return ("at", p)

@@ -1,6 +1,7 @@
-"""not_next / not_followed_by right after a quantified stage (Flink's stop edges on the loop's states):
-transcripts ported from Flink's NotPatternITCase, each checked against the brute-force matcher at batch
-sizes 1, 7, 65536, and a hypothesis property."""
+"""not_next / not_followed_by right after a quantified stage (Flink's stop edges on the loop's states) and
+right before optional stages (Flink's transitive negations): transcripts ported from Flink's
+NotPatternITCase, each checked against the brute-force matcher at batch sizes 1, 7, 65536, and hypothesis
+properties."""
 
 from __future__ import annotations
 
@@ -71,6 +72,37 @@ def test_trailing_negations_after_a_quantified_stage():
         refused.check("m")
 
 
+def not_b_then_optional_c() -> Any:
+    return P.begin("a").where(lit("a")).not_followed_by("not_b").where(lit("b")).followed_by_any("c") \
+        .where(lit("c")).optional()
+
+
+def test_not_followed_by_before_an_optional_stage():  # testNotFollowedByBeforeOptional
+    p = not_b_then_optional_c().followed_by("end").where(lit("d"))
+    assert matches(p, "a1 c1 b1 c2 d1") == ["a1 c1 d1"]
+    # the negation holds until the next taken event, whichever stage takes it (NFACompiler's example)
+    assert matches(p, "a1 b1 d1") == []
+
+
+def test_not_followed_by_before_an_optional_stage_at_the_end():  # testNotFollowedByBeforeOptionalAtTheEnd
+    assert matches(not_b_then_optional_c(), "a1 c1 b1 c2") == ["a1", "a1 c1"]
+
+
+def test_not_next_before_an_optional_stage():
+    p = (P.begin("a").where(lit("a")).not_next("not_b").where(lit("b")).followed_by("c").where(lit("c"))
+         .optional().followed_by("d").where(lit("d")))
+    assert matches(p, "a1 b1 c1 d1") == []
+    assert matches(p, "a1 x b1 d1") == ["a1 d1"]
+    assert matches(p, "a1 c1 b1 d1") == ["a1 c1 d1", "a1 d1"]  # not_next looks at c1 only
+
+
+def test_a_negation_before_an_optional_quantified_stage_is_refused():
+    p = (P.begin("a").not_followed_by("n").where(lit("n")).followed_by_any("c").times(2).optional()
+         .followed_by("d"))
+    with pytest.raises(PlanError, match="optional, quantified"):
+        p.check("m")
+
+
 def test_a_negation_after_an_optional_stage_is_refused_as_in_flink():
     p = P.begin("a").followed_by("b").optional().not_next("n").followed_by("c")
     with pytest.raises(PlanError, match="cannot follow an optional"):
@@ -97,12 +129,31 @@ def after_quantified(draw: Any) -> Any:
     return p
 
 
+@st.composite
+def before_optional(draw: Any) -> Any:
+    p = P.begin("s0").where(pl.col("v") == draw(st.sampled_from(VALUES)))
+    p = getattr(p, draw(st.sampled_from(["not_next", "not_followed_by"])))("n").where(
+        pl.col("v") == draw(st.sampled_from([*VALUES, "d"])))
+    for k in range(1, draw(st.integers(1, 2)) + 1):
+        p = getattr(p, draw(st.sampled_from(["next", "followed_by", "followed_by_any"])))(f"s{k}").where(
+            pl.col("v").is_in(draw(st.lists(st.sampled_from(VALUES), min_size=1, max_size=2, unique=True)))).optional()
+    if draw(st.booleans()):
+        p = getattr(p, draw(st.sampled_from(["next", "followed_by", "followed_by_any"])))("s9").where(
+            pl.col("v").is_in(draw(st.lists(st.sampled_from(VALUES), min_size=1, max_size=2, unique=True))))
+        if draw(st.booleans()):
+            p = p.one_or_more()
+    if draw(st.booleans()):
+        p = p.within(timedelta(seconds=draw(st.integers(2, 6))))
+    return p
+
+
 neg_inputs = st.lists(st.tuples(st.integers(0, 12).map(lambda s: s * 1000), st.sampled_from(["x", "x", "y"]),
                                 st.sampled_from([*VALUES, "d"])), min_size=2, max_size=10)
 
 
 @settings(max_examples=200, deadline=None, suppress_health_check=[HealthCheck.too_slow])
-@given(pattern=after_quantified(), recs=neg_inputs, skip=st.sampled_from(SKIP_CHOICES[:3]), seed=st.integers(0, 9))
+@given(pattern=st.one_of(after_quantified(), before_optional()), recs=neg_inputs,
+       skip=st.sampled_from(SKIP_CHOICES[:3]), seed=st.integers(0, 9))
 def test_negations_after_quantified_stages_equal_the_brute_force_matcher(pattern, recs, skip, seed):
     expected = None
     for bs in (1, 7, 65536):
@@ -113,6 +164,7 @@ def test_negations_after_quantified_stages_equal_the_brute_force_matcher(pattern
 
 
 @settings(max_examples=40, deadline=None, suppress_health_check=[HealthCheck.too_slow])
-@given(pattern=after_quantified(), recs=neg_inputs, skip=st.sampled_from(SKIP_CHOICES[:3]), cut=st.integers(0, 9))
+@given(pattern=st.one_of(after_quantified(), before_optional()), recs=neg_inputs,
+       skip=st.sampled_from(SKIP_CHOICES[:3]), cut=st.integers(0, 9))
 def test_negations_after_quantified_stages_survive_a_checkpoint(pattern, recs, skip, cut):
     check_checkpoint_cut(pattern, recs, skip, cut)

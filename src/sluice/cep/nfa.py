@@ -170,6 +170,11 @@ class Compiled:
         entry: Cond | None = {"strict": None, "relaxed": _not(cond), "any": TRUE}[entering]
         # not_followed_by right after a quantified stage: once the stage has taken an event, a negated event
         # ends the partial match (Flink's addStopStateToLooping, on the same states as Flink)
+        # negations before this stage: stop edges on its entry (and, when optional, on the state it skips
+        # into); when optional and single, what it takes goes on without them (Flink's transitive nots)
+        nots = self._current_nots(i)
+        take_to = self._without(sink, {self._stop(j).id for j in nots}, {}) \
+            if nots and optional and not st.quantified else None
         nxt = self.stages[i + 1] if i + 1 < len(self.stages) else None
         stop = (self._stop(i + 1).id, ("C", i + 1)) if nxt is not None and nxt.contiguity == "not_relaxed" \
             and st.quantified else None
@@ -195,19 +200,50 @@ class Compiled:
                 if stop is not None:
                     ig.edges.append((PROCEED, *stop))
                 loop.edges.append((IGNORE, ig.id, inner))
-            first = self._times(i, loop, sink, st.min, st.min, take, inner, entry, optional, exit_ok, stop)
+            first = self._times(i, loop, sink, st.min, st.min, take, inner, entry, optional, exit_ok, stop, nots)
         else:
             if st.greedy and st.min != st.max:
                 self._greedy(sink, take)
-            first = self._times(i, sink, sink, st.min, st.max, take, inner, entry, optional, exit_ok, stop)
-        for j in range(i - 1, -1, -1):  # not_followed_by stages right before this one
-            if self.stages[j].contiguity != "not_relaxed":
-                break
+            first = self._times(i, sink, sink, st.min, st.max, take, inner, entry, optional, exit_ok, stop, nots,
+                                take_to)
+        for j in nots:
             first.edges.append((PROCEED, self._stop(j).id, ("C", j)))
         return first
 
+    def _current_nots(self, i: int) -> list[int]:
+        """The not_followed_by stages that hold when stage i is entered: right before it, or before the
+        optional stages right before it (Flink's getCurrentNotCondition)."""
+        out = []
+        j = i - 1
+        while j >= 0 and (self.stages[j].contiguity == "not_relaxed" or self.stages[j].optional):
+            if self.stages[j].contiguity == "not_relaxed":
+                out.append(j)
+            j -= 1
+        return out
+
+    def _without(self, s: State, stops: set[int], memo: dict[int, State]) -> State:
+        """A copy of state s (and of what it proceeds to) without PROCEED edges into the given STOP states:
+        the target of an optional stage's TAKE, as taking an event ends the negations before it (Flink's
+        copyWithoutTransitiveNots)."""
+        if s.kind == FINAL:
+            return s
+        if s.id in memo:
+            return memo[s.id]
+        c = self._state(s.stage, s.kind)
+        memo[s.id] = c
+        for a, t, cond in s.edges:
+            if a == PROCEED:
+                if t in stops:
+                    continue
+                tgt = self.states[t]
+                c.edges.append((a, t if tgt.kind == STOP else self._without(tgt, stops, memo).id, cond))
+            else:
+                c.edges.append((a, c.id if t == s.id else t, cond))
+        return c
+
     def _times(self, i: int, sink: State, proceed: State, lo: int, hi: int, take: Cond, inner: Cond | None,
-               entry: Cond | None, optional: bool, exit_ok: bool, stop: tuple[int, Cond] | None = None) -> State:
+               entry: Cond | None, optional: bool, exit_ok: bool, stop: tuple[int, Cond] | None = None,
+               nots: list[int] | None = None, take_to: State | None = None) -> State:
         last = sink
         for _ in range(lo, hi):
             last = self._single(i, last, proceed, take, inner, True)
@@ -217,10 +253,10 @@ class Compiled:
             last = self._single(i, last, None, take, inner, False)
             if stop is not None:
                 last.edges.append((PROCEED, *stop))
-        return self._single(i, last, proceed if exit_ok else None, take, entry, optional)
+        return self._single(i, take_to or last, proceed if exit_ok else None, take, entry, optional, nots or [])
 
     def _single(self, i: int, sink: State, proceed: State | None, take: Cond, ignore: Cond | None,
-                optional: bool) -> State:
+                optional: bool, nots: list[int] | None = None) -> State:
         s = self._state(i)
         s.edges.append((TAKE, sink.id, take))
         if optional and proceed is not None:
@@ -230,6 +266,8 @@ class Compiled:
                 ig = self._state(i)
                 ig.edges.append((TAKE, sink.id, take))
                 ig.edges.append((IGNORE, ig.id, ignore))
+                for j in nots or []:  # a skipped event does not end the negations before this stage
+                    ig.edges.append((PROCEED, self._stop(j).id, ("C", j)))
                 s.edges.append((IGNORE, ig.id, ignore))
             else:
                 s.edges.append((IGNORE, s.id, ignore))

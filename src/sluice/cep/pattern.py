@@ -325,9 +325,13 @@ class Pattern:
                 raise PlanError(f"match {step!r}: negative stage {st.name!r} cannot follow an optional or negative "
                                 f"stage ({before.name!r}), as in Flink. Fix: write the pattern twice, with and "
                                 "without the optional stage")
-            if i + 1 < len(self.stages) and (self.stages[i + 1].optional or self.stages[i + 1].negative):
-                raise PlanError(f"match {step!r}: the stage after negative stage {st.name!r} must be a "
-                                "non-optional, positive stage")
+            for after in self.stages[i + 1:]:
+                if not after.optional:
+                    break
+                if after.quantified:
+                    raise PlanError(f"match {step!r}: negative stage {st.name!r} before the optional, quantified "
+                                    f"stage {after.name!r} is not supported. Fix: make it a single optional stage, "
+                                    "or write the pattern twice, with and without it")
         if last.contiguity == "not_relaxed" and len(self.stages) > 1 and self.stages[-2].quantified:
             raise PlanError(f"match {step!r}: a pattern that ends in not_followed_by right after a quantified stage "
                             f"({self.stages[-2].name!r}) is not supported: in Flink's NFA such a partial match "
