@@ -128,12 +128,18 @@ class Oracle:
         return out
 
     def killed(self, run: Run, y: int, ctx: dict[str, list[dict[str, Any]]]) -> bool:
-        """Does event y end a run that took p last at quantified stage k, negated right after it? not_next: the
+        """Does event y end a run that took p last at quantified stage k, negated right before (times(n, m):
+        while it waits for an optional repeat, after skipping an event) or right after it? not_next: the
         event right after p, once the stage may be left (c ≥ min). not_followed_by: any event while the stage
         waits for a required repeat or loops; while it waits for an optional repeat of times(n, m), only the
         event right after p (Flink puts the stop edge on that state, not on the state it ignores into)."""
         k, c, p = run.k, run.c, run.p
         s = self.st[k]
+        # a not_followed_by right before times(n, m) guards the state its optional repeats skip into
+        before = self.st[k - 1] if k > 0 and self.st[k - 1].contiguity == "not_relaxed" else None
+        if before is not None and s.max is not None and s.min <= c < s.max and y > p + 1 \
+                and self._all(before.conditions, y, ctx):
+            return True
         neg = self.st[k + 1] if k + 1 < len(self.st) and self.st[k + 1].negative else None
         if neg is None or not s.quantified or not self._all(neg.conditions, y, ctx):
             return False

@@ -168,3 +168,38 @@ def test_negations_after_quantified_stages_equal_the_brute_force_matcher(pattern
        skip=st.sampled_from(SKIP_CHOICES[:3]), cut=st.integers(0, 9))
 def test_negations_after_quantified_stages_survive_a_checkpoint(pattern, recs, skip, cut):
     check_checkpoint_cut(pattern, recs, skip, cut)
+
+
+def test_not_followed_by_before_a_range_of_repeats():
+    """As Flink's compiler does, the negation before times(n, m) also sits on the state an optional repeat
+    skips into: after c1 and a skipped x, the b ends the branch that waits for a second c (c1 c2 d is not
+    found), while the branch that left the stage at x goes on to d."""
+    p = (P.begin("a").where(lit("a")).not_followed_by("not_b").where(lit("b")).followed_by("c").where(lit("c"))
+         .times(1, 2).followed_by_any("d").where(lit("d")))
+    assert matches(p, "a1 c1 x b1 c2 d1") == ["a1 c1 d1"]
+    assert matches(p, "a1 c1 x c2 d1") == ["a1 c1 c2 d1", "a1 c1 d1"]
+
+
+@st.composite
+def before_range(draw: Any) -> Any:
+    p = P.begin("s0").where(pl.col("v") == draw(st.sampled_from(VALUES)))
+    p = p.not_followed_by("n").where(pl.col("v") == draw(st.sampled_from([*VALUES, "d"])))
+    p = getattr(p, draw(st.sampled_from(["next", "followed_by", "followed_by_any"])))("s1").where(
+        pl.col("v").is_in(draw(st.lists(st.sampled_from(VALUES), min_size=1, max_size=2, unique=True))))
+    p = p.times(draw(st.integers(1, 2)), 3)
+    p = p.allow_combinations() if draw(st.booleans()) else p
+    if draw(st.booleans()):
+        p = getattr(p, draw(st.sampled_from(["followed_by", "followed_by_any"])))("s2").where(
+            pl.col("v").is_in(draw(st.lists(st.sampled_from(VALUES), min_size=1, max_size=2, unique=True))))
+    return p
+
+
+@settings(max_examples=100, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(pattern=before_range(), recs=neg_inputs, skip=st.sampled_from(SKIP_CHOICES[:3]), seed=st.integers(0, 9))
+def test_negations_before_a_range_equal_the_brute_force_matcher(pattern, recs, skip, seed):
+    expected = None
+    for bs in (1, 7, 65536):
+        df, out, _ = run(recs, pattern, bs, skip, seed=seed)
+        if expected is None:
+            expected = oracle_matches(pattern, df, "k", skip)
+        assert canonical(out, pattern) == expected, (str(pattern), skip, bs)

@@ -245,8 +245,8 @@ class Compiled:
                entry: Cond | None, optional: bool, exit_ok: bool, stop: tuple[int, Cond] | None = None,
                nots: list[int] | None = None, take_to: State | None = None) -> State:
         last = sink
-        for _ in range(lo, hi):
-            last = self._single(i, last, proceed, take, inner, True)
+        for _ in range(lo, hi):  # as Flink, the negations before the stage also guard its optional repeats'
+            last = self._single(i, last, proceed, take, inner, True, nots)  # skip states
             if stop is not None:
                 last.edges.append((PROCEED, *stop))
         for _ in range(lo - 1):
@@ -342,5 +342,6 @@ def needs_every_event(pattern: Pattern) -> bool:
     a partial match waiting for an optional repeat to a state without the negation's stop edge."""
     return any((i > 0 and s.contiguity in ("strict", "not_strict")) or (s.quantified and s.inner == "strict")
                or s.greedy for i, s in enumerate(pattern.stages)) or any(g.inner == "strict" for g in pattern.groups) \
-        or any(s.max is not None and s.min < s.max and i + 1 < len(pattern.stages)
-               and pattern.stages[i + 1].contiguity == "not_relaxed" for i, s in enumerate(pattern.stages))
+        or any(s.max is not None and s.min < s.max and ((i + 1 < len(pattern.stages) and pattern.stages[i + 1]
+               .contiguity == "not_relaxed") or (i > 0 and pattern.stages[i - 1].contiguity == "not_relaxed"))
+               for i, s in enumerate(pattern.stages))
