@@ -14,15 +14,23 @@ Rules, for a run that took event p last (at stage k, c times) and takes event j 
   entry contiguity (strict none, relaxed ¬cond_k2(y), any); greedy: at y = p+1, ¬cond of each greedy stage
   in [k, k2); later y in (p+1, j] ¬cond_{k2-1} if k2-1 is greedy and k2 is not optional.
 - not_next between k and k2: event p+1 must not satisfy it; not_followed_by: no y in (p, j].
+- a negation right after a quantified stage k also ends its repeats (see `killed`).
+- a negation before optional stages holds until the next taken event, whichever stage takes it (Flink's
+  transitive negations): a run entering k2 checks the negation between k and k2, if any.
 - within: every taken event less than W after the first (or after the previous one).
 A run completes when taken at a stage with all later stages optional (greedy stages on the way: the taken
 event must not satisfy them); a trailing not_next completes at the next event if that event does not
 satisfy it; a trailing not_followed_by completes when within runs out with no satisfying event.
+
+Group patterns with quantifiers are written out as flat patterns, one per repeat count (`expansions`); the
+runs of all of them are enumerated together, a match found by several counts once, and a partial match
+alive in any of them holds back later ones under a skip strategy.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+import itertools
+from dataclasses import dataclass, replace
 from typing import Any
 
 import polars as pl
@@ -47,8 +55,10 @@ class Run:
 
 
 class Oracle:
-    def __init__(self, pattern: Pattern, events: list[dict[str, Any]], frame: pl.DataFrame) -> None:
+    def __init__(self, pattern: Pattern, events: list[dict[str, Any]], frame: pl.DataFrame,
+                 original: Pattern | None = None) -> None:
         self.pat = pattern
+        self.pat_orig = original or pattern  # the pattern with groups this one is an expansion of
         self.st: tuple[Stage, ...] = pattern.stages
         self.ev = events
         self.n = len(events)
@@ -94,8 +104,9 @@ class Oracle:
         return self.t[j] - ref < self.W
 
     # --- the shape of the pattern ----------------------------------------------------------------
-    def neg_before(self, k: int) -> Stage | None:
-        return self.st[k - 1] if k > 0 and self.st[k - 1].negative else None
+    def neg_between(self, k: int, k2: int) -> Stage | None:
+        """The negation a run at stage k passes on its way to stage k2 (through skipped optional stages)."""
+        return next((self.st[g] for g in range(k + 1, k2) if self.st[g].negative), None)
 
     def later(self, k: int) -> list[int]:
         """Positive stages a run at stage k may enter next (through optional ones)."""
@@ -116,7 +127,33 @@ class Oracle:
                 break
         return out
 
-    def inner_skips(self, k: int, y: int, ctx: dict[str, list[dict[str, Any]]]) -> bool:
+    def killed(self, run: Run, y: int, ctx: dict[str, list[dict[str, Any]]]) -> bool:
+        """Does event y end a run that took p last at quantified stage k, negated right before (times(n, m):
+        while it waits for an optional repeat, after skipping an event) or right after it? not_next: the
+        event right after p, once the stage may be left (c ≥ min). not_followed_by: any event while the stage
+        waits for a required repeat or loops; while it waits for an optional repeat of times(n, m), only the
+        event right after p (Flink puts the stop edge on that state, not on the state it ignores into)."""
+        k, c, p = run.k, run.c, run.p
+        s = self.st[k]
+        # a not_followed_by right before times(n, m) guards the state its optional repeats skip into
+        before = self.st[k - 1] if k > 0 and self.st[k - 1].contiguity == "not_relaxed" else None
+        if before is not None and s.max is not None and s.min <= c < s.max and y > p + 1 \
+                and self._all(before.conditions, y, ctx):
+            return True
+        neg = self.st[k + 1] if k + 1 < len(self.st) and self.st[k + 1].negative else None
+        if neg is None or not s.quantified or not self._all(neg.conditions, y, ctx):
+            return False
+        if neg.contiguity == "not_strict":
+            return y == p + 1 and c >= s.min
+        if c < s.min or s.max is None:
+            return True
+        return y == p + 1
+
+    def inner_skips(self, run: Run, y: int, ctx: dict[str, list[dict[str, Any]]]) -> bool:
+        """May the run, waiting for its next repeat of stage k, skip event y?"""
+        if self.killed(run, y, ctx):
+            return False
+        k = run.k
         inner = self.st[k].inner
         if inner == "strict":
             return False
@@ -145,7 +182,7 @@ class Oracle:
             prev = max(g for g in self.pos if g < k2)
             if self.st[prev].greedy and not self.st[k2].optional and self.cond(prev, y, ctx):
                 return False
-        neg = self.neg_before(k2)
+        neg = self.neg_between(k, k2)
         if neg is not None:
             if neg.contiguity == "not_strict" and y == p + 1 and self._all(neg.conditions, y, ctx):
                 return False
@@ -153,8 +190,8 @@ class Oracle:
                 return False
         return True
 
-    def doomed(self, k2: int, y: int, ctx: dict[str, list[dict[str, Any]]]) -> bool:
-        neg = self.neg_before(k2)
+    def doomed(self, k: int, k2: int, y: int, ctx: dict[str, list[dict[str, Any]]]) -> bool:
+        neg = self.neg_between(k, k2)
         return neg is not None and neg.contiguity == "not_relaxed" and self._all(neg.conditions, y, ctx)
 
     # --- enumeration -----------------------------------------------------------------------------
@@ -170,9 +207,9 @@ class Oracle:
             s = self.st[k]
             if s.max is None or c < s.max:
                 for j in range(p + 1, self.n):
-                    if j > p + 1 and not self.inner_skips(k, j - 1, ctx):
+                    if j > p + 1 and not self.inner_skips(run, j - 1, ctx):
                         break
-                    if self.take(k, j, ctx) and self.in_time(run, j):
+                    if self.take(k, j, ctx) and self.in_time(run, j) and not self.killed(run, j, ctx):
                         extend(Run((*run.taken, (j, k)), k, c + 1))
             if c >= s.min:
                 for k2 in self.later(k):
@@ -181,7 +218,7 @@ class Oracle:
                             break
                         if self.take(k2, j, ctx) and self.entry_guards(run, k2, j, ctx, taking=True) \
                                 and self.in_time(run, j):
-                            extend(Run((*run.taken, (j, k2)), k2, 1, self.doomed(k2, j, ctx)))
+                            extend(Run((*run.taken, (j, k2)), k2, 1, self.doomed(k, k2, j, ctx)))
 
         for k in self.firsts():
             for j in range(self.n):
@@ -200,6 +237,11 @@ class Oracle:
             return None
         if self.trailing is None:
             ctx = self.ctx(Run(run.taken[:-1], k, c)) if len(run.taken) > 1 else {}
+            # completing through skipped optional stages evaluates the way there with the taken event itself
+            # (Flink's findFinalStateAfterProceed), a not_next on the way included
+            neg = self.neg_between(k, len(self.st))
+            if neg is not None and neg.contiguity == "not_strict" and self._all(neg.conditions, p, self.ctx(run)):
+                return None
             if any(self.st[g].greedy and self.cond(g, p, ctx) for g in self.pos if g >= k and g < self.last_pos):
                 return None
             return ("at", p)
@@ -243,7 +285,7 @@ class Oracle:
                 return False
             if all(not self._all(self.trailing.conditions, y, ctx) for y in range(p + 1, i + 1)):
                 return True
-        if (s.max is None or c < s.max) and all(self.inner_skips(k, y, ctx) for y in range(p + 1, i + 1)):
+        if (s.max is None or c < s.max) and all(self.inner_skips(run, y, ctx) for y in range(p + 1, i + 1)):
             return True
         if c >= s.min:
             for k2 in self.later(k):
@@ -251,68 +293,9 @@ class Oracle:
                     return True
         return False
 
-    # --- matches and the skip strategy -----------------------------------------------------------
     def matches(self, skip: str) -> list[tuple[Run, int]]:
         """(run, match_end) of every match emitted, in emission order."""
-        runs = self.runs()
-        done = [(r, self.completes(r)) for r in runs]
-        at: dict[int, list[Run]] = {}
-        deadline: list[tuple[int, Run]] = []
-        for r, d in done:
-            if d is None:
-                continue
-            if d[0] == "at":
-                at.setdefault(d[1], []).append(r)
-            else:
-                deadline.append((d[1], r))
-        if skip == "no_skip":
-            out = [(r, self.t[d[1]] if d[0] == "at" else d[1]) for r, d in done if d is not None]
-            return out
-        ends: dict[int, int] = {}
-        for i, rs in at.items():
-            for r in rs:
-                ends[id(r)] = self.t[i]
-        for d, r in deadline:
-            ends[id(r)] = d
-        emitted: list[tuple[Run, int]] = []
-        held: list[Run] = []
-        thr = -1  # starts below thr are pruned
-        partials = [r for r in runs if self.partial(r)]
-
-        def order(r: Run) -> tuple[Any, ...]:
-            return (r.start, tuple(y for y, _ in r.taken))
-
-        def emit_loop(alive_starts: list[int]) -> None:
-            nonlocal thr, held
-            while True:
-                held = [r for r in held if r.start >= thr]
-                if not held:
-                    return
-                m = min(held, key=order)
-                live = [s for s in alive_starts if s >= thr]
-                if live and min(live) < m.start:
-                    return
-                held.remove(m)
-                emitted.append((m, ends[id(m)]))
-                thr = max(thr, self.prune_bound(m, skip))
-
-        pending_done: set[int] = set()
-        for i in range(self.n):
-            for d, r in deadline:
-                if d <= self.t[i] and id(r) not in pending_done:
-                    pending_done.add(id(r))
-                    if r.start >= thr:
-                        held.append(r)
-            alive_before = [r.start for r in partials if i > 0 and r.p <= i - 1 and self.alive(r, i - 1)
-                            and self._not_timed_out(r, i - 1, self.t[i])]
-            emit_loop(alive_before)
-            held.extend(r for r in at.get(i, []) if r.start >= thr)
-            emit_loop([r.start for r in partials if r.p <= i and self.alive(r, i)])
-        for _d, r in deadline:
-            if id(r) not in pending_done and r.start >= thr:
-                held.append(r)
-        emit_loop([])
-        return emitted
+        return [(r, end) for _o, r, end in combined_matches([self], skip)]
 
     def _not_timed_out(self, run: Run, i: int, now: int) -> bool:
         if self.W is None:
@@ -333,14 +316,123 @@ class Oracle:
         return ks[0] if kind == "skip_to_first" else ks[-1]
 
 
+# --- the matches and the skip strategy, over the runs of one or more flat patterns --------------------------
+def combined_matches(oracles: list[Oracle], skip: str) -> list[tuple[Oracle, Run, int]]:
+    """(oracle, run, match_end) of every match emitted, in emission order. Several oracles (the flat
+    expansions of a pattern with groups) share the events; a match found by several counts once, a partial
+    match alive in any of them holds back later ones."""
+    if not oracles:
+        return []
+    o0 = oracles[0]
+    t, n = o0.t, o0.n
+    runs: list[tuple[Oracle, Run]] = [(o, r) for o in oracles for r in o.runs()]
+    done: list[tuple[Oracle, Run, tuple[str, int]]] = []
+    seen: set[tuple[Any, ...]] = set()
+    for o, r in runs:
+        d = o.completes(r)
+        if d is None:
+            continue
+        label = tuple((y, o.st[k].name) for y, k in r.taken)
+        if label in seen:
+            continue
+        seen.add(label)
+        done.append((o, r, d))
+    if skip == "no_skip":
+        return [(o, r, t[d[1]] if d[0] == "at" else d[1]) for o, r, d in done]
+    at: dict[int, list[tuple[Oracle, Run]]] = {}
+    deadline: list[tuple[int, Oracle, Run]] = []
+    ends: dict[int, int] = {}
+    for o, r, d in done:
+        if d[0] == "at":
+            at.setdefault(d[1], []).append((o, r))
+            ends[id(r)] = t[d[1]]
+        else:
+            deadline.append((d[1], o, r))
+            ends[id(r)] = d[1]
+    emitted: list[tuple[Oracle, Run, int]] = []
+    held: list[tuple[Oracle, Run]] = []
+    thr = -1  # starts below thr are pruned
+    partials = [(o, r) for o, r in runs if o.partial(r)]
+
+    index = {s.name: k for k, s in enumerate(o0.pat_orig.stages)}
+
+    def order(item: tuple[Oracle, Run]) -> tuple[Any, ...]:
+        """By start, then events, then the (pattern's) stages that took them."""
+        o, r = item
+        return (r.start, tuple(y for y, _ in r.taken), tuple(index[o.st[k].name] for _, k in r.taken))
+
+    def emit_loop(alive_starts: list[int]) -> None:
+        nonlocal thr, held
+        while True:
+            held = [x for x in held if x[1].start >= thr]
+            if not held:
+                return
+            m = min(held, key=order)
+            live = [s for s in alive_starts if s >= thr]
+            if live and min(live) < m[1].start:
+                return
+            held.remove(m)
+            emitted.append((m[0], m[1], ends[id(m[1])]))
+            thr = max(thr, m[0].prune_bound(m[1], skip))
+
+    pending_done: set[int] = set()
+    for i in range(n):
+        for d, o, r in deadline:
+            if d <= t[i] and id(r) not in pending_done:
+                pending_done.add(id(r))
+                if r.start >= thr:
+                    held.append((o, r))
+        alive_before = [r.start for o, r in partials if i > 0 and r.p <= i - 1 and o.alive(r, i - 1)
+                        and o._not_timed_out(r, i - 1, t[i])]
+        emit_loop(alive_before)
+        held.extend(x for x in at.get(i, []) if x[1].start >= thr)
+        emit_loop([r.start for o, r in partials if r.p <= i and o.alive(r, i)])
+    for _d, o, r in deadline:
+        if id(r) not in pending_done and r.start >= thr:
+            held.append((o, r))
+    emit_loop([])
+    return emitted
+
+
+def expansions(pattern: Pattern, n: int) -> list[Pattern]:
+    """Flat patterns (no groups) whose matches together are the pattern's: each group written out r times
+    for every count r it allows (0 too when optional; at most n, as every repeat takes an event of its own).
+    The group's first stage is entered with the group's contiguity on the first repeat, with its inner
+    contiguity on the others, and repeats itself with the group's inner contiguity (Flink's rules)."""
+    choices: list[list[tuple[Any, int]]] = []
+    for g in pattern.groups:
+        hi = n if g.max is None else min(g.max, n)
+        counts = ([0] if g.optional else []) + list(range(g.min, hi + 1))
+        choices.append([(g, r) for r in counts])
+    out = []
+    for combo in itertools.product(*choices):
+        by_start = {g.start: (g, r) for g, r in combo}
+        stages: list[Stage] = []
+        k = 0
+        while k < len(pattern.stages):
+            if k not in by_start:
+                stages.append(pattern.stages[k])
+                k += 1
+                continue
+            g, r = by_start[k]
+            for c in range(r):
+                head = pattern.stages[g.start]
+                stages.append(replace(head, contiguity=g.contiguity if c == 0 else g.inner, inner=g.inner))
+                stages.extend(pattern.stages[g.start + 1:g.end + 1])
+            k = g.end + 1
+        if any(not s.negative for s in stages):
+            out.append(Pattern(tuple(stages), pattern.within_ms, pattern.within_between))
+    return out
+
+
 def oracle_matches(pattern: Pattern, frame: pl.DataFrame, key: str, skip: str = "no_skip",
                    order: tuple[str, ...] = ("t", "i")) -> list[tuple[Any, ...]]:
     """Every match as (key, {stage: ids}, match_end), sorted. `frame` has columns t, i (arrival), key."""
     out = []
     for (kv,), part in frame.sort(*order).group_by([key], maintain_order=True):
         events = part.to_dicts()
-        o = Oracle(pattern, events, part)
-        for run, end in o.matches(skip):
+        flat = expansions(pattern, len(events)) if pattern.groups else [pattern]
+        for o, run, end in combined_matches([Oracle(p, events, part, pattern) for p in flat], skip):
             out.append(canon(kv, _ids(o, run, events), end))
     return sorted(out)
 

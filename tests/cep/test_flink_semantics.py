@@ -268,17 +268,15 @@ def test_tie_breaker_for_equal_times():
     assert [(r["a"]["i"], r["b"]["i"]) for r in c.frame().to_dicts()] == [(1, 0)]
 
 
-def test_group_patterns_without_quantifiers_and_a_clear_error_with_them():
+def test_group_patterns_without_quantifiers_are_their_stages_in_order():
     inner = P.begin("b").where(lit("b")).next("c").where(lit("c"))
     grouped = P.begin("a").where(lit("a")).followed_by(inner).followed_by("d").where(lit("d"))
     flat = P.begin("a").where(lit("a")).followed_by("b").where(lit("b")).next("c").where(lit("c")) \
         .followed_by("d").where(lit("d"))
     assert matches(grouped, "a x b c y d") == matches(flat, "a x b c y d") == ["a b c d"]
     assert matches(P.begin(inner).followed_by("d").where(lit("d")), "b c d") == ["b c d"]
-    for quantify in (lambda p: p.one_or_more(), lambda p: p.times(2), lambda p: p.optional(),
-                     lambda p: p.where(lit("a"))):
-        with pytest.raises(PlanError, match="group pattern"):
-            quantify(P.begin("a").followed_by(inner))
+    with pytest.raises(PlanError, match="group pattern"):  # quantified groups: test_groups.py
+        P.begin("a").followed_by(inner).where(lit("a"))
 
 
 # --- properties against the brute-force matcher ----------------------------------------------------------
@@ -531,3 +529,18 @@ def test_flinks_greedy_transcripts():
     cade = loop().followed_by("middle2").where(d).optional().followed_by("end").where(e)
     assert matches(cade, "c a1 a2 x e") == ["c a1 a2 e"]
     assert matches(cade, "c a1 a2 d e") == ["c a1 a2 d e", "c a1 a2 e"]
+
+
+def test_greedy_zero_or_more_consecutive_end_with_optional_differs_from_flink():
+    """GreedyITCase.testGreedyZeroOrMoreConsecutiveEndWithOptional expects only (c a1 a2 a3 d): Flink's
+    current compiler guards a greedy stage's exit with the following stages' take condition
+    (getGreedyCondition/followingTakeCondition), so `a*` is not left on c, which `d` cannot take. Sluice
+    keeps the guard on the next state's edges (updateWithGreedyCondition), and there every stage after c
+    is optional, so c alone completes. Pinned here and stated in docs/cep.md."""
+    p = (P.begin("start").where(lit("c")).followed_by("middle").where(lit("a")).one_or_more().optional()
+         .consecutive().greedy().followed_by("end").where(lit("d")).optional())
+    assert matches(p, "c a1 a2 a3 d") == ["c", "c a1 a2 a3 d"]
+    # with a required stage after the greedy one, both compilers agree (testGreedyZeroOrMore)
+    q = (P.begin("start").where(lit("c")).followed_by("middle").where(lit("a")).one_or_more().optional()
+         .greedy().followed_by("end").where(lit("d")))
+    assert matches(q, "c a1 a2 a3 d") == ["c a1 a2 a3 d"]

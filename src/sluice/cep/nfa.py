@@ -20,7 +20,7 @@ from typing import Any
 
 import polars as pl
 
-from sluice.cep.pattern import Pattern, Stage
+from sluice.cep.pattern import Group, Pattern, Stage
 
 TAKE, IGNORE, PROCEED = 0, 1, 2
 NORMAL, FINAL, STOP, PENDING = 0, 1, 2, 3
@@ -55,6 +55,9 @@ class Compiled:
         self.states: list[State] = []
         self.final = self._state(-1, FINAL)
         self.stops: dict[int, State] = {}
+        self.groups = {g.end: g for g in pattern.groups}
+        # the group being compiled: (group, is this the first repeat (Flink's firstOfLoop), is its head optional)
+        self.in_group: tuple[Group, bool, bool] | None = None
         sink = self.final
         i = len(self.stages) - 1
         last = self.stages[i]
@@ -68,8 +71,20 @@ class Compiled:
             nn.edges.append((IGNORE, self.final.id, _not(("C", i))))  # the next event completes the match
             nn.edges.append((PROCEED, self._stop(i).id, ("C", i)))
             sink, i = nn, i - 1
-        while i >= 0:
+        sink = self._middle(0, i, sink)
+        self.start = sink
+        self.closure_cache: dict[int, bool] = {}
+
+    def _middle(self, lo: int, hi: int, sink: State) -> State:
+        """Stages hi down to lo, each pointing at the states of the one after it (Flink's createMiddleStates)."""
+        i = hi
+        while i >= lo:
             st = self.stages[i]
+            g = self.groups.get(i)
+            if g is not None and (self.in_group is None or self.in_group[0] is not g):
+                sink = self._convert_group(g, sink)
+                i = g.start - 1
+                continue
             if st.contiguity == "not_strict":
                 nn = self._state(i, NORMAL)
                 nn.edges.append((PROCEED, sink.id, _not(("C", i))))
@@ -78,8 +93,41 @@ class Compiled:
             elif st.contiguity != "not_relaxed":  # not_followed_by: stop edges on the next stage's entry
                 sink = self._convert(i, sink)
             i -= 1
-        self.start = sink
-        self.closure_cache: dict[int, bool] = {}
+        return sink
+
+    # --- group patterns (Flink's createGroupPatternState / createLoopingGroupPatternState) -------------
+    def _convert_group(self, g: Group, sink: State) -> State:
+        if g.max is None:
+            loop = self._looping_group(g, sink)
+            return self._times_group(g, loop, sink, g.min, g.min)
+        return self._times_group(g, sink, sink, g.min, g.max)
+
+    def _times_group(self, g: Group, sink: State, proceed: State, lo: int, hi: int) -> State:
+        last = sink
+        for _ in range(lo, hi):
+            last = self._group_copy(g, last, proceed, False, True)
+        for _ in range(lo - 1):
+            last = self._group_copy(g, last, None, False, False)
+        return self._group_copy(g, last, proceed, True, g.optional)
+
+    def _group_copy(self, g: Group, sink: State, proceed: State | None, first: bool, optional: bool) -> State:
+        """One repeat of the group's stages into `sink`; an optional repeat may be skipped from its head's
+        entry state (the head's own IGNORE edges then go to a state without that exit, as for a stage)."""
+        saved = self.in_group
+        self.in_group = (g, first, optional)
+        head = self._middle(g.start, g.end, sink)
+        self.in_group = saved
+        if optional and proceed is not None:
+            head.edges.append((PROCEED, proceed.id, TRUE))
+        return head
+
+    def _looping_group(self, g: Group, sink: State) -> State:
+        """The group repeated any number of times: its last stage takes into a state that proceeds back to
+        its head, whose entry state may also proceed to `sink`."""
+        back = self._state(g.start)
+        head = self._group_copy(g, back, sink, False, True)
+        back.edges.append((PROCEED, head.id, TRUE))
+        return head
 
     def _state(self, stage: int, kind: int = NORMAL) -> State:
         s = State(len(self.states), stage, kind)
@@ -106,10 +154,30 @@ class Compiled:
         st = self.stages[i]
         cond: Cond = ("C", i)
         take = _and(_not(("U", i)), cond) if st.until else cond
-        inner: Cond | None = {"strict": None, "relaxed": _not(cond), "any": TRUE}[st.inner]
+        # the head of a group: entered with the group's contiguity on its first repeat and the group's inner
+        # contiguity on the others; its own repeats use the group's inner contiguity (as Flink); optional
+        # when the group's repeat is (its skip edge is added by _group_copy)
+        head = self.in_group is not None and self.in_group[0].start == i
+        entering, inner_of, optional, exit_ok = st.contiguity, st.inner, st.optional, True
+        if head:
+            assert self.in_group is not None
+            g, first_repeat, optional = self.in_group
+            entering = g.contiguity if first_repeat else g.inner
+            inner_of, exit_ok = g.inner, False
+        inner: Cond | None = {"strict": None, "relaxed": _not(cond), "any": TRUE}[inner_of]
         if st.until and inner is not None:
             inner = _and(_not(("U", i)), inner)
-        entry: Cond | None = {"strict": None, "relaxed": _not(cond), "any": TRUE}[st.contiguity]
+        entry: Cond | None = {"strict": None, "relaxed": _not(cond), "any": TRUE}[entering]
+        # not_followed_by right after a quantified stage: once the stage has taken an event, a negated event
+        # ends the partial match (Flink's addStopStateToLooping, on the same states as Flink)
+        # negations before this stage: stop edges on its entry (and, when optional, on the state it skips
+        # into); when optional and single, what it takes goes on without them (Flink's transitive nots)
+        nots = self._current_nots(i)
+        take_to = self._without(sink, {self._stop(j).id for j in nots}, {}) \
+            if nots and optional and not st.quantified else None
+        nxt = self.stages[i + 1] if i + 1 < len(self.stages) else None
+        stop = (self._stop(i + 1).id, ("C", i + 1)) if nxt is not None and nxt.contiguity == "not_relaxed" \
+            and st.quantified else None
         if st.max is None:
             loop = self._state(i)
             if st.greedy:
@@ -123,33 +191,72 @@ class Compiled:
             else:
                 loop.edges.append((PROCEED, sink.id, TRUE))
             loop.edges.append((TAKE, loop.id, take))
+            if stop is not None:
+                loop.edges.append((PROCEED, *stop))
             if inner is not None:
                 ig = self._state(i)
                 ig.edges.append((TAKE, loop.id, take))
                 ig.edges.append((IGNORE, ig.id, inner))
+                if stop is not None:
+                    ig.edges.append((PROCEED, *stop))
                 loop.edges.append((IGNORE, ig.id, inner))
-            first = self._times(i, loop, sink, st.min, st.min, take, inner, entry)
+            first = self._times(i, loop, sink, st.min, st.min, take, inner, entry, optional, exit_ok, stop, nots)
         else:
             if st.greedy and st.min != st.max:
                 self._greedy(sink, take)
-            first = self._times(i, sink, sink, st.min, st.max, take, inner, entry)
-        for j in range(i - 1, -1, -1):  # not_followed_by stages right before this one
-            if self.stages[j].contiguity != "not_relaxed":
-                break
+            first = self._times(i, sink, sink, st.min, st.max, take, inner, entry, optional, exit_ok, stop, nots,
+                                take_to)
+        for j in nots:
             first.edges.append((PROCEED, self._stop(j).id, ("C", j)))
         return first
 
+    def _current_nots(self, i: int) -> list[int]:
+        """The not_followed_by stages that hold when stage i is entered: right before it, or before the
+        optional stages right before it (Flink's getCurrentNotCondition)."""
+        out = []
+        j = i - 1
+        while j >= 0 and (self.stages[j].contiguity == "not_relaxed" or self.stages[j].optional):
+            if self.stages[j].contiguity == "not_relaxed":
+                out.append(j)
+            j -= 1
+        return out
+
+    def _without(self, s: State, stops: set[int], memo: dict[int, State]) -> State:
+        """A copy of state s (and of what it proceeds to) without PROCEED edges into the given STOP states:
+        the target of an optional stage's TAKE, as taking an event ends the negations before it (Flink's
+        copyWithoutTransitiveNots)."""
+        if s.kind == FINAL:
+            return s
+        if s.id in memo:
+            return memo[s.id]
+        c = self._state(s.stage, s.kind)
+        memo[s.id] = c
+        for a, t, cond in s.edges:
+            if a == PROCEED:
+                if t in stops:
+                    continue
+                tgt = self.states[t]
+                c.edges.append((a, t if tgt.kind == STOP else self._without(tgt, stops, memo).id, cond))
+            else:
+                c.edges.append((a, c.id if t == s.id else t, cond))
+        return c
+
     def _times(self, i: int, sink: State, proceed: State, lo: int, hi: int, take: Cond, inner: Cond | None,
-               entry: Cond | None) -> State:
+               entry: Cond | None, optional: bool, exit_ok: bool, stop: tuple[int, Cond] | None = None,
+               nots: list[int] | None = None, take_to: State | None = None) -> State:
         last = sink
-        for _ in range(lo, hi):
-            last = self._single(i, last, proceed, take, inner, True)
+        for _ in range(lo, hi):  # as Flink, the negations before the stage also guard its optional repeats'
+            last = self._single(i, last, proceed, take, inner, True, nots)  # skip states
+            if stop is not None:
+                last.edges.append((PROCEED, *stop))
         for _ in range(lo - 1):
             last = self._single(i, last, None, take, inner, False)
-        return self._single(i, last, proceed, take, entry, self.stages[i].optional)
+            if stop is not None:
+                last.edges.append((PROCEED, *stop))
+        return self._single(i, take_to or last, proceed if exit_ok else None, take, entry, optional, nots or [])
 
     def _single(self, i: int, sink: State, proceed: State | None, take: Cond, ignore: Cond | None,
-                optional: bool) -> State:
+                optional: bool, nots: list[int] | None = None) -> State:
         s = self._state(i)
         s.edges.append((TAKE, sink.id, take))
         if optional and proceed is not None:
@@ -159,6 +266,8 @@ class Compiled:
                 ig = self._state(i)
                 ig.edges.append((TAKE, sink.id, take))
                 ig.edges.append((IGNORE, ig.id, ignore))
+                for j in nots or []:  # a skipped event does not end the negations before this stage
+                    ig.edges.append((PROCEED, self._stop(j).id, ("C", j)))
                 s.edges.append((IGNORE, ig.id, ignore))
             else:
                 s.edges.append((IGNORE, s.id, ignore))
@@ -229,6 +338,10 @@ def may_take_part(stages: tuple[Stage, ...], cols: dict[tuple[str, int], str]) -
 def needs_every_event(pattern: Pattern) -> bool:
     """Strict contiguity anywhere (next, consecutive, not_next) makes every event of the key count; so does
     greedy(), whose guard sits on the next stage's entry state only (an event that satisfies nothing still
-    moves a partial match past it, as in Flink)."""
+    moves a partial match past it, as in Flink), and not_followed_by after times(n, m): an ignored event moves
+    a partial match waiting for an optional repeat to a state without the negation's stop edge."""
     return any((i > 0 and s.contiguity in ("strict", "not_strict")) or (s.quantified and s.inner == "strict")
-               or s.greedy for i, s in enumerate(pattern.stages))
+               or s.greedy for i, s in enumerate(pattern.stages)) or any(g.inner == "strict" for g in pattern.groups) \
+        or any(s.max is not None and s.min < s.max and ((i + 1 < len(pattern.stages) and pattern.stages[i + 1]
+               .contiguity == "not_relaxed") or (i > 0 and pattern.stages[i - 1].contiguity == "not_relaxed"))
+               for i, s in enumerate(pattern.stages))

@@ -83,6 +83,7 @@ class MatchOperator(Operator):
         self.cols, self.cond_exprs = condition_columns(self.stages)
         names = {s.name: k for k, s in enumerate(self.stages)}
         self.stage_names = [s.name for s in self.stages]
+        self.repeats = [pattern.repeats(k) for k in range(len(self.stages))]
         self.edges = [[(a, t, compile_condition(c, self.stages, self.cols)) for a, t, c in s.edges]
                       for s in self.nfa.states]
         self.kinds = [s.kind for s in self.nfa.states]
@@ -316,7 +317,10 @@ class MatchOperator(Operator):
         self._release(kb, matches)
 
     def _order(self, comp: list[Any]) -> tuple[Any, ...]:
-        return (comp[3], tuple(n[2] for n in events_of(comp[1])))
+        """Matches that end together go out by start, then by their events, then by the stages that took
+        them (earlier stages first: with groups, the same events can make two matches)."""
+        nodes = events_of(comp[1])
+        return (comp[3], tuple(n[2] for n in nodes), tuple(n[1] for n in nodes))
 
     def _release(self, kb: bytes, matches: list[dict[str, Any]]) -> None:
         """Emit waiting matches that no earlier-started partial match can still prune, in order."""
@@ -357,7 +361,7 @@ class MatchOperator(Operator):
             if st.negative:
                 continue
             evs = by.get(k)
-            out[st.name] = (evs[0] if evs else None) if st.max == 1 else (evs or [])
+            out[st.name] = (evs or []) if self.repeats[k] else (evs[0] if evs else None)
         return out
 
     def _advance_sequence(self, watermark: int) -> Emitted:

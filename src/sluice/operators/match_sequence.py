@@ -22,7 +22,7 @@ EV = "__sq_ev"
 
 
 def eligible(pattern: Pattern, skip: str) -> bool:
-    return skip == "no_skip" and all(
+    return skip == "no_skip" and not pattern.groups and all(
         not s.negative and not s.quantified and not s.optional and not s.until
         and s.contiguity in ("strict", "relaxed") and all(isinstance(c, pl.Expr) for c in s.conditions)
         for s in pattern.stages)
