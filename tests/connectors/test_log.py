@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import subprocess
 import sys
-import time
 from datetime import timedelta
 from pathlib import Path
 
@@ -13,6 +12,7 @@ import polars as pl
 import pytest
 
 import sluice as sl
+from log_util import wait_for
 from sluice import testing
 from sluice.connectors.log import Log
 from sluice.connectors.log.connector import partition_of
@@ -171,27 +171,6 @@ flow.read("in", sl.LogSource("in", root=root, follow=True, poll_interval_s=0.05)
     .write("out", sl.LogSink("out", root=root, partitions=1))
 sl.run(flow, checkpoint_dir=checkpoints, checkpoint_interval=2.0)
 """
-
-
-def committed_values(root: Path) -> list[int]:
-    """What a reader of the output topic sees: only records the run has committed."""
-    if not (root / "out" / "topic.json").exists():
-        return []
-    part = Log(root).partition("out", 0)
-    try:
-        values = [b.value(i) for b, s in part.read(0) for i in range(s, b.count)]
-    finally:
-        part.close()
-    return sorted(pl.read_ndjson(b"\n".join(values))["v"].to_list()) if values else []
-
-
-def wait_for(root: Path, expected: list[int], run: subprocess.Popen[bytes]) -> list[int]:
-    deadline = time.monotonic() + 60  # generous: the run commits every 2 s; this only bounds a broken run
-    got = committed_values(root)
-    while got != expected and time.monotonic() < deadline and run.poll() is None:
-        time.sleep(0.1)
-        got = committed_values(root)
-    return got
 
 
 def test_followed_log_commits_its_last_records_while_the_input_is_idle(tmp_path: Path) -> None:

@@ -5,14 +5,12 @@ from __future__ import annotations
 
 import subprocess
 import sys
-import time
 from pathlib import Path
 
-import polars as pl
 from confluent_kafka import Producer
 
 from kafka_util import create_topic
-from sluice.connectors.log import Log
+from log_util import wait_for
 
 FOLLOW_RUN = """
 import sys
@@ -23,26 +21,6 @@ flow.read("in", sl.KafkaSource(topic, bootstrap, follow=True, poll_timeout_s=0.2
     .write("out", sl.LogSink("out", root=root, partitions=1))
 sl.run(flow, checkpoint_dir=checkpoints, checkpoint_interval=2.0)
 """
-
-
-def committed_values(root: Path) -> list[int]:
-    if not (root / "out" / "topic.json").exists():
-        return []
-    part = Log(root).partition("out", 0)
-    try:
-        values = [b.value(i) for b, s in part.read(0) for i in range(s, b.count)]
-    finally:
-        part.close()
-    return sorted(pl.read_ndjson(b"\n".join(values))["v"].to_list()) if values else []
-
-
-def wait_for(root: Path, expected: list[int], run: subprocess.Popen[bytes]) -> list[int]:
-    deadline = time.monotonic() + 90  # generous: the run commits every 2 s; this only bounds a broken run
-    got = committed_values(root)
-    while got != expected and time.monotonic() < deadline and run.poll() is None:
-        time.sleep(0.2)
-        got = committed_values(root)
-    return got
 
 
 def test_followed_kafka_source_commits_its_last_records_while_the_topic_is_idle(kafka_bootstrap: str,
