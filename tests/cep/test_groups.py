@@ -12,7 +12,17 @@ import pytest
 from brute_force import oracle_matches
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
-from test_flink_semantics import SKIP_CHOICES, VALUES, P, canonical, check_checkpoint_cut, lit, matches, run
+from test_flink_semantics import (
+    SKIP_CHOICES,
+    VALUES,
+    P,
+    assert_equals_matcher,
+    canonical,
+    check_checkpoint_cut,
+    lit,
+    matches,
+    run,
+)
 
 from sluice.core.errors import PlanError
 
@@ -162,13 +172,7 @@ GROUP_SKIPS = [*SKIP_CHOICES[:3], "skip_to_first:g0", "skip_to_last:g0"]
 @settings(max_examples=200, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(pattern=group_patterns(), recs=group_inputs, skip=st.sampled_from(GROUP_SKIPS), seed=st.integers(0, 9))
 def test_random_group_patterns_equal_the_brute_force_matcher(pattern, recs, skip, seed):
-    expected = None
-    for bs in (1, 7, 65536):
-        df, out, _ = run(recs, pattern, bs, skip, seed=seed)
-        got = canonical(out, pattern)
-        if expected is None:
-            expected = oracle_matches(pattern, df, "k", skip)
-        assert got == expected, (str(pattern), skip, bs)
+    assert_equals_matcher(pattern, recs, skip, seed)
 
 
 @settings(max_examples=40, deadline=None, suppress_health_check=[HealthCheck.too_slow])

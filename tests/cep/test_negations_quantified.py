@@ -10,10 +10,17 @@ from typing import Any
 
 import polars as pl
 import pytest
-from brute_force import oracle_matches
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
-from test_flink_semantics import SKIP_CHOICES, VALUES, P, canonical, check_checkpoint_cut, lit, matches, run
+from test_flink_semantics import (
+    SKIP_CHOICES,
+    VALUES,
+    P,
+    assert_equals_matcher,
+    check_checkpoint_cut,
+    lit,
+    matches,
+)
 
 from sluice.core.errors import PlanError
 
@@ -155,12 +162,7 @@ neg_inputs = st.lists(st.tuples(st.integers(0, 12).map(lambda s: s * 1000), st.s
 @given(pattern=st.one_of(after_quantified(), before_optional()), recs=neg_inputs,
        skip=st.sampled_from(SKIP_CHOICES[:3]), seed=st.integers(0, 9))
 def test_negations_after_quantified_stages_equal_the_brute_force_matcher(pattern, recs, skip, seed):
-    expected = None
-    for bs in (1, 7, 65536):
-        df, out, _ = run(recs, pattern, bs, skip, seed=seed)
-        if expected is None:
-            expected = oracle_matches(pattern, df, "k", skip)
-        assert canonical(out, pattern) == expected, (str(pattern), skip, bs)
+    assert_equals_matcher(pattern, recs, skip, seed)
 
 
 @settings(max_examples=40, deadline=None, suppress_health_check=[HealthCheck.too_slow])
@@ -197,9 +199,4 @@ def before_range(draw: Any) -> Any:
 @settings(max_examples=100, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(pattern=before_range(), recs=neg_inputs, skip=st.sampled_from(SKIP_CHOICES[:3]), seed=st.integers(0, 9))
 def test_negations_before_a_range_equal_the_brute_force_matcher(pattern, recs, skip, seed):
-    expected = None
-    for bs in (1, 7, 65536):
-        df, out, _ = run(recs, pattern, bs, skip, seed=seed)
-        if expected is None:
-            expected = oracle_matches(pattern, df, "k", skip)
-        assert canonical(out, pattern) == expected, (str(pattern), skip, bs)
+    assert_equals_matcher(pattern, recs, skip, seed)

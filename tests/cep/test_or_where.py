@@ -9,10 +9,17 @@ from typing import Any
 
 import polars as pl
 import pytest
-from brute_force import oracle_matches
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
-from test_flink_semantics import SKIP_CHOICES, VALUES, P, canonical, inputs, lit, matches, run
+from test_flink_semantics import (
+    SKIP_CHOICES,
+    VALUES,
+    P,
+    assert_equals_matcher,
+    inputs,
+    lit,
+    matches,
+)
 
 import sluice as sl
 from sluice import testing
@@ -99,11 +106,6 @@ def or_patterns(draw: Any) -> tuple[sl.Pattern, sl.Pattern]:
 @given(pq=or_patterns(), recs=inputs, skip=st.sampled_from(SKIP_CHOICES), seed=st.integers(0, 9))
 def test_or_where_equals_the_brute_force_matcher_on_the_joined_condition(pq, recs, skip, seed):
     p, q = pq
-    expected = None
-    for bs in (1, 7, 65536):
-        df, out, _ = run(recs, p, bs, skip, seed=seed)
-        if expected is None:
-            expected = oracle_matches(q, df, "k", skip)
-        assert canonical(out, p) == expected, (str(p), skip, bs)
+    assert_equals_matcher(p, recs, skip, seed, oracle_pattern=q)
 
 
