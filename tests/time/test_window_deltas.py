@@ -13,7 +13,6 @@ input with late records inside and outside the allowed lateness, in every emit m
 
 from __future__ import annotations
 
-import random
 from datetime import timedelta
 from typing import Any
 
@@ -23,6 +22,7 @@ import polars as pl
 import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
+from test_upsert_table_equals_batch import events as upsert_events
 
 import sluice as sl
 from sluice import testing
@@ -33,12 +33,9 @@ TYPES = ["click", "view", "error", "buy"]
 
 
 def events(n: int, disorder_ms: int, seed: int = 7) -> pl.DataFrame:
-    rnd = random.Random(seed)
-    rows = []
-    for i in range(n):
-        t = 1_767_225_600_000 + i * 2000 - rnd.randrange(0, disorder_ms + 1, 100)
-        rows.append((i, t, rnd.choice(TYPES), round(rnd.lognormvariate(3, 1), 3)))
-    return pl.DataFrame(rows, schema=["id", "timestamp", "event_type", "response_time"], orient="row")
+    """test_upsert_table_equals_batch's events, numbered in arrival order (`id`)."""
+    df = upsert_events(n, disorder_ms, seed)
+    return df.select(pl.int_range(df.height, dtype=pl.Int64).alias("id"), pl.all())
 
 
 def run(df: pl.DataFrame, emit: sl.Emit, size: int, slide: int, lateness: int, batch_size: int,
