@@ -13,8 +13,8 @@ character where it breaks), not an object, or the field, the type it is declared
 
 Polars' reader also turns a lone UTF-16 high surrogate escape (`"\\ud83d"` not followed by its low half) into
 "\\x00": the record would pass with a character it never held. `lone_surrogate` finds the records whose
-declared strings hold one (a bytes search for `\\uD8`–`\\uDB` first, so a block without such an escape
-costs one scan); `explain` names the field.
+declared strings hold one (a block without a backslash costs one memchr, one without `\\uD8`–`\\uDB`
+one regex scan); `explain` names the field.
 
 The reader refuses records nested deeper than its limit (1024 levels), even in fields the schema ignores;
 `shallow` keeps only a record's declared top-level fields (checking, without recursion, that the rest is
@@ -102,7 +102,7 @@ _LONE_HIGH = re.compile(rb"(?<!\\)(?:\\\\)*\\u[dD][89abAB][0-9a-fA-F]{2}(?!\\u[d
 def lone_surrogate(blob: bytes, schema: pl.Schema, skip: Sequence[str] = ()) -> bool:
     """Whether a record of `blob` (newline-separated) holds a lone UTF-16 surrogate in a declared string, or
     is otherwise refused by `explain` (then the caller's slow path names the reason)."""
-    if _HIGH.search(blob) is None:
+    if b"\\" not in blob or _HIGH.search(blob) is None:  # a backslash first: memchr, ~6 ms per 170 MB
         return False
     for m in _LONE_HIGH.finditer(blob):
         start = blob.rfind(b"\n", 0, m.start()) + 1
