@@ -20,6 +20,7 @@ Engines (the fields w1 reads, `--fields all` for every field of the events):
 from __future__ import annotations
 
 import argparse
+import atexit
 import io
 import json
 import os
@@ -72,12 +73,14 @@ def decoder(engine: str, wire: pl.Schema) -> Callable[[bytes], int]:
         import duckdb
 
         con = duckdb.connect()
-        tmp = tempfile.NamedTemporaryFile(suffix=".jsonl", dir="/dev/shm" if os.path.isdir("/dev/shm") else None)
+        fd, name = tempfile.mkstemp(suffix=".jsonl", dir="/dev/shm" if os.path.isdir("/dev/shm") else None)
+        os.close(fd)
+        atexit.register(os.unlink, name)
         cols = "{" + ", ".join(f"{n}: '{_duck_type(t)}'" for n, t in wire.items()) + "}"
-        query = f"select * from read_json('{tmp.name}', columns={cols}, format='newline_delimited')"
+        query = f"select * from read_json('{name}', columns={cols}, format='newline_delimited')"
 
         def duck(blob: bytes) -> int:
-            with open(tmp.name, "wb") as f:
+            with open(name, "wb") as f:
                 f.write(blob)
             return int(con.sql(query).arrow().read_all().num_rows)
         return duck
