@@ -92,6 +92,7 @@ def test_a_lone_surrogate_in_a_declared_string_is_refused_and_whole_pairs_are_ke
         b'{"ts": 6, "user": "f", "who": {"name": "\\ud800\\u0041"}}',  # followed by an escape that is not a low half
         b'{"ts": 7, "user": "g", "who": {"name": "\\ud800 "}}',  # in a struct
         b'{"ts": 8, "user": "\\ud83d\\ude00\\ud83d"}',  # a pair, then half of one
+        b'{"ts": 9, "user": "h\\\\\\ud83d"}',  # an escaped backslash, then half a pair
     ]
     path = write_lines(tmp_path / "orders.jsonl", lines)
     flow = sl.Flow("surrogates")
@@ -100,9 +101,9 @@ def test_a_lone_surrogate_in_a_declared_string_is_refused_and_whole_pairs_are_ke
     sl.run(flow, batch_size=batch_size)
     assert out.frame().select("ts", "user").rows() == [(1, "a\U0001F600b"), (3, "c\\ud83d"), (4, "d")]
     d = dead.frame()
-    assert d["position"].to_list() == [f"{path}:{n}" for n in (2, 5, 6, 7, 8)]
+    assert d["position"].to_list() == [f"{path}:{n}" for n in (2, 5, 6, 7, 8, 9)]
     assert [r.split(":")[0] for r in d["reason"].to_list()] == [
-        "field 'user'", "field 'tags[1]'", "field 'who.name'", "field 'who.name'", "field 'user'"]
+        "field 'user'", "field 'tags[1]'", "field 'who.name'", "field 'who.name'", "field 'user'", "field 'user'"]
     assert all("lone UTF-16 surrogate" in r for r in d["reason"].to_list())
 
 
