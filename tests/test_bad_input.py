@@ -50,6 +50,9 @@ def flow_over(path: Path, on_error: str = "fail") -> tuple[sl.Flow, sl.CollectSi
     (b'{"ts": 3000, "user": "c\xff", "amount": 1.0}', "not valid UTF-8: byte 0xff at byte 23 of the record"),
     (b'\xef\xbb\xbf{"ts": 3000, "user": "c", "amount": 1.0}', "byte order mark (BOM); one is accepted only before the "
                                                          "first line of a file"),
+    # half of an escaped UTF-16 pair: Polars' reader would make it "\x00"
+    (b'{"ts": 3000, "user": "c\\ud83d", "amount": 1.0}', "field 'user': the string holds a lone UTF-16 surrogate "
+                                                          "\\ud83d (half of a character"),
 ])
 def test_bad_line_fails_with_step_position_and_fix(tmp_path: Path, line: bytes, reason: str) -> None:
     path = write_lines(tmp_path / "orders.jsonl", [GOOD[0], b"", GOOD[1], line, GOOD[0]])
@@ -73,6 +76,35 @@ def test_strings_that_look_like_other_types_are_strings() -> None:
     decoded = Json().decode_block(b"\n".join(lines) + b"\n", resolve_schema(SCHEMA))
     assert decoded.bad == []
     assert decoded.rows["user"].to_list() == ["900002", "-1", "true", "false", '{"a": 1}', "[1]", "1e5", "null"]
+
+
+@pytest.mark.parametrize("batch_size", [1, 7, 65536])
+@pytest.mark.parametrize("block_bytes", [64, 8 << 20])
+def test_a_lone_surrogate_in_a_declared_string_is_refused_and_whole_pairs_are_kept(
+        tmp_path: Path, batch_size: int, block_bytes: int) -> None:
+    schema = {"ts": int, "user": str, "tags": sl.Optional(pl.List(pl.String)), "who": sl.Optional({"name": str})}
+    lines = [
+        b'{"ts": 1, "user": "a\\ud83d\\ude00b"}',  # a whole pair: one character
+        b'{"ts": 2, "user": "a\\ud83d"}',  # half a pair, at the end of the string
+        b'{"ts": 3, "user": "c\\\\ud83d"}',  # an escaped backslash, then text: not an escape
+        b'{"ts": 4, "user": "d", "other": "\\ud83d"}',  # in a field nobody reads
+        b'{"ts": 5, "user": "e", "tags": ["x", "\\uDBFFz"]}',  # in a list, upper case
+        b'{"ts": 6, "user": "f", "who": {"name": "\\ud800\\u0041"}}',  # followed by an escape that is not a low half
+        b'{"ts": 7, "user": "g", "who": {"name": "\\ud800 "}}',  # in a struct
+        b'{"ts": 8, "user": "\\ud83d\\ude00\\ud83d"}',  # a pair, then half of one
+        b'{"ts": 9, "user": "h\\\\\\ud83d"}',  # an escaped backslash, then half a pair
+    ]
+    path = write_lines(tmp_path / "orders.jsonl", lines)
+    flow = sl.Flow("surrogates")
+    src = flow.read("orders", sl.JsonLinesSource(path, block_bytes=block_bytes), schema=schema, on_error="dead_letter")
+    out, dead = testing.collect(src), testing.collect(src.dead_letters)
+    sl.run(flow, batch_size=batch_size)
+    assert out.frame().select("ts", "user").rows() == [(1, "a\U0001F600b"), (3, "c\\ud83d"), (4, "d")]
+    d = dead.frame()
+    assert d["position"].to_list() == [f"{path}:{n}" for n in (2, 5, 6, 7, 8, 9)]
+    assert [r.split(":")[0] for r in d["reason"].to_list()] == [
+        "field 'user'", "field 'tags[1]'", "field 'who.name'", "field 'who.name'", "field 'user'", "field 'user'"]
+    assert all("lone UTF-16 surrogate" in r for r in d["reason"].to_list())
 
 
 def test_a_bom_before_the_first_line_and_deep_nesting_in_ignored_fields_are_accepted(tmp_path: Path) -> None:

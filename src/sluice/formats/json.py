@@ -18,7 +18,7 @@ import polars as pl
 from sluice.core.errors import WrongJsonType
 from sluice.core.schema import Schema
 from sluice.formats.api import BadRecord, Codec, Decoded, Format, LineCodec
-from sluice.formats.json_check import all_strings, explain, shallow, string_columns, suspects
+from sluice.formats.json_check import all_strings, explain, lone_surrogate, shallow, string_columns, suspects
 from sluice.formats.records import decode_records, missing_required
 
 __all__ = ["BadRecord", "Json"]
@@ -61,7 +61,8 @@ class Json(Format, Codec, LineCodec):
                 df = df.drop(_REASON)
             else:
                 return self._slow(blob, schema)
-        if missing_required(df, schema) is None and _strings_hold_strings(df, None, blob, schema):
+        if (missing_required(df, schema) is None and _strings_hold_strings(df, None, blob, schema)
+                and not lone_surrogate(blob, schema.wire, (*schema.maps, *schema.json_text))):
             return Decoded(df, [], [])
         return self._slow(blob, schema)
 
@@ -81,6 +82,8 @@ class Json(Format, Codec, LineCodec):
                 return df
             if not _strings_hold_strings(df, chunk, b"", schema):
                 raise WrongJsonType
+            if lone_surrogate(b"\n".join(chunk), schema.wire, (*schema.maps, *schema.json_text)):
+                raise WrongJsonType  # the reader turned half a character into "\x00"
             return _with_free_form(df, chunk, schema)
 
         def validate(df: pl.DataFrame) -> tuple[pl.DataFrame, list[str | None] | None]:
