@@ -48,6 +48,11 @@ test: setup services  ## the whole suite (what CI runs)
 test-fast: setup
 	$(BIN)/python -m pytest -x -q -m "not slow"
 
+# The chaos suite: runs bench/chaos/ (kill -9 soak, broker faults, checkpoint damage, plan changes, poison fuzz)
+# and rewrites the faults table in docs/guarantees.md. ARGS="--quick" for small counts, ARGS="--only kill-soak".
+chaos: setup  ## the fault soaks, and the table in docs/guarantees.md regenerated from them
+	$(BIN)/python bench/chaos/table.py $(ARGS)
+
 lint: setup
 	$(BIN)/ruff check src tests bench
 	$(BIN)/mypy

@@ -1,8 +1,10 @@
 #!/usr/bin/env python3
 """Randomized crash soak: run w1, w3 and the risk-score job with checkpoints, kill -9 each at random
-moments several times, let it finish, and compare the committed output with an uninterrupted run.
+moments several times, let it finish, and compare the committed output with an uninterrupted run (large
+inputs, 600,000 events, through bench/run.py). bench/chaos/kill_soak.py covers every job and sink with
+independent oracles; this one keeps the long-input runs.
 
-    python bench/crash_soak.py --runs 10 --kills 8 [--events 600000] [--seed 1]
+    python bench/chaos/crash_soak.py --runs 10 --kills 8 [--events 600000] [--seed 1]
 
 Last line: {"runs": R, "survived": S, "kills": K, "records_lost": L, "records_duplicated": D}
 """
@@ -19,7 +21,7 @@ import time
 from collections import Counter
 from pathlib import Path
 
-HERE = Path(__file__).resolve().parent
+HERE = Path(__file__).resolve().parents[1]  # bench/
 RUN = [sys.executable, str(HERE / "run.py")]
 
 
