@@ -6,7 +6,10 @@ Each registered script prints, as its last lines, one `CHAOS-ROW {json}` per fau
 small ones, for trying), collects the rows and rewrites the table between `<!-- chaos-table:begin -->` and
 `<!-- chaos-table:end -->`. With --only NAME only that entry runs, and the rows of the others stay as they were.
 
-    python bench/chaos/table.py [--quick] [--only NAME ...] [--dry-run] [--list]
+    python bench/chaos/table.py [--quick] [--only NAME ...] [--from NAME=FILE ...] [--dry-run] [--list]
+
+--from NAME=FILE takes an entry's rows from the saved output of a run made earlier (a long soak started
+with nohup), instead of running it; with --from and no --only, only the entries given are updated.
 
 Tests that already inject a fault case by case (checkpoint damage, plan changes, poison fuzz) are counted by
 bench/chaos/pytest_cases.py: one row per test function, a case survived when its test passed (each asserts the
@@ -51,17 +54,29 @@ REGISTRY: tuple[Entry, ...] = (
 )
 
 
-def run_entry(e: Entry, quick: bool) -> tuple[list[dict], str]:
-    args = (e.quick if quick and e.quick else e.args) or ()
-    cmd = [sys.executable, str(ROOT / "bench" / "chaos" / args[0]), *args[1:]]
-    print(f"== {e.name}: {PY} bench/chaos/{' '.join(args)}", flush=True)
-    r = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True)
+def rows_of(e: Entry, stdout: str) -> list[dict]:
     rows = []
-    for line in r.stdout.splitlines():
+    for line in stdout.splitlines():
         if line.startswith("CHAOS-ROW "):
             row = json.loads(line.removeprefix("CHAOS-ROW "))
             row["source"] = e.name
             rows.append(row)
+    return rows
+
+
+def run_entry(e: Entry, quick: bool, saved: Path | None = None) -> tuple[list[dict], str]:
+    if saved is not None:
+        print(f"== {e.name}: rows from {saved}", flush=True)
+        text = saved.read_text()
+        rows, tail = rows_of(e, text), "\n".join(text.splitlines()[-3:])
+        if not rows:
+            print(f"   {saved} holds no CHAOS-ROW lines; its rows stay as they were", flush=True)
+        return rows, tail
+    args = (e.quick if quick and e.quick else e.args) or ()
+    cmd = [sys.executable, str(ROOT / "bench" / "chaos" / args[0]), *args[1:]]
+    print(f"== {e.name}: {PY} bench/chaos/{' '.join(args)}", flush=True)
+    r = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True)
+    rows = rows_of(e, r.stdout)
     tail = "\n".join(r.stdout.splitlines()[-3:] + r.stderr.splitlines()[-5:])
     if not rows:
         print(f"   no CHAOS-ROW lines (exit {r.returncode}); its rows stay as they were:\n{tail}", flush=True)
@@ -111,6 +126,8 @@ def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--quick", action="store_true", help="small counts, for trying")
     ap.add_argument("--only", action="append", default=[], help="run only this registry entry (repeatable)")
+    ap.add_argument("--from", dest="saved", action="append", default=[], metavar="NAME=FILE",
+                    help="an entry's rows from the saved output of an earlier run (repeatable)")
     ap.add_argument("--dry-run", action="store_true", help="print the table, do not write docs/guarantees.md")
     ap.add_argument("--list", action="store_true", help="list the registry")
     a = ap.parse_args(argv)
@@ -119,7 +136,13 @@ def main(argv: list[str] | None = None) -> int:
             print(f"{e.name}: " + (f"bench/chaos/{' '.join(e.args)}" if e.args else f"(not built: {e.note})"))
         return 0
     names = {e.name for e in REGISTRY}
-    unknown = [n for n in a.only if n not in names]
+    saved = {}
+    for item in a.saved:
+        name, sep, file = item.partition("=")
+        if not sep or not Path(file).is_file():
+            ap.error(f"--from {item!r}: give NAME=FILE with an existing file")
+        saved[name] = Path(file)
+    unknown = [n for n in [*a.only, *saved] if n not in names]
     if unknown:
         ap.error(f"unknown entry {unknown}; the registry: {', '.join(sorted(names))}")
     text = DOC.read_text()
@@ -128,11 +151,12 @@ def main(argv: list[str] | None = None) -> int:
         return 1
     head, rest = text.split(BEGIN, 1)
     old, tail = rest.split(END, 1)
-    chosen = [e for e in REGISTRY if e.args and (not a.only or e.name in a.only)]
+    only = set(a.only) | set(saved) if a.only or saved else None
+    chosen = [e for e in REGISTRY if e.args and (only is None or e.name in only)]
     fresh: dict[str, list[dict]] = {}
     failed = []
     for e in chosen:
-        rows, _ = run_entry(e, a.quick)
+        rows, _ = run_entry(e, a.quick, saved.get(e.name))
         if rows:
             fresh[e.name] = rows
         else:
