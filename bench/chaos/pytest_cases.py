@@ -8,7 +8,6 @@ each parametrized case a run, a passed case survived. The tests compare every ca
 
 from __future__ import annotations
 
-import ast
 import json
 import subprocess
 import sys
@@ -20,14 +19,9 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[2]
 
 
-def docstrings(path: Path) -> dict[str, str]:
-    """Each test function's first docstring sentence (or its name in words)."""
-    out = {}
-    for node in ast.parse(path.read_text()).body:
-        if isinstance(node, ast.FunctionDef) and node.name.startswith("test_"):
-            doc = (ast.get_docstring(node) or "").split(". ")[0].replace("\n", " ").strip()
-            out[node.name] = doc or node.name.removeprefix("test_").replace("_", " ")
-    return out
+def words(name: str) -> str:
+    """A test function's name in words: the fault it injects and what must hold."""
+    return name.removeprefix("test_").replace("_", " ")
 
 
 def main(argv: list[str]) -> int:
@@ -49,11 +43,10 @@ def main(argv: list[str]) -> int:
             name = case.get("name", "").split("[", 1)[0]
             cases[name].append(case.find("failure") is None and case.find("error") is None)
     print(r.stdout.strip().splitlines()[-1] if r.stdout.strip() else "")
-    words = docstrings(path)
     for name, results in cases.items():
         ok = all(results)
         print("CHAOS-ROW " + json.dumps({
-            "fault": f"{words.get(name, name)} ({path.stem.removeprefix('test_').replace('_', ' ')}, {name})",
+            "fault": f"{path.stem.removeprefix('test_').replace('_', ' ')}: {words(name)}",
             "runs": len(results), "survived": sum(results), "lost": 0 if ok else None,
             "duplicated": 0 if ok else None, "stopped": 0,
             "command": f"python bench/chaos/pytest_cases.py {argv[0]}"}))
