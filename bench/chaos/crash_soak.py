@@ -6,7 +6,8 @@ independent oracles; this one keeps the long-input runs.
 
     python bench/chaos/crash_soak.py --runs 10 --kills 8 [--events 600000] [--seed 1]
 
-Last line: {"runs": R, "survived": S, "kills": K, "records_lost": L, "records_duplicated": D}
+Last lines: a CHAOS-ROW (bench/chaos/table.py), then {"totals": {"runs", "survived", "kills", "records_lost",
+"records_duplicated"}}.
 """
 
 from __future__ import annotations
@@ -79,7 +80,13 @@ def main() -> int:
             totals["records_duplicated"] += dup
             print(f"run {i}: {workload} batch {batch} state {state}: {kills} kills, "
                   f"{'ok' if survived else 'FAILED'} (lost {lost}, duplicated {dup})", flush=True)
-    print(json.dumps(totals))
+    print("CHAOS-ROW " + json.dumps({
+        "fault": f"kill -9 of bench/run.py (w1, w3, risk; {a.events:,} events) up to {a.kills} times per run, "
+                 "compared byte for byte with an uninterrupted run",
+        "runs": totals["runs"], "survived": totals["survived"], "lost": totals["records_lost"],
+        "duplicated": totals["records_duplicated"], "stopped": 0,
+        "command": f"python bench/chaos/crash_soak.py --runs {a.runs} --kills {a.kills} --events {a.events}"}))
+    print(json.dumps({"totals": totals}))
     return 0 if totals["survived"] == totals["runs"] else 1
 
 
