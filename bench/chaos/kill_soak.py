@@ -628,8 +628,7 @@ def main(argv: list[str] | None = None) -> int:
                "runs": len(mine), "survived": sum(r["survived"] for r in mine),
                "lost": sum((r.get("lost") or 0) + (r.get("mirror_lost") or 0) for r in mine),
                "duplicated": sum((r.get("duplicated") or 0) + (r.get("mirror_duplicated") or 0) for r in mine),
-               "stopped": sum(bool(r.get("stopped")) for r in mine), "command": f"{cmd} --only '*:{sink}'"
-               if not a.only else cmd}
+               "stopped": sum(bool(r.get("stopped")) for r in mine), "command": cmd}
         rows.append(row)
         for k in ("runs", "survived", "lost", "duplicated", "stopped"):
             total[k] += row[k]

@@ -91,7 +91,7 @@ def cell(v: object) -> str:
     return "?" if v is None else str(v).replace("|", "\\|")
 
 
-def render(rows: list[dict], pending: list[Entry], date: str) -> str:
+def render(rows: list[dict], pending: list[Entry], date: str, not_run: tuple[str, ...] = ()) -> str:
     out = [f"Regenerated with `make chaos` (`python bench/chaos/table.py`), last on {date}. Lost and duplicated count "
            "output rows (windows, matches, records) against each fault's oracle; \"stopped\" counts runs where a "
            "process stopped with a clear error and a restart finished exactly once.", "",
@@ -100,6 +100,8 @@ def render(rows: list[dict], pending: list[Entry], date: str) -> str:
     for r in rows:
         out.append(f"| {cell(r['fault'])} | {cell(r['runs'])} | {cell(r['survived'])} | {cell(r['lost'])} | "
                    f"{cell(r['duplicated'])} | {cell(r['stopped'])} | `{cell(r.get('command', ''))}` | {r['source']} |")
+    if not_run:
+        out += ["", f"Registered but not run since the table was first generated: {', '.join(not_run)} (see History)."]
     if pending:
         out += ["", "Not measured yet: " + "; ".join(f"{e.note} ({e.name})" for e in pending) + "."]
     return "\n".join(out)
@@ -165,7 +167,9 @@ def main(argv: list[str] | None = None) -> int:
     order = [e.name for e in REGISTRY]
     rows = sorted(kept + [r for rs in fresh.values() for r in rs],
                   key=lambda r: order.index(r["source"]) if r["source"] in order else len(order))
-    table = render(rows, [e for e in REGISTRY if not e.args], datetime.date.today().isoformat())
+    have = {r["source"] for r in rows}
+    table = render(rows, [e for e in REGISTRY if not e.args], datetime.date.today().isoformat(),
+                   tuple(e.name for e in REGISTRY if e.args and e.name not in have))
     if a.dry_run:
         print(table)
     else:
