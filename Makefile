@@ -4,7 +4,7 @@ UV := $(PY) -m uv
 VENV := .venv
 BIN := $(VENV)/bin
 
-.PHONY: setup services kafka-up kafka-down cassandra-up cassandra-down demo test test-fast lint bench bench-data bench-limit-data bench-limit clean
+.PHONY: setup services kafka-up kafka-down cassandra-up cassandra-down demo test test-fast lint chaos bench bench-data bench-limit-data bench-limit clean
 
 # Bytecode is compiled at install time (dependencies by uv, Sluice's own src/ by compileall, which only
 # redoes changed files), so `import sluice` stays fast where Python is told not to write bytecode
