@@ -4,7 +4,7 @@ UV := $(PY) -m uv
 VENV := .venv
 BIN := $(VENV)/bin
 
-.PHONY: setup services kafka-up kafka-down cassandra-up cassandra-down demo test test-fast lint bench bench-data bench-limit-data bench-limit clean
+.PHONY: setup services kafka-up kafka-down cassandra-up cassandra-down demo test test-fast lint chaos bench bench-data bench-limit-data bench-limit clean
 
 # Bytecode is compiled at install time (dependencies by uv, Sluice's own src/ by compileall, which only
 # redoes changed files), so `import sluice` stays fast where Python is told not to write bytecode
@@ -47,6 +47,11 @@ test: setup services  ## the whole suite (what CI runs)
 # the aggregate property test against DuckDB and w4 at batch size 7 (about 3 minutes on 2 cores).
 test-fast: setup
 	$(BIN)/python -m pytest -x -q -m "not slow"
+
+# The chaos suite: runs bench/chaos/ (kill -9 soak, broker faults, checkpoint damage, plan changes, poison fuzz)
+# and rewrites the faults table in docs/guarantees.md. ARGS="--quick" for small counts, ARGS="--only kill-soak".
+chaos: setup  ## the fault soaks, and the table in docs/guarantees.md regenerated from them
+	$(BIN)/python bench/chaos/table.py $(ARGS)
 
 lint: setup
 	$(BIN)/ruff check src tests bench

@@ -19,6 +19,13 @@ WORKLOADS = (*EVENT_FIELDS, "w4", "w5", "cep", "risk")
 TX_FIELDS = {"tx_id": pl.String, "user_id": pl.String, "amount": pl.Float64, "timestamp": pl.Int64}
 
 
+def write(stream: sl.Stream, name: str, sink: object) -> None:
+    """Write `stream` to `sink`, or to each of a tuple of sinks (the 2nd as `name_2`, …: one commit, several
+    participants, as bench/chaos/kill_soak.py runs them)."""
+    for i, s in enumerate(sink if isinstance(sink, tuple) else (sink,)):
+        stream.write(name if i == 0 else f"{name}_{i + 1}", s)
+
+
 def fraud_alerts(source: object, sink: object) -> sl.Flow:
     """w4: a transaction over 1000 after one under 10 of the same user at most 10 minutes earlier,
     paired with the latest such (ties: the larger tx_id). Filter first, in columns: ~13% take part."""
@@ -28,7 +35,7 @@ def fraud_alerts(source: object, sink: object) -> sl.Flow:
     large = tx.filter(pl.col("amount") > 1000).select("user_id", large_tx_id="tx_id", large_ts="timestamp")
     alerts = large.asof_join("small_then_large", small, by="user_id", tolerance=timedelta(minutes=10),
                              right_order="small_tx_id")
-    alerts.select("user_id", "small_tx_id", "large_tx_id", "small_ts", "large_ts").write("alerts", sink)
+    write(alerts.select("user_id", "small_tx_id", "large_tx_id", "small_ts", "large_ts"), "alerts", sink)
     return flow
 
 
@@ -40,8 +47,8 @@ def small_then_large(source: object, sink: object) -> sl.Flow:
     pattern = (sl.Pattern.begin("small").where(pl.col("amount") < 10)
                .followed_by("large").where(pl.col("amount") > 1000).within(timedelta(minutes=10)))
     matches = tx.key_by("user_id").match("small_then_large", pattern)
-    matches.select("user_id", "match_start", "match_end", small_tx_id=pl.col("small").struct.field("tx_id"),
-                   large_tx_id=pl.col("large").struct.field("tx_id")).write("matches", sink)
+    write(matches.select("user_id", "match_start", "match_end", small_tx_id=pl.col("small").struct.field("tx_id"),
+                         large_tx_id=pl.col("large").struct.field("tx_id")), "matches", sink)
     return flow
 
 
@@ -67,7 +74,7 @@ def build(workload: str, source: object, sink: object) -> sl.Flow:
         ).select("user_id", "count", session_start="window_start", session_end="window_end")
     else:
         raise ValueError(f"unknown workload {workload!r}; choose from {', '.join(WORKLOADS)}")
-    out.write("results", sink)
+    write(out, "results", sink)
     return flow
 
 
@@ -79,7 +86,7 @@ def search_to_click(source: object, sink: object) -> sl.Flow:
     searches = ev.filter(pl.col("event_type") == "search").select("user_id", "timestamp", search_id="event_id")
     clicks = ev.filter(pl.col("event_type") == "click").select("user_id", click_id="event_id", click_ts="timestamp")
     pairs = searches.interval_join("search_to_click", clicks, by="user_id", lower=timedelta(0), upper=timedelta(seconds=10))
-    pairs.select("user_id", "search_id", "click_id", "timestamp", "click_ts").write("pairs", sink)
+    write(pairs.select("user_id", "search_id", "click_id", "timestamp", "click_ts"), "pairs", sink)
     return flow
 
 

@@ -145,7 +145,7 @@ def run_with_fault(broker: dict, events: Path, tmp_path: Path, tag: str, fault: 
 
 def report(fault: str, down_s: float, failures: list[str], tmp_path: Path, got: pl.DataFrame | None,
            expected: pl.DataFrame, error: str | None) -> None:
-    """One line for bench/chaos_broker.py: windows lost and doubled, sweeps, worker failures."""
+    """One line for bench/chaos/broker.py: windows lost and doubled, sweeps, worker failures."""
     keys = ["user_id", "window_start"]
     lost = duplicated = None
     if got is not None:

@@ -3,11 +3,11 @@
 broker; two workers, four partitions, w1): the broker killed -9 and started again after 2, 3 or 1 s, N
 times, and paused 5 s once. Each round's committed output is compared with the DuckDB oracle.
 
-    python bench/chaos_broker.py --rounds 10
+    python bench/chaos/broker.py --rounds 10
 
 Per round: {"fault", "down_s", "lost", "duplicated", "unreadable", "sweeps", "worker_failures"}. Last
-lines: a Markdown row per fault for docs/guarantees.md (runs, survived, lost, duplicated, stopped with an
-error, sweeps), then the totals as JSON.
+lines: a CHAOS-ROW per fault (runs, survived, lost, duplicated, stopped with an error: the contract of
+bench/chaos/table.py, which puts them in docs/guarantees.md), then the totals as JSON (with sweeps).
 """
 
 from __future__ import annotations
@@ -19,7 +19,7 @@ import subprocess
 import sys
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 
 
 def main() -> int:
@@ -36,7 +36,9 @@ def main() -> int:
     for row in rows:
         print(json.dumps(row))
     totals = {}
-    for fault, label in (("kill", "broker kill -9, restart after 1-3 s"), ("pause", "broker paused 5 s (SIGSTOP)")):
+    setup = "Kafka runtime, 2 workers, 4 partitions, w1, one KRaft broker"
+    for fault, label in (("kill", f"broker kill -9, restart after 1-3 s ({setup})"),
+                         ("pause", f"broker paused 5 s with SIGSTOP ({setup})")):
         mine = [x for x in rows if x["fault"] == fault]
         whole = [x for x in mine if x["lost"] == 0 and x["duplicated"] == 0]
         lost = sum(x["lost"] or 0 for x in mine)
@@ -46,8 +48,10 @@ def main() -> int:
         unreadable = sum(1 for x in mine if x["unreadable"])
         totals[fault] = {"runs": len(mine), "survived": len(whole), "lost": lost, "duplicated": dup,
                          "stopped_with_error": stopped, "unreadable": unreadable, "sweeps": sweeps}
-        print(f"| {label} | {len(mine)} | {len(whole)} | {lost} | {dup} | {stopped} | {sweeps} |")
-    print(json.dumps(totals))
+        print("CHAOS-ROW " + json.dumps({"fault": label, "runs": len(mine), "survived": len(whole), "lost": lost,
+                                         "duplicated": dup, "stopped": stopped,
+                                         "command": f"python bench/chaos/broker.py --rounds {a.rounds}"}))
+    print(json.dumps({"totals": totals}))
     return 0 if r.returncode == 0 else 1
 
 
