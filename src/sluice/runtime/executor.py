@@ -22,7 +22,7 @@ from sluice.core.plain import canonical, describe_changes
 from sluice.core.plan import EventTime, Match, Plan, Process, Read, Ref, Step, Union, Window, Write
 from sluice.operators.base import Emitted, Operator
 from sluice.operators.stateless import EventTimeOperator, PassThrough, union_mismatch
-from sluice.runtime.commit import EpochCommit, sink_call
+from sluice.runtime.commit import SINK_COMMIT_ATTEMPTS, SINK_COMMIT_BACKOFF_S, EpochCommit, sink_call
 from sluice.runtime.registry import BuildContext, build
 from sluice.runtime.schemas import stream_schema
 
@@ -149,7 +149,8 @@ class Executor:
     def __init__(self, plan: Plan, batch_size: int = DEFAULT_BATCH_SIZE, progress: Progress | None = None,
                  checkpoints: CheckpointSettings | None = None, state_backend: str = "memory",
                  state_dir: str | Path | None = None, task: int | None = None, instance: str = "",
-                 exactly_once: bool | None = None) -> None:
+                 exactly_once: bool | None = None, sink_commit_attempts: int = SINK_COMMIT_ATTEMPTS,
+                 sink_commit_backoff: float = SINK_COMMIT_BACKOFF_S) -> None:
         if batch_size < 1:
             raise PlanError(f"batch_size must be at least 1, got {batch_size}")
         plan.validate()
@@ -186,7 +187,7 @@ class Executor:
         self.fingerprints = {s.name: s.state_fingerprint() for s in plan.steps}
         for step in plan.steps:
             self.ops[step.name] = self._compile(step)
-        self.commit = EpochCommit(self.writers)
+        self.commit = EpochCommit(self.writers, sink_commit_attempts, sink_commit_backoff)
         for step in plan.steps:
             if isinstance(step, EventTime):
                 op = self.ops[step.name]
@@ -569,7 +570,8 @@ class Executor:
 def run(flow: object, *, batch_size: int = DEFAULT_BATCH_SIZE, progress: Progress | None = None,
         checkpoint_dir: str | Path | None = None, checkpoint_interval: float | None = 10.0,
         keep_checkpoints: int = 3, drop_state: tuple[str, ...] = (), state: str = "memory",
-        state_dir: str | Path | None = None, allow_rename: dict[str, str] | None = None) -> RunResult:
+        state_dir: str | Path | None = None, allow_rename: dict[str, str] | None = None,
+        sink_commit_attempts: int = SINK_COMMIT_ATTEMPTS, sink_commit_backoff: float = SINK_COMMIT_BACKOFF_S) -> RunResult:
     """Run a flow (or a plan) to the end of its input.
 
     With `checkpoint_dir`, a checkpoint is taken every `checkpoint_interval` seconds and at the end, and a
@@ -579,6 +581,10 @@ def run(flow: object, *, batch_size: int = DEFAULT_BATCH_SIZE, progress: Progres
     A resumed run refuses a flow whose steps changed in a way their checkpointed state cannot follow
     (docs/guarantees.md). `drop_state` names steps (or sinks) to start empty; `allow_rename={"old": "new"}`
     carries a renamed step's state, a read's position or a sink's transactions over to its new name.
+
+    A sink whose commit (publishing an epoch) fails is tried `sink_commit_attempts` times in all, pausing
+    `sink_commit_backoff` seconds after the first failure and twice as long after each next one, before the
+    run stops with a SinkError (docs/guarantees.md "Sink and file-system failures").
 
     `state="rocksdb"` keeps keyed process-function state in RocksDB (under `state_dir`, or a temporary
     directory) instead of memory.
@@ -592,4 +598,5 @@ def run(flow: object, *, batch_size: int = DEFAULT_BATCH_SIZE, progress: Progres
                                       tuple((allow_rename or {}).items()))
     elif allow_rename:
         raise PlanError("allow_rename applies to a resumed run: give checkpoint_dir too")
-    return Executor(plan, batch_size, progress, settings, state, state_dir).run()
+    return Executor(plan, batch_size, progress, settings, state, state_dir, sink_commit_attempts=sink_commit_attempts,
+                    sink_commit_backoff=sink_commit_backoff).run()

@@ -33,7 +33,8 @@ class Task:
         # the task's own sinks (files, databases …): participants in the epoch commit whose prepared
         # transactions travel in the task's snapshot, inside the Kafka transaction (runtime/commit.py)
         self.commit = EpochCommit({name: w for ex in self.parts for name, w in ex.writers.items()
-                                   if name not in worker.writers})
+                                   if name not in worker.writers},
+                                  worker.rt.sink_commit_attempts, worker.rt.sink_commit_backoff_s)
         self.prepared: dict[str, dict[str, Any]] = {}
         self.restored_sinks: dict[str, Any] | None = None
         self.decoders: dict[str, tuple[str, Decoder, Origin]] = {}
