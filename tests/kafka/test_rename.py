@@ -64,8 +64,8 @@ def windows(df: pl.DataFrame) -> pl.DataFrame:
 
 
 def run_until_stopped(flow: sl.Flow, rt: sl.KafkaRuntime, records: int) -> None:
-    """A worker that is stopped (gracefully, as by SIGTERM) once it has read `records` records: its windows
-    stay open in its tasks' state, as in a job stopped for a deploy."""
+    """A worker (not until_end) that is stopped gracefully, as by SIGTERM, once it has read `records`
+    records: its windows stay open in its tasks' state, as in a job stopped for a deploy."""
     worker = Worker(flow, rt)
     done: list[BaseException | None] = []
 
@@ -93,13 +93,16 @@ def test_renamed_window_and_sink_carry_over_with_allow_rename(kafka_bootstrap: s
     files = tmp_path / "files"
     rt = sl.KafkaRuntime(app_id=f"ren-{tag}", bootstrap=kafka_bootstrap, until_end=True, commit_interval_s=0.2,
                          batch_size=50, poll_records=100)
-    data = events(0, 150)
-    produce(kafka_bootstrap, src, data)
+    first, second = events(0, 70), events(70, 150)
+    data = pl.concat([first, second])
     want = oracle(data)
     assert want.height > 100
 
-    # stopped halfway (not at the end of the input: its open windows are kept in the tasks' state)
-    run_until_stopped(build(src, out, files, kafka_bootstrap), replace(rt, until_end=False), data.height // 2)
+    # stopped halfway, once it has read the first part (not at an end of the input: its open windows are
+    # kept in the tasks' state); the rest arrives while it is stopped
+    produce(kafka_bootstrap, src, first)
+    run_until_stopped(build(src, out, files, kafka_bootstrap), replace(rt, until_end=False), first.height)
+    produce(kafka_bootstrap, src, second)
     before = frame(read_committed(kafka_bootstrap, out)) if read_committed(kafka_bootstrap, out) else pl.DataFrame()
     assert 0 < before.height < want.height
 
@@ -137,3 +140,40 @@ def test_renamed_window_and_sink_carry_over_with_allow_rename(kafka_bootstrap: s
     # its tasks were migrated: a later start needs no option (and finds nothing more to do)
     sl.run_worker(renamed, rt)
     assert len(read_committed(kafka_bootstrap, out)) == want.height
+
+
+def test_renamed_postgres_sink_keeps_its_markers(kafka_bootstrap: str, postgres_dsn: str, tmp_path: Path) -> None:
+    """A PostgreSQL sink (append) renamed with allow_rename keeps the name its commit markers have, in the
+    restore and in every later snapshot: its recorded epoch is not applied again, so the table holds
+    every record exactly once (the same with a read step renamed too)."""
+    from pg_util import fresh_database, query
+
+    dsn = fresh_database(postgres_dsn)
+    tag = uuid.uuid4().hex[:6]
+    src = f"renpg-in-{tag}"
+    create_topic(kafka_bootstrap, src, 2)
+    first, second = events(0, 70), events(70, 150)
+    data = pl.concat([first, second])
+    produce(kafka_bootstrap, src, first)
+    rt = sl.KafkaRuntime(app_id=f"renpg-{tag}", bootstrap=kafka_bootstrap, until_end=True, commit_interval_s=0.2,
+                         batch_size=50, poll_records=100)
+
+    def flow(read: str, sink: str) -> sl.Flow:
+        f = sl.Flow("renpg")
+        (f.read(read, sl.KafkaSource(src, kafka_bootstrap, key="user_id"), schema={"user_id": str, "seq": int, "ts": int})
+          .write(sink, sl.PostgresSink("rows", dsn, mode="append", create=True)))
+        return f
+
+    run_until_stopped(flow("events", "to_pg"), replace(rt, until_end=False), first.height)
+    produce(kafka_bootstrap, src, second)
+    written = query(dsn, "SELECT count(*) FROM rows")[0][0]
+    assert written == first.height
+    with pytest.raises(IncompatibleCheckpointError, match=r"step 'events' \(read\) is in the state of task \d+ .*renamed\?"):
+        sl.run_worker(flow("clicks", "pg_rows"), rt)
+    sl.run_worker(flow("clicks", "pg_rows"), rt, allow_rename={"events": "clicks", "to_pg": "pg_rows"})
+    sl.run_worker(flow("clicks", "pg_rows"), rt)  # later starts: the markers' name is in the snapshots
+    got = pl.DataFrame(query(dsn, "SELECT user_id, seq, ts FROM rows"), schema=["user_id", "seq", "ts"], orient="row")
+    assert got.sort("user_id", "seq").equals(data.sort("user_id", "seq").cast(got.schema))
+    # one marker per task, under the old name (flow-step-task, hashed): none made for the new name
+    writers = [w for (w,) in query(dsn, "SELECT writer FROM sluice_commits")]
+    assert len(writers) == 2, writers
