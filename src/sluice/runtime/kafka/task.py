@@ -183,6 +183,7 @@ class Task:
         without one refused, each task sink's recorded transaction under its (new) name."""
         assert self.saved is not None
         meta, steps, load = self.saved
+        self.saved = None  # the decoded frames: not kept past the restore
         where = f"the state of task {self.p} in topic {self.worker.state_topic}"
         self._check_renames(meta, steps, where)
         for i, ex in enumerate(self.parts):
