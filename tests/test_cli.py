@@ -147,3 +147,21 @@ def test_a_workers_progress_lines_carry_its_name(capsys) -> None:
     err = capsys.readouterr().err.splitlines()
     assert err[0] == "[w1]  running flow 'f' as worker w1"
     assert any(line.startswith("[w1]  … 42 records in ") for line in err[1:]), err
+
+
+def test_allow_rename_is_taken_on_kafka_and_checked_before_joining(tmp_path: Path) -> None:
+    """`--allow-rename` reaches the Kafka runtime (it was refused there before); a pair whose old name is
+    still in the flow, or whose new one is not, is one clear line before any broker is contacted (the
+    broker given here does not exist)."""
+    pipeline = tmp_path / "p.py"
+    pipeline.write_text(
+        "import sluice as sl\n"
+        "flow = sl.Flow('p')\n"
+        "flow.read('src', sl.KafkaSource('in', '127.0.0.1:9', key='k'), schema={'k': str}).write(\n"
+        "    'out', sl.KafkaSink('out', '127.0.0.1:9', key='k'))\n")
+    for pair, said in (("src=out", "allow_rename src=out: the flow still has a step 'src'"),
+                       ("old=new", "allow_rename old=new: the flow has no step 'new'")):
+        r = sluice("run", str(pipeline), "-q", "--broker", "kafka://127.0.0.1:9", "--allow-rename", pair, cwd=tmp_path)
+        assert r.returncode == 1, r.stderr
+        assert r.stderr.startswith(f"sluice: error: {said}"), r.stderr
+        assert "Traceback" not in r.stderr

@@ -231,7 +231,7 @@ def test_a_user_sink_that_raises_is_an_error_naming_the_step(tmp_path: Path, whe
     flow.read("in", sl.JsonLinesSource(str(tmp_path / "in-*.jsonl")), schema={"id": int, "ts": int, "k": str}).write(
         "to_service", Exploding(where))  # type: ignore[arg-type]
     with pytest.raises(SinkError) as err:
-        sl.run(flow, checkpoint_dir=tmp_path / "ck")
+        sl.run(flow, checkpoint_dir=tmp_path / "ck", sink_commit_backoff=0.01)
     message = str(err.value)
     assert message.startswith("write step 'to_service' (Exploding): "), message
     said = {"write": "ValueError: the remote service said no", "prepare": "RuntimeError: disk quota",
@@ -268,8 +268,9 @@ def test_read_only_output_directory_is_an_error_naming_the_step_and_path(tmp_pat
 
 
 def test_a_failed_commit_leaves_sinks_apart_until_the_rerun_brings_them_level(tmp_path: Path) -> None:
-    """One sink publishes an epoch, the next one's commit fails: the epoch is recorded, so the rerun commits
-    it to the second sink too and both hold every row once."""
+    """One sink publishes an epoch, the next one's commit fails (on every attempt): the epoch is recorded, so
+    the rerun commits it to the second sink too and both hold every row once. (A commit that fails for a
+    while only: tests/test_sink_commit_retry.py.)"""
     write_input(tmp_path, range(200))
     ledger = tmp_path / "ledger.txt"
 
@@ -281,7 +282,8 @@ def test_a_failed_commit_leaves_sinks_apart_until_the_rerun_brings_them_level(tm
         return f
 
     with pytest.raises(SinkError) as err:
-        sl.run(flow("commit"), batch_size=48, checkpoint_dir=tmp_path / "ck", checkpoint_interval=0.0)
+        sl.run(flow("commit"), batch_size=48, checkpoint_dir=tmp_path / "ck", checkpoint_interval=0.0,
+               sink_commit_backoff=0.01)
     message = str(err.value)
     assert "write step 'service'" in message and "'raw' published this epoch already" in message, message
     assert "brings the sinks level" in message

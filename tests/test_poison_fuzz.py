@@ -25,13 +25,16 @@ WRONG = {  # values of the wrong type per field (an int in a float field is a nu
 names = st.one_of(st.text(max_size=12), st.sampled_from(["123", "-4", "true", "false", "{x", "[1]", "null", "1e5"]))
 
 
+BOM = b"\xef\xbb\xbf"
+
+
 @st.composite
-def line(draw: st.DrawFn, i: int) -> tuple[bytes, dict | None]:
-    """A line and, when it is a good record, what it holds."""
+def line(draw: st.DrawFn, i: int, message: bool = False) -> tuple[bytes, dict | None]:
+    """A line (with `message`: a message value) and, when it is a good record, what it holds."""
     good = {"id": i, "name": draw(names), "v": draw(st.floats(allow_nan=False, allow_infinity=False, width=32))}
     text = json.dumps(good)
     kind = draw(st.sampled_from(["good", "good", "good", "bytes", "truncated", "wrong", "nan", "huge", "deep",
-                                 "deep_bad", "bom", "utf8", "extra"]))
+                                 "deep_bad", "bom", "utf8", "extra", *(["bom_only", "two_boms"] if message else [])]))
     if kind == "good":
         return text.encode(), good
     if kind == "extra":  # ignored fields of any shape
@@ -58,8 +61,12 @@ def line(draw: st.DrawFn, i: int) -> tuple[bytes, dict | None]:
         return json.dumps({**good, field: "@@"}).replace('"@@"', value).encode(), None
     if kind == "nan":
         return json.dumps({**good, "v": "@@"}).replace('"@@"', draw(st.sampled_from(["NaN", "Infinity", "-Infinity"]))).encode(), None
-    if kind == "bom":  # a byte order mark: before the file's first line fine, on any other line bad
-        return b"\xef\xbb\xbf" + text.encode(), good if i == 0 else None
+    if kind == "bom":  # a byte order mark: before the file's first line or a message value fine, elsewhere bad
+        return BOM + text.encode(), good if i == 0 or message else None
+    if kind == "bom_only":  # a message of nothing but the mark
+        return BOM + draw(st.sampled_from([b"", b" ", b"\t "])), None
+    if kind == "two_boms":  # the producer's mark, then one more: the second is not JSON
+        return BOM + BOM + text.encode(), None
     cut = draw(st.integers(0, len(text)))  # invalid UTF-8 somewhere in the record
     return text[:cut].encode() + draw(st.sampled_from([b"\xff", b"\xc3", b"\xed\xa0\x80"])) + text[cut:].encode(), None
 
@@ -114,3 +121,67 @@ def test_a_wrong_type_among_a_million_bytes_of_good_records_is_found(tmp_path: P
     assert dead.frame().select("position", "reason").rows() == [
         (f"{path}:12346", "field 'name': expected a string (str), found the number 900002")]
     assert pl.Series(out.frame()["id"]).is_sorted()
+
+
+@st.composite
+def message_values(draw: st.DrawFn) -> tuple[list[bytes], list[dict | None]]:
+    """Message values: any of the lines above, and a UTF-8 byte order mark before any value (as .NET and
+    Windows producers write) that is the producer's, not data: it changes nothing about the value."""
+    n = draw(st.integers(1, 25))
+    made = [draw(line(i, message=True)) for i in range(n)]
+    values = [BOM + raw if draw(st.booleans()) and not raw.startswith(BOM) else raw for raw, _ in made]
+    return values, [g for _, g in made]
+
+
+def check_messages(values: list[bytes], goods: list[dict | None], got: pl.DataFrame, dead: pl.DataFrame,
+                   position: str) -> None:
+    """Every good value is in `got` (in order, with its values), every bad one in `dead` once, at its offset,
+    with a reason in words and its raw bytes as sent (the mark included)."""
+    want = [g for g in goods if g is not None]
+    assert got.height == len(want)
+    if want:
+        assert got["id"].to_list() == [g["id"] for g in want]
+        assert got["name"].to_list() == [g["name"] for g in want]
+        assert got["v"].to_list() == [float(g["v"]) for g in want]
+    bad = [i for i, g in enumerate(goods) if g is None]
+    assert (dead["position"].to_list() if dead.height else []) == [f"{position} {i}" for i in bad]
+    assert (dead["raw"].to_list() if dead.height else []) == [values[i].decode("utf-8", "replace") for i in bad]
+    for value, reason in zip([values[i] for i in bad], dead["reason"].to_list() if dead.height else [], strict=True):
+        assert "TapeError" not in reason and "Syntax at character" not in reason and reason
+        assert "before the first line of a file" not in reason, reason
+        if value.startswith(BOM) and not value[3:].strip():
+            assert reason == "the record is empty: a UTF-8 byte order mark (BOM) and nothing else"
+
+
+@settings(max_examples=40, deadline=None, suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large])
+@given(data=message_values(), joined=st.booleans(), block=st.sampled_from([64, 4096, 8 << 20]),
+       batch_size=st.sampled_from([1, 7, 65536]))
+def test_log_messages_with_a_byte_order_mark_are_read_as_without_it(
+        tmp_path_factory, data: tuple[list[bytes], list[dict | None]], joined: bool, block: int,
+        batch_size: int) -> None:
+    """Through the embedded log's source: values appended newline-joined (as Sluice's log sink writes
+    JSON) or one by one (as another producer may)."""
+    import numpy as np
+
+    from sluice.connectors.log import Log
+
+    values, goods = data
+    root = tmp_path_factory.mktemp("log")
+    log = Log(root)
+    log.create_topic("t", 1)
+    part = log.partition("t", 0, writable=True)
+    try:
+        for chunk in (values[:len(values) // 2], values[len(values) // 2:]):
+            if not chunk:
+                continue
+            sep = b"\n" if joined else b""
+            blob = b"".join(v + sep for v in chunk)
+            offs = np.concatenate([[0], np.cumsum([len(v) + len(sep) for v in chunk])]).astype(np.uint32)
+            part.append(np.arange(len(chunk), dtype=np.int64), blob, offs, flags=1 if joined else 0)
+    finally:
+        part.close()
+    flow = sl.Flow("log")
+    src = flow.read("in", sl.LogSource("t", root=root, block_bytes=block), schema=SCHEMA, on_error="dead_letter")
+    out, dead = testing.collect(src), testing.collect(src.dead_letters)
+    sl.run(flow, batch_size=batch_size)
+    check_messages(values, goods, out.frame(), dead.frame(), "log:t/0 offset")

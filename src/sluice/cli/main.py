@@ -131,9 +131,7 @@ def _run_on_kafka(a: argparse.Namespace, bootstrap: str) -> int:
     import json
     import subprocess
 
-    if a.allow_rename:
-        raise SystemExit("sluice run: --allow-rename applies to the embedded runtime (--checkpoint-dir); on Kafka, "
-                         "keep the old step names, or start the renamed flow under a new --app-id")
+    renames = _renames(a.allow_rename)
     if a.state != "memory" or a.state_dir:
         raise SystemExit("sluice run: --state/--state-dir apply to the embedded runtime; on Kafka, state is kept "
                          "in memory and restored from the changelog")
@@ -148,6 +146,8 @@ def _run_on_kafka(a: argparse.Namespace, bootstrap: str) -> int:
             args.append("--until-end")
         if a.quiet:
             args.append("--quiet")
+        for pair in a.allow_rename:  # every worker is given the same renames (docs/kafka.md)
+            args += ["--allow-rename", pair]
         procs = [subprocess.Popen([*args, "--instance", f"w{i}", "--", *a.pipeline_args]) for i in range(a.workers)]
         try:
             codes = [p.wait() for p in procs]
@@ -172,7 +172,7 @@ def _run_on_kafka(a: argparse.Namespace, bootstrap: str) -> int:
     prefix = f"[{a.instance}]" if a.instance else ""  # several workers share a terminal: say whose line it is
     with Progress(f"flow {flow.name!r}" + (f" as worker {a.instance}" if a.instance else ""), prefix) if not a.quiet \
             else contextlib.nullcontext() as progress:
-        result = run_worker(flow, rt, progress=progress)
+        result = run_worker(flow, rt, progress=progress, allow_rename=renames)
     # one JSON line, also with --quiet: what scripts read
     print(json.dumps({"worker": a.instance, "records": result.records, "seconds": round(result.seconds, 3),
                       "produced": result.produced, "commits": result.commits, "rewinds": result.rewinds, "sweeps": result.sweeps,
@@ -271,7 +271,7 @@ def build_parser() -> argparse.ArgumentParser:
     r.add_argument("--drop-state", action="append", default=[], metavar="STEP",
                    help="discard the checkpointed state of a step whose definition changed (repeatable)")
     r.add_argument("--allow-rename", action="append", default=[], metavar="OLD=NEW",
-                   help="a step renamed since the checkpoint: carry its state, read position or sink "
+                   help="a step renamed since the last run (its checkpoint, or under Kafka its tasks' state): carry its state, read position or sink "
                    "transactions over to the new name (repeatable)")
     r.add_argument("--state", choices=BACKENDS, default="memory",
                    help="where process functions keep keyed state: memory, or rocksdb for state larger than "

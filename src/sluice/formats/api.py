@@ -50,6 +50,11 @@ class LineCodec(Protocol):
         """The good rows, the bad records, and each good row's record index (as `Decoded` says)."""
         ...
 
+    def decode_messages(self, blob: bytes, schema: Schema) -> Decoded:
+        """A block whose records are message values (a log's, a Kafka topic's): as `decode_block`, but a
+        UTF-8 byte order mark at the start of any record is the producer's marker, not data, and is dropped."""
+        ...
+
     def encode(self, df: pl.DataFrame) -> bytes:
         """Rows as one block, each record followed by a newline."""
         ...

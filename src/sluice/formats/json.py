@@ -18,7 +18,15 @@ import polars as pl
 from sluice.core.errors import WrongJsonType
 from sluice.core.schema import Schema
 from sluice.formats.api import BadRecord, Codec, Decoded, Format, LineCodec
-from sluice.formats.json_check import all_strings, explain, lone_surrogate, shallow, string_columns, suspects
+from sluice.formats.json_check import (
+    all_strings,
+    drop_record_boms,
+    explain,
+    lone_surrogate,
+    shallow,
+    string_columns,
+    suspects,
+)
 from sluice.formats.records import decode_records, missing_required
 
 __all__ = ["BadRecord", "Json"]
@@ -105,12 +113,23 @@ class Json(Format, Codec, LineCodec):
         good = pl.concat(frames) if frames else pl.DataFrame(schema=schema.polars)
         return Decoded(good, bad, index)
 
+    def decode_messages(self, blob: bytes, schema: Schema) -> Decoded:
+        """Newline-joined message values: a UTF-8 byte order mark starting a value is dropped (as Jackson and
+        Python's json do; .NET and Windows producers write one), and a bad value's raw bytes keep it."""
+        stripped = drop_record_boms(blob)
+        decoded = self.decode_block(stripped, schema)
+        if stripped is blob or not decoded.bad:
+            return decoded
+        # the same records at the same places (a BOM became three blanks, never a whole record)
+        lines = [ln for ln in blob.split(b"\n") if ln.strip()]
+        return decoded._replace(bad=[BadRecord(b.index, b.reason, lines[b.index]) for b in decoded.bad])
+
     def decode_values(self, values: list[bytes], schema: Schema) -> Decoded:
         """One JSON object per value (a message); bad values are reported by their index in `values`."""
         blob = b"\n".join(values)
         if blob.count(b"\n") != len(values) - 1:  # pretty-printed values: a raw newline is only whitespace
             blob = b"\n".join(v.replace(b"\n", b" ").replace(b"\r", b" ") for v in values)
-        return self.decode_block(blob + b"\n", schema)
+        return self.decode_messages(blob + b"\n", schema)
 
     def encode_values(self, df: pl.DataFrame) -> list[bytes]:
         """Each row as one JSON value."""

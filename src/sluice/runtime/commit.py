@@ -17,16 +17,19 @@ from __future__ import annotations
 
 import errno
 import logging
+import time
 from collections.abc import Callable, Mapping
 from typing import Any, TypeVar
 
 from sluice.connectors.api import SinkWriter
-from sluice.core.errors import SinkError, SluiceError
+from sluice.core.errors import CassandraError, DatabaseError, SinkError, SluiceError
 from sluice.core.failpoints import failpoint
 
 log = logging.getLogger("sluice.runtime")
 Txns = dict[str, dict[str, Any]]
 T = TypeVar("T")
+SINK_COMMIT_ATTEMPTS = 3  # tries of one sink's commit before the run stops (commit is idempotent)
+SINK_COMMIT_BACKOFF_S = 2.0  # the pause after the first failed try; doubled after each (2 s, 4 s: ~6 s)
 _FILE_SYSTEM = {errno.EACCES, errno.EPERM, errno.EROFS, errno.ENOENT, errno.ENOTDIR, errno.EISDIR, errno.EEXIST}
 
 
@@ -52,11 +55,29 @@ def sink_call(step: str, writer: object, doing: str, fn: Callable[[], T], after:
                         f"{type(exc).__name__}: {exc}.{after}") from exc
 
 
+def transient(exc: BaseException) -> bool:
+    """A sink's failure worth trying again: a connection reset, a timeout, a user's sink that raised, a
+    database out of reach; not Sluice's own verdict on the rows or the target (rows that do not fit a table's
+    schema, a sink ahead of the checkpoint, staged rows gone), not a full disk."""
+    if isinstance(exc, DatabaseError | CassandraError):
+        return True
+    if isinstance(exc, SluiceError) or not isinstance(exc, Exception):
+        return False
+    return not (isinstance(exc, OSError) and (exc.errno in (errno.ENOSPC, errno.EDQUOT) or "os error 28" in str(exc)))
+
+
 class EpochCommit:
     """Two-phase commit of one epoch across a fixed set of participants (in plan order)."""
 
-    def __init__(self, writers: Mapping[str, SinkWriter]) -> None:
+    def __init__(self, writers: Mapping[str, SinkWriter], attempts: int = SINK_COMMIT_ATTEMPTS,
+                 backoff_s: float = SINK_COMMIT_BACKOFF_S) -> None:
+        if attempts < 1:
+            raise ValueError(f"sink_commit_attempts must be at least 1, got {attempts}")
+        if backoff_s < 0:
+            raise ValueError(f"the sink commit backoff must be 0 or more seconds, got {backoff_s}")
         self.writers = dict(writers)
+        self.attempts = attempts
+        self.backoff_s = backoff_s
 
     def prepare(self, epoch: int) -> Txns:
         """Every participant stages the epoch durably. If one fails, those already prepared are aborted."""
@@ -72,18 +93,48 @@ class EpochCommit:
         return txns
 
     def commit(self, txns: Mapping[str, dict[str, Any]]) -> None:
-        """Publish a recorded epoch. Call only after the record of `txns` is durable."""
+        """Publish a recorded epoch. Call only after the record of `txns` is durable.
+
+        A sink whose commit fails is tried again (`attempts` in all, pausing `backoff_s`, then twice as long
+        …): its commit is idempotent and the epoch is recorded, so a transient failure (a connection reset,
+        a database restarting) leaves every sink level within the run. If it still fails, the SinkError
+        names the sinks that published the epoch and those that did not."""
         done: list[str] = []
+        names = list(self.writers)
         for i, (name, writer) in enumerate(self.writers.items()):
             if i:
                 failpoint("between_sink_commits")
             txn = txns.get(name) or {}
-            after = (f" {', '.join(map(repr, done))} published this epoch already; the epoch is recorded, so running "
-                     "again with the same checkpoint directory publishes it here too (recovery repeats the commit "
-                     "of every sink) and brings the sinks level." if done else
-                     " The epoch is recorded: running again with the same checkpoint directory publishes it.")
-            sink_call(name, writer, "publishing (commit)", lambda w=writer, t=txn: w.commit(t),  # type: ignore[misc]
-                      after)
+            pause = self.backoff_s
+            for attempt in range(1, self.attempts + 1):
+                tries = f" (tried {attempt} times)" if attempt > 1 else ""
+                waiting = names[i + 1:]
+                after = (f"{tries} {', '.join(map(repr, done))} published this epoch already"
+                         + (f", {', '.join(map(repr, waiting))} did not" if waiting else "")
+                         + "; the epoch is recorded, so running again with the same checkpoint directory (under "
+                         "Kafka: restarting the worker) publishes it here too (recovery repeats the commit of every "
+                         "sink) and brings the sinks level." if done else
+                         f"{tries} The epoch is recorded: running again with the same checkpoint directory (under "
+                         "Kafka: restarting the worker) publishes it.")
+                raised: list[BaseException] = []
+
+                def publish(w: SinkWriter = writer, t: dict[str, Any] = txn, seen: list[BaseException] = raised) -> None:
+                    try:
+                        w.commit(t)
+                    except BaseException as exc:
+                        seen.append(exc)  # what the sink raised, before sink_call words it
+                        raise
+
+                try:
+                    sink_call(name, writer, "publishing (commit)", publish, after)
+                    break
+                except Exception:
+                    if attempt >= self.attempts or not raised or not transient(raised[-1]):
+                        raise
+                    log.warning("write step %r: publishing the epoch failed (%s); trying again in %.1f s (%d of %d)",
+                                name, raised[-1], pause, attempt + 1, self.attempts)
+                    time.sleep(pause)
+                    pause *= 2
             done.append(name)
             failpoint("after_sink_commit")
         failpoint("after_commit")

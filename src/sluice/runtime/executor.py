@@ -8,7 +8,7 @@ import json
 import logging
 import time
 from collections import defaultdict
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -22,7 +22,7 @@ from sluice.core.plain import canonical, describe_changes
 from sluice.core.plan import EventTime, Match, Plan, Process, Read, Ref, Step, Union, Window, Write
 from sluice.operators.base import Emitted, Operator
 from sluice.operators.stateless import EventTimeOperator, PassThrough, union_mismatch
-from sluice.runtime.commit import EpochCommit, sink_call
+from sluice.runtime.commit import SINK_COMMIT_ATTEMPTS, SINK_COMMIT_BACKOFF_S, EpochCommit, sink_call
 from sluice.runtime.registry import BuildContext, build
 from sluice.runtime.schemas import stream_schema
 
@@ -149,7 +149,12 @@ class Executor:
     def __init__(self, plan: Plan, batch_size: int = DEFAULT_BATCH_SIZE, progress: Progress | None = None,
                  checkpoints: CheckpointSettings | None = None, state_backend: str = "memory",
                  state_dir: str | Path | None = None, task: int | None = None, instance: str = "",
-                 exactly_once: bool | None = None) -> None:
+                 exactly_once: bool | None = None, sink_commit_attempts: int = SINK_COMMIT_ATTEMPTS,
+                 sink_commit_backoff: float = SINK_COMMIT_BACKOFF_S, renames: Mapping[str, str] | None = None,
+                 txn_names: Mapping[str, str] | None = None) -> None:
+        """`renames` (old → new) and `txn_names` (write step → the name its transactions keep) are the Kafka
+        runtime's, whose tasks restore from their snapshots (runtime/kafka/task.py); under sl.run they come
+        from `checkpoints` and its newest checkpoint."""
         if batch_size < 1:
             raise PlanError(f"batch_size must be at least 1, got {batch_size}")
         plan.validate()
@@ -165,11 +170,11 @@ class Executor:
         self.state_backend = state_backend
         self.state_dir = state_dir
         self.store = CheckpointStore(checkpoints.directory, checkpoints.keep) if checkpoints else None
-        self.renames = dict(checkpoints.allow_rename) if checkpoints else {}
+        self.renames = dict(checkpoints.allow_rename) if checkpoints else dict(renames or {})
         self._recoverable: tuple[Checkpoint | None, list[Damage]] = (None, [])
         if self.store is not None:
             self._recoverable = self.store.recoverable()
-        self.txn_names = self._txn_names(plan, self._recoverable[0])
+        self.txn_names = dict(txn_names) if txn_names is not None else self._txn_names(plan, self._recoverable[0])
         self._plan_record: dict[str, Any] | None = None
         self.writers: dict[str, SinkWriter] = {}
         self.next_checkpoint = 1
@@ -186,7 +191,7 @@ class Executor:
         self.fingerprints = {s.name: s.state_fingerprint() for s in plan.steps}
         for step in plan.steps:
             self.ops[step.name] = self._compile(step)
-        self.commit = EpochCommit(self.writers)
+        self.commit = EpochCommit(self.writers, sink_commit_attempts, sink_commit_backoff)
         for step in plan.steps:
             if isinstance(step, EventTime):
                 op = self.ops[step.name]
@@ -449,39 +454,9 @@ class Executor:
         log.info("restored from checkpoint %d in %s", cp.id, self.store.dir)
 
     def _sink_txns(self, cp: Checkpoint, where: str) -> dict[str, Any]:
-        """The recorded transaction of each write step (renames applied, dropped sinks start afresh); a
-        sink renamed without allow_rename (same parameters, or the same path) is refused: as a new sink it
-        would replace the committed output."""
-        drop = self.checkpoints.drop_state if self.checkpoints else ()
-        saved: dict[str, Any] = dict(cp.manifest["sinks"])
-        for old, new in self.renames.items():
-            if old in saved:
-                saved[new] = saved.pop(old)
-        saved_plan = cp.manifest.get("plan") or {}
-        writes = [s for s in self.plan.steps if isinstance(s, Write)]
-        names = {s.name for s in writes}
-        problems = []
-        for old in [n for n in saved if n not in names and n not in drop]:
-            was = (saved_plan.get(old) or {}).get("params", {}).get("sink")
-            if not isinstance(was, dict):
-                continue
-            for step in writes:
-                if step.name in saved:
-                    continue
-                now = json.loads(json.dumps(step.params(), default=str)).get("sink")
-                same_path = isinstance(now, dict) and was.get("path") is not None and was.get("path") == now.get("path")
-                if now == was or same_path:
-                    target = f" (both write {was['path']})" if same_path else ""
-                    problems.append(
-                        f"write step {old!r} is in {where} but not in the flow, and {step.name!r} is a new sink like "
-                        f"it{target}: renamed? Resumed as it is, {step.name!r} would start as a new sink and its "
-                        f"first commit would replace or repeat the output committed so far. Fix: "
-                        f"allow_rename={{{old!r}: {step.name!r}}} (sluice run --allow-rename {old}={step.name}), or "
-                        f"drop_state=[{old!r}] (--drop-state {old}) to forget the old sink")
-                    break
-        if problems:
-            raise IncompatibleCheckpointError("\n".join(problems))
-        return {n: (None if n in drop else t) for n, t in saved.items()}
+        return sink_txns([s for s in self.plan.steps if isinstance(s, Write)], cp.manifest["sinks"],
+                         cp.manifest.get("plan") or {}, self.renames, self.checkpoints.drop_state if self.checkpoints
+                         else (), where)
 
     def _checkpoint(self) -> None:
         """Between batches: positions, state and staged output under one manifest, then publish."""
@@ -566,10 +541,46 @@ class Executor:
         self._checkpoint()
 
 
+def sink_txns(writes: list[Write], sinks: Mapping[str, Any], saved_plan: Mapping[str, Any],
+              renames: Mapping[str, str], drop: tuple[str, ...], where: str) -> dict[str, Any]:
+    """The recorded transaction of each write step (renames applied, dropped sinks start afresh); a sink
+    renamed without allow_rename (same parameters, or the same path) is refused: as a new sink it would
+    replace the committed output. `writes`: the write steps that take part; `saved_plan`: the plan record
+    kept with `sinks` (each step's kind and parameters)."""
+    saved: dict[str, Any] = dict(sinks)
+    for old, new in renames.items():
+        if old in saved:
+            saved[new] = saved.pop(old)
+    names = {s.name for s in writes}
+    problems = []
+    for old in [n for n in saved if n not in names and n not in drop]:
+        was = (saved_plan.get(old) or {}).get("params", {}).get("sink")
+        if not isinstance(was, dict):
+            continue
+        for step in writes:
+            if step.name in saved:
+                continue
+            now = json.loads(json.dumps(step.params(), default=str)).get("sink")
+            same_path = isinstance(now, dict) and was.get("path") is not None and was.get("path") == now.get("path")
+            if now == was or same_path:
+                target = f" (both write {was['path']})" if same_path else ""
+                problems.append(
+                    f"write step {old!r} is in {where} but not in the flow, and {step.name!r} is a new sink like "
+                    f"it{target}: renamed? Resumed as it is, {step.name!r} would start as a new sink and its "
+                    f"first commit would replace or repeat the output committed so far. Fix: "
+                    f"allow_rename={{{old!r}: {step.name!r}}} (sluice run --allow-rename {old}={step.name}), or "
+                    f"drop_state=[{old!r}] (--drop-state {old}) to forget the old sink")
+                break
+    if problems:
+        raise IncompatibleCheckpointError("\n".join(problems))
+    return {n: (None if n in drop else t) for n, t in saved.items()}
+
+
 def run(flow: object, *, batch_size: int = DEFAULT_BATCH_SIZE, progress: Progress | None = None,
         checkpoint_dir: str | Path | None = None, checkpoint_interval: float | None = 10.0,
         keep_checkpoints: int = 3, drop_state: tuple[str, ...] = (), state: str = "memory",
-        state_dir: str | Path | None = None, allow_rename: dict[str, str] | None = None) -> RunResult:
+        state_dir: str | Path | None = None, allow_rename: dict[str, str] | None = None,
+        sink_commit_attempts: int = SINK_COMMIT_ATTEMPTS, sink_commit_backoff: float = SINK_COMMIT_BACKOFF_S) -> RunResult:
     """Run a flow (or a plan) to the end of its input.
 
     With `checkpoint_dir`, a checkpoint is taken every `checkpoint_interval` seconds and at the end, and a
@@ -579,6 +590,10 @@ def run(flow: object, *, batch_size: int = DEFAULT_BATCH_SIZE, progress: Progres
     A resumed run refuses a flow whose steps changed in a way their checkpointed state cannot follow
     (docs/guarantees.md). `drop_state` names steps (or sinks) to start empty; `allow_rename={"old": "new"}`
     carries a renamed step's state, a read's position or a sink's transactions over to its new name.
+
+    A sink whose commit (publishing an epoch) fails is tried `sink_commit_attempts` times in all, pausing
+    `sink_commit_backoff` seconds after the first failure and twice as long after each next one, before the
+    run stops with a SinkError (docs/guarantees.md "Sink and file-system failures").
 
     `state="rocksdb"` keeps keyed process-function state in RocksDB (under `state_dir`, or a temporary
     directory) instead of memory.
@@ -592,4 +607,5 @@ def run(flow: object, *, batch_size: int = DEFAULT_BATCH_SIZE, progress: Progres
                                       tuple((allow_rename or {}).items()))
     elif allow_rename:
         raise PlanError("allow_rename applies to a resumed run: give checkpoint_dir too")
-    return Executor(plan, batch_size, progress, settings, state, state_dir).run()
+    return Executor(plan, batch_size, progress, settings, state, state_dir, sink_commit_attempts=sink_commit_attempts,
+                    sink_commit_backoff=sink_commit_backoff).run()

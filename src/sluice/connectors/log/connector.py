@@ -134,7 +134,7 @@ class _LogReader:
                     continue
                 progressed = True
                 if self.lines is not None:
-                    decoded = self.lines.decode_block(blob, self.schema)
+                    decoded = self.lines.decode_messages(blob, self.schema)
                 else:
                     decoded = decode_values(self.codec, values, self.schema)
                 df, records, dead = split(decoded, self.ctx.step, self.ctx.on_error,

@@ -6,6 +6,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from sluice.connectors.kafka import bootstrap_servers
+from sluice.runtime.commit import SINK_COMMIT_ATTEMPTS, SINK_COMMIT_BACKOFF_S
 from sluice.runtime.executor import DEFAULT_BATCH_SIZE
 
 
@@ -23,6 +24,10 @@ class KafkaRuntime:
     instance: str | None = None  # this worker's name (its transactional.id suffix); default random
     max_failed_commits: int = 8  # consecutive failed commits (each retried after a growing pause) before giving up
     batch_size: int = DEFAULT_BATCH_SIZE
+    # a task's own sink (files, databases …) whose commit fails is tried this often, pausing
+    # sink_commit_backoff_s, then twice as long …, before the worker stops (runtime/commit.py)
+    sink_commit_attempts: int = SINK_COMMIT_ATTEMPTS
+    sink_commit_backoff_s: float = SINK_COMMIT_BACKOFF_S
     poll_records: int = 20_000
 
     def __post_init__(self) -> None:

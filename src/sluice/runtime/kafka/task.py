@@ -7,14 +7,14 @@ from typing import TYPE_CHECKING, Any
 
 import polars as pl
 
-from sluice.checkpoint.store import pack_state, unpack_state
+from sluice.checkpoint.store import IncompatibleCheckpointError, pack_state, unpack_state
 from sluice.connectors.api import SourceContext
 from sluice.connectors.kafka import Decoder
 from sluice.core.batch import END_OF_TIME, NO_WATERMARK, Batch, Origin
-from sluice.core.plan import Read
+from sluice.core.plan import Read, Write
 from sluice.operators.stateless import EventTimeOperator
 from sluice.runtime.commit import EpochCommit
-from sluice.runtime.executor import Executor
+from sluice.runtime.executor import Executor, sink_txns
 from sluice.runtime.repartition import RepartitionReader
 
 if TYPE_CHECKING:
@@ -25,15 +25,30 @@ class Task:
     """One partition number: the upstream part reads that partition of every input topic, the downstream
     part (if the flow repartitions) that partition of the internal topic. Each part has its executor."""
 
-    def __init__(self, worker: Worker, partition: int) -> None:
+    def __init__(self, worker: Worker, partition: int, saved: bytes | None = None) -> None:
+        """`saved`: the task's newest snapshot, restored by `restore()`. Its record of the plan says the names
+        its write steps' transactions keep (a step renamed with allow_rename keeps its old one), which the
+        sinks need when they open."""
         self.p = partition
         self.worker = worker
-        self.parts = [Executor(plan, worker.rt.batch_size, task=partition, instance=worker.instance, exactly_once=True)
+        self.saved = unpack_state(saved) if saved is not None else None
+        meta = self.saved[0] if self.saved is not None else {}
+        kept: dict[str, str] = {}  # write step → the name its transactions keep
+        for record in meta.get("plan") or []:
+            kept.update({name: e["txn_name"] for name, e in record.items() if e.get("txn_name")})
+        renames = worker.renames
+        for old, new in renames.items():
+            if any(old in record for record in meta.get("plan") or []) or old in (meta.get("sinks") or {}):
+                kept[new] = kept.pop(old, old)
+        self.parts = [Executor(plan, worker.rt.batch_size, task=partition, instance=worker.instance, exactly_once=True,
+                               renames={o: n for o, n in renames.items() if n in {st.name for st in plan.steps}},
+                               txn_names={n: t for n, t in kept.items() if n in {st.name for st in plan.steps}})
                       for plan in worker.task_plans]
         # the task's own sinks (files, databases …): participants in the epoch commit whose prepared
         # transactions travel in the task's snapshot, inside the Kafka transaction (runtime/commit.py)
         self.commit = EpochCommit({name: w for ex in self.parts for name, w in ex.writers.items()
-                                   if name not in worker.writers})
+                                   if name not in worker.writers},
+                                  worker.rt.sink_commit_attempts, worker.rt.sink_commit_backoff_s)
         self.prepared: dict[str, dict[str, Any]] = {}
         self.restored_sinks: dict[str, Any] | None = None
         self.decoders: dict[str, tuple[str, Decoder, Origin]] = {}
@@ -139,29 +154,54 @@ class Task:
             for op in ex.ops.values():
                 op.close()
 
+    def _check_renames(self, meta: dict[str, Any], steps: dict[str, Any], where: str) -> None:
+        """Each allow_rename pair's old name must be in this task's snapshot, or its new one (a task already
+        restored once with the rename); a snapshot from before the plan was recorded is not checked."""
+        record = meta.get("plan")
+        if record is None or not self.worker.renames:
+            return
+        names = {n for part in record for n in part} | {k.split("/", 1)[1] for k in steps} | set(meta.get("sinks") or {})
+        for old, new in self.worker.renames.items():
+            if old not in names and new not in names:
+                raise IncompatibleCheckpointError(
+                    f"allow_rename {old}={new}: {where} has no step {old!r} (nothing to carry over)")
+
     def snapshot(self) -> bytes:
         self.sid += 1
         meta = {"partition": self.p, "sid": self.sid, "positions": self.positions, "ended": sorted(self.ended),
                 "finished_up": self.finished_up, "finished": self.finished, "flow": self.worker.plan.name,
                 "sent_wm": self.sent_wm, "shuffle": self.shuffle.state() if self.shuffle is not None else None,
-                "sinks": self.prepared}
+                "sinks": self.prepared,
+                # each part's closed plan (kind, fingerprint, parameters, the name a renamed sink's
+                # transactions keep): what a restore checks renames and changed sinks against
+                "plan": [ex.plan_record() for ex in self.parts]}
         steps = {f"{i}/{name}": v for i, ex in enumerate(self.parts) for name, v in ex.snapshot_state().items()}
         return pack_state(steps, meta)
 
-    def restore(self, data: bytes) -> None:
-        meta, steps, load = unpack_state(data)
+    def restore(self) -> None:
+        """Restore the snapshot given to the constructor: renames applied (allow_rename), a renamed step
+        without one refused, each task sink's recorded transaction under its (new) name."""
+        assert self.saved is not None
+        meta, steps, load = self.saved
+        self.saved = None  # the decoded frames: not kept past the restore
+        where = f"the state of task {self.p} in topic {self.worker.state_topic}"
+        self._check_renames(meta, steps, where)
         for i, ex in enumerate(self.parts):
             mine = {k.split("/", 1)[1]: v for k, v in steps.items() if k.startswith(f"{i}/")}
             prefix = f"{i}/"
             ex.apply_state(mine, lambda name, prefix=prefix: load(prefix + name),  # type: ignore[misc]
-                           f"the state of task {self.p} in topic {self.worker.state_topic}")
+                           where)
         self.sid = int(meta["sid"])
         self.positions = {t: int(o) for t, o in meta["positions"].items()}
         self.ended = set(meta["ended"])
         self.finished_up = bool(meta["finished_up"])
         self.finished = bool(meta["finished"])
         self.sent_wm = int(meta["sent_wm"])
-        self.restored_sinks = meta.get("sinks") or None
+        saved_plan: dict[str, Any] = {}
+        for record in meta.get("plan") or []:
+            saved_plan.update(record)
+        writes = [st for ex in self.parts for st in ex.plan.steps if isinstance(st, Write) and st.name in self.commit.writers]
+        self.restored_sinks = sink_txns(writes, meta.get("sinks") or {}, saved_plan, self.worker.renames, (), where) or None
         if self.shuffle is not None and meta["shuffle"] is not None:
             self.shuffle.restore(meta["shuffle"])
         if self.shuffle is None and self.finished:

@@ -10,6 +10,7 @@ from collections.abc import Callable
 from dataclasses import replace
 from typing import Any
 
+from sluice.checkpoint.store import IncompatibleCheckpointError
 from sluice.connectors.api import SinkContext
 from sluice.connectors.kafka import (
     FETCH_TUNING,
@@ -40,13 +41,16 @@ log = logging.getLogger("sluice.kafka")
 class Worker:
     """Runs a flow's tasks for the partitions its consumer group assigns to it."""
 
-    def __init__(self, flow: Any, rt: KafkaRuntime, progress: Callable[[int, float], None] | None = None) -> None:
+    def __init__(self, flow: Any, rt: KafkaRuntime, progress: Callable[[int, float], None] | None = None,
+                 allow_rename: dict[str, str] | None = None) -> None:
         plan = flow.plan() if hasattr(flow, "plan") else flow
         if not isinstance(plan, Plan):
             raise PlanError(f"the Kafka runtime takes a Flow or a Plan, got {type(flow).__name__}")
         plan = resolve_topics(plan, rt)
         plan.validate()
         self.plan, self.rt, self.progress = plan, rt, progress
+        self.renames = dict(allow_rename or {})
+        _check_renames(plan, self.renames)
         self.reads: dict[str, KafkaSource] = {}
         for st in plan.steps:
             if isinstance(st, Read):
@@ -68,6 +72,13 @@ class Worker:
             check_partitioning(down, {",".join(read.source.keys)})
             self.subplans.append(down)
             self.shuffle_read = read
+            boundary = read.name.removesuffix("__source")
+            renamed = [old for old, new in self.renames.items() if new == boundary]
+            if renamed:
+                raise IncompatibleCheckpointError(
+                    f"allow_rename {renamed[0]}={boundary}: {boundary!r} is the key_by where the flow is repartitioned, "
+                    f"and its internal topic is named after it ({rt.app_id}-{boundary}-repartition): renamed, the "
+                    f"records in the old topic would not be read. Keep the name {renamed[0]!r} for that step")
         first = next(iter(self.reads.values()))
         self.bootstrap = rt.bootstrap or first.bootstrap
         self.config = {**first.config, **rt.config}
@@ -197,9 +208,9 @@ class Worker:
             assert self.states is not None
             states = self.states.read(todo)
             for p in list(todo):
-                task = Task(self, p)
+                task = Task(self, p, states.get(p))
                 if p in states:
-                    task.restore(states[p])
+                    task.restore()
                 if task.positions == want[p] or (not want[p] and p not in states):
                     tasks[p] = task
                     todo.remove(p)
@@ -515,14 +526,30 @@ class _ProducerRef:
         return int(self.worker.producer.poll(timeout))
 
 
-def run_worker(flow: Any, rt: KafkaRuntime, progress: Callable[[int, float], None] | None = None) -> WorkerResult:
+def _check_renames(plan: Plan, renames: dict[str, str]) -> None:
+    """Each allow_rename pair names a step the flow no longer has and one it has (as under sl.run)."""
+    names = {s.name for s in plan.steps}
+    for old, new in renames.items():
+        if new not in names:
+            raise IncompatibleCheckpointError(f"allow_rename {old}={new}: the flow has no step {new!r}")
+        if old in names:
+            raise IncompatibleCheckpointError(
+                f"allow_rename {old}={new}: the flow still has a step {old!r}; rename it or drop the option")
+
+
+def run_worker(flow: Any, rt: KafkaRuntime, progress: Callable[[int, float], None] | None = None, *,
+               allow_rename: dict[str, str] | None = None) -> WorkerResult:
     """Run one worker of `flow` over Kafka until the input ends (`until_end`) or it is stopped: SIGTERM
     or Ctrl-C stop it gracefully (the work done so far is committed and its partitions are handed over
-    at once)."""
+    at once).
+
+    `allow_rename={"old": "new"}` carries a renamed step's state, a read's position and a sink's recorded
+    transactions (its markers keep the old name) over to the new name, task by task as each task restores
+    (docs/kafka.md "Renaming a step")."""
     import signal
     import threading
 
-    worker = Worker(flow, rt, progress)
+    worker = Worker(flow, rt, progress, allow_rename)
     if threading.current_thread() is not threading.main_thread():
         return worker.run()
     previous = {sig: signal.signal(sig, lambda *_: worker.stop()) for sig in (signal.SIGTERM, signal.SIGINT)}
