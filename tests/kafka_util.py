@@ -204,3 +204,40 @@ def cut_loopback() -> None:
 
 def restore_loopback() -> None:
     subprocess.run(["tc", "qdisc", "del", "dev", "lo", "root"], check=True)
+
+
+@contextlib.contextmanager
+def partitioned(prefix: str) -> Iterator[dict[str, str]]:
+    """Three namespaces, clients ─ router ─ broker, joined by veth pairs on private addresses:
+    {"clients", "router", "broker", "broker_host"}. Cutting the router's links (`cut_router`) drops packets
+    in transit, as a failed switch does: the senders' TCP sees lost packets, never a local error, and the
+    broker's own loopback (its controller) stays up. Deleted on exit, with every process left in them."""
+    c, r, b = f"{prefix}c", f"{prefix}r", f"{prefix}b"
+    with netns(c), netns(r), netns(b):
+        def ip(ns: str, *args: str) -> None:
+            subprocess.run(["ip", "-n", ns, *args], check=True)
+
+        ip(c, "link", "add", "to-router", "type", "veth", "peer", "name", "to-clients", "netns", r)
+        ip(r, "link", "add", "to-broker", "type", "veth", "peer", "name", "to-router", "netns", b)
+        ip(c, "addr", "add", "10.213.1.1/30", "dev", "to-router")
+        ip(r, "addr", "add", "10.213.1.2/30", "dev", "to-clients")
+        ip(r, "addr", "add", "10.213.2.1/30", "dev", "to-broker")
+        ip(b, "addr", "add", "10.213.2.2/30", "dev", "to-router")
+        for ns, dev in ((c, "to-router"), (r, "to-clients"), (r, "to-broker"), (b, "to-router")):
+            ip(ns, "link", "set", dev, "up")
+        ip(c, "route", "add", "default", "via", "10.213.1.2")
+        ip(b, "route", "add", "default", "via", "10.213.2.1")
+        subprocess.run(["ip", "netns", "exec", r, "sysctl", "-qw", "net.ipv4.ip_forward=1"], check=True)
+        yield {"clients": c, "router": r, "broker": b, "broker_host": "10.213.2.2"}
+
+
+def cut_router(router: str) -> None:
+    """The router drops every packet it would forward, both ways (its links stay up)."""
+    for dev in ("to-clients", "to-broker"):
+        subprocess.run(["ip", "netns", "exec", router, "tc", "qdisc", "add", "dev", dev, "root", "pfifo", "limit", "0"],
+                       check=True)
+
+
+def restore_router(router: str) -> None:
+    for dev in ("to-clients", "to-broker"):
+        subprocess.run(["ip", "netns", "exec", router, "tc", "qdisc", "del", "dev", dev, "root"], check=True)

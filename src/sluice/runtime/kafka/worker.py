@@ -242,8 +242,11 @@ class Worker:
                 # (seen: "Broker handle destroyed" during a rebalance); give up only after the deadline
                 err = exc.args[0]
                 if time.monotonic() > deadline or err.fatal():
-                    raise KafkaError(f"cannot read the committed offsets of group {self.rt.app_id!r}: "
-                                     f"{_error_text(err)}") from None
+                    raise KafkaError(f"worker {self.instance}: cannot read the committed offsets of group "
+                                     f"{self.rt.app_id!r} for 120 s ({_error_text(err)}): the group coordinator did "
+                                     "not answer (after a network cut its connection can stay stalled for minutes). "
+                                     "Nothing uncommitted was kept: check the network to the cluster, then start "
+                                     "the worker again; it resumes from the last commit, exactly once") from None
                 log.info("worker %s: reading committed offsets failed (%s); retrying", self.instance, _error_text(err))
                 time.sleep(0.2)
 
