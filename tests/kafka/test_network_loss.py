@@ -14,7 +14,7 @@ Cuts last 3 to 20 s, some longer than the runtime's transaction timeout (10 s) a
 The committed output (read_committed) must equal the DuckDB oracle; a worker that cannot go on must stop
 with a clear error (no traceback), and a restarted worker then finishes the job exactly once.
 
-NETWORK_LOSS_CUTS="partition:3:2,partition:15:3,loopback:8:2" (kind:seconds:workers, the default) sets
+NETWORK_LOSS_CUTS="partition:3:2,partition:15:3,loopback:3:3" (kind:seconds:workers, the default) sets
 the cuts; bench/chaos/network.py runs many with random lengths."""
 
 from __future__ import annotations
@@ -43,7 +43,7 @@ pytestmark = pytest.mark.slow
 
 SCRIPT = ROOT / "scripts" / "kafka.sh"
 CUTS = [(k, float(s), int(w)) for k, s, w in
-        (c.split(":") for c in os.environ.get("NETWORK_LOSS_CUTS", "partition:3:2,partition:15:3,loopback:8:2").split(","))]
+        (c.split(":") for c in os.environ.get("NETWORK_LOSS_CUTS", "partition:3:2,partition:15:3,loopback:3:3").split(","))]
 
 
 

@@ -90,7 +90,7 @@ class Watchdog:
                 what, late = self.what, self.what is not None and time.monotonic() > self.deadline
             if late:
                 text = (f"sluice: error: worker {self.name}: the Kafka client is stuck in {what} well past its timeout "
-                        "(a librdkafka call that never returned, seen after a broker restart); stopping this "
+                        "(a librdkafka call that never returned, seen after a broker restart or a network cut); stopping this "
                         "worker: start it again, it resumes from the last commit, exactly once")
                 log.error("%s", text)
                 print(text, file=sys.stderr, flush=True)
