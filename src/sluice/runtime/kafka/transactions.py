@@ -205,6 +205,7 @@ class Transactions:
                 failed = None
                 if any(stable[k] < 0 for k in left):  # -1001: no leader to ask yet (a broker was lost)
                     failed = "a partition has no leader"
+                    self.admin = None  # a new client asks the new leader (an old one keeps the dead broker)
             except KafkaException as exc:
                 failed = _error_text(exc.args[0])
                 left = {k: (-1, off + 1) for k, off in done.items()}
@@ -328,6 +329,7 @@ class Transactions:
                 continue
             if any(v < 0 for v in (*ends.values(), *stable.values())) and time.monotonic() <= read_deadline:
                 ends = None  # a partition without a leader answers -1001 (no offset): ask again
+                self.admin = None  # with a new client, which asks the new leader
                 time.sleep(0.5)
                 continue
             left = {k: (stable[k], end) for k, end in ends.items() if stable[k] < end}
