@@ -213,6 +213,11 @@ class Worker:
                                  "disagree (was the state topic deleted or written by another application?)")
             if todo:
                 time.sleep(0.2)  # a commit's markers are still on their way
+                # or another worker owns the partition now (this one's session ended during a network cut,
+                # its rewind is behind) and commits both anew: read the committed offsets again as well
+                for tp in self._committed([tp for tp in partitions if tp.partition in todo]):
+                    offsets[(tp.topic, tp.partition)] = tp.offset
+                want.update({p: {t: o for (t, q), o in offsets.items() if q == p and o >= 0} for p in todo})
         for p in ps:
             task = tasks[p]
             task.recover_sinks()  # its own sinks: the recorded epoch committed (again), later staging dropped
