@@ -58,6 +58,7 @@ def watermarks(consumer: Any, topic: str, partition: int, what: str, wait_s: flo
                cached: bool = False) -> tuple[int, int]:
     """(low, high) offsets of a partition, asked again while the cluster moves its leader (a broker lost:
     "Unknown partition", "Leader not available" for some seconds); a KafkaError naming it otherwise."""
+    import contextlib
     import time
 
     from confluent_kafka import KafkaException, TopicPartition
@@ -75,4 +76,7 @@ def watermarks(consumer: Any, topic: str, partition: int, what: str, wait_s: flo
                 raise KafkaError(f"cannot read the offsets of {what} {topic}/{partition} for {wait_s:g} s "
                                  f"({_error_text(err)}); does the partition have a leader? Start the worker again "
                                  "once the cluster is whole: it resumes from the last commit, exactly once") from None
+            # the client's metadata can keep the lost broker as the leader ("Unknown partition"): refresh it
+            with contextlib.suppress(Exception):
+                consumer.list_topics(topic, timeout=10)
             time.sleep(0.5)
