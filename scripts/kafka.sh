@@ -4,7 +4,9 @@
 #   scripts/kafka.sh up [DIR]       format and start a broker on free loopback ports; last line: bootstrap=HOST:PORT
 #   scripts/kafka.sh down [DIR]     stop it
 #   scripts/kafka.sh start [DIR]    start the broker of DIR again (its data and ports; after a crash, for fault tests)
-# DIR (default /tmp/sluice-kafka) holds the data, logs, config and pid.
+# DIR (default /tmp/sluice-kafka) holds the data, logs, config and pid. SLUICE_KAFKA_HOST (default 127.0.0.1)
+# is the address the client listeners bind to (a private network namespace's, for the network-loss tests);
+# the controller listener stays on 127.0.0.1.
 set -euo pipefail
 HERE="$(cd "$(dirname "$0")/.." && pwd)"
 VERSION=4.3.1
@@ -27,7 +29,7 @@ up() {
   install
   down "$dir" 2>/dev/null || true
   rm -rf "$dir"; mkdir -p "$dir/data" "$dir/logs"
-  local port cport sport
+  local port cport sport host="${SLUICE_KAFKA_HOST:-127.0.0.1}"
   port=$(free_port); cport=$(free_port); sport=$(free_port)
   # a second listener with SASL/PLAIN over TLS, for the security tests: a self-signed certificate for
   # 127.0.0.1 (keytool, from the JDK) and a random password for the user "sluice"
@@ -44,8 +46,8 @@ up() {
 process.roles=broker,controller
 node.id=1
 controller.quorum.bootstrap.servers=127.0.0.1:$cport
-listeners=PLAINTEXT://127.0.0.1:$port,CONTROLLER://127.0.0.1:$cport,SASL_SSL://127.0.0.1:$sport
-advertised.listeners=PLAINTEXT://127.0.0.1:$port,SASL_SSL://127.0.0.1:$sport
+listeners=PLAINTEXT://$host:$port,CONTROLLER://127.0.0.1:$cport,SASL_SSL://$host:$sport
+advertised.listeners=PLAINTEXT://$host:$port,SASL_SSL://$host:$sport
 controller.listener.names=CONTROLLER
 inter.broker.listener.name=PLAINTEXT
 listener.security.protocol.map=CONTROLLER:PLAINTEXT,PLAINTEXT:PLAINTEXT,SASL_SSL:SASL_SSL
@@ -85,8 +87,8 @@ PROPS
   local id
   id=$(java -Xmx256m -Dlog4j2.configurationFile="$dir/log4j2.properties" -cp "$LIBS/*" kafka.tools.StorageTool random-uuid)
   java "${jopts[@]}" -cp "$LIBS/*" kafka.tools.StorageTool format -t "$id" -c "$dir/server.properties" --standalone >"$dir/logs/format.log" 2>&1
-  echo "127.0.0.1:$port" > "$dir/bootstrap"
-  echo "127.0.0.1:$sport" > "$dir/sasl_ssl"
+  echo "$host:$port" > "$dir/bootstrap"
+  echo "$host:$sport" > "$dir/sasl_ssl"
   launch "$dir"
 }
 
@@ -102,7 +104,7 @@ launch() {
   echo $! > "$dir/kafka.pid"
   for _ in $(seq 1 120); do
     if grep -q "Kafka Server started" "$dir/logs/stdout.log"; then
-      echo "sasl_ssl=127.0.0.1:$sport user=sluice password_file=$dir/sasl_password ca=$dir/tls/ca.pem"
+      echo "sasl_ssl=$(cat "$dir/sasl_ssl") user=sluice password_file=$dir/sasl_password ca=$dir/tls/ca.pem"
       echo "bootstrap=$(cat "$dir/bootstrap")"
       return
     fi

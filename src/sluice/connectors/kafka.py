@@ -768,6 +768,12 @@ class KafkaWriter(UntransactedWriter):
                 self.producer.poll(0.05)
             except KafkaException as exc:  # refused before sending (e.g. larger than message.max.bytes)
                 err = exc.args[0]
+                if err.code() == err._STATE:  # not the record: the producer's transaction failed
+                    self.failed = True
+                    raise KafkaError(f"write step {self.ctx.step!r}: the transaction open on {topic!r} failed "
+                                     f"({_error_text(err)}; seen when a broker of the cluster was lost). Nothing "
+                                     "of it is committed: start the worker again, it resumes from the last commit, "
+                                     "exactly once") from None
                 if self.dead is None or topic == self.dead.topic or err.name() not in RECORD_ERRORS:
                     self.failed = True
                     raise KafkaError(f"write step {self.ctx.step!r}: a record (key {key!r}) cannot be produced to "

@@ -10,11 +10,14 @@ from sluice.core.plan import Plan, Write
 
 
 def create_topic(admin: Any, topic: str, partitions: int, config: dict[str, str], what: str) -> None:
-    """Create an internal topic; another worker creating it first is fine."""
+    """Create an internal topic; another worker creating it first is fine. Its replication factor is the
+    cluster's default.replication.factor (-1): on a cluster, task state must survive the loss of a broker
+    as the outputs do (with a fixed 1, a state partition on a dead broker stops the job until it returns,
+    and is gone with its disk)."""
     from confluent_kafka.admin import NewTopic  # type: ignore[attr-defined]
 
     try:
-        admin.create_topics([NewTopic(topic, partitions, 1, config=config)])[topic].result(30)
+        admin.create_topics([NewTopic(topic, partitions, -1, config=config)])[topic].result(30)
     except Exception as exc:
         if "TOPIC_ALREADY_EXISTS" not in str(exc):
             raise KafkaError(f"cannot create the {what} topic {topic!r}: {exc}") from None
@@ -49,3 +52,31 @@ def prepare_topics(plan: Plan, bootstrap: str, config: dict[str, Any], inputs: l
     elif len(state.partitions) < n:
         raise KafkaError(f"state topic {state_topic!r} has {len(state.partitions)} partitions, the input {n}")
     return n
+
+
+def watermarks(consumer: Any, topic: str, partition: int, what: str, wait_s: float = 120.0,
+               cached: bool = False) -> tuple[int, int]:
+    """(low, high) offsets of a partition, asked again while the cluster moves its leader (a broker lost:
+    "Unknown partition", "Leader not available" for some seconds); a KafkaError naming it otherwise."""
+    import contextlib
+    import time
+
+    from confluent_kafka import KafkaException, TopicPartition
+
+    from sluice.connectors.kafka import _error_text
+
+    deadline = time.monotonic() + wait_s
+    while True:
+        try:
+            low, high = consumer.get_watermark_offsets(TopicPartition(topic, partition), 30, cached=cached)
+            return int(low), int(high)
+        except KafkaException as exc:
+            err = exc.args[0]
+            if time.monotonic() > deadline or (hasattr(err, "fatal") and err.fatal()):
+                raise KafkaError(f"cannot read the offsets of {what} {topic}/{partition} for {wait_s:g} s "
+                                 f"({_error_text(err)}); does the partition have a leader? Start the worker again "
+                                 "once the cluster is whole: it resumes from the last commit, exactly once") from None
+            # the client's metadata can keep the lost broker as the leader ("Unknown partition"): refresh it
+            with contextlib.suppress(Exception):
+                consumer.list_topics(topic, timeout=10)
+            time.sleep(0.5)

@@ -7,6 +7,7 @@ import time
 from typing import Any
 
 from sluice.connectors.kafka import KafkaError, _error_text
+from sluice.runtime.kafka.admin import watermarks
 
 CHUNK_BYTES = 900_000  # state messages stay under the broker's default 1 MB limit
 
@@ -30,7 +31,7 @@ class StateTopic:
 
         todo: dict[int, int] = {}
         for p in ps:
-            low, high = self.reader.get_watermark_offsets(TopicPartition(self.topic, p), 30)
+            low, high = watermarks(self.reader, self.topic, p, "the state topic", cached=False)
             if high > low:
                 todo[p] = int(low)
         found: dict[int, bytes] = {}

@@ -90,7 +90,7 @@ class Watchdog:
                 what, late = self.what, self.what is not None and time.monotonic() > self.deadline
             if late:
                 text = (f"sluice: error: worker {self.name}: the Kafka client is stuck in {what} well past its timeout "
-                        "(a librdkafka call that never returned, seen after a broker restart); stopping this "
+                        "(a librdkafka call that never returned, seen after a broker restart or a network cut); stopping this "
                         "worker: start it again, it resumes from the last commit, exactly once")
                 log.error("%s", text)
                 print(text, file=sys.stderr, flush=True)
@@ -100,6 +100,7 @@ class Watchdog:
 STUCK_EXIT = 75
 SWEEP_KEY = b"sluice.sweep"
 SWEEP_AFTER_S = 5.0
+READ_RETRY_S = 60.0
 
 
 class Transactions:
@@ -202,6 +203,9 @@ class Transactions:
                 stable = self._offsets(tps, committed=True)
                 left = {k: (stable[k], off + 1) for k, off in done.items() if stable[k] <= off}
                 failed = None
+                if any(stable[k] < 0 for k in left):  # -1001: no leader to ask yet (a broker was lost)
+                    failed = "a partition has no leader"
+                    self.admin = None  # a new client asks the new leader (an old one keeps the dead broker)
             except KafkaException as exc:
                 failed = _error_text(exc.args[0])
                 left = {k: (-1, off + 1) for k, off in done.items()}
@@ -305,6 +309,9 @@ class Transactions:
         if not tps:
             return {}
         deadline = time.monotonic() + timeout_s
+        # offsets that cannot be read yet are asked again for longer: a cluster that lost a broker has no
+        # leader for its partitions until the controller notices (its broker session timeout, 9 s)
+        read_deadline = time.monotonic() + max(timeout_s, READ_RETRY_S)
         ends: dict[tuple[str, int], int] | None = None
         stable: dict[tuple[str, int], int] = {}
         while True:
@@ -315,9 +322,14 @@ class Transactions:
             except KafkaException as exc:  # the cluster is still settling: ask again
                 log.info("worker %s: reading offsets failed (%s); retrying", self.name, _error_text(exc.args[0]))
                 self.admin = None  # a new client: one stuck on stale metadata never recovers
-                if time.monotonic() > deadline:
+                if time.monotonic() > read_deadline:
                     raise KafkaError(f"worker {self.name}: cannot read the offsets of {len(tps)} partitions to check "
                                      f"that they are stable: {_error_text(exc.args[0])}") from None
+                time.sleep(0.5)
+                continue
+            if any(v < 0 for v in (*ends.values(), *stable.values())) and time.monotonic() <= read_deadline:
+                ends = None  # a partition without a leader answers -1001 (no offset): ask again
+                self.admin = None  # with a new client, which asks the new leader
                 time.sleep(0.5)
                 continue
             left = {k: (stable[k], end) for k, end in ends.items() if stable[k] < end}

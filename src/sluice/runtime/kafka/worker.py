@@ -27,7 +27,7 @@ from sluice.core.errors import PlanError
 from sluice.core.failpoints import failpoint
 from sluice.core.plan import Plan, Read, Step, Write
 from sluice.runtime.executor import warn_unrouted
-from sluice.runtime.kafka.admin import prepare_topics
+from sluice.runtime.kafka.admin import prepare_topics, watermarks
 from sluice.runtime.kafka.plan import FeedSource, SharedSink, check_partitioning, resolve_topics
 from sluice.runtime.kafka.settings import KafkaRuntime, WorkerResult
 from sluice.runtime.kafka.state_topic import StateTopic
@@ -182,11 +182,10 @@ class Worker:
             "group.id": f"{self.rt.app_id}-state-reader", "isolation.level": "read_committed",
             "enable.auto.commit": False, "enable.partition.eof": True})))
         if self.rt.until_end:
-            from confluent_kafka import TopicPartition
 
             for topic in self.topics:
                 for p in range(n):
-                    self.ends[(topic, p)] = int(self.consumer.get_watermark_offsets(TopicPartition(topic, p), 30)[1])
+                    self.ends[(topic, p)] = watermarks(self.consumer, topic, p, "input")[1]
 
     # --- tasks ----------------------------------------------------------------------------------
     def _build_tasks(self, partitions: list[Any]) -> list[Any]:
@@ -225,13 +224,17 @@ class Worker:
                                  "disagree (was the state topic deleted or written by another application?)")
             if todo:
                 time.sleep(0.2)  # a commit's markers are still on their way
+                # or another worker owns the partition now (this one's session ended during a network cut,
+                # its rewind is behind) and commits both anew: read the committed offsets again as well
+                for tp in self._committed([tp for tp in partitions if tp.partition in todo]):
+                    offsets[(tp.topic, tp.partition)] = tp.offset
+                want.update({p: {t: o for (t, q), o in offsets.items() if q == p and o >= 0} for p in todo})
         for p in ps:
             task = tasks[p]
             task.recover_sinks()  # its own sinks: the recorded epoch committed (again), later staging dropped
             for topic in self.all_topics:
                 if topic not in task.positions:
-                    low = self.consumer.get_watermark_offsets(TopicPartition(topic, p), 30)[0]
-                    task.positions[topic] = int(low)
+                    task.positions[topic] = watermarks(self.consumer, topic, p, "input")[0]
                 out.append(TopicPartition(topic, p, task.positions[topic]))
             self.tasks[p] = task
             self.result.tasks_started += 1
@@ -253,8 +256,11 @@ class Worker:
                 # (seen: "Broker handle destroyed" during a rebalance); give up only after the deadline
                 err = exc.args[0]
                 if time.monotonic() > deadline or err.fatal():
-                    raise KafkaError(f"cannot read the committed offsets of group {self.rt.app_id!r}: "
-                                     f"{_error_text(err)}") from None
+                    raise KafkaError(f"worker {self.instance}: cannot read the committed offsets of group "
+                                     f"{self.rt.app_id!r} for 120 s ({_error_text(err)}): the group coordinator did "
+                                     "not answer (after a network cut its connection can stay stalled for minutes). "
+                                     "Nothing uncommitted was kept: check the network to the cluster, then start "
+                                     "the worker again; it resumes from the last commit, exactly once") from None
                 log.info("worker %s: reading committed offsets failed (%s); retrying", self.instance, _error_text(err))
                 time.sleep(0.2)
 
@@ -443,7 +449,7 @@ class Worker:
         topic = self.shuffle_read.source.topic
         rest = [TopicPartition(topic, p) for p in range(self.partitions) if p not in self.tasks]
         for tp in self._committed(rest):
-            high = self.consumer.get_watermark_offsets(TopicPartition(topic, tp.partition), 30, cached=False)[1]
+            high = watermarks(self.consumer, topic, tp.partition, "the repartition topic")[1]
             if tp.offset < high:
                 return False
         return True
