@@ -48,8 +48,9 @@ REGISTRY: tuple[Entry, ...] = (
     Entry("plan-changes", ("pytest_cases.py", "tests/test_plan_changes.py")),
     Entry("poison-fuzz", ("pytest_cases.py", "tests/test_poison_fuzz.py")),
     # placeholders the lead registers as their scripts land (bench/chaos/<script>.py printing CHAOS-ROW lines)
-    Entry("network-loss", None, note="network loss to the broker (tc/iptables on loopback), Kafka runtime"),
-    Entry("cluster", None, note="3-broker KRaft cluster (RF 3, min ISR 2), one broker killed"),
+    Entry("network-loss", ("network.py", "--rounds", "5", "--kinds", "partition,loopback", "--min-s", "2", "--max-s", "20"),
+          ("network.py", "--rounds", "1", "--kinds", "partition", "--min-s", "2", "--max-s", "4")),
+    Entry("cluster", ("cluster.py", "--rounds", "5"), ("cluster.py", "--rounds", "1")),
     Entry("scale-out", None, note="64 partitions, 16 workers added and removed (rebalance churn)"),
 )
 
