@@ -254,6 +254,7 @@ class Worker:
             if task is not None:
                 self.result.records += task.records()
                 task.close()
+                log.info("worker %s: task %d stops at %s", self.instance, p, task.positions)
 
     # --- rebalance callbacks --------------------------------------------------------------------
     def _on_assign(self, consumer: Any, partitions: list[Any]) -> None:
