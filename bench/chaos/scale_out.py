@@ -187,6 +187,21 @@ def stalls(spans: dict[int, list[tuple[float, float]]], partitions: int, t0: flo
     return merged
 
 
+def unowned_fraction(spans: dict[int, list[tuple[float, float]]], partitions: int, t0: float, t1: float) -> float:
+    """The share of partition-seconds in [t0, t1] with no live owner (1.0: nothing processed at all)."""
+    if t1 <= t0:
+        return 0.0
+    owned = 0.0
+    for p in range(partitions):
+        cur = t0
+        for s, e in sorted(spans.get(p, [])):
+            s, e = max(s, cur), min(e, t1)
+            if e > s:
+                owned += e - s
+                cur = e
+    return round(1 - owned / (partitions * (t1 - t0)), 3)
+
+
 def whole_again(t: float, gaps: list[tuple[float, float]]) -> float | None:
     for _, e in gaps:
         if e > t:
@@ -283,7 +298,7 @@ class Run:
     def churn(self, rng: random.Random, t_start: float) -> None:
         a = self.a
         while time.monotonic() - t_start < a.churn_s:
-            time.sleep(rng.uniform(1.0, 5.0))
+            time.sleep(rng.uniform(*a.every))
             self.reap()
             done = self.committed()
             if done >= a.churn_until * self.total:
@@ -392,6 +407,7 @@ class Run:
                               **{k: quantiles(v) for k, v in per_kind.items()}},
             "stall_s": quantiles([e - s for s, e in gaps]),
             "stalled_fraction": round(sum(e - s for s, e in gaps) / max(t1 - t0, 1e-9), 3),
+            "unowned_fraction": unowned_fraction(spans, self.a.partitions, t0, t1),
             "measured_s": round(t1 - t0, 1),
         }
 
@@ -430,6 +446,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--churn-s", type=float, default=60.0, help="how long the group changes (default 60)")
     ap.add_argument("--churn-until", type=float, default=0.9,
                     help="end the churn early once this fraction of the input is committed (default 0.9)")
+    ap.add_argument("--every", type=lambda x: tuple(float(v) for v in x.split(",")), default=(1.0, 5.0),
+                    help="seconds between changes, drawn uniformly from MIN,MAX (default 1,5)")
     ap.add_argument("--events", type=int, default=1_000_000)
     ap.add_argument("--users", type=int, default=5000)
     ap.add_argument("--runs", type=int, default=1)
@@ -460,8 +478,11 @@ def main(argv: list[str] | None = None) -> int:
     changes = {k: sum(r["changes"][k] for r in rows) for k in ("add", "term", "kill")}
     cmd = (f"python bench/chaos/scale_out.py --partitions {a.partitions} --workers {a.workers} --churn-s {a.churn_s:g} "
            f"--events {a.events} --runs {a.runs} --seed {a.seed}")
+    every = "-".join(f"{x:g}" for x in a.every)
+    if a.every != (1.0, 5.0):
+        cmd += f" --every {a.every[0]:g},{a.every[1]:g}"
     fault = (f"rebalance churn: {a.partitions} partitions, {a.workers} worker processes, for {a.churn_s:g} s every "
-             f"1-5 s a worker started, stopped (SIGTERM) or killed -9, {a.min_alive}-{a.max_alive} alive "
+             f"{every} s a worker started, stopped (SIGTERM) or killed -9, {a.min_alive}-{a.max_alive} alive "
              f"({changes['add']} starts, {changes['term']} stops, {changes['kill']} kills)")
     print("CHAOS-ROW " + json.dumps({"fault": fault, "runs": len(rows), "survived": survived,
                                      "lost": sum(r["lost"] for r in rows), "duplicated": sum(r["duplicated"] for r in rows),
