@@ -10,12 +10,14 @@ The job (one flow, two sinks, exactly-once): events from a topic keyed by user_i
   * per (event_type, country) and minute count/sum, through the internal repartition topic,
 both sensitive to duplicates (a record counted twice changes a count; a window emitted twice is an extra row).
 
-Churn: for --churn-s seconds (or until --churn-until of the input is committed, so that the job is still
-running while the group changes), every 1–5 s (random, seeded) one change: start a worker, stop one with
-SIGTERM (it commits and leaves the group) or kill one with -9 (its transaction is aborted by the broker, the
-group notices after the session timeout), keeping between --min-alive and --max-alive alive. A worker that
-exits with an error is counted ("stopped") and replaced. Then the workers left finish the input
-(`until_end`).
+Churn: 5 % of the input is in the topic when the workers start; the rest is produced evenly over --churn-s
+seconds (default 60), so the job runs all along the churn whatever the machine's speed. Meanwhile, every 1-5 s
+(--every, random, seeded) one change: start a worker, stop one with SIGTERM (it commits and leaves the group)
+or kill one with -9 (its transaction is aborted by the broker, the group notices after the session timeout),
+keeping between --min-alive and --max-alive alive. A worker that exits with an error is counted ("stopped")
+and replaced. The workers follow the topic; after the churn and a quiet period (so that the last change is
+measured whole), --min-alive workers that finish the input (`until_end`) start and the following ones are
+stopped with SIGTERM: they finish the job.
 
 Rebalance pauses, measured from the workers' logs (wall clock, one machine): each worker logs when a task
 (partition p of the input and of the repartition topic) starts, after its state is restored, and when it
@@ -43,6 +45,7 @@ import signal
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 import uuid
 from collections.abc import Iterator
@@ -85,7 +88,7 @@ def worker_main(a: argparse.Namespace) -> int:
                         format="%(created).3f %(name)s %(levelname)s %(message)s")
     import sluice as sl
 
-    rt = sl.KafkaRuntime(app_id=a.app, bootstrap=a.bootstrap, until_end=True, instance=a.name,
+    rt = sl.KafkaRuntime(app_id=a.app, bootstrap=a.bootstrap, until_end=a.until_end, instance=a.name,
                          commit_interval_s=a.commit_interval, session_timeout_ms=a.session_timeout_ms,
                          transaction_timeout_ms=a.session_timeout_ms)
     r = sl.run_worker(build_flow(a.input, a.out_users, a.out_types, a.bootstrap), rt)
@@ -252,18 +255,22 @@ class Run:
     ours: set[str] = field(default_factory=set)  # workers we signalled
     failures: list[str] = field(default_factory=list)
     n: int = 0
+    finishing: bool = False  # the churn is over: workers started now finish the input (until_end)
+    fed: int = 0
 
     def __post_init__(self) -> None:
         tag = f"so-{self.seed}-{uuid.uuid4().hex[:6]}"
         self.app, self.inp, self.out_users, self.out_types = tag, f"{tag}-in", f"{tag}-users", f"{tag}-types"
 
-    def start(self, kind: str = "add") -> str:
+    def start(self, kind: str = "add", until_end: bool = False) -> str:
         name = f"w{self.n}"
         self.n += 1
         path = self.work / f"{self.app}-{name}.log"
         args = [sys.executable, str(Path(__file__).resolve()), "worker", "--bootstrap", self.bootstrap, "--app", self.app,
                 "--input", self.inp, "--out-users", self.out_users, "--out-types", self.out_types, "--name", name,
                 "--commit-interval", str(self.a.commit_interval), "--session-timeout-ms", str(self.a.session_timeout_ms)]
+        if until_end:
+            args.append("--until-end")
         env = {**os.environ, "PYTHONPATH": str(ROOT / "src")}
         self.procs[name] = subprocess.Popen(args, stdout=path.open("w"), stderr=subprocess.STDOUT, env=env)
         self.logs[name] = path
@@ -281,7 +288,7 @@ class Run:
                 tail = self.logs[n].read_text(errors="replace").strip().splitlines()[-3:]
                 self.failures.append(f"{n}: exit {rc}: {' | '.join(tail)}")
                 progress(f"worker {n} failed (exit {rc}); starting a replacement")
-                self.start("replace")
+                self.start("replace", until_end=self.finishing)
 
     def committed(self) -> int:
         from confluent_kafka import Consumer, KafkaException, TopicPartition
@@ -301,9 +308,6 @@ class Run:
             time.sleep(rng.uniform(*a.every))
             self.reap()
             done = self.committed()
-            if done >= a.churn_until * self.total:
-                progress(f"{done:,}/{self.total:,} input committed: churn ends early (--churn-until {a.churn_until})")
-                break
             alive = self.alive()
             if len(alive) <= a.min_alive:
                 kind = "add"
@@ -324,30 +328,81 @@ class Run:
                     self.killed[name] = time.time()
                     self.changes.append((self.killed[name], "kill", name))
             progress(f"t={time.monotonic() - t_start:5.1f}s {kind:4s} {name}: {len(self.alive())} alive, "
-                     f"{max(done, 0):,}/{self.total:,} input committed")
+                     f"{max(done, 0):,} input committed of {self.fed:,} produced so far")
+
+    def feed(self, lines: list[bytes], keys: list[bytes], start: int, seconds: float) -> None:
+        """Produce lines[start:] into the input topic evenly over `seconds` (keyed by user_id, partitioned
+        as KafkaSink does)."""
+        from confluent_kafka import Producer
+
+        from sluice.connectors.kafka import PARTITIONER
+
+        producer = Producer({"bootstrap.servers": self.bootstrap, "partitioner": PARTITIONER, "linger.ms": 20,
+                             "compression.type": "lz4", "queue.buffering.max.messages": 2_000_000})
+        t0 = time.monotonic()
+        n = len(lines)
+        i = start
+        while i < n:
+            due = start + int((n - start) * min(1.0, (time.monotonic() - t0) / seconds)) if seconds > 0 else n
+            due = min(n, max(due, i + 1))
+            while i < due:
+                try:
+                    producer.produce(self.inp, value=lines[i], key=keys[i])
+                    i += 1
+                except BufferError:
+                    producer.poll(0.05)
+            producer.poll(0)
+            self.fed = i
+            if i < n:
+                time.sleep(0.05)
+        if producer.flush(60):
+            raise RuntimeError("the input was not delivered to the broker within 60 s")
+        self.fed = n
 
     def run(self) -> dict[str, Any]:
+        import orjson
+
         a = self.a
         rng = random.Random(self.seed)
         create_topics(self.bootstrap, [self.inp, self.out_users, self.out_types], a.partitions)
-        loaded = load(self.bootstrap, self.events, self.inp)
-        assert loaded == self.total, (loaded, self.total)
+        lines = self.events.read_bytes().splitlines()
+        keys = [orjson.loads(x)["user_id"].encode() for x in lines]
+        assert len(lines) == self.total, (len(lines), self.total)
+        # 5 % of the input first, so that the group is working when the churn starts; the rest is produced
+        # during the churn (the job runs all along, whatever this machine's speed), then finished
+        head = self.total // 20
+        self.feed(lines[:head], keys[:head], 0, 0.0)
         for _ in range(a.workers):
             self.start("initial")
         self.changes.clear()  # the initial workers are not changes
         progress(f"run seed={self.seed}: {a.workers} workers started on {a.partitions} partitions ({self.app})")
-        # churn starts once the group has committed some of the input (every initial worker has joined)
         deadline = time.monotonic() + a.finish_timeout
-        while self.committed() < self.total // 20 and time.monotonic() < deadline:
+        while self.committed() < head and time.monotonic() < deadline:
             self.reap()
             time.sleep(0.5)
+        feeder = threading.Thread(target=self.feed, args=(lines, keys, head, a.churn_s), daemon=True)
+        feeder.start()
         t_start = time.monotonic()
         churn_wall = time.time()
         self.churn(rng, t_start)
+        feeder.join()
         churn_s = time.monotonic() - t_start
-        while len(self.alive()) < a.min_alive:
-            self.start()
-        progress(f"churn over after {churn_s:.1f}s and {len(self.changes)} changes; {len(self.alive())} workers finish")
+        # a quiet period, so that the last change's pause is measured whole, then the hand-over: workers
+        # that finish the input (until_end) start and the following ones are stopped
+        settle_end = time.monotonic() + max(10.0, 2 * a.session_timeout_ms / 1000)
+        while time.monotonic() < settle_end:
+            self.reap()
+            time.sleep(0.2)
+        handoff = time.time()
+        self.finishing = True
+        following = self.alive()
+        for _ in range(a.min_alive):
+            self.start("finish", until_end=True)
+        for n in following:
+            self.ours.add(n)
+            self.procs[n].send_signal(signal.SIGTERM)
+        changes = [c for c in self.changes if c[0] < handoff]
+        progress(f"churn over after {churn_s:.1f}s and {len(changes)} changes; {a.min_alive} workers finish the input")
         hang = False
         last = time.monotonic()
         while self.alive():
@@ -362,12 +417,12 @@ class Run:
                 last = time.monotonic()
                 progress(f"finishing: {len(self.alive())} alive, {max(self.committed(), 0):,}/{self.total:,} committed")
             time.sleep(0.2)
-        end_wall = time.time()
+        self.changes = changes
         self.reap()
         for p in self.procs.values():
             with contextlib.suppress(subprocess.TimeoutExpired):
                 p.wait(30)
-        return self.result(churn_s, churn_wall, end_wall, hang)
+        return self.result(churn_s, churn_wall, handoff, hang)
 
     def result(self, churn_s: float, churn_wall: float, end_wall: float, hang: bool) -> dict[str, Any]:
         import polars as pl
@@ -382,13 +437,10 @@ class Run:
         users = compare(frame(self.out_users), exp_users, USER_KEYS)
         types = compare(frame(self.out_types), exp_types, TYPE_KEYS)
         spans = ownership(self.logs, self.killed)
-        # the measured period: from the first moment every partition is processed to the end of the churn's
-        # effects (the first worker that finishes the input; after that tasks end on purpose)
+        # the measured period: from the first moment every partition is processed to the hand-over
         firsts = [min(s for s, _ in spans[p]) for p in range(self.a.partitions) if spans.get(p)]
         t0 = max(firsts) if len(firsts) == self.a.partitions else churn_wall
-        finished = [json.loads(x).get("finished", 0) for path in self.logs.values()
-                    for x in path.read_text(errors="replace").splitlines() if x.startswith("{")]
-        t1 = min([f for f in finished if f] or [end_wall])
+        t1 = end_wall
         gaps = stalls(spans, self.a.partitions, t0, t1)
         per_kind: dict[str, list[float]] = {}
         for t, kind, _ in self.changes:
@@ -437,6 +489,7 @@ def main(argv: list[str] | None = None) -> int:
     for opt in ("--bootstrap", "--app", "--input", "--out-users", "--out-types", "--name"):
         w.add_argument(opt, required=True)
     w.add_argument("--commit-interval", type=float, default=1.0)
+    w.add_argument("--until-end", action="store_true", help="finish the input and exit (default: follow it)")
     w.add_argument("--session-timeout-ms", type=int, default=10_000)
     ap.add_argument("--bootstrap", help="HOST:PORT of a Kafka broker (default: start one with scripts/kafka.sh)")
     ap.add_argument("--partitions", type=int, default=64)
@@ -444,8 +497,6 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--min-alive", type=int, default=4)
     ap.add_argument("--max-alive", type=int, default=16)
     ap.add_argument("--churn-s", type=float, default=60.0, help="how long the group changes (default 60)")
-    ap.add_argument("--churn-until", type=float, default=0.9,
-                    help="end the churn early once this fraction of the input is committed (default 0.9)")
     ap.add_argument("--every", type=lambda x: tuple(float(v) for v in x.split(",")), default=(1.0, 5.0),
                     help="seconds between changes, drawn uniformly from MIN,MAX (default 1,5)")
     ap.add_argument("--events", type=int, default=1_000_000)
