@@ -71,6 +71,15 @@ def test_ownership_stalls_and_pauses(tmp_path: Path) -> None:
     assert scale_out.unowned_fraction(spans, 2, 10.0, 41.0) == round(14 / 62, 3)
 
 
+def test_a_frozen_worker_does_not_process(tmp_path: Path) -> None:
+    a = tmp_path / "a.log"
+    a.write_text("10.000 x INFO worker a: task 0 starts at {}\n"
+                 "30.000 x INFO worker a: task 0 stops at {}\n")
+    assert scale_out.ownership({"a": a}, {}, {"a": [(12.0, 25.0)]}) == {0: [(10.0, 12.0), (25.0, 30.0)]}
+    # frozen until after its task stopped (its partitions were lost meanwhile)
+    assert scale_out.ownership({"a": a}, {}, {"a": [(12.0, 31.0)]}) == {0: [(10.0, 12.0)]}
+
+
 def test_a_partition_never_owned_stalls_the_whole_period() -> None:
     assert scale_out.stalls({0: [(0.0, 10.0)]}, 2, 0.0, 10.0) == [(0.0, 10.0)]
 

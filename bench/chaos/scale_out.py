@@ -146,9 +146,21 @@ def compare(got: Any, expected: Any, keys: list[str]) -> dict[str, int]:
 LINE = re.compile(r"^(\d+\.\d+) \S+ \S+ worker (\S+): task (\d+) (starts|stops) at")
 
 
-def ownership(logs: dict[str, Path], killed: dict[str, float]) -> dict[int, list[tuple[float, float]]]:
-    """partition → intervals in which a live worker had its task."""
+def ownership(logs: dict[str, Path], killed: dict[str, float],
+              frozen: dict[str, list[tuple[float, float]]] | None = None) -> dict[int, list[tuple[float, float]]]:
+    """partition → intervals in which a live worker, not frozen (SIGSTOP), had its task."""
     spans: dict[int, list[tuple[float, float]]] = {}
+    frozen = frozen or {}
+
+    def add(name: str, p: int, s: float, e: float) -> None:
+        for fs, fe in sorted(frozen.get(name, [])):
+            if fs < e and fe > s:  # the frozen interval cuts this one
+                if fs > s:
+                    spans.setdefault(p, []).append((s, fs))
+                s = max(s, fe)
+        if e >= s:
+            spans.setdefault(p, []).append((s, e))
+
     for name, path in logs.items():
         opened: dict[int, float] = {}
         last = 0.0
@@ -161,10 +173,10 @@ def ownership(logs: dict[str, Path], killed: dict[str, float]) -> dict[int, list
             if what == "starts":
                 opened[p] = t
             elif p in opened:
-                spans.setdefault(p, []).append((opened.pop(p), t))
+                add(name, p, opened.pop(p), t)
         end = killed.get(name, last)
         for p, t in opened.items():
-            spans.setdefault(p, []).append((t, max(t, end)))
+            add(name, p, t, max(t, end))
     return spans
 
 
@@ -252,6 +264,9 @@ class Run:
     logs: dict[str, Path] = field(default_factory=dict)
     changes: list[tuple[float, str, str]] = field(default_factory=list)  # (time, add|term|kill, worker)
     killed: dict[str, float] = field(default_factory=dict)
+    frozen: dict[str, list[tuple[float, float]]] = field(default_factory=dict)  # SIGSTOP ... SIGCONT
+    paused: set[str] = field(default_factory=set)
+    timers: list[threading.Timer] = field(default_factory=list)
     ours: set[str] = field(default_factory=set)  # workers we signalled
     failures: list[str] = field(default_factory=list)
     n: int = 0
@@ -302,6 +317,23 @@ class Run:
         finally:
             c.close()
 
+    def pause(self, name: str, seconds: float) -> None:
+        proc = self.procs[name]
+        proc.send_signal(signal.SIGSTOP)
+        t = time.time()
+        self.paused.add(name)
+        self.changes.append((t, "pause", name))
+
+        def resume() -> None:
+            with contextlib.suppress(ProcessLookupError):
+                proc.send_signal(signal.SIGCONT)
+            self.frozen.setdefault(name, []).append((t, time.time()))
+            self.paused.discard(name)
+        timer = threading.Timer(seconds, resume)
+        timer.daemon = True
+        timer.start()
+        self.timers.append(timer)
+
     def churn(self, rng: random.Random, t_start: float) -> None:
         a = self.a
         while time.monotonic() - t_start < a.churn_s:
@@ -309,24 +341,29 @@ class Run:
             self.reap()
             done = self.committed()
             alive = self.alive()
-            if len(alive) <= a.min_alive:
+            free = [n for n in alive if n not in self.paused]
+            removals = [k for k in ("term", "kill") if k in a.kinds]
+            if len(alive) <= a.min_alive or not free:
                 kind = "add"
             elif len(alive) >= a.max_alive:
-                kind = rng.choice(["term", "kill"])
+                kind = rng.choice(removals + [k for k in ("pause",) if k in a.kinds])
             else:
-                kind = rng.choice(["add", "term", "kill"])
+                kind = rng.choice(a.kinds)
             if kind == "add":
                 name = self.start()
             else:
-                name = rng.choice(alive)
-                self.ours.add(name)
+                name = rng.choice(free)
                 if kind == "term":
+                    self.ours.add(name)
                     self.procs[name].send_signal(signal.SIGTERM)
                     self.changes.append((time.time(), "term", name))
-                else:
+                elif kind == "kill":
+                    self.ours.add(name)
                     self.procs[name].send_signal(signal.SIGKILL)
                     self.killed[name] = time.time()
                     self.changes.append((self.killed[name], "kill", name))
+                else:  # a zombie: frozen past its session timeout, then it runs on as if nothing happened
+                    self.pause(name, a.session_timeout_ms / 1000 + rng.uniform(1.0, 4.0))
             progress(f"t={time.monotonic() - t_start:5.1f}s {kind:4s} {name}: {len(self.alive())} alive, "
                      f"{max(done, 0):,} input committed of {self.fed:,} produced so far")
 
@@ -386,6 +423,8 @@ class Run:
         churn_wall = time.time()
         self.churn(rng, t_start)
         feeder.join()
+        for timer in self.timers:  # every frozen worker runs again before the quiet period
+            timer.join()
         churn_s = time.monotonic() - t_start
         # a quiet period, so that the last change's pause is measured whole, then the hand-over: workers
         # that finish the input (until_end) start and the following ones are stopped
@@ -436,7 +475,7 @@ class Run:
         exp_users, exp_types = oracle(self.events)
         users = compare(frame(self.out_users), exp_users, USER_KEYS)
         types = compare(frame(self.out_types), exp_types, TYPE_KEYS)
-        spans = ownership(self.logs, self.killed)
+        spans = ownership(self.logs, self.killed, self.frozen)
         # the measured period: from the first moment every partition is processed to the hand-over
         firsts = [min(s for s, _ in spans[p]) for p in range(self.a.partitions) if spans.get(p)]
         t0 = max(firsts) if len(firsts) == self.a.partitions else churn_wall
@@ -451,7 +490,7 @@ class Run:
         return {
             "seed": self.seed, "events": self.total, "partitions": self.a.partitions, "initial_workers": self.a.workers,
             "churn_s": round(churn_s, 1), "changes": {k: sum(1 for c in self.changes if c[1] == k)
-                                                     for k in ("add", "term", "kill", "replace")},
+                                                     for k in ("add", "term", "kill", "pause", "replace")},
             "max_workers_started": self.n, "hang": hang, "worker_failures": self.failures,
             "lost": users["lost"] + types["lost"], "duplicated": users["duplicated"] + types["duplicated"],
             "per_user": users, "per_type": types,
@@ -499,6 +538,9 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--churn-s", type=float, default=60.0, help="how long the group changes (default 60)")
     ap.add_argument("--every", type=lambda x: tuple(float(v) for v in x.split(",")), default=(1.0, 5.0),
                     help="seconds between changes, drawn uniformly from MIN,MAX (default 1,5)")
+    ap.add_argument("--kinds", type=lambda x: x.split(","), default=["add", "term", "kill", "pause"],
+                    help="the changes to draw from (default add,term,kill,pause; pause = SIGSTOP past the session "
+                         "timeout, then SIGCONT: a zombie)")
     ap.add_argument("--events", type=int, default=1_000_000)
     ap.add_argument("--users", type=int, default=5000)
     ap.add_argument("--runs", type=int, default=1)
@@ -526,15 +568,19 @@ def main(argv: list[str] | None = None) -> int:
             rows.append(r)
     survived = sum(1 for r in rows if r["lost"] == 0 and r["duplicated"] == 0 and not r["hang"])
     stopped = sum(1 for r in rows if r["worker_failures"] and r["lost"] == 0 and r["duplicated"] == 0)
-    changes = {k: sum(r["changes"][k] for r in rows) for k in ("add", "term", "kill")}
+    changes = {k: sum(r["changes"][k] for r in rows) for k in ("add", "term", "kill", "pause")}
     cmd = (f"python bench/chaos/scale_out.py --partitions {a.partitions} --workers {a.workers} --churn-s {a.churn_s:g} "
            f"--events {a.events} --runs {a.runs} --seed {a.seed}")
     every = "-".join(f"{x:g}" for x in a.every)
     if a.every != (1.0, 5.0):
         cmd += f" --every {a.every[0]:g},{a.every[1]:g}"
+    if a.kinds != ["add", "term", "kill", "pause"]:
+        cmd += f" --kinds {','.join(a.kinds)}"
+    words = {"add": "started", "term": "stopped (SIGTERM)", "kill": "killed -9",
+             "pause": "frozen past its session timeout (SIGSTOP, then SIGCONT: a zombie)"}
     fault = (f"rebalance churn: {a.partitions} partitions, {a.workers} worker processes, for {a.churn_s:g} s every "
-             f"{every} s a worker started, stopped (SIGTERM) or killed -9, {a.min_alive}-{a.max_alive} alive "
-             f"({changes['add']} starts, {changes['term']} stops, {changes['kill']} kills)")
+             f"{every} s a worker {', '.join(words[k] for k in a.kinds)}; {a.min_alive}-{a.max_alive} alive "
+             f"({changes['add']} starts, {changes['term']} stops, {changes['kill']} kills, {changes['pause']} freezes)")
     print("CHAOS-ROW " + json.dumps({"fault": fault, "runs": len(rows), "survived": survived,
                                      "lost": sum(r["lost"] for r in rows), "duplicated": sum(r["duplicated"] for r in rows),
                                      "stopped": stopped, "command": cmd}))
