@@ -297,10 +297,11 @@ class Run:
 
     def reap(self) -> None:
         """Workers that ended on their own with an error: counted and replaced."""
-        for n, p in self.procs.items():
+        for n, p in list(self.procs.items()):
             rc = p.poll()
             if rc is not None and rc != 0 and n not in self.ours and n not in {f.split(":")[0] for f in self.failures}:
-                tail = self.logs[n].read_text(errors="replace").strip().splitlines()[-3:]
+                text = self.logs[n].read_text(errors="replace").strip().splitlines()
+                tail = [x for x in text if "Error" in x or "error" in x][-3:] or text[-3:]
                 self.failures.append(f"{n}: exit {rc}: {' | '.join(tail)}")
                 progress(f"worker {n} failed (exit {rc}); starting a replacement")
                 self.start("replace", until_end=self.finishing)

@@ -361,9 +361,13 @@ class Transactions:
 
     def close(self) -> None:
         if self.producer is not None:
+            # cleanup only: after a fatal error (e.g. fenced because a transaction outlived its timeout)
+            # flush raises too ("SystemError: ... returned a result with an exception set"), which would
+            # hide the error that stopped the worker
             with contextlib.suppress(Exception):
                 self.producer.abort_transaction(10)  # the open (empty) transaction
-            self.producer.flush(10)
+            with contextlib.suppress(Exception):
+                self.producer.flush(10)
 
 
 def hanging(name: str, left: dict[tuple[str, int], tuple[int, int]], committed: bool | None = False) -> KafkaError:

@@ -1,0 +1,64 @@
+"""A worker whose transaction outlives `transaction_timeout_ms` (one batch that takes too long: a slow
+function, an overloaded machine) is fenced by the broker, which aborts the transaction. Seen in the
+rebalance-churn soak (bench/chaos/scale_out.py, 16 workers on 2 cores): the worker died with a raw
+`SystemError ... returned a result with an exception set` from librdkafka's fatal error. It must instead
+make a new producer, rewind its tasks to the last commit and go on: output exactly once."""
+
+from __future__ import annotations
+
+import time
+import uuid
+from datetime import timedelta
+
+import polars as pl
+
+import sluice as sl
+from kafka_util import create_topic, frame, read_committed
+
+SLEPT: set[str] = set()
+
+
+class SlowOnce(sl.KeyedProcessFunction):
+    """A running count per key that, the first time it sees record `slow_at` of its tag, sleeps `sleep_s`."""
+
+    def __init__(self, tag: str, slow_at: int, sleep_s: float) -> None:
+        self.tag, self.slow_at, self.sleep_s = tag, slow_at, sleep_s
+
+    def open(self, ctx: sl.StateContext) -> None:
+        self.count = ctx.value_state("count")
+
+    def process(self, record: dict, ctx: sl.ProcessContext) -> list[dict]:
+        if record["seq"] == self.slow_at and self.tag not in SLEPT:
+            SLEPT.add(self.tag)
+            time.sleep(self.sleep_s)
+        n = (self.count.value() or 0) + 1
+        self.count.update(n)
+        return [{"user_id": record["user_id"], "seq": record["seq"], "n": n}]
+
+
+def test_a_transaction_that_times_out_is_redone(kafka_bootstrap: str) -> None:
+    tag = uuid.uuid4().hex[:6]
+    src, out = f"tto-in-{tag}", f"tto-out-{tag}"
+    create_topic(kafka_bootstrap, src, 2)
+    create_topic(kafka_bootstrap, out, 16)  # records after the pause go to partitions new to the transaction
+    rows = [{"user_id": f"u{u}", "seq": i, "ts": 1_000 * i} for i in range(40) for u in range(64)]
+    df = pl.DataFrame(rows)
+    load = sl.Flow("load")
+    load.read("rows", sl.MemorySource(df)).write("topic", sl.KafkaSink(src, kafka_bootstrap, key="user_id"))
+    sl.run(load)
+    flow = sl.Flow("slow")
+    (flow.read("events", sl.KafkaSource(src, kafka_bootstrap, key="user_id"), schema={"user_id": str, "seq": int, "ts": int})
+         .event_time("ts", watermark=timedelta(seconds=0)).key_by("user_id")
+         .process("count", SlowOnce(tag, slow_at=20, sleep_s=10.0), schema={"user_id": str, "seq": int, "n": int})
+         .write("out", sl.KafkaSink(out, kafka_bootstrap, key="user_id")))
+    # the broker aborts transactions older than 4 s (it looks every 2 s: scripts/kafka.sh); the sleep is 10 s,
+    # and records are produced for up to 2 s after it before the next commit
+    rt = sl.KafkaRuntime(app_id=f"tto-{tag}", bootstrap=kafka_bootstrap, until_end=True, transaction_timeout_ms=4000,
+                         commit_interval_s=2.0, poll_records=50, batch_size=7)
+    result = sl.run_worker(flow, rt)
+    assert tag in SLEPT
+    got = frame(read_committed(kafka_bootstrap, out)).sort("user_id", "seq")
+    expected = (df.sort("seq").with_columns(n=pl.int_range(1, pl.len() + 1).over("user_id"))
+                  .select("user_id", "seq", "n").sort("user_id", "seq"))
+    assert got.equals(expected)
+    assert result.producer_restarts >= 1  # fenced: a new producer, the tasks rewound
