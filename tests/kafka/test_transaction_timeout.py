@@ -62,3 +62,52 @@ def test_a_transaction_that_times_out_is_redone(kafka_bootstrap: str) -> None:
                   .select("user_id", "seq", "n").sort("user_id", "seq"))
     assert got.equals(expected)
     assert result.producer_restarts >= 1  # fenced: a new producer, the tasks rewound
+
+
+def test_fenced_while_sending_watermarks_to_the_repartition_topic(kafka_bootstrap: str, monkeypatch) -> None:
+    """The path the churn soak hit: the broker aborted the worker's transaction (it outlived its timeout on
+    an overloaded machine), and the client learned it while the commit sent the upstream watermarks to the
+    repartition topic: `KafkaException: Unable to produce message: Local: Fatal error` killed the worker.
+    Now it is one more failed commit: a new producer, the tasks rewind, the output is exact."""
+    from sluice.runtime.repartition import RepartitionWriter
+
+    tag = uuid.uuid4().hex[:6]
+    src, out = f"ttr-in-{tag}", f"ttr-out-{tag}"
+    create_topic(kafka_bootstrap, src, 2)
+    create_topic(kafka_bootstrap, out, 2)
+    rows = [{"user_id": f"u{u}", "grp": f"g{u % 5}", "seq": i, "ts": 1_000 * i} for i in range(120) for u in range(16)]
+    df = pl.DataFrame(rows)
+    load = sl.Flow("load")
+    load.read("rows", sl.MemorySource(df)).write("topic", sl.KafkaSink(src, kafka_bootstrap, key="user_id"))
+    sl.run(load)
+    flow = sl.Flow("regroup")
+    (flow.read("events", sl.KafkaSource(src, kafka_bootstrap, key="user_id"),
+               schema={"user_id": str, "grp": str, "seq": int, "ts": int})
+         .event_time("ts", watermark=timedelta(seconds=0)).key_by("grp")
+         .window("per_grp", sl.Tumbling(timedelta(seconds=10)), count=sl.agg.count())
+         .write("out", sl.KafkaSink(out, kafka_bootstrap, key="grp")))
+    original = RepartitionWriter.marker
+    calls = {"n": 0, "stalled": 0}
+
+    def stalled(self: RepartitionWriter, kind: str, watermark: int) -> None:
+        calls["n"] += 1
+        if calls["n"] != 3:
+            return original(self, kind, watermark)
+        calls["stalled"] += 1
+        time.sleep(10)  # the broker aborts the open transaction (older than 4 s) and bumps the epoch
+        for p in range(self.partitions):
+            self._send(p, b"", kind, watermark)
+            time.sleep(0.5)  # meanwhile the client learns that it was fenced
+        return None
+
+    monkeypatch.setattr(RepartitionWriter, "marker", stalled)
+    rt = sl.KafkaRuntime(app_id=f"ttr-{tag}", bootstrap=kafka_bootstrap, until_end=True, transaction_timeout_ms=4000,
+                         commit_interval_s=0.05, poll_records=40, batch_size=7)
+    result = sl.run_worker(flow, rt)
+    assert calls["stalled"] == 1
+    got = frame(read_committed(kafka_bootstrap, out))
+    expected = (df.with_columns(window_start=(pl.col("ts") // 10_000) * 10_000)
+                  .group_by("grp", "window_start").agg(count=pl.len())
+                  .with_columns(window_end=pl.col("window_start") + 10_000))
+    assert got.select(expected.columns).sort("grp", "window_start").equals(expected.sort("grp", "window_start"))
+    assert result.producer_restarts >= 1

@@ -758,6 +758,7 @@ class KafkaWriter(UntransactedWriter):
         return rows.filter(~pl.col(OP).is_in([DELETE, UPDATE_BEFORE])).drop(OP)
 
     def _produce(self, topic: str, key: bytes | None, value: bytes | None, headers: Any, ts: int, report: Any) -> None:
+        from confluent_kafka import KafkaError as KafkaErrorCode
         from confluent_kafka import KafkaException
 
         while True:
@@ -768,6 +769,8 @@ class KafkaWriter(UntransactedWriter):
                 self.producer.poll(0.05)
             except KafkaException as exc:  # refused before sending (e.g. larger than message.max.bytes)
                 err = exc.args[0]
+                if not self.owned and err.code() in (KafkaErrorCode._FATAL, KafkaErrorCode._FENCED):
+                    raise  # the runtime's producer failed as a whole: the runtime makes a new one and rewinds
                 if self.dead is None or topic == self.dead.topic or err.name() not in RECORD_ERRORS:
                     self.failed = True
                     raise KafkaError(f"write step {self.ctx.step!r}: a record (key {key!r}) cannot be produced to "

@@ -392,6 +392,17 @@ def hanging(name: str, left: dict[tuple[str, int], tuple[int, int]], committed: 
         "they resume from the last commit, exactly once")
 
 
+def producer_failed(exc: BaseException) -> bool:
+    """A KafkaException from produce() that only a new producer gets past: librdkafka's fatal error, e.g.
+    fenced after the broker aborted a transaction that outlived its timeout."""
+    from confluent_kafka import KafkaError as KErr
+
+    err = exc.args[0] if exc.args else None
+    if err is None or not hasattr(err, "code"):
+        return False
+    return bool(err.fatal()) or err.code() in (KErr._FATAL, KErr._FENCED)
+
+
 def fatal(name: str, failures: int, text: str) -> KafkaError:
     return KafkaError(f"worker {name}: {failures} commits in a row failed, the last with {text}; is the cluster "
                       "reachable and does the principal have the transactional and group ACLs?")

@@ -31,7 +31,7 @@ from sluice.runtime.kafka.plan import FeedSource, SharedSink, check_partitioning
 from sluice.runtime.kafka.settings import KafkaRuntime, WorkerResult
 from sluice.runtime.kafka.state_topic import StateTopic
 from sluice.runtime.kafka.task import Task
-from sluice.runtime.kafka.transactions import Transactions, fatal, hanging
+from sluice.runtime.kafka.transactions import Transactions, fatal, hanging, producer_failed
 from sluice.runtime.repartition import RepartitionSink, RepartitionSource, RepartitionWriter, split
 
 log = logging.getLogger("sluice.kafka")
@@ -277,12 +277,16 @@ class Worker:
         from confluent_kafka import KafkaException, TopicPartition
 
         if self.shuffle_writer is not None:
-            for t in self.tasks.values():  # upstream watermarks to every downstream task
-                wm = t.upstream_watermark() if not t.finished_up else None
-                if wm is not None and wm > t.sent_wm:
-                    self.shuffle_marker(t.p, "wm", wm)
-                    t.sent_wm = wm
-                    t.dirty = True
+            try:
+                for t in self.tasks.values():  # upstream watermarks to every downstream task
+                    wm = t.upstream_watermark() if not t.finished_up else None
+                    if wm is not None and wm > t.sent_wm:
+                        self.shuffle_marker(t.p, "wm", wm)
+                        t.sent_wm = wm
+                        t.dirty = True
+            except KafkaException as exc:  # the producer failed (fenced …): part of this transaction, redo it
+                self._failed(exc)
+                return False
         dirty = [t for t in self.tasks.values() if t.dirty]
         if not dirty:
             return True
@@ -439,6 +443,8 @@ class Worker:
         return True
 
     def run(self) -> WorkerResult:
+        from confluent_kafka import KafkaException
+
         warn_unrouted(self.plan)
         start = time.perf_counter()
         self._open()
@@ -448,10 +454,20 @@ class Worker:
         try:
             while not self.stopping:
                 msgs = self.consumer.consume(self.rt.poll_records, 0.1)
-                if msgs:
-                    self._dispatch(msgs)
+                try:
+                    if msgs:
+                        self._dispatch(msgs)
+                    ended = self.rt.until_end and self._check_ends()
+                except KafkaException as exc:
+                    if not producer_failed(exc):
+                        raise
+                    # the transactional producer failed while the tasks wrote (e.g. fenced: the broker aborted a
+                    # transaction that outlived transaction_timeout_ms): a new producer, the tasks rewind
+                    assert self.txn is not None
+                    self.txn.ending = False
+                    self._failed(exc)
+                    continue
                 now = time.perf_counter()
-                ended = self.rt.until_end and self._check_ends()
                 if ended or now - last_commit >= self.rt.commit_interval_s:
                     self._commit()
                     last_commit = time.perf_counter()
