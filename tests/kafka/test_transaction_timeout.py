@@ -111,3 +111,24 @@ def test_fenced_while_sending_watermarks_to_the_repartition_topic(kafka_bootstra
                   .with_columns(window_end=pl.col("window_start") + 10_000))
     assert got.select(expected.columns).sort("grp", "window_start").equals(expected.sort("grp", "window_start"))
     assert result.producer_restarts >= 1
+
+
+def test_which_errors_need_a_new_producer() -> None:
+    """A fatal error or an erroneous state, raised or wrapped by a write step (SinkError from it), is a
+    producer failure; a record the broker refuses is not."""
+    from confluent_kafka import KafkaError as KErr
+    from confluent_kafka import KafkaException
+
+    from sluice.core.errors import SinkError
+    from sluice.runtime.kafka.transactions import producer_failed
+
+    for code in (KErr._FATAL, KErr._FENCED, KErr._STATE):
+        raw = KafkaException(KErr(code))
+        assert producer_failed(raw) is raw
+        try:
+            raise SinkError("write step 'out' (KafkaWriter): writing 3 rows failed") from raw
+        except SinkError as wrapped:
+            assert producer_failed(wrapped) is raw
+    assert producer_failed(KafkaException(KErr(KErr.MSG_SIZE_TOO_LARGE))) is None
+    assert producer_failed(SinkError("a sink that raised")) is None
+    assert producer_failed(ValueError("x")) is None

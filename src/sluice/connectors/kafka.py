@@ -769,7 +769,7 @@ class KafkaWriter(UntransactedWriter):
                 self.producer.poll(0.05)
             except KafkaException as exc:  # refused before sending (e.g. larger than message.max.bytes)
                 err = exc.args[0]
-                if not self.owned and err.code() in (KafkaErrorCode._FATAL, KafkaErrorCode._FENCED):
+                if not self.owned and err.code() in (KafkaErrorCode._FATAL, KafkaErrorCode._FENCED, KafkaErrorCode._STATE):
                     raise  # the runtime's producer failed as a whole: the runtime makes a new one and rewinds
                 if self.dead is None or topic == self.dead.topic or err.name() not in RECORD_ERRORS:
                     self.failed = True

@@ -392,15 +392,21 @@ def hanging(name: str, left: dict[tuple[str, int], tuple[int, int]], committed: 
         "they resume from the last commit, exactly once")
 
 
-def producer_failed(exc: BaseException) -> bool:
-    """A KafkaException from produce() that only a new producer gets past: librdkafka's fatal error, e.g.
-    fenced after the broker aborted a transaction that outlived its timeout."""
+def producer_failed(exc: BaseException) -> BaseException | None:
+    """The KafkaException that only a new producer gets past, if `exc` is one or was caused by one (a
+    write step wraps its sink's errors): librdkafka's fatal error, e.g. fenced after the broker aborted a
+    transaction that outlived its timeout, or the erroneous state a producer is left in."""
     from confluent_kafka import KafkaError as KErr
+    from confluent_kafka import KafkaException
 
-    err = exc.args[0] if exc.args else None
-    if err is None or not hasattr(err, "code"):
-        return False
-    return bool(err.fatal()) or err.code() in (KErr._FATAL, KErr._FENCED)
+    seen: BaseException | None = exc
+    while seen is not None:
+        err = seen.args[0] if isinstance(seen, KafkaException) and seen.args else None
+        if err is not None and hasattr(err, "code") and (
+                err.fatal() or err.code() in (KErr._FATAL, KErr._FENCED, KErr._STATE)):
+            return seen
+        seen = seen.__cause__
+    return None
 
 
 def fatal(name: str, failures: int, text: str) -> KafkaError:

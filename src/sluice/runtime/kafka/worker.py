@@ -284,8 +284,11 @@ class Worker:
                         self.shuffle_marker(t.p, "wm", wm)
                         t.sent_wm = wm
                         t.dirty = True
-            except KafkaException as exc:  # the producer failed (fenced …): part of this transaction, redo it
-                self._failed(exc)
+            except Exception as exc:  # the producer failed (fenced …): part of this transaction, redo it
+                cause = producer_failed(exc)
+                if cause is None or not isinstance(cause, Exception):
+                    raise
+                self._failed(cause)
                 return False
         dirty = [t for t in self.tasks.values() if t.dirty]
         if not dirty:
@@ -443,8 +446,6 @@ class Worker:
         return True
 
     def run(self) -> WorkerResult:
-        from confluent_kafka import KafkaException
-
         warn_unrouted(self.plan)
         start = time.perf_counter()
         self._open()
@@ -458,14 +459,15 @@ class Worker:
                     if msgs:
                         self._dispatch(msgs)
                     ended = self.rt.until_end and self._check_ends()
-                except KafkaException as exc:
-                    if not producer_failed(exc):
+                except Exception as exc:
+                    cause = producer_failed(exc)
+                    if cause is None or not isinstance(cause, Exception):
                         raise
                     # the transactional producer failed while the tasks wrote (e.g. fenced: the broker aborted a
                     # transaction that outlived transaction_timeout_ms): a new producer, the tasks rewind
                     assert self.txn is not None
                     self.txn.ending = False
-                    self._failed(exc)
+                    self._failed(cause)
                     continue
                 now = time.perf_counter()
                 if ended or now - last_commit >= self.rt.commit_interval_s:
