@@ -132,3 +132,40 @@ def test_which_errors_need_a_new_producer() -> None:
     assert producer_failed(KafkaException(KErr(KErr.MSG_SIZE_TOO_LARGE))) is None
     assert producer_failed(SinkError("a sink that raised")) is None
     assert producer_failed(ValueError("x")) is None
+
+
+class _StaleClient:
+    """A client whose metadata does not know a new topic for its first `stale` calls."""
+
+    def __init__(self, stale: int) -> None:
+        self.stale, self.calls, self.refreshes = stale, 0, 0
+
+    def get_watermark_offsets(self, tp, timeout, **kwargs):
+        from confluent_kafka import KafkaError as KErr
+        from confluent_kafka import KafkaException
+
+        self.calls += 1
+        if self.calls <= self.stale:
+            raise KafkaException(KErr(KErr._UNKNOWN_PARTITION, "Failed to get watermark offsets: Local: Unknown partition"))
+        return (3, 17)
+
+    def list_topics(self, topic, timeout):
+        self.refreshes += 1
+
+
+def test_offsets_of_a_topic_another_worker_just_made() -> None:
+    """Seen with 16 workers starting at once: a client that does not know the just-created repartition or
+    state topic yet answered "Unknown partition" and the worker died with librdkafka's raw KafkaError."""
+    from sluice.connectors.kafka import KafkaError
+    from sluice.runtime.kafka.state_topic import watermarks
+
+    client = _StaleClient(stale=3)
+    assert watermarks(client, "app-state", 5) == (3, 17)
+    assert client.calls == 4 and client.refreshes == 3
+    never = _StaleClient(stale=10**9)
+    try:
+        watermarks(never, "app-state", 5, timeout_s=0.5)
+    except KafkaError as exc:
+        assert "app-state/5" in str(exc) and "Unknown partition" in str(exc)
+    else:
+        raise AssertionError("no error for a partition that never appears")

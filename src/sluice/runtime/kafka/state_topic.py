@@ -11,6 +11,29 @@ from sluice.connectors.kafka import KafkaError, _error_text
 CHUNK_BYTES = 900_000  # state messages stay under the broker's default 1 MB limit
 
 
+def watermarks(client: Any, topic: str, partition: int, timeout_s: float = 60.0, **kwargs: Any) -> tuple[int, int]:
+    """(low, high) offsets of a partition, waiting while the client does not know it yet. Seen with 16
+    workers starting at once: one creates the state or repartition topic, another's client, whose
+    metadata is older, answers "Unknown partition" at once (no retry inside librdkafka)."""
+    from confluent_kafka import KafkaError as KErr
+    from confluent_kafka import KafkaException, TopicPartition
+
+    deadline = time.monotonic() + timeout_s
+    while True:
+        try:
+            low, high = client.get_watermark_offsets(TopicPartition(topic, partition), 30, **kwargs)
+            return int(low), int(high)
+        except KafkaException as exc:
+            err = exc.args[0]
+            transient = err.retriable() or err.code() in (KErr._UNKNOWN_PARTITION, KErr.UNKNOWN_TOPIC_OR_PART,
+                                                          KErr._UNKNOWN_TOPIC, KErr.LEADER_NOT_AVAILABLE,
+                                                          KErr.NOT_LEADER_FOR_PARTITION, KErr._TRANSPORT)
+            if not transient or time.monotonic() > deadline:
+                raise KafkaError(f"cannot read the offsets of {topic}/{partition}: {_error_text(err)}") from None
+            client.list_topics(topic, timeout=10)  # refreshes the client's metadata
+            time.sleep(0.2)
+
+
 class StateTopic:
     def __init__(self, topic: str, reader: Any) -> None:
         self.topic = topic
@@ -30,7 +53,7 @@ class StateTopic:
 
         todo: dict[int, int] = {}
         for p in ps:
-            low, high = self.reader.get_watermark_offsets(TopicPartition(self.topic, p), 30)
+            low, high = watermarks(self.reader, self.topic, p)
             if high > low:
                 todo[p] = int(low)
         found: dict[int, bytes] = {}

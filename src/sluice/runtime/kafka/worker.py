@@ -29,7 +29,7 @@ from sluice.runtime.executor import warn_unrouted
 from sluice.runtime.kafka.admin import prepare_topics
 from sluice.runtime.kafka.plan import FeedSource, SharedSink, check_partitioning, resolve_topics
 from sluice.runtime.kafka.settings import KafkaRuntime, WorkerResult
-from sluice.runtime.kafka.state_topic import StateTopic
+from sluice.runtime.kafka.state_topic import StateTopic, watermarks
 from sluice.runtime.kafka.task import Task
 from sluice.runtime.kafka.transactions import Transactions, fatal, hanging, producer_failed
 from sluice.runtime.repartition import RepartitionSink, RepartitionSource, RepartitionWriter, split
@@ -171,11 +171,10 @@ class Worker:
             "group.id": f"{self.rt.app_id}-state-reader", "isolation.level": "read_committed",
             "enable.auto.commit": False, "enable.partition.eof": True})))
         if self.rt.until_end:
-            from confluent_kafka import TopicPartition
 
             for topic in self.topics:
                 for p in range(n):
-                    self.ends[(topic, p)] = int(self.consumer.get_watermark_offsets(TopicPartition(topic, p), 30)[1])
+                    self.ends[(topic, p)] = watermarks(self.consumer, topic, p)[1]
 
     # --- tasks ----------------------------------------------------------------------------------
     def _build_tasks(self, partitions: list[Any]) -> list[Any]:
@@ -219,8 +218,7 @@ class Worker:
             task.recover_sinks()  # its own sinks: the recorded epoch committed (again), later staging dropped
             for topic in self.all_topics:
                 if topic not in task.positions:
-                    low = self.consumer.get_watermark_offsets(TopicPartition(topic, p), 30)[0]
-                    task.positions[topic] = int(low)
+                    task.positions[topic] = watermarks(self.consumer, topic, p)[0]
                 out.append(TopicPartition(topic, p, task.positions[topic]))
             self.tasks[p] = task
             self.result.tasks_started += 1
@@ -440,7 +438,7 @@ class Worker:
         topic = self.shuffle_read.source.topic
         rest = [TopicPartition(topic, p) for p in range(self.partitions) if p not in self.tasks]
         for tp in self._committed(rest):
-            high = self.consumer.get_watermark_offsets(TopicPartition(topic, tp.partition), 30, cached=False)[1]
+            high = watermarks(self.consumer, topic, tp.partition, cached=False)[1]
             if tp.offset < high:
                 return False
         return True
