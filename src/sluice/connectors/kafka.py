@@ -758,6 +758,7 @@ class KafkaWriter(UntransactedWriter):
         return rows.filter(~pl.col(OP).is_in([DELETE, UPDATE_BEFORE])).drop(OP)
 
     def _produce(self, topic: str, key: bytes | None, value: bytes | None, headers: Any, ts: int, report: Any) -> None:
+        from confluent_kafka import KafkaError as KafkaErrorCode
         from confluent_kafka import KafkaException
 
         while True:
@@ -768,11 +769,13 @@ class KafkaWriter(UntransactedWriter):
                 self.producer.poll(0.05)
             except KafkaException as exc:  # refused before sending (e.g. larger than message.max.bytes)
                 err = exc.args[0]
+                if not self.owned and err.code() in (KafkaErrorCode._FATAL, KafkaErrorCode._FENCED, KafkaErrorCode._STATE):
+                    raise  # the runtime's producer failed as a whole: the runtime makes a new one and rewinds
                 if err.code() == err._STATE:  # not the record: the producer's transaction failed
                     self.failed = True
                     raise KafkaError(f"write step {self.ctx.step!r}: the transaction open on {topic!r} failed "
                                      f"({_error_text(err)}; seen when a broker of the cluster was lost). Nothing "
-                                     "of it is committed: start the worker again, it resumes from the last commit, "
+                                     "of it is committed: run it again, it resumes from the last commit, "
                                      "exactly once") from None
                 if self.dead is None or topic == self.dead.topic or err.name() not in RECORD_ERRORS:
                     self.failed = True

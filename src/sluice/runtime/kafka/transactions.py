@@ -373,9 +373,13 @@ class Transactions:
 
     def close(self) -> None:
         if self.producer is not None:
+            # cleanup only: after a fatal error (e.g. fenced because a transaction outlived its timeout)
+            # flush raises too ("SystemError: ... returned a result with an exception set"), which would
+            # hide the error that stopped the worker
             with contextlib.suppress(Exception):
                 self.producer.abort_transaction(10)  # the open (empty) transaction
-            self.producer.flush(10)
+            with contextlib.suppress(Exception):
+                self.producer.flush(10)
 
 
 def hanging(name: str, left: dict[tuple[str, int], tuple[int, int]], committed: bool | None = False) -> KafkaError:
@@ -398,6 +402,23 @@ def hanging(name: str, left: dict[tuple[str, int], tuple[int, int]], committed: 
         f"--broker-id ID, then kafka-transactions.sh --bootstrap-server HOST:PORT abort --topic {first[0]} "
         f"--partition {first[1]} --start-offset OFFSET (the one find-hanging shows); then start the workers again: "
         "they resume from the last commit, exactly once")
+
+
+def producer_failed(exc: BaseException) -> BaseException | None:
+    """The KafkaException that only a new producer gets past, if `exc` is one or was caused by one (a
+    write step wraps its sink's errors): librdkafka's fatal error, e.g. fenced after the broker aborted a
+    transaction that outlived its timeout, or the erroneous state a producer is left in."""
+    from confluent_kafka import KafkaError as KErr
+    from confluent_kafka import KafkaException
+
+    seen: BaseException | None = exc
+    while seen is not None:
+        err = seen.args[0] if isinstance(seen, KafkaException) and seen.args else None
+        if err is not None and hasattr(err, "code") and (
+                err.fatal() or err.code() in (KErr._FATAL, KErr._FENCED, KErr._STATE)):
+            return seen
+        seen = seen.__cause__
+    return None
 
 
 def fatal(name: str, failures: int, text: str) -> KafkaError:

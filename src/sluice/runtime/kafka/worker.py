@@ -32,7 +32,7 @@ from sluice.runtime.kafka.plan import FeedSource, SharedSink, check_partitioning
 from sluice.runtime.kafka.settings import KafkaRuntime, WorkerResult
 from sluice.runtime.kafka.state_topic import StateTopic
 from sluice.runtime.kafka.task import Task
-from sluice.runtime.kafka.transactions import Transactions, fatal, hanging
+from sluice.runtime.kafka.transactions import Transactions, fatal, hanging, producer_failed
 from sluice.runtime.repartition import RepartitionSink, RepartitionSource, RepartitionWriter, split
 
 log = logging.getLogger("sluice.kafka")
@@ -271,6 +271,7 @@ class Worker:
             if task is not None:
                 self.result.records += task.records()
                 task.close()
+                log.info("worker %s: task %d stops at %s", self.instance, p, task.positions)
 
     # --- rebalance callbacks --------------------------------------------------------------------
     def _on_assign(self, consumer: Any, partitions: list[Any]) -> None:
@@ -293,12 +294,19 @@ class Worker:
         from confluent_kafka import KafkaException, TopicPartition
 
         if self.shuffle_writer is not None:
-            for t in self.tasks.values():  # upstream watermarks to every downstream task
-                wm = t.upstream_watermark() if not t.finished_up else None
-                if wm is not None and wm > t.sent_wm:
-                    self.shuffle_marker(t.p, "wm", wm)
-                    t.sent_wm = wm
-                    t.dirty = True
+            try:
+                for t in self.tasks.values():  # upstream watermarks to every downstream task
+                    wm = t.upstream_watermark() if not t.finished_up else None
+                    if wm is not None and wm > t.sent_wm:
+                        self.shuffle_marker(t.p, "wm", wm)
+                        t.sent_wm = wm
+                        t.dirty = True
+            except Exception as exc:  # the producer failed (fenced …): part of this transaction, redo it
+                cause = producer_failed(exc)
+                if cause is None or not isinstance(cause, Exception):
+                    raise
+                self._failed(cause)
+                return False
         dirty = [t for t in self.tasks.values() if t.dirty]
         if not dirty:
             return True
@@ -464,10 +472,21 @@ class Worker:
         try:
             while not self.stopping:
                 msgs = self.consumer.consume(self.rt.poll_records, 0.1)
-                if msgs:
-                    self._dispatch(msgs)
+                try:
+                    if msgs:
+                        self._dispatch(msgs)
+                    ended = self.rt.until_end and self._check_ends()
+                except Exception as exc:
+                    cause = producer_failed(exc)
+                    if cause is None or not isinstance(cause, Exception):
+                        raise
+                    # the transactional producer failed while the tasks wrote (e.g. fenced: the broker aborted a
+                    # transaction that outlived transaction_timeout_ms): a new producer, the tasks rewind
+                    assert self.txn is not None
+                    self.txn.ending = False
+                    self._failed(cause)
+                    continue
                 now = time.perf_counter()
-                ended = self.rt.until_end and self._check_ends()
                 if ended or now - last_commit >= self.rt.commit_interval_s:
                     self._commit()
                     last_commit = time.perf_counter()
