@@ -47,11 +47,11 @@ REGISTRY: tuple[Entry, ...] = (
     Entry("checkpoint-damage", ("pytest_cases.py", "tests/test_checkpoint_damage.py")),
     Entry("plan-changes", ("pytest_cases.py", "tests/test_plan_changes.py")),
     Entry("poison-fuzz", ("pytest_cases.py", "tests/test_poison_fuzz.py")),
-    # placeholders the lead registers as their scripts land (bench/chaos/<script>.py printing CHAOS-ROW lines)
     Entry("network-loss", ("network.py", "--rounds", "5", "--kinds", "partition,loopback", "--min-s", "2", "--max-s", "20"),
           ("network.py", "--rounds", "1", "--kinds", "partition", "--min-s", "2", "--max-s", "4")),
     Entry("cluster", ("cluster.py", "--rounds", "5"), ("cluster.py", "--rounds", "1")),
-    Entry("scale-out", None, note="64 partitions, 16 workers added and removed (rebalance churn)"),
+    Entry("scale-out", ("scale_out.py", "--partitions", "64", "--workers", "16", "--churn-s", "60", "--events", "1000000"),
+          ("scale_out.py", "--partitions", "32", "--workers", "8", "--churn-s", "30", "--events", "300000")),
 )
 
 
