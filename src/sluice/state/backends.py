@@ -12,6 +12,7 @@ import shutil
 import struct
 import tempfile
 from collections.abc import Iterator
+from itertools import islice
 from pathlib import Path
 from typing import Any, Protocol
 
@@ -21,6 +22,7 @@ from sluice.core.errors import PlanError
 
 Entry = tuple[Any, int]  # value, write time (ms)
 _TIME = struct.Struct("<q")  # an entry's write time, ahead of its pickled value in the memory backend
+_CHUNK = 65_536  # entries per chunk of a memory snapshot or restore
 _SNAPSHOT_SCHEMA = {"ns": pl.String, "key": pl.Binary, "value": pl.Binary, "time": pl.Int64}
 
 
@@ -81,29 +83,30 @@ class MemoryBackend:
         return sum(len(d) for d in self.data.values())
 
     def snapshot(self) -> pl.DataFrame:
-        """A dump (namespace, key, value pickled, time), the stored pickles copied as they are."""
-        ns: list[str] = []
-        keys: list[bytes] = []
-        raws: list[bytes] = []
-        for n, d in self.data.items():
-            ns.extend([n] * len(d))
-            keys.extend(d)
-            raws.extend(d.values())
+        """A dump (namespace, key, value pickled, time), the stored pickles copied as they are, built
+        _CHUNK entries at a time: beside the state, only the dump and one chunk's Python lists."""
         unpack = _TIME.unpack_from
-        return pl.DataFrame({"ns": ns, "key": keys, "value": [r[8:] for r in raws], "time": [unpack(r)[0] for r in raws]},
-                            schema=_SNAPSHOT_SCHEMA)
+        parts = []
+        for n, d in self.data.items():
+            entries = iter(d.items())
+            while chunk := list(islice(entries, _CHUNK)):
+                parts.append(pl.DataFrame({"ns": [n] * len(chunk), "key": [k for k, _ in chunk],
+                                           "value": [r[8:] for _, r in chunk], "time": [unpack(r)[0] for _, r in chunk]},
+                                          schema=_SNAPSHOT_SCHEMA))
+        return pl.concat(parts, rechunk=False) if parts else pl.DataFrame(schema=_SNAPSHOT_SCHEMA)
 
     def restore(self, saved: Any) -> None:
         if not isinstance(saved, pl.DataFrame):
             raise PlanError("this checkpoint holds RocksDB state; run with state='rocksdb' to restore it")
         data: dict[str, dict[bytes, bytes]] = {}
         pack = _TIME.pack
-        for part in saved.partition_by("ns", maintain_order=True) if saved.height else ():
-            ns = part["ns"][0]
-            d = data.setdefault(ns, {})
-            d.update(zip(part["key"].to_list(), [pack(t) + v for v, t in zip(part["value"].to_list(),
-                                                                           part["time"].to_list(), strict=True)],
-                         strict=True))
+        for part in saved.iter_slices(_CHUNK):  # one chunk's Python lists at a time
+            for n, k, v, t in zip(part["ns"].to_list(), part["key"].to_list(), part["value"].to_list(),
+                                  part["time"].to_list(), strict=True):
+                d = data.get(n)
+                if d is None:
+                    d = data[n] = {}
+                d[k] = pack(t) + v
         self.data = data
 
     def close(self) -> None:
