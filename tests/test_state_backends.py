@@ -187,3 +187,21 @@ def test_process_state_equals_a_dict_for_every_key_type(backend: str, data: st.D
         out = testing.collect(proc)
         sl.run(flow, batch_size=batch_size, state=backend, state_dir=tmp_path / f"state-{batch_size}")
         assert out.frame().sort("id").to_dicts() == expected, batch_size
+
+
+@pytest.mark.parametrize("chunk", [1, 7])
+def test_snapshots_and_restores_across_chunk_boundaries(chunk: int, monkeypatch: pytest.MonkeyPatch) -> None:
+    from sluice.state import backends
+
+    monkeypatch.setattr(backends, "_CHUNK", chunk)
+    for n in (0, 1, 6, 7, 8, 14, 15):
+        b, oracle = MemoryBackend(), {}
+        for i in range(n):
+            ns = "ab"[i % 2]
+            b.put(ns, key_bytes(i), [i], -i)
+            oracle[(ns, key_bytes(i))] = ([i], -i)
+        saved = b.snapshot()
+        assert saved.height == n
+        restored = MemoryBackend()
+        restored.restore(saved)
+        assert_holds(restored, oracle, [key_bytes(i) for i in range(n)])
