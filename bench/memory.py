@@ -2,7 +2,7 @@
 """Peak memory and time per event as the input grows, each run's output checked against its oracle.
 
     python bench/memory.py [--sizes 1000000,10000000] [--workloads w1,w2,w3,w4,w5,cep] [--big 50000000]
-                           [--keys 10000000 --extra 2000000 --backends memory,rocksdb] [--data DIR] [--keep]
+                           [--keys 10000000 --extra 1000000 --backends memory,rocksdb --repeat 3] [--data DIR] [--keep]
                            [--out results.jsonl] [--quick]
 
 Workloads: w1–w5 and cep (bench/workloads.py) through `bench/run.py`, one fresh process per run. Inputs come
@@ -15,8 +15,10 @@ Polars as-of and bucketed equi-joins, which scale to 10M skewed events: ORACLES 
 
 `--keys K`: the state-size-bound job: K distinct integer keys (K + `--extra` records, shuffled: every key
 once, `--extra` of them again) through a keyed process function keeping a running count per key in value
-state and emitting (k, n) per record, on each state backend (`sl.run(..., state=...)`). Checked: every
-key's emitted counts are 1..(its number of records).
+state and emitting (k, n) per record, on each state backend (`sl.run(..., state=...)`), with one
+checkpoint at the end (timed, its size on disk); a second process resumes from it, which restores the state
+(timed) and reads nothing more. `--repeat R` alternates the backends R times and prints the medians.
+Checked: every key's emitted counts are 1..(its number of records).
 
 Inputs go to --data (default bench/data/mem, not in git) and, unless --keep, files over 1 GB are deleted
 at the end. Prints a table on stderr and a JSON line per run on stdout (--out appends them to a file).
@@ -180,18 +182,25 @@ def check(workload: str, inp: Path, out: Path) -> str:
 
 # --- the state-size-bound job -----------------------------------------------------------------------------
 def keys_job(a: argparse.Namespace) -> int:
+    """One whole process: the job to the end of its input and its one checkpoint (at the end), or
+    (--restore) a resumed run that only restores that checkpoint. The checkpoint and restore are timed by
+    wrapping the executor's own steps; VmHWM is read before the checkpoint too (the run's own peak)."""
     import sluice as sl
+    from sluice.runtime.executor import Executor
 
-    if a.copy_keys:  # the fix for the 4 KB per key (docs/benchmarks.md), applied here without touching the engine
-        import orjson
+    timed: dict[str, float] = {}
+    hwm: dict[str, int] = {}
 
-        from sluice.operators.process import ProcessOperator
+    def timing(name: str, step: Any) -> Any:
+        def wrapped(self: Any) -> None:
+            hwm.setdefault(f"before_{name}", peak_mb())
+            t0 = time.perf_counter()
+            step(self)
+            timed.setdefault(name, time.perf_counter() - t0)  # the first one: a resumed run checkpoints again
+        return wrapped
 
-        def key_of(self: Any, row: dict[str, Any]) -> tuple[bytes, Any]:
-            kv = row[self.key_cols[0]] if len(self.key_cols) == 1 else [row[k] for k in self.key_cols]
-            return bytes(memoryview(orjson.dumps(kv))), kv
-
-        ProcessOperator._key_of = key_of  # type: ignore[method-assign]
+    Executor._checkpoint = timing("checkpoint", Executor._checkpoint)  # type: ignore[method-assign]
+    Executor._restore = timing("restore", Executor._restore)  # type: ignore[method-assign]
 
     class RunningCount(sl.KeyedProcessFunction):
         def open(self, ctx: Any) -> None:
@@ -207,8 +216,14 @@ def keys_job(a: argparse.Namespace) -> int:
          .key_by("k").process("count", RunningCount(), schema={"k": int, "n": int})
          .write("out", sl.ParquetSink(a.output)))
     t = time.perf_counter()
-    r = sl.run(flow, state=a.backend, state_dir=a.state_dir)
+    cpu = time.process_time()
+    r = sl.run(flow, state=a.backend, state_dir=a.state_dir, checkpoint_dir=a.checkpoint_dir, checkpoint_interval=None)
+    ck = Path(a.checkpoint_dir)
+    ck_mb = sum(f.stat().st_size for f in ck.rglob("*") if f.is_file()) / 2**20
     print(json.dumps({"workload": f"keys-{a.backend}", "events": r.rows_read, "seconds": round(time.perf_counter() - t, 3),
+                      "process_cpu_s": round(time.process_time() - cpu, 2),
+                      "run_peak_mb": hwm.get("before_checkpoint"), "checkpoint_s": round(timed["checkpoint"], 2),
+                      "checkpoint_mb": round(ck_mb, 1), "restore_s": round(timed.get("restore", 0.0), 2),
                       "vm_hwm_mb": peak_mb()}))
     return 0
 
@@ -242,9 +257,8 @@ def main(argv: list[str] | None = None) -> int:
         return run_job(argv[1:])
     if argv and argv[0] == "_keys":
         sub = argparse.ArgumentParser()
-        for opt in ("--input", "--output", "--backend", "--state-dir"):
+        for opt in ("--input", "--output", "--backend", "--state-dir", "--checkpoint-dir"):
             sub.add_argument(opt)
-        sub.add_argument("--copy-keys", action="store_true")
         return keys_job(sub.parse_args(argv[1:]))
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--sizes", default="1000000,10000000")
@@ -253,9 +267,9 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--keys", type=int, default=10_000_000, help="distinct keys of the state-size job (0: skip it)")
     ap.add_argument("--only-keys", action="store_true", help="only the state-size job")
     ap.add_argument("--extra", type=int, default=2_000_000, help="records of the state-size job beyond one per key")
-    ap.add_argument("--backends", default="memory,rocksdb",
-                    help="state backends of the state-size job; memory+copy-keys: memory, with the state keys copied "
-                         "out of orjson's 4 KB buffers (see docs/benchmarks.md)")
+    ap.add_argument("--backends", default="memory,rocksdb", help="state backends of the state-size job")
+    ap.add_argument("--repeat", type=int, default=1,
+                    help="runs of the state-size job per backend, the backends alternating (medians in the table)")
     ap.add_argument("--data", default=str(HERE / "data" / "mem"))
     ap.add_argument("--keep", action="store_true", help="keep inputs over 1 GB")
     ap.add_argument("--out", help="append each run's JSON line here")
@@ -296,19 +310,38 @@ def main(argv: list[str] | None = None) -> int:
         out.unlink(missing_ok=True)
     if a.keys:
         inp = keys_input(data, a.keys, a.extra)
-        for backend in a.backends.split(","):
-            out = data / f"out-keys-{backend}.parquet"
-            state_dir = data / f"state-{backend}"
-            got, wall, ru, quarters = measured([sys.executable, str(HERE / "memory.py"), "_keys", "--input", str(inp),
-                                      "--output", str(out), "--backend", backend.split("+")[0],
-                                      "--state-dir", str(state_dir), *(["--copy-keys"] if "+" in backend else [])])
-            n = got["events"]
-            cpu = ru.ru_utime + ru.ru_stime
-            report({"workload": f"keys-{backend}", "events": n, "keys": a.keys, "peak_rss_mb": got["vm_hwm_mb"], "rss_by_quarter_mb": quarters,
-                    "wall_s": round(wall, 2), "cpu_s": round(cpu, 2), "us_per_event": round(wall / n * 1e6, 2),
-                    "cpu_us_per_event": round(cpu / n * 1e6, 2), "run_us_per_event": round(got["seconds"] / n * 1e6, 2),
-                    "load": round(os.getloadavg()[0], 1), "check": check_keys(inp, out)})
-            subprocess.run(["rm", "-rf", str(out), str(state_dir)], check=True)
+        for rep in range(a.repeat):
+            for backend in a.backends.split(","):
+                out, state_dir, ck = data / f"out-keys-{backend}", data / f"state-{backend}", data / f"ck-{backend}"
+                args = [sys.executable, str(HERE / "memory.py"), "_keys", "--input", str(inp), "--backend", backend,
+                        "--state-dir", str(state_dir), "--checkpoint-dir", str(ck)]
+                got, wall, ru, quarters = measured([*args, "--output", str(out)])
+                verdict = check_keys(inp, out)
+                subprocess.run(["rm", "-rf", str(state_dir)], check=True)  # a working copy, rebuilt from the checkpoint
+                # a second process resumes from the checkpoint: its input is all read, so it only restores
+                again, _, _, _ = measured([*args, "--output", str(out)])
+                n = got["events"]
+                cpu = ru.ru_utime + ru.ru_stime
+                report({"workload": f"keys-{backend}", "events": n, "keys": a.keys, "rep": rep,
+                        "peak_rss_mb": got["vm_hwm_mb"], "run_peak_rss_mb": got["run_peak_mb"],
+                        "rss_by_quarter_mb": quarters, "wall_s": round(wall, 2), "cpu_s": round(cpu, 2),
+                        "us_per_event": round(wall / n * 1e6, 2), "cpu_us_per_event": round(cpu / n * 1e6, 2),
+                        "run_us_per_event": round(got["seconds"] / n * 1e6, 2),
+                        "records_per_s": round(n / got["seconds"]), "checkpoint_s": got["checkpoint_s"],
+                        "checkpoint_mb": got["checkpoint_mb"], "restore_s": again["restore_s"],
+                        "restore_peak_rss_mb": again["vm_hwm_mb"], "load": round(os.getloadavg()[0], 1), "check": verdict})
+                subprocess.run(["rm", "-rf", str(out), str(state_dir), str(ck)],
+                               check=True)
+        keyed = [r for r in results if r["workload"].startswith("keys-")]
+        if a.repeat > 1:
+            fields = ("records_per_s", "peak_rss_mb", "cpu_s", "cpu_us_per_event", "checkpoint_s", "checkpoint_mb",
+                      "restore_s", "restore_peak_rss_mb")
+            for backend in a.backends.split(","):
+                rows = [r for r in keyed if r["workload"] == f"keys-{backend}"]
+                med = {f: float(np.median([r[f] for r in rows])) for f in fields}
+                print(f"median of {len(rows)} keys-{backend}: " + ", ".join(f"{f}={v:g}" for f, v in med.items()),
+                      file=sys.stderr)
+                print(json.dumps({"median_of": len(rows), "workload": f"keys-{backend}", **med}), flush=True)
     if not a.keep:
         for f in data.iterdir():
             if f.is_file() and f.stat().st_size > 1 << 30:

@@ -119,7 +119,8 @@ class _Handle(Generic[T]):
 
 
 class ValueState(_Handle[T]):
-    """One value per key."""
+    """One value per key. Both backends store it pickled, so `value()` is a copy: changing it in place
+    changes the state only once it is passed to `update`."""
 
     def value(self, default: T | None = None) -> T | None:
         v = self._get()
