@@ -12,24 +12,12 @@ import time
 from pathlib import Path
 
 import pytest
-from confluent_kafka import Consumer, KafkaException, TopicPartition
 
 import oracle
 from conftest import generate
-from kafka_util import create_topic, frame, load, read_committed
+from kafka_util import committed_total, create_topic, frame, load, read_committed
 
 PIPELINE = Path(__file__).with_name("workload_pipeline.py")
-
-
-def committed_total(bootstrap: str, group: str, topic: str, partitions: int) -> int:
-    c = Consumer({"bootstrap.servers": bootstrap, "group.id": group, "enable.auto.commit": False})
-    try:
-        got = c.committed([TopicPartition(topic, p) for p in range(partitions)], timeout=10)
-        return sum(max(tp.offset, 0) for tp in got)
-    except KafkaException:  # the group coordinator is still loading
-        return 0
-    finally:
-        c.close()
 
 
 def worker(bootstrap: str, app: str, name: str, env: dict[str, str], log: Path, batch_size: int = 2000) -> subprocess.Popen:
