@@ -467,6 +467,9 @@ class Run:
         for p in self.procs.values():
             with contextlib.suppress(subprocess.TimeoutExpired):
                 p.wait(30)
+            if p.poll() is None:  # e.g. frozen, resumed after the others finished: nothing of it may outlive the run
+                p.kill()
+                p.wait(30)
         return self.result(churn_s, churn_wall, handoff, hang)
 
     def result(self, churn_s: float, churn_wall: float, end_wall: float, hang: bool) -> dict[str, Any]:
