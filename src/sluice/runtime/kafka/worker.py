@@ -4,6 +4,7 @@ offsets, in one Kafka transaction every `commit_interval_s` (see the package doc
 from __future__ import annotations
 
 import logging
+import threading
 import time
 import uuid
 from collections.abc import Callable
@@ -36,6 +37,7 @@ from sluice.runtime.kafka.transactions import Transactions, fatal, hanging, prod
 from sluice.runtime.repartition import RepartitionSink, RepartitionSource, RepartitionWriter, split
 
 log = logging.getLogger("sluice.kafka")
+CONSUMER_CLOSE_S = 60.0  # the least time a worker waits for its consumer to close (see Worker._close_consumer)
 
 
 class Worker:
@@ -525,13 +527,41 @@ class Worker:
         self.closing = True
         if self.consumer is not None:
             try:
-                self.consumer.close()  # revokes: the tasks commit
+                self._close_consumer()  # revokes: the tasks commit
             finally:
                 self._drop_tasks()
         if self.states is not None:
             self.states.close()
         if self.txn is not None:
             self.txn.close()
+
+
+    def _close_consumer(self) -> None:
+        """`consumer.close()` (which revokes the tasks: they commit), bounded: librdkafka's close was seen
+        blocking for good after a rebalance, with the job finished and everything committed (a worker
+        that never exits). After the bound the worker leaves without it: the group drops this member at
+        its session timeout, and whatever a task had not committed is redone by the next owner, once."""
+        assert self.consumer is not None
+        consumer, failure = self.consumer, []
+        done = threading.Event()
+
+        def close() -> None:
+            try:
+                consumer.close()
+            except BaseException as exc:  # raised again below, in the worker's thread
+                failure.append(exc)
+            finally:
+                done.set()
+
+        threading.Thread(target=close, name="sluice-consumer-close", daemon=True).start()
+        bound = max(CONSUMER_CLOSE_S, 3 * self.rt.session_timeout_ms / 1000)
+        if not done.wait(bound):
+            log.warning("worker %s: the Kafka consumer did not close within %.0f s; leaving the group without "
+                        "it (the broker drops this member after its session timeout; anything not committed is "
+                        "redone by another worker, exactly once)", self.instance, bound)
+            return
+        if failure:
+            raise failure[0]
 
 
 class _ProducerRef:
