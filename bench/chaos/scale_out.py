@@ -36,6 +36,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import faulthandler
 import json
 import logging
 import os
@@ -84,6 +85,7 @@ def build_flow(inp: str, out_users: str, out_types: str, bootstrap: str) -> Any:
 
 # --- one worker process -------------------------------------------------------------------------
 def worker_main(a: argparse.Namespace) -> int:
+    faulthandler.register(signal.SIGUSR1, all_threads=True)  # the harness asks a hung worker for its stacks
     logging.basicConfig(level=logging.INFO, stream=sys.stderr,
                         format="%(created).3f %(name)s %(levelname)s %(message)s")
     import sluice as sl
@@ -272,6 +274,7 @@ class Run:
     n: int = 0
     finishing: bool = False  # the churn is over: workers started now finish the input (until_end)
     fed: int = 0
+    hang_report: list[str] = field(default_factory=list)  # what the workers were doing when the run hung
 
     def __post_init__(self) -> None:
         tag = f"so-{self.seed}-{uuid.uuid4().hex[:6]}"
@@ -420,8 +423,11 @@ class Run:
         self.changes.clear()  # the initial workers are not changes
         progress(f"run seed={self.seed}: {a.workers} workers started on {a.partitions} partitions ({self.app})")
         deadline = time.monotonic() + a.finish_timeout
-        while self.committed() < head and time.monotonic() < deadline:
+        while self.committed() < head:
             self.reap()
+            if time.monotonic() > deadline:
+                self.stop_hung(f"the group did not commit the first {head:,} records within {a.finish_timeout:.0f} s")
+                return self.result(0.0, time.time(), time.time(), True)
             time.sleep(0.5)
         feeder = threading.Thread(target=self.feed, args=(lines, keys, head, a.churn_s), daemon=True)
         feeder.start()
@@ -450,13 +456,12 @@ class Run:
         progress(f"churn over after {churn_s:.1f}s and {len(changes)} changes; {a.min_alive} workers finish the input")
         hang = False
         last = time.monotonic()
+        deadline = last + a.finish_timeout
         while self.alive():
             self.reap()
-            if time.monotonic() > deadline + a.churn_s:
+            if time.monotonic() > deadline:
                 hang = True
-                progress("the workers did not finish in time: a hang; stopping them")
-                for n in self.alive():
-                    self.procs[n].send_signal(signal.SIGKILL)
+                self.stop_hung(f"the workers did not finish the input within {a.finish_timeout:.0f} s of the hand-over")
                 break
             if time.monotonic() - last >= 5:
                 last = time.monotonic()
@@ -471,6 +476,29 @@ class Run:
                 p.kill()
                 p.wait(30)
         return self.result(churn_s, churn_wall, handoff, hang)
+
+    def stop_hung(self, what: str) -> None:
+        """A hang: every live worker prints its threads' stacks (faulthandler, SIGUSR1) into its log, the report
+        keeps each one's last lines and committed offsets, then they are killed."""
+        progress(f"{what}: a hang; asking the workers for their stacks, then stopping them")
+        alive = self.alive()
+        for n in alive:
+            with contextlib.suppress(ProcessLookupError):
+                self.procs[n].send_signal(signal.SIGCONT)  # a frozen one answers too
+                self.procs[n].send_signal(signal.SIGUSR1)
+        time.sleep(3)
+        self.hang_report = [what, f"input committed {max(self.committed(), 0):,} of {self.total:,}; alive: {alive}"]
+        for n in alive:
+            lines = self.logs[n].read_text(errors="replace").splitlines()
+            self.hang_report.append(f"--- {n} (started as {self.kind_of(n)}), last lines of its log:")
+            self.hang_report.extend("    " + x[:300] for x in lines[-60:])
+            with contextlib.suppress(ProcessLookupError):
+                self.procs[n].send_signal(signal.SIGKILL)
+        for x in self.hang_report:
+            print(x, file=sys.stderr, flush=True)
+
+    def kind_of(self, name: str) -> str:
+        return next((k for _, k, n in self.changes if n == name), "initial")
 
     def result(self, churn_s: float, churn_wall: float, end_wall: float, hang: bool) -> dict[str, Any]:
         import polars as pl
@@ -500,7 +528,7 @@ class Run:
             "seed": self.seed, "events": self.total, "partitions": self.a.partitions, "initial_workers": self.a.workers,
             "churn_s": round(churn_s, 1), "changes": {k: sum(1 for c in self.changes if c[1] == k)
                                                      for k in ("add", "term", "kill", "pause", "replace")},
-            "max_workers_started": self.n, "hang": hang, "worker_failures": self.failures,
+            "max_workers_started": self.n, "hang": hang, "hang_report": self.hang_report, "worker_failures": self.failures,
             "lost": users["lost"] + types["lost"], "duplicated": users["duplicated"] + types["duplicated"],
             "per_user": users, "per_type": types,
             "whole_again_s": {"all": quantiles([x for xs in per_kind.values() for x in xs]),

@@ -194,11 +194,15 @@ def test_a_transactional_call_stuck_past_its_timeout_ends_the_worker_with_a_clea
     code = """
 import time
 from sluice.runtime.kafka.transactions import Watchdog
+import threading
 Watchdog.GRACE_S = 0.5
+Watchdog.IDLE_S = 0.5
 w = Watchdog("w7")
 with w.watch("quick", 5):
     pass  # returns in time: nothing happens
 time.sleep(2.5)
+# idle: its thread has ended (none outlives a finished run), and the next call is watched by a new one
+assert not [t for t in threading.enumerate() if t.name == "sluice-txn-watchdog"], threading.enumerate()
 with w.watch("send_offsets_to_transaction", 0.5):
     time.sleep(30)  # as librdkafka was seen blocked
 """

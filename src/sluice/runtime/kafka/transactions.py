@@ -62,11 +62,13 @@ class Watchdog:
     commit, exactly once, in a restarted worker."""
 
     GRACE_S = 60.0
+    IDLE_S = 30.0  # a watchdog thread with nothing to watch for this long ends (the next call starts one again)
 
     def __init__(self, name: str) -> None:
         self.name = name
         self.what: str | None = None
         self.deadline = 0.0
+        self.last_call = 0.0
         self.lock = threading.Lock()
         self.thread: threading.Thread | None = None
 
@@ -81,13 +83,16 @@ class Watchdog:
             yield
         finally:
             with self.lock:
-                self.what = None
+                self.what, self.last_call = None, time.monotonic()
 
     def _run(self) -> None:
         while True:
             time.sleep(1.0)
             with self.lock:
                 what, late = self.what, self.what is not None and time.monotonic() > self.deadline
+                if what is None and time.monotonic() - self.last_call > self.IDLE_S:
+                    self.thread = None  # no thread outlives a finished run (sl.run in a long-lived process)
+                    return
             if late:
                 text = (f"sluice: error: worker {self.name}: the Kafka client is stuck in {what} well past its timeout "
                         "(a librdkafka call that never returned, seen after a broker restart or a network cut); stopping this "
