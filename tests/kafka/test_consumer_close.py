@@ -28,7 +28,9 @@ class Consumer:
 
 
 def fake(consumer: Consumer) -> SimpleNamespace:
-    return SimpleNamespace(consumer=consumer, instance="w1", rt=SimpleNamespace(session_timeout_ms=0))
+    w = SimpleNamespace(consumer=consumer, instance="w1", rt=SimpleNamespace(session_timeout_ms=0))
+    w._bounded = lambda *args: Worker._bounded(w, *args)  # type: ignore[arg-type]
+    return w
 
 
 def test_a_close_that_blocks_is_left_after_the_bound(monkeypatch, caplog) -> None:

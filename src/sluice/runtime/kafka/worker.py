@@ -531,7 +531,7 @@ class Worker:
             finally:
                 self._drop_tasks()
         if self.states is not None:
-            self.states.close()
+            self._bounded("the state topic's reader", self.states.close)
         if self.txn is not None:
             self.txn.close()
 
@@ -542,23 +542,29 @@ class Worker:
         that never exits). After the bound the worker leaves without it: the group drops this member at
         its session timeout, and whatever a task had not committed is redone by the next owner, once."""
         assert self.consumer is not None
-        consumer, failure = self.consumer, []
+        self._bounded("the Kafka consumer", self.consumer.close,
+                      "leaving the group without it (the broker drops this member after its session timeout; anything "
+                      "not committed is redone by another worker, exactly once)")
+
+    def _bounded(self, what: str, close: Callable[[], None], then: str = "going on without it") -> None:
+        """`close()` in a thread of its own, waited for at most CONSUMER_CLOSE_S (or 3 session timeouts);
+        its exception is raised here. A librdkafka client's close that never returns is left behind (the
+        thread is a daemon: the process still exits)."""
+        failure: list[BaseException] = []
         done = threading.Event()
 
-        def close() -> None:
+        def run() -> None:
             try:
-                consumer.close()
+                close()
             except BaseException as exc:  # raised again below, in the worker's thread
                 failure.append(exc)
             finally:
                 done.set()
 
-        threading.Thread(target=close, name="sluice-consumer-close", daemon=True).start()
+        threading.Thread(target=run, name="sluice-close", daemon=True).start()
         bound = max(CONSUMER_CLOSE_S, 3 * self.rt.session_timeout_ms / 1000)
         if not done.wait(bound):
-            log.warning("worker %s: the Kafka consumer did not close within %.0f s; leaving the group without "
-                        "it (the broker drops this member after its session timeout; anything not committed is "
-                        "redone by another worker, exactly once)", self.instance, bound)
+            log.warning("worker %s: %s did not close within %.0f s; %s", self.instance, what, bound, then)
             return
         if failure:
             raise failure[0]
