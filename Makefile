@@ -3,6 +3,10 @@ PY ?= python3
 UV := $(PY) -m uv
 VENV := .venv
 BIN := $(VENV)/bin
+# the native JSON decoder (native/) is built by cargo at `uv sync`: rustup installs cargo in ~/.cargo/bin,
+# which a non-login shell (CI's) may not have on PATH
+export PATH := $(PATH):$(HOME)/.cargo/bin
+NATIVE := native/pyproject.toml native/Cargo.toml native/Cargo.lock $(wildcard native/src/*.rs)
 
 .PHONY: setup services kafka-up kafka-down cassandra-up cassandra-down demo test test-fast lint chaos bench bench-data bench-limit-data bench-limit clean
 
@@ -12,7 +16,7 @@ BIN := $(VENV)/bin
 setup: $(VENV)/.synced
 	@$(BIN)/python -m compileall -q -j 0 src
 
-$(VENV)/.synced: pyproject.toml uv.lock Makefile
+$(VENV)/.synced: pyproject.toml uv.lock Makefile $(NATIVE)
 	@$(PY) -m uv --version >/dev/null 2>&1 || $(PY) -m pip install --quiet --disable-pip-version-check uv
 	$(UV) sync --frozen --quiet --compile-bytecode
 	@touch $@
