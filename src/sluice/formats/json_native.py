@@ -69,11 +69,11 @@ class _Plan:
         self.native = _native.Plan([spec(f) for f in fields])
 
 
-_PLANS: dict[tuple[str, tuple[str, ...]], _Plan | None] = {}
+_PLANS: dict[tuple[Any, ...], _Plan | None] = {}
 
 
 def _plan(schema: Schema) -> _Plan | None:
-    key = (repr(list(schema.polars.items())), schema.required)
+    key = (repr(list(schema.polars.items())), schema.required, schema.maps, schema.json_text)
     if key in _PLANS:
         return _PLANS[key]
     plan = None
