@@ -84,6 +84,16 @@ POISON_TOKENS = ['"7"', "1.5", "1e3", "1E3", "1.0", "-0.0", "true", "false", "{}
                  "123456789012345678901234567890", "nul", "tru", '"', "{", '{"x":}', "'a'"]
 
 
+NEAR_MISSES: dict[Any, list[str]] = {  # per declared type, wrong values a lenient reader would take
+    "int": ["1.5", "1e3", "1E3", "1.0", "-0.0", "0e0", '"7"', "true", "null"],
+    pl.Float64: ['"1.0"', "true", "NaN", "Infinity", "-Infinity", "1e400", "123456789012345678901234567890"],
+    pl.String: ["900002", "-1.5", "true", "false", "{}", "[1]", '"\\ud83d"', '"\\udc00"', '"a\x01"', '"\xff"',
+                '"\\u00"'],
+    pl.Boolean: ["1", "0", '"true"', "True", "null"],
+    "struct": ["5", "[]", '"x"', "true", "[{}]"],
+}
+
+
 def number_text(draw: st.DrawFn) -> str:
     """Any JSON number's text: sign, digits, fraction, exponent (often many significant digits)."""
     kind = draw(st.integers(0, 3))
@@ -111,11 +121,29 @@ def string_text(draw: st.DrawFn) -> str:
     return text
 
 
-def value_text(draw: st.DrawFn, t: Any, poison: bool, required: bool) -> str:
-    if (poison or not required) and draw(st.integers(0, 9)) == 0:
+class Faults:
+    """How many faults a block may still get: one at most, so that a fault the native decoder misses is not
+    hidden behind another that it refuses."""
+
+    def __init__(self, n: int) -> None:
+        self.n = n
+
+    def take(self, draw: st.DrawFn, odds: int) -> bool:
+        if self.n and draw(st.integers(0, odds)) == 0:
+            self.n -= 1
+            return True
+        return False
+
+
+def value_text(draw: st.DrawFn, t: Any, poison: Faults, required: bool) -> str:
+    if (not required and draw(st.integers(0, 9)) == 0) or (required and poison.take(draw, 9)):
         return "null"
-    if poison and draw(st.integers(0, 14)) == 0:
-        return draw(st.sampled_from(POISON_TOKENS) | st.builds(json.dumps, json_any))
+    if poison.take(draw, 6):
+        near = NEAR_MISSES["struct" if isinstance(t, dict) else "int" if t in INT_RANGE else t]
+        if not isinstance(t, dict) and t in INT_RANGE:
+            lo, hi = INT_RANGE[t]
+            near = [*near, str(lo - 1), str(hi + 1)]
+        return draw(st.sampled_from(near) | st.sampled_from(POISON_TOKENS) | st.builds(json.dumps, json_any))
     if isinstance(t, dict):
         return object_text(draw, t, poison, ())
     if t == pl.Float64:
@@ -128,25 +156,25 @@ def value_text(draw: st.DrawFn, t: Any, poison: bool, required: bool) -> str:
     return draw(st.sampled_from(["true", "false"]))
 
 
-def object_text(draw: st.DrawFn, spec: dict[str, Any], poison: bool, required: tuple[str, ...]) -> str:
+def object_text(draw: st.DrawFn, spec: dict[str, Any], poison: Faults, required: tuple[str, ...]) -> str:
     """An object of the declared fields (`spec`, Optional marks kept), undeclared ones, and with `poison`, any
     of the faults."""
     items: list[tuple[str, str]] = []
     for name, t in spec.items():
         t = t.dtype if isinstance(t, Optional) else t
-        if (poison or name not in required) and draw(st.integers(0, 7)) == 0:
+        if (name not in required and draw(st.integers(0, 7)) == 0) or (name in required and poison.take(draw, 7)):
             continue  # missing
         items.append((json.dumps(name, ensure_ascii=False), value_text(draw, t, poison, name in required)))
     for _ in range(draw(st.integers(0, 2))):  # undeclared fields, any JSON (or poison)
-        extra = draw(st.builds(json.dumps, json_any) | st.sampled_from(POISON_TOKENS if poison else ["1"]))
+        extra = draw(st.sampled_from(POISON_TOKENS)) if poison.take(draw, 5) else draw(st.builds(json.dumps, json_any))
         items.append((json.dumps(draw(st.sampled_from(["x", "extra", "é"]))), extra))
-    if poison and items and draw(st.integers(0, 12)) == 0:
+    if items and poison.take(draw, 12):
         items.append(draw(st.sampled_from(items)))  # a duplicate key
-    if poison and items and draw(st.integers(0, 12)) == 0:  # a key spelt with an escape
+    if items and poison.take(draw, 12):  # a key spelt with an escape
         k, v = items[0]
         items[0] = ('"\\u00' + f"{ord(k[1]):02x}" + k[2:] if len(k) > 2 and ord(k[1]) < 256 else k, v)
     items = draw(st.permutations(items))
-    w = lambda: draw(ws) if not poison or draw(st.integers(0, 40)) else draw(st.sampled_from(BAD_WS))  # noqa: E731
+    w = lambda: draw(st.sampled_from(BAD_WS)) if poison.take(draw, 40) else draw(ws)  # noqa: E731
     return "{" + w() + ",".join(f"{w()}{k}{w()}:{w()}{v}{w()}" for k, v in items) + w() + "}"
 
 
@@ -154,21 +182,21 @@ def object_text(draw: st.DrawFn, spec: dict[str, Any], poison: bool, required: t
 def blocks(draw: st.DrawFn) -> tuple[dict[str, Any], bytes]:
     schema = draw(schemas)
     required = resolve_schema(schema).required
-    poison = draw(st.booleans())  # else every record is good (and native should answer)
+    poison = Faults(draw(st.sampled_from([0, 1, 1, 1, 3])))  # with none, every record is good
     lines: list[bytes] = []
     for i in range(draw(st.integers(1, 8))):
-        kind = draw(st.integers(0, 20)) if poison else 2
+        kind = draw(st.integers(0, 2)) if poison.take(draw, 8) else 2
         if kind == 0:
             lines.append(draw(st.sampled_from([b"", b" ", b"\t\r", b"\x0c", b"null", b"[]", b"1", b'"a"', b"{}"])))
         elif kind == 1:
             lines.append(draw(poison_line(i))[0])
         else:
             text = object_text(draw, schema, poison, required).encode()
-            if poison and draw(st.integers(0, 30)) == 0:  # damage it
+            if poison.take(draw, 30):  # damage it
                 cut = draw(st.integers(0, len(text)))
                 text = text[:cut] + draw(st.sampled_from([b"\xff", b"\xc3", b"}", b",", b"\x00", b"\xef\xbb\xbf", b""]))
             lines.append(text)
-    if not poison and draw(st.booleans()):
+    if draw(st.booleans()):
         lines.insert(draw(st.integers(0, len(lines))), draw(st.sampled_from([b"", b" ", b"\t\r"])))
     end = draw(st.sampled_from([b"\n", b"\r\n", b"\n\n"]))
     return schema, end.join(lines) + draw(st.sampled_from([b"", end]))
