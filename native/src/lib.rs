@@ -379,7 +379,8 @@ impl<'a> Parser<'a> {
         let mut p = start;
         let mut high = false;
         loop {
-            // the common case: plain ASCII text
+            // the common case: plain ASCII text, 8 bytes at a time
+            p = plain_run(b, p);
             while p < b.len() {
                 let c = b[p];
                 if c == b'"' || c == b'\\' || c < 0x20 || c >= 0x80 {
@@ -421,6 +422,7 @@ impl<'a> Parser<'a> {
         let mut run = p;
         let mut high = false;
         loop {
+            p = plain_run(b, p);
             while p < b.len() {
                 let x = b[p];
                 if x == b'"' || x == b'\\' || x < 0x20 || x >= 0x80 {
@@ -529,13 +531,36 @@ impl<'a> Parser<'a> {
             b'n' => self.literal(b"null"),
             _ => {
                 let (start, int) = self.number()?;
-                if !int && !parse_float(&self.buf[start..self.pos])?.is_finite() {
-                    return Err(());
+                // only an exponent (or hundreds of digits) can make a number overflow to infinity
+                let text = &self.buf[start..self.pos];
+                if !int && (text.len() > 300 || text.iter().any(|&c| c == b'e' || c == b'E')) {
+                    parse_float(text)?;
                 }
                 Ok(())
             }
         }
     }
+}
+
+/// Past the 8-byte words from `p` that hold no quote, backslash, control character or non-ASCII byte.
+#[inline(always)]
+fn plain_run(b: &[u8], mut p: usize) -> usize {
+    const ONES: u64 = 0x0101_0101_0101_0101;
+    const HIGH: u64 = 0x8080_8080_8080_8080;
+    while p + 8 <= b.len() {
+        let w = u64::from_le_bytes(b[p..p + 8].try_into().unwrap());
+        let quote = w ^ (ONES * b'"' as u64);
+        let slash = w ^ (ONES * b'\\' as u64);
+        let special = (quote.wrapping_sub(ONES) & !quote)
+            | (slash.wrapping_sub(ONES) & !slash)
+            | (w.wrapping_sub(ONES * 0x20) & !w)
+            | w;
+        if special & HIGH != 0 {
+            break;
+        }
+        p += 8;
+    }
+    p
 }
 
 #[inline]

@@ -122,5 +122,5 @@ def decode(blob: bytes, schema: Schema) -> pl.DataFrame | None:
     df = pl.from_arrow(pa.RecordBatch.from_arrays(arrays, names=[f.name for f in plan.fields]))
     assert isinstance(df, pl.DataFrame)
     if df.schema != plan.schema:
-        df = df.cast(dict(plan.schema))  # pragma: no cover (from_arrow keeps these types)
+        df = df.cast(plan.schema)  # from_arrow keeps these types; a safety net
     return df
