@@ -28,6 +28,7 @@ enum Kind {
 
 struct Spec {
     name: Vec<u8>,
+    head: u64, // the name's first 8 bytes (zero-padded): most keys are told apart by these alone
     kind: Kind,
     min: i64,
     max: i64,
@@ -80,7 +81,8 @@ fn build(obj: &Bound<'_, PyAny>, top: bool, kinds: &mut Vec<Kind>) -> PyResult<S
             return Err(PyValueError::new_err("a struct needs 1 to 64 fields"));
         }
     }
-    Ok(Spec { name, kind, min, max, required: required && top, col, children })
+    let head = word(&name, 0, name.len());
+    Ok(Spec { name, head, kind, min, max, required: required && top, col, children })
 }
 
 #[pymethods]
@@ -182,13 +184,15 @@ impl<'a> Parser<'a> {
                 let start = self.pos;
                 self.skip_string_body(true)?;
                 let key = &self.buf[start..self.pos - 1];
+                let head = word(self.buf, start, key.len());
                 self.ws();
                 self.expect(b':')?;
                 self.ws();
                 let mut found = usize::MAX;
                 for k in 0..fields.len() {
                     let i = if hint + k < fields.len() { hint + k } else { hint + k - fields.len() };
-                    if fields[i].name.as_slice() == key {
+                    let f = &fields[i];
+                    if f.head == head && f.name.len() == key.len() && (key.len() <= 8 || f.name[8..] == key[8..]) {
                         found = i;
                         break;
                     }
@@ -561,6 +565,22 @@ fn plain_run(b: &[u8], mut p: usize) -> usize {
         p += 8;
     }
     p
+}
+
+/// The bytes `b[at..at + len]`, at most 8 of them, as a little-endian word padded with zeros.
+#[inline(always)]
+fn word(b: &[u8], at: usize, len: usize) -> u64 {
+    let n = len.min(8);
+    if at + 8 <= b.len() {
+        let w = u64::from_le_bytes(b[at..at + 8].try_into().unwrap());
+        if n == 8 { w } else { w & ((1u64 << (8 * n)) - 1) }
+    } else {
+        let mut w = 0u64;
+        for (i, &x) in b[at..at + n].iter().enumerate() {
+            w |= (x as u64) << (8 * i);
+        }
+        w
+    }
 }
 
 #[inline]
