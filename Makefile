@@ -18,7 +18,10 @@ setup: $(VENV)/.synced
 
 $(VENV)/.synced: pyproject.toml uv.lock Makefile $(NATIVE)
 	@$(PY) -m uv --version >/dev/null 2>&1 || $(PY) -m pip install --quiet --disable-pip-version-check uv
-	$(UV) sync --frozen --quiet --compile-bytecode
+	@if command -v cargo >/dev/null 2>&1; then echo "$(UV) sync --frozen --quiet --compile-bytecode"; \
+		$(UV) sync --frozen --quiet --compile-bytecode; \
+	else echo "cargo not found: installing Sluice without its native JSON decoder (slower parsing; Rust: https://rustup.rs)"; \
+		$(UV) sync --frozen --quiet --compile-bytecode --no-group native; fi
 	@touch $@
 
 services:  ## the servers some tests run against (Redis), from Debian packages
