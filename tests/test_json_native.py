@@ -350,3 +350,34 @@ def test_the_native_decoder_is_built_and_sluice_works_without_it() -> None:
     off = subprocess.run([sys.executable, "-c", "from sluice.formats import json_native; print(json_native.ENABLED)"],
                          capture_output=True, text=True, check=True, env=env).stdout
     assert off.strip() == "False"
+
+
+@pytest.mark.parametrize("batch_size", [1, 7, 65536])
+def test_a_flow_reads_through_the_native_path_with_the_same_output(events_small, batch_size: int,
+                                                                   monkeypatch: pytest.MonkeyPatch) -> None:
+    """The file source's blocks (small ones here) go through the native decoder, and the output is the Polars
+    path's, row for row."""
+    import sluice as sl
+    from sluice import testing
+
+    answers: list[bool] = []
+    decode = json_native.decode
+
+    def counted(blob: bytes, schema: Schema) -> pl.DataFrame | None:
+        df = decode(blob, schema)
+        answers.append(df is not None)
+        return df
+
+    def run() -> pl.DataFrame:
+        flow = sl.Flow("native")
+        src = flow.read("events", sl.JsonLinesSource(events_small, block_bytes=20_000), schema=W1)
+        out = testing.collect(src)
+        sl.run(flow, batch_size=batch_size)
+        return out.frame()
+
+    monkeypatch.setattr(json_native, "decode", counted)
+    native = run()
+    assert len(answers) > 5 and all(answers)
+    monkeypatch.setattr(json_native, "ENABLED", False)
+    polars = run()
+    assert native.height == 1500 and _exact(native.rows()) == _exact(polars.rows())
