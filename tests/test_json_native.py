@@ -100,7 +100,7 @@ def number_text(draw: st.DrawFn) -> str:
     if kind == 0:
         return repr(draw(st.floats(allow_nan=False, allow_infinity=False)))
     if kind == 1:
-        return str(draw(st.integers(-(10 ** 20), 10 ** 20)))
+        return str(draw(st.integers(-(10 ** 18), 10 ** 18)))
     sign = draw(st.sampled_from(["", "-"]))
     head = draw(st.sampled_from("0123456789"))
     if head != "0" and kind == 3:
@@ -235,6 +235,7 @@ ACCEPTED: list[tuple[dict[str, Any], bytes]] = [
     ({"id": int}, b'{"id":1,"deep":[[[{"a":[1,{"b":null}]}]]],"x":{"y":"\\u00e9","z":[true,false,null,-1.5E+3]}}\n'),
     ({"id": int}, b'{ "id" : 1 ,\t"x":"\xc3\xa9" }\t\r\n'),
     ({"id": int}, b'{"id":1,"x":1,"x":2}\n'),  # duplicate undeclared keys: the Polars path accepts them too
+    ({"é": int, "id": int}, b'{"\\u00e9":1,"\\u0069d":2,"\\u00e9x":3}\n'),  # keys spelt with escapes (json.dumps)
 ]
 
 
@@ -300,7 +301,7 @@ REFUSED = [
     b'{"id":1,"name":"a","v":1}}', b'{"id":1,"name":"a","v":1} {"id":2}', b'{"id":1,"name":"a\x01","v":1}',
     b'{"id":1,"name":"a","v":1,"x":"\x1f"}', b'{"id":1,"name":"a","v":1,"x":[1,}', b'{"id":1,"name":"a","v":1,"x":01}',
     b'{"id":9223372036854775808,"name":"a","v":1}', b'{"id":1,"name":"a","v":1,"x":' + b"[" * 200 + b"]" * 200 + b"}",
-    b'{"id":1,"name":"a"}', b'{"id":null,"name":"a","v":1}', b'{"\\u0069d":1,"name":"a","v":1}',
+    b'{"id":1,"name":"a"}', b'{"id":null,"name":"a","v":1}',
     b'{"id":1,"name":"a","v":1', b'{"id":1,\n"name":"a","v":1}', b'{"id":1,"name":"a","v":1}\x0c',
     b'{"id":1,"name":"a\\x","v":1}', b"{'id':1,\"name\":\"a\",\"v\":1}", b'{"id":-,"name":"a","v":1}',
 ]

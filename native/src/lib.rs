@@ -1,7 +1,7 @@
 //! A strict, columnar decoder of newline-separated JSON objects for a declared schema (Sluice's fast path).
 //!
 //! It either returns the declared columns of a block in which every record is good, or None ("not sure"): on
-//! any syntax error, wrong type, duplicate declared key, escaped declared key, invalid UTF-8, lone UTF-16
+//! any syntax error, wrong type, duplicate declared key, invalid UTF-8, lone UTF-16
 //! surrogate, raw control character in a string, integer out of range, non-finite number, nesting deeper
 //! than `MAX_DEPTH`, non-object record, missing or null required field. The caller then runs its own
 //! (slower, explaining) path, so this code never has to say why.
@@ -182,9 +182,12 @@ impl<'a> Parser<'a> {
             loop {
                 self.expect(b'"')?;
                 let start = self.pos;
-                self.skip_string_body(true)?;
-                let key = &self.buf[start..self.pos - 1];
-                let head = word(self.buf, start, key.len());
+                let escaped = self.skip_string_body()?;
+                let raw = &self.buf[start..self.pos - 1];
+                // a key spelt with escapes ("\u00e9" for "é", as Python's json.dumps writes) is compared decoded
+                let decoded = if escaped { Some(unescape(raw)?) } else { None };
+                let key: &[u8] = decoded.as_deref().unwrap_or(raw);
+                let head = if escaped { word(key, 0, key.len()) } else { word(self.buf, start, key.len()) };
                 self.ws();
                 self.expect(b':')?;
                 self.ws();
@@ -375,13 +378,14 @@ impl<'a> Parser<'a> {
     }
 
     /// Past a string's closing quote (its opening one consumed), checking escapes, control characters,
-    /// surrogates and UTF-8. With `key`, an escape is refused (a declared key could be spelt with one).
+    /// surrogates and UTF-8; whether it holds an escape.
     #[inline]
-    fn skip_string_body(&mut self, key: bool) -> R<()> {
+    fn skip_string_body(&mut self) -> R<bool> {
         let b = self.buf;
         let start = self.pos;
         let mut p = start;
         let mut high = false;
+        let mut escaped = false;
         loop {
             // the common case: plain ASCII text, 8 bytes at a time
             p = plain_run(b, p);
@@ -398,9 +402,7 @@ impl<'a> Parser<'a> {
             match b[p] {
                 b'"' => break,
                 b'\\' => {
-                    if key {
-                        return Err(());
-                    }
+                    escaped = true;
                     p = escape(b, p + 1, &mut |_| {})?;
                 }
                 c if c >= 0x80 => {
@@ -414,7 +416,7 @@ impl<'a> Parser<'a> {
             return Err(());
         }
         self.pos = p + 1;
-        Ok(())
+        Ok(escaped)
     }
 
     /// A declared string (opening quote consumed), decoded into column `col`.
@@ -471,7 +473,7 @@ impl<'a> Parser<'a> {
         match self.peek() {
             b'"' => {
                 self.pos += 1;
-                self.skip_string_body(false)
+                self.skip_string_body().map(|_| ())
             }
             b'{' => {
                 if depth >= MAX_DEPTH {
@@ -485,7 +487,7 @@ impl<'a> Parser<'a> {
                 }
                 loop {
                     self.expect(b'"')?;
-                    self.skip_string_body(false)?;
+                    self.skip_string_body()?;
                     self.ws();
                     self.expect(b':')?;
                     self.ws();
@@ -565,6 +567,24 @@ fn plain_run(b: &[u8], mut p: usize) -> usize {
         p += 8;
     }
     p
+}
+
+/// A string's text (between its quotes, already checked) with its escapes decoded.
+fn unescape(raw: &[u8]) -> R<Vec<u8>> {
+    let mut out = Vec::with_capacity(raw.len());
+    let mut p = 0;
+    while p < raw.len() {
+        if raw[p] == b'\\' {
+            p = escape(raw, p + 1, &mut |ch: char| {
+                let mut tmp = [0u8; 4];
+                out.extend_from_slice(ch.encode_utf8(&mut tmp).as_bytes());
+            })?;
+        } else {
+            out.push(raw[p]);
+            p += 1;
+        }
+    }
+    Ok(out)
 }
 
 /// The bytes `b[at..at + len]`, at most 8 of them, as a little-endian word padded with zeros.

@@ -3,7 +3,7 @@
 `decode(blob, schema)` returns the block's columns only when every record in it is good, exactly as the
 Polars path (json.py) would return them; otherwise None ("not sure"), and the Polars path runs, finds the
 bad records and explains them. The native decoder refuses rather than guesses: any syntax error, wrong type,
-duplicate or escaped declared key, lone surrogate, control character, overflow, deep nesting, or a missing
+duplicate declared key, lone surrogate, control character, overflow, deep nesting, or a missing
 required field makes it answer None. It handles top-level and nested-struct fields of Int64, Int32, UInt32,
 UInt64, Float64, String and Boolean; for any other schema it is not called.
 
