@@ -709,6 +709,26 @@ fn pack_bits(bytes: &[u8]) -> Vec<u8> {
     out
 }
 
+/// Arrow's string views of the strings at `offsets` in `data` (one data buffer): 16 bytes each, the length
+/// and either the text itself (up to 12 bytes) or its first 4 bytes, buffer 0 and its offset. Polars keeps
+/// its strings so, and takes these without converting them.
+fn views(offsets: &[i64], data: &[u8], out: &mut [u8]) {
+    let n = offsets.len() - 1;
+    for i in 0..n {
+        let (start, end) = (offsets[i] as usize, offsets[i + 1] as usize);
+        let len = end - start;
+        let v = &mut out[i * 16..i * 16 + 16];
+        v[0..4].copy_from_slice(&(len as u32).to_le_bytes());
+        if len <= 12 {
+            v[4..4 + len].copy_from_slice(&data[start..end]);
+        } else {
+            v[4..8].copy_from_slice(&data[start..start + 4]);
+            // v[8..12]: buffer 0
+            v[12..16].copy_from_slice(&(start as u32).to_le_bytes());
+        }
+    }
+}
+
 fn as_bytes<T: Copy>(v: &[T]) -> &[u8] {
     // SAFETY: plain numbers, read as their bytes
     unsafe { std::slice::from_raw_parts(v.as_ptr() as *const u8, std::mem::size_of_val(v)) }
@@ -731,7 +751,8 @@ fn decode_block(buf: &[u8], plan: &Plan) -> Option<(usize, Vec<Column>)> {
         parser.cols.push(c);
     }
     let n = parser.records(&plan.fields).ok()?;
-    if n == 0 {
+    // string views address their text with u32 offsets (an 8 MB block's strings are far from 4 GB)
+    if n == 0 || parser.cols.iter().any(|c| c.data.len() > u32::MAX as usize) {
         return None;
     }
     Some((n, parser.cols))
@@ -739,7 +760,7 @@ fn decode_block(buf: &[u8], plan: &Plan) -> Option<(usize, Vec<Column>)> {
 
 /// Decode a block: None when not sure, else (rows, [(validity bits or None, buffers...) per column in
 /// pre-order]). Int columns come as i64 values (the caller narrows them), booleans as packed bits, strings as
-/// i64 offsets and UTF-8 data.
+/// Arrow string views and UTF-8 data.
 #[pyfunction]
 fn decode<'py>(py: Python<'py>, blob: &Bound<'py, PyBytes>, plan: &Bound<'py, Plan>) -> PyResult<Option<(usize, Vec<Bound<'py, PyTuple>>)>> {
     let buf: &[u8] = blob.as_bytes();
@@ -757,7 +778,14 @@ fn decode<'py>(py: Python<'py>, blob: &Bound<'py, PyBytes>, plan: &Bound<'py, Pl
                 let bits: Vec<u8> = c.ints.iter().map(|&v| v as u8).collect();
                 vec![PyBytes::new(py, &pack_bits(&bits)).into_any()]
             }
-            Kind::Str => vec![PyBytes::new(py, as_bytes(&c.offsets)).into_any(), PyBytes::new(py, &c.data).into_any()],
+            Kind::Str => {
+                let n = c.offsets.len() - 1;
+                let v = PyBytes::new_with(py, n * 16, |out| {
+                    views(&c.offsets, &c.data, out);
+                    Ok(())
+                })?;
+                vec![v.into_any(), PyBytes::new(py, &c.data).into_any()]
+            }
             Kind::Struct => vec![],
         };
         let mut items: Vec<Bound<'py, PyAny>> = vec![validity.map_or_else(|| py.None().into_bound(py), |v| v.into_any())];

@@ -31,7 +31,7 @@ ENABLED = _native is not None and os.environ.get("SLUICE_NATIVE_JSON", "1") != "
 
 _KINDS: dict[Any, tuple[str, pa.DataType]] = {
     pl.Int64: ("i64", pa.int64()), pl.Int32: ("i32", pa.int32()), pl.UInt32: ("u32", pa.uint32()),
-    pl.UInt64: ("u64", pa.uint64()), pl.Float64: ("f64", pa.float64()), pl.String: ("str", pa.large_string()),
+    pl.UInt64: ("u64", pa.uint64()), pl.Float64: ("f64", pa.float64()), pl.String: ("str", pa.string_view()),
     pl.Boolean: ("bool", pa.bool_()),
 }
 
