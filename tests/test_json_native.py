@@ -214,6 +214,32 @@ def test_whenever_native_answers_it_equals_the_polars_path(data: tuple[dict[str,
         assert_same(native, blob, schema)
 
 
+@settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(spec=st.sampled_from([{"timestamp": int, "user_id": str, "metrics": {"value": float}},
+                             {"id": int, "name": str, "v": float}]),
+       edits=st.lists(st.tuples(st.integers(0, 10_000), st.sampled_from(["flip", "insert", "delete"]),
+                                st.binary(min_size=1, max_size=3)), min_size=1, max_size=4))
+def test_damaged_bytes_never_crash_it_and_never_change_an_answer(spec: dict[str, Any],
+                                                                 edits: list[tuple[int, str, bytes]]) -> None:
+    """Byte-level damage to good records (anywhere: keys, quotes, digits, escapes, UTF-8)."""
+    good = (b'{"timestamp":1767225595275,"user_id":"u\\u00e9\xc3\xa9","metrics":{"value":42.398,"r":[1,{"a":"\\n"}]},'
+            b'"id":7,"name":"n","v":-1.5e-3}\n') * 3
+    schema = resolve_schema(spec)
+    assert json_native.decode(good, schema) is not None
+    blob = bytearray(good)
+    for at, how, data in edits:
+        at %= len(blob) + 1
+        if how == "flip" and at < len(blob):
+            blob[at] ^= data[0] or 1
+        elif how == "insert":
+            blob[at:at] = data
+        else:
+            del blob[at:at + len(data)]
+    native = json_native.decode(bytes(blob), schema)
+    if native is not None:
+        assert_same(native, bytes(blob), schema)
+
+
 # --- it answers for ordinary input ---------------------------------------------------------------------
 
 W1 = {"timestamp": pl.Int64, "user_id": pl.String, "metrics": {"value": pl.Float64}}
