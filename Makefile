@@ -3,6 +3,10 @@ PY ?= python3
 UV := $(PY) -m uv
 VENV := .venv
 BIN := $(VENV)/bin
+# the native JSON decoder (native/) is built by cargo at `uv sync`: rustup installs cargo in ~/.cargo/bin,
+# which a non-login shell (CI's) may not have on PATH
+export PATH := $(PATH):$(HOME)/.cargo/bin
+NATIVE := native/pyproject.toml native/Cargo.toml native/Cargo.lock $(wildcard native/src/*.rs)
 
 .PHONY: setup services kafka-up kafka-down cassandra-up cassandra-down demo test test-fast lint chaos bench bench-data bench-limit-data bench-limit clean
 
@@ -12,9 +16,12 @@ BIN := $(VENV)/bin
 setup: $(VENV)/.synced
 	@$(BIN)/python -m compileall -q -j 0 src
 
-$(VENV)/.synced: pyproject.toml uv.lock Makefile
+$(VENV)/.synced: pyproject.toml uv.lock Makefile $(NATIVE)
 	@$(PY) -m uv --version >/dev/null 2>&1 || $(PY) -m pip install --quiet --disable-pip-version-check uv
-	$(UV) sync --frozen --quiet --compile-bytecode
+	@if command -v cargo >/dev/null 2>&1; then echo "$(UV) sync --frozen --quiet --compile-bytecode"; \
+		$(UV) sync --frozen --quiet --compile-bytecode; \
+	else echo "cargo not found: installing Sluice without its native JSON decoder (slower parsing; Rust: https://rustup.rs)"; \
+		$(UV) sync --frozen --quiet --compile-bytecode --no-group native; fi
 	@touch $@
 
 services:  ## the servers some tests run against (Redis), from Debian packages

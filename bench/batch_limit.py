@@ -82,6 +82,9 @@ def main() -> int:
     ap.add_argument("--sluice-src", help="run Sluice from this src/ directory (PYTHONPATH) instead of the installed one")
     ap.add_argument("--before-src", help="also run Sluice from this src/ directory, as the engine sluice-before, "
                     "alternating with the others (an A/B of two versions in one run)")
+    ap.add_argument("--before-env", action="append", default=[], metavar="KEY=VALUE",
+                    help="run sluice-before with this environment variable set (e.g. SLUICE_NATIVE_JSON=0: Sluice "
+                    "without its native JSON decoder); with or without --before-src")
     ap.add_argument("--json", help="append each cell's figures to this file as JSON lines")
     a = ap.parse_args()
     engines = a.engines.split(",")
@@ -89,9 +92,11 @@ def main() -> int:
     if a.sluice_src:
         env["PYTHONPATH"] = str(Path(a.sluice_src).resolve())
     envs = {e: env for e in engines}
-    if a.before_src:
+    if a.before_src or a.before_env:
         engines.insert(1, "sluice-before")
-        envs["sluice-before"] = {**os.environ, "PYTHONPATH": str(Path(a.before_src).resolve())}
+        envs["sluice-before"] = {**env, **dict(kv.split("=", 1) for kv in a.before_env)}
+        if a.before_src:
+            envs["sluice-before"]["PYTHONPATH"] = str(Path(a.before_src).resolve())
     print(f"# {time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())}, {os.cpu_count()} cores, load {os.getloadavg()[0]:.1f}; "
           f"medians of {a.runs}, runs alternating; sluice from {a.sluice_src or 'the venv'}", flush=True)
     print(f"{'size':<5}{'wl':<4}{'engine':<14}{'wall s':>8}{'cpu s':>8}{'wall/duck':>10}{'cpu/duck':>9}"
@@ -122,7 +127,8 @@ def main() -> int:
                         with open(a.json, "a") as f:
                             f.write(json.dumps({"size": size, "workload": w, "engine": e, "wall": walls[e],
                                                 "cpu": cpus[e],
-                                            "sluice_src": a.before_src if e == "sluice-before" else a.sluice_src}) + "\n")
+                                            "sluice_src": a.before_src if e == "sluice-before" else a.sluice_src,
+                                            "env": a.before_env if e == "sluice-before" else []}) + "\n")
     return 0
 
 

@@ -1,15 +1,20 @@
 """JSON decoders side by side, as the file reader uses them (8 MB blocks cut at line ends): the CPU and wall
-time of each over a JSON Lines file of events, and (`--strictness`) which bad records each raw decoder
+time of each decoding a JSON Lines file of events (read into memory first), and (`--strictness`) which bad records each raw decoder
 accepts that Sluice refuses.
 
     python bench/gen_events.py events --n 1000000 --out /tmp/ev1m.jsonl
     python bench/json_decode.py /tmp/ev1m.jsonl                    # Sluice's decoder (Json.decode_block)
+    SLUICE_NATIVE_JSON=0 python bench/json_decode.py /tmp/ev1m.jsonl   # ... without its native fast path
+    python bench/json_decode.py --make-bids 1000000 /tmp/bids1m.jsonl  # Nexmark bids as JSON Lines
+    python bench/json_decode.py --ab --runs 5 /tmp/ev1m.jsonl:w1 /tmp/bids1m.jsonl:bid
+                                  # native on/off, whole processes alternating, medians of CPU and wall
     python bench/json_decode.py /tmp/ev1m.jsonl --engine duckdb    # or polars, pyarrow: the raw parsers
     python bench/json_decode.py --strictness
     farm-bench -n 7 -- python bench/json_decode.py /tmp/ev1m.jsonl # A/B of the decode path (PYTHONPATH)
 
 Engines (the fields w1 reads, `--fields all` for every field of the events):
-  sluice   Json().decode_block: Polars' NDJSON reader plus the strict checks (json_check.py)
+  sluice   Json().decode_block: the native decoder (native/, json_native.py) when it is sure every record
+           of the block is good, else Polars' NDJSON reader plus the strict checks (json_check.py)
   polars   pl.read_ndjson(block, schema=...), no checks
   duckdb   DuckDB's read_json(columns=...) on the block (written to a file in /dev/shm: it reads files),
            to Arrow; duckdb is a dev dependency only
@@ -39,6 +44,7 @@ FIELDS: dict[str, dict[str, Any]] = {
     "w1": {"timestamp": pl.Int64, "user_id": pl.String, "metrics": {"value": pl.Float64}},
     "all": {"event_id": str, "event_type": str, "timestamp": int, "user_id": str, "properties": {"country": str},
             "metrics": {"value": pl.Float64, "response_time": pl.Float64}},
+    "bid": {"auction": int, "bidder": int, "price": int, "channel": str, "url": str, "date_time": int, "extra": str},
 }
 _DUCK = {pl.Int64: "BIGINT", pl.String: "VARCHAR", pl.Float64: "DOUBLE"}
 
@@ -137,6 +143,40 @@ def strictness() -> int:
     return 0
 
 
+def make_bids(n: int, path: str) -> int:
+    from sluice.testing.nexmark import BID, NexmarkConfig, frame
+
+    df = frame(NexmarkConfig(events=n * 50 // 46 + 100))
+    bids = df.filter(pl.col("event_type") == BID).head(n).select(
+        auction="bid_auction", bidder="bid_bidder", price="bid_price", channel="bid_channel", url="bid_url",
+        date_time="date_time", extra="bid_extra")
+    bids.write_ndjson(path)
+    print(f"{bids.height} bids, {os.path.getsize(path) / bids.height:.0f} bytes each, to {path}")
+    return 0
+
+
+def ab(cases: list[str], runs: int, block_mb: int) -> int:
+    """Each case with the native decoder on and off, whole processes alternating; medians and ratios."""
+    import statistics
+    import subprocess
+
+    for case in cases:
+        path, _, fields = case.rpartition(":")
+        got: dict[str, list[tuple[float, float]]] = {"on": [], "off": []}
+        for _ in range(runs):
+            for mode in ("on", "off"):
+                env = {**os.environ, "SLUICE_NATIVE_JSON": "1" if mode == "on" else "0"}
+                out = subprocess.run([sys.executable, __file__, path, "--fields", fields, "--block-mb", str(block_mb)],
+                                     env=env, capture_output=True, text=True, check=True).stdout
+                r = json.loads(out.strip().splitlines()[-1])
+                got[mode].append((r["cpu_s"] * 1e6 / r["rows"], r["seconds"] * 1e6 / r["rows"]))
+        med = {m: (statistics.median(c for c, _ in v), statistics.median(w for _, w in v)) for m, v in got.items()}
+        print(f"{fields}: per 1M events, medians of {runs} — native CPU {med['on'][0]:.3f} s, wall {med['on'][1]:.3f} s;"
+              f" Polars path CPU {med['off'][0]:.3f} s, wall {med['off'][1]:.3f} s;"
+              f" ratio CPU {med['off'][0] / med['on'][0]:.2f}x, wall {med['off'][1] / med['on'][1]:.2f}x")
+    return 0
+
+
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("path", nargs="?")
@@ -144,16 +184,26 @@ def main() -> int:
     ap.add_argument("--fields", default="w1", choices=sorted(FIELDS))
     ap.add_argument("--block-mb", type=int, default=8)
     ap.add_argument("--strictness", action="store_true", help="which bad records each decoder accepts")
+    ap.add_argument("--make-bids", type=int, metavar="N", help="write N Nexmark bids as JSON Lines to PATH")
+    ap.add_argument("--ab", nargs="+", metavar="PATH:FIELDS", help="native on/off, alternating processes")
+    ap.add_argument("--runs", type=int, default=5)
     a = ap.parse_args()
     if a.strictness:
         return strictness()
+    if a.make_bids:
+        return make_bids(a.make_bids, a.path)
+    if a.ab:
+        return ab(a.ab, a.runs, a.block_mb)
     if not a.path:
         ap.error("give a JSON Lines file (or --strictness)")
     decode = decoder(a.engine, resolve_schema(FIELDS[a.fields]).wire)
+    data = list(blocks(a.path, a.block_mb << 20))  # read first: the decoding alone is timed
     wall, cpu = time.perf_counter(), time.process_time()
-    rows = sum(decode(blob) for blob in blocks(a.path, a.block_mb << 20))
+    rows = sum(decode(blob) for blob in data)
     wall, cpu = time.perf_counter() - wall, time.process_time() - cpu
-    print(json.dumps({"engine": a.engine, "fields": a.fields, "rows": rows, "seconds": round(wall, 3),
+    from sluice.formats import json_native
+
+    print(json.dumps({"engine": a.engine, "native": a.engine == "sluice" and json_native.ENABLED, "fields": a.fields, "rows": rows, "seconds": round(wall, 3),
                       "cpu_s": round(cpu, 3), "events_per_s": round(rows / wall)}))
     return 0
 
