@@ -13,6 +13,8 @@ from pathlib import Path
 from typing import Any
 
 import polars as pl
+import pyarrow as pa
+import pyarrow.ipc
 import pytest
 
 import sluice as sl
@@ -80,13 +82,16 @@ def oracle(frame: pl.DataFrame) -> list[dict[str, Any]]:
     return sorted(out, key=lambda r: r["id"])
 
 
-def tally_flow(inputs: Path) -> tuple[sl.Flow, Any, Any]:
-    """The flow over the Parquet files in `inputs`, its output and its late stream (the input's disorder is
-    within the delay: none is late)."""
+def tally_flow(inputs: Path, out: Path | None = None) -> tuple[sl.Flow, Any, Any]:
+    """The flow over the Parquet files in `inputs`, its output (collected, or JSON Lines at `out`) and its
+    late stream (the input's disorder is within the delay: none is late)."""
     flow = sl.Flow("tally")
     source = sl.ParquetSource(str(inputs / "*.parquet"))
-    tally = (flow.read("in", source, schema={"id": int, "k": int, "tag": str, "v": int, "t": int}).event_time("t", dt.timedelta(milliseconds=20)).key_by("k")
-             .process("tally", Tally(), schema=OUT_SCHEMA))
+    tally = (flow.read("in", source, schema={"id": int, "k": int, "tag": str, "v": int, "t": int})
+             .event_time("t", dt.timedelta(milliseconds=20)).key_by("k").process("tally", Tally(), schema=OUT_SCHEMA))
+    if out is not None:
+        tally.write("out", sl.JsonLinesSink(out))
+        return flow, None, testing.collect(tally.late)
     return flow, testing.collect(tally), testing.collect(tally.late)
 
 
@@ -107,8 +112,18 @@ def make_fixture() -> None:
     assert out.frame().sort("id").to_dicts() == oracle(rows(0, FIRST, KEYS)) and late.frame().height == 0
 
 
-if __name__ == "__main__" and sys.argv[1:] == ["make-fixture"]:
+if __name__ == "__main__" and sys.argv[1:2] == ["make-fixture"]:
     make_fixture()
+elif __name__ == "__main__":  # a crash test's job: inputs, output, checkpoints, chunk size, failpoint to arm
+    from sluice.core import failpoints
+
+    inputs, out, ckpt, chunk, armed = sys.argv[1:6]
+    backends._CHUNK = int(chunk)
+    if armed:
+        failpoints.arm([armed])
+    flow, _, late = tally_flow(Path(inputs), Path(out))
+    sl.run(flow, checkpoint_dir=ckpt, checkpoint_interval=0, batch_size=500)
+    assert late.frame().height == 0
 
 
 @pytest.mark.parametrize("state", ["memory", "rocksdb"])
@@ -131,3 +146,116 @@ def test_a_checkpoint_written_before_chunks_resumes(state: str, tmp_path: Path) 
         assert r.rows_read == total - FIRST  # resumed: only the new records are read
         assert out.frame().sort("id").to_dicts() == oracle(rows(0, total, KEYS))[FIRST:], batch_size
         assert late.frame().height == 0
+
+
+def filled(entries: dict[str, int]) -> tuple[MemoryBackend, dict[tuple[str, bytes], tuple[Any, int]]]:
+    """A backend with entries[name] entries under each state name, values of several types and write times
+    across the range (TTL times included), and the same as a plain dict."""
+    b, expected = MemoryBackend(), {}
+    kinds = [lambda i: i, lambda i: -i / 3, lambda i: f"s{i}" * (i % 4), lambda i: [i, str(i)], lambda i: {"i": i},
+             lambda i: None, lambda i: dt.datetime(2026, 1, 1) + dt.timedelta(seconds=i), lambda i: (i, b"x" * (i % 3))]
+    for name, n in entries.items():
+        for i in range(n):
+            key = key_bytes(i if i % 3 else f"k{i}")
+            value, t = kinds[i % len(kinds)](i), (i * 7919 % 1000) - 500 if i % 5 else -(2**62) + i
+            b.put(name, key, value, t)
+            expected[(name, key)] = (value, t)
+    return b, expected
+
+
+def holds(b: MemoryBackend, expected: dict[tuple[str, bytes], tuple[Any, int]]) -> bool:
+    got = {(n, k): (v, t) for n, k, v, t in b.items()}
+    return len(b) == len(got) == len(expected) and got == expected
+
+
+@pytest.mark.parametrize(("chunk", "entries"), [
+    (7, {"a": 0, "b": 1, "c": 6, "d": 7, "e": 8, "f": 14, "g": 15}),  # every boundary of a chunk, small
+    (None, {"n": 3 * 65_536 + 11, "list": 65_536, "m": 1_000}),  # the real _CHUNK: several full chunks and a partial one
+])
+def test_chunked_state_round_trips_through_a_checkpoint(chunk: int | None, entries: dict[str, int], tmp_path: Path,
+                                                        monkeypatch: pytest.MonkeyPatch) -> None:
+    if chunk is not None:
+        monkeypatch.setattr(backends, "_CHUNK", chunk)
+    size = backends._CHUNK
+    b, expected = filled(entries)
+    store = CheckpointStore(tmp_path)
+    store.write(1, "f", {"p": ("process", {}, {"backend": b.snapshot(), "watermark": 5})}, {})
+    cp = CheckpointStore(tmp_path).latest()
+    assert cp is not None and cp.manifest["steps"]["p"]["frames"]["backend"]["rows"] == sum(entries.values())
+    saved = cp.state("p")
+    assert saved is not None and saved["watermark"] == 5
+    # one record batch per chunk, each from one state name, none larger than a chunk
+    parts = list(saved["backend"])
+    assert [(p["ns"][0], p.height) for p in parts] == [
+        (n, min(size, k - start)) for n, k in entries.items() for start in range(0, k, size)]
+    restored = MemoryBackend()
+    restored.put("stale", b"x", 1, 0)  # a restore replaces what was there
+    restored.restore(saved["backend"])
+    assert holds(restored, expected)
+    assert restored.data == {n: d for n, d in b.data.items()}  # the very bytes
+    rocks = RocksDBBackend()  # a memory checkpoint resumed with state="rocksdb"
+    try:
+        rocks.restore(saved["backend"])
+        assert sorted((n, k, v, t) for n, k, v, t in rocks.items()) == sorted((n, k, v, t) for (n, k), (v, t) in expected.items())
+    finally:
+        rocks.close()
+
+
+def test_chunked_state_round_trips_through_a_kafka_snapshot(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The Kafka runtime keeps a task's state in one message: the chunks go into it, and come back."""
+    from sluice.checkpoint.store import pack_state, unpack_state
+
+    monkeypatch.setattr(backends, "_CHUNK", 5)
+    b, expected = filled({"a": 12, "b": 5, "c": 0})
+    _, _, load = unpack_state(pack_state({"p": ("process", {}, {"backend": b.snapshot(), "w": 1})}, {}))
+    restored = MemoryBackend()
+    restored.restore(load("p")["backend"])
+    assert holds(restored, expected)
+
+
+def test_a_damaged_chunk_is_caught_before_it_is_restored(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(backends, "_CHUNK", 4)
+    store = CheckpointStore(tmp_path)
+    for cid in (1, 2):
+        b, _ = filled({"a": 10 * cid})
+        store.write(cid, "f", {"p": ("process", {}, {"backend": b.snapshot()})}, {})
+    frame = tmp_path / "chk-000002" / "p.backend.arrow"
+    data = bytearray(frame.read_bytes())
+    data[len(data) // 2] ^= 1
+    frame.write_bytes(bytes(data))
+    cp = CheckpointStore(tmp_path).latest()
+    assert cp is not None and cp.id == 1 and cp.manifest["steps"]["p"]["frames"]["backend"]["rows"] == 10
+
+
+def _job(tmp: Path, armed: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run([sys.executable, __file__, str(tmp / "in"), str(tmp / "out.jsonl"), str(tmp / "ckpt"), "50",
+                           armed], capture_output=True, text=True, timeout=300, cwd=Path(__file__).parent)
+
+
+@pytest.mark.parametrize(("hit", "in_checkpoint"), [(1, 1), (60, 1), (100, 2), (228, 3)])
+def test_killed_while_writing_chunks_resumes_from_the_previous_checkpoint(hit: int, in_checkpoint: int,
+                                                                          tmp_path: Path) -> None:
+    """kill -9 in the middle of a chunked state file (a checkpoint after every batch of 500, chunks of 50
+    entries, so 60 chunks in the first checkpoint and 84 in each later one: hits 1 and 60 are the first
+    checkpoint's first and last chunk, 100 the middle of the second, 228 the last of the third): the
+    partial checkpoint has no manifest and is ignored, the one before it is used, and the output is
+    exactly once."""
+    (tmp_path / "in").mkdir()
+    total = 3_000
+    rows(0, total, 700).write_parquet(tmp_path / "in" / "a.parquet")
+    killed = _job(tmp_path, f"during_chunked_state@{hit}")
+    assert killed.returncode == -9, killed.stderr
+    ckpt = tmp_path / "ckpt"
+    whole = sorted(int(p.parent.name[4:]) for p in ckpt.glob("chk-*/manifest.json"))
+    partial = [p for p in ckpt.glob("chk-*") if not (p / "manifest.json").exists()]
+    assert len(partial) == 1 and int(partial[0].name[4:]) == in_checkpoint == (whole[-1] if whole else 0) + 1
+    with pytest.raises(pa.ArrowInvalid):  # killed inside the state file: it is not a whole Arrow file
+        pa.ipc.open_file(str(partial[0] / "tally.backend.arrow"))
+    resumed = _job(tmp_path, "")
+    assert resumed.returncode == 0, resumed.stderr
+    got = pl.read_ndjson(tmp_path / "out.jsonl", schema={"id": pl.Int64, "n": pl.Int64, "total": pl.Float64,
+                                                          "last": pl.String, "tags": pl.Int64, "first": pl.String,
+                                                          "recent": pl.Int64})
+    want = pl.DataFrame(oracle(rows(0, total, 700))).with_columns(pl.col("first").dt.to_string("%Y-%m-%dT%H:%M:%S%.f"))
+    assert got.sort("id").drop("first").equals(want.drop("first"))
+    assert got.height == total and got["id"].n_unique() == total
