@@ -62,24 +62,40 @@ def rows(start: int, stop: int, keys: int) -> pl.DataFrame:
                          "v": [i % 13 for i in ids], "t": [i * 3 - (i % 4) * 5 for i in ids]})
 
 
-def oracle(frame: pl.DataFrame) -> list[dict[str, Any]]:
-    """Tally by hand: records in event-time order (ties in arrival order), a dict per key."""
-    state: dict[int, dict[str, Any]] = {}
+def oracle(frame: pl.DataFrame, state: dict[int, dict[str, Any]] | None = None) -> list[dict[str, Any]]:
+    """Tally by hand: records in event-time order (ties in arrival order), a dict per key (`state`, if given,
+    is left holding them)."""
+    state = {} if state is None else state
     out = []
     for r in sorted(frame.to_dicts(), key=lambda r: (r["t"], r["id"])):
         s = state.setdefault(r["k"], {"n": 0, "total": 0.0, "last": [], "tags": {}, "first": None, "recent": None})
         s["n"] += 1
         s["total"] += r["v"] / 4
+        s["t"] = r["t"]
         s["last"] = [*s["last"], r["tag"]][-3:]
         s["tags"][r["tag"]] = s["tags"].get(r["tag"], 0) + 1
         if s["first"] is None:
             s["first"] = dt.datetime(2026, 1, 1) + dt.timedelta(milliseconds=r["t"])
         before = s["recent"]
-        live = before is not None and r["t"] - before[1] <= TTL_MS
-        s["recent"] = (r["id"], r["t"])
+        live = before is not None and r["t"] - before[2] <= TTL_MS
         out.append({"id": r["id"], "n": s["n"], "total": s["total"], "last": ",".join(s["last"]),
                     "tags": len(s["tags"]), "first": s["first"], "recent": before[0] if live else -1})
+        s["recent"] = (r["id"], r["tag"], r["t"])
     return sorted(out, key=lambda r: r["id"])
+
+
+def oracle_state(frame: pl.DataFrame) -> dict[tuple[str, bytes], tuple[Any, int]]:
+    """Tally's state after `frame`, as backend entries: (state name, key) → (value, write time)."""
+    state: dict[int, dict[str, Any]] = {}
+    oracle(frame, state)
+    out: dict[tuple[str, bytes], tuple[Any, int]] = {}
+    for k, s in state.items():
+        key = key_bytes(k)
+        for name in ("n", "total", "last", "tags"):
+            out[(name, key)] = (s[name], s["t"])
+        out[("first", key)] = (s["first"], int((s["first"] - dt.datetime(2026, 1, 1)) / dt.timedelta(milliseconds=1)))
+        out[("recent", key)] = (s["recent"][:2], s["recent"][2])
+    return out
 
 
 def tally_flow(inputs: Path, out: Path | None = None) -> tuple[sl.Flow, Any, Any]:
@@ -124,6 +140,23 @@ elif __name__ == "__main__":  # a crash test's job: inputs, output, checkpoints,
     flow, _, late = tally_flow(Path(inputs), Path(out))
     sl.run(flow, checkpoint_dir=ckpt, checkpoint_interval=0, batch_size=500)
     assert late.frame().height == 0
+
+
+def test_a_checkpoint_written_before_chunks_restores_every_entry() -> None:
+    cp = CheckpointStore(FIXTURE).latest()
+    assert cp is not None and "chunked" not in cp.manifest["steps"]["tally"]["frames"]["backend"]  # the old format
+    saved = cp.state("tally")
+    assert saved is not None
+    want = oracle_state(rows(0, FIRST, KEYS))
+    b = MemoryBackend()
+    b.restore(saved["backend"])
+    assert {(n, k): (v, t) for n, k, v, t in b.items()} == want and len(b) == len(want) == 6 * KEYS
+    rocks = RocksDBBackend()
+    try:
+        rocks.restore(saved["backend"])
+        assert {(n, k): (v, t) for n, k, v, t in rocks.items()} == want
+    finally:
+        rocks.close()
 
 
 @pytest.mark.parametrize("state", ["memory", "rocksdb"])
