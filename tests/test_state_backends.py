@@ -74,7 +74,7 @@ def test_memory_backend_equals_a_dict_through_snapshot_and_restore(key_values: l
     saved = backend.snapshot()
     at_snapshot = dict(oracle)
     # the dump is what a checkpoint has always held: (ns, key, value pickled, time), one row per entry
-    assert sorted((n, k, pickle.loads(v), t) for n, k, v, t in saved.iter_rows()) == \
+    assert sorted((n, k, pickle.loads(v), t) for n, k, v, t in saved.collect().iter_rows()) == \
         sorted((n, k, v, t) for (n, k), (v, t) in oracle.items())
     restored = MemoryBackend()
     restored.put("n", b"stale", 1, 0)  # a restore replaces what was there
@@ -201,7 +201,7 @@ def test_snapshots_and_restores_across_chunk_boundaries(chunk: int, monkeypatch:
             b.put(ns, key_bytes(i), [i], -i)
             oracle[(ns, key_bytes(i))] = ([i], -i)
         saved = b.snapshot()
-        assert saved.height == n
+        assert saved.collect().height == n
         restored = MemoryBackend()
         restored.restore(saved)
         assert_holds(restored, oracle, [key_bytes(i) for i in range(n)])

@@ -163,3 +163,50 @@ def test_a_non_dict_output_names_the_record_under_a_compound_key() -> None:
         sl.run(flow)
         assert dead.frame()["position"].to_list() == ["offset 1 (key ['y', 2], event time 1)"]
         assert out.frame()["n"].to_list() == [1, 2]  # the failed record's output is dropped whole
+
+
+class Inactivity(sl.KeyedProcessFunction):
+    """A key is inactive `gap` ms after its last record: each record moves the key's one timer (deletes the
+    one at the previous record's time + gap, registers its own)."""
+
+    GAP = 40
+
+    def open(self, ctx):
+        self.last = ctx.value_state("last")
+
+    def process(self, record, ctx):
+        last = self.last.value()
+        if last is not None:
+            ctx.timers.delete_event_time(last + self.GAP)
+        ctx.timers.event_time(ctx.timestamp + self.GAP)
+        self.last.update(ctx.timestamp)
+        return None
+
+    def on_timer(self, timestamp, ctx):
+        yield {"k": ctx.key, "inactive_at": timestamp, "last": self.last.value()}
+
+
+def test_moved_timers_fire_once_per_inactive_spell_at_every_batch_size() -> None:
+    """Oracle: per key, records in event-time order (ties in arrival); a spell ends at t + gap of a record
+    whose key's next record comes later than that (records at a timer's time come before it)."""
+    import random
+
+    rng = random.Random(11)
+    rows, t = [], 0
+    for i in range(3_000):
+        t += rng.choice([0, 1, 3, 9, 30])
+        rows.append({"i": i, "k": f"k{rng.randrange(40)}", "t": max(0, t - rng.randrange(20))})  # disorder < delay
+    by_key: dict[str, list[int]] = {}
+    for r in sorted(rows, key=lambda r: (r["t"], r["i"])):
+        by_key.setdefault(r["k"], []).append(r["t"])
+    gap = Inactivity.GAP
+    want = sorted((k, ts[j] + gap, ts[j]) for k, ts in by_key.items() for j in range(len(ts))
+                  if j + 1 == len(ts) or ts[j + 1] > ts[j] + gap)
+    for batch_size in (1, 7, 65536):
+        flow = sl.Flow("idle")
+        proc = (flow.read("in", testing.rows(rows)).event_time("t", timedelta(milliseconds=25)).key_by("k")
+                .process("idle", Inactivity(), schema={"k": str, "inactive_at": int, "last": int}))
+        out, late = testing.collect(proc), testing.collect(proc.late)
+        sl.run(flow, batch_size=batch_size)
+        got = sorted((r["k"], r["inactive_at"], r["last"]) for r in out.frame().to_dicts())
+        assert late.frame().height == 0 and got == want, batch_size

@@ -1,7 +1,8 @@
 """Checkpoints on disk.
 
     <dir>/chk-000042/manifest.json    written last, through a temporary name, fsync'ed, then renamed
-    <dir>/chk-000042/<step>.<key>.arrow   DataFrames of a step's state (Arrow IPC)
+    <dir>/chk-000042/<step>.<key>.arrow   DataFrames of a step's state (Arrow IPC file); a chunked frame
+                                          (the memory backend's state) as one record batch per chunk
 
     <dir>/HEAD                            the id of the newest checkpoint written (after its manifest)
 
@@ -9,6 +10,11 @@ The manifest holds each stateful step's kind and fingerprint (a JSON object of t
 depends on, see docs/design/plan.md), its scalar state, the names and SHA-256 of its frame files, each
 sink's pending transaction, the closed plan's steps (names, kinds, fingerprints, parameters), and a
 SHA-256 of all of that (`checksum`: every field, so an edited source position is caught too).
+
+A frame too large to hold twice (`ChunkedFrame`: the memory state backend's dump) is written as its parts
+come, one Arrow record batch each, hashed on the way; a restore reads it back one record batch at a time.
+So a checkpoint of state S needs S + one chunk of memory, not S twice. The manifest marks such a frame
+`"chunked": true`; a frame without the mark (every frame written before chunks) is read whole, as before.
 
 A checkpoint exists only once its manifest does. A damaged one (unreadable or edited manifest, a frame
 flipped, truncated or deleted, a manifest or directory deleted although HEAD says it was written) is
@@ -24,18 +30,22 @@ import json
 import logging
 import os
 import shutil
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import polars as pl
+import pyarrow as pa
+import pyarrow.ipc
 
 from sluice.core.errors import CheckpointError as CheckpointError  # also importable from here, as before
 from sluice.core.errors import IncompatibleCheckpointError as IncompatibleCheckpointError
+from sluice.core.failpoints import failpoint
 
 log = logging.getLogger("sluice.checkpoint")
 
-State = dict[str, Any]  # scalars (JSON), polars DataFrames, and DirectoryState
+State = dict[str, Any]  # scalars (JSON), polars DataFrames, ChunkedFrame and DirectoryState
 
 
 @dataclass(frozen=True)
@@ -43,6 +53,86 @@ class DirectoryState:
     """State that writes itself as a directory (a RocksDB checkpoint): `create(path)` makes `path`."""
 
     create: Any  # Callable[[Path], None]
+
+
+@dataclass(frozen=True)
+class ChunkedFrame:
+    """A frame that is never whole in memory: iterating it yields its parts, DataFrames of `schema`, one at
+    a time. From a state backend's snapshot the parts are cut from the live state as they are asked for, so
+    it is written (iterated once) before the state changes; read from a checkpoint, they are the file's
+    record batches, read one at a time."""
+
+    schema: pl.Schema
+    parts: Callable[[], Iterator[pl.DataFrame]]
+
+    def __iter__(self) -> Iterator[pl.DataFrame]:
+        return self.parts()
+
+    def collect(self) -> pl.DataFrame:
+        """The whole frame (for small state and tests: this is the copy chunks avoid)."""
+        parts = list(self)
+        return pl.concat(parts) if parts else pl.DataFrame(schema=self.schema)
+
+
+class _HashingFile:
+    """A binary file that hashes what is written through it (pyarrow writes to any object with write)."""
+
+    def __init__(self, f: Any) -> None:
+        self.f = f
+        self.sha = hashlib.sha256()
+        self.size = 0
+        self.closed = False
+
+    def write(self, data: Any) -> int:
+        self.sha.update(data)
+        n: int = self.f.write(data)
+        self.size += n
+        return n
+
+    def tell(self) -> int:
+        return self.size
+
+    def flush(self) -> None:
+        self.f.flush()
+
+    def close(self) -> None:
+        self.closed = True  # the underlying file is closed by its owner, after fsync
+
+
+def _write_chunks(sink: Any, frame: ChunkedFrame, options: pa.ipc.IpcWriteOptions | None = None,
+                  each: Callable[[], None] = lambda: None) -> int:
+    """Write `frame` into `sink` as an Arrow IPC file, one record batch per part as it comes; the row count."""
+    rows = 0
+    schema = pl.DataFrame(schema=frame.schema).to_arrow().schema
+    with pa.ipc.new_file(sink, schema, options=options) as writer:
+        for part in frame:
+            if part.height:
+                writer.write_table(part.to_arrow().cast(schema))
+                rows += part.height
+                each()
+    return rows
+
+
+def _read_chunks(path: Path) -> Iterator[pl.DataFrame]:
+    """A chunked frame's parts from its file, one record batch at a time (read, not memory-mapped: mapped
+    pages would count in the resident set as the whole file is touched)."""
+    with pa.OSFile(str(path)) as f:
+        reader = pa.ipc.open_file(f)
+        for i in range(reader.num_record_batches):
+            part = pl.from_arrow(reader.get_batch(i))
+            assert isinstance(part, pl.DataFrame)
+            yield part
+
+
+def _chunked(path: Path) -> ChunkedFrame:
+    with pa.OSFile(str(path)) as f:
+        schema = pl.from_arrow(pa.ipc.open_file(f).schema.empty_table()).schema  # type: ignore[union-attr]
+    return ChunkedFrame(schema, lambda: _read_chunks(path))
+
+
+def _sha256_of(path: Path) -> str:
+    with open(path, "rb") as f:
+        return hashlib.file_digest(f, "sha256").hexdigest()  # in blocks: a frame is never read whole for this
 
 
 def manifest_checksum(manifest: dict[str, Any]) -> str:
@@ -72,7 +162,8 @@ class Checkpoint:
             return None
         out: State = dict(entry["scalars"])
         for key, meta in entry["frames"].items():
-            out[key] = pl.read_ipc(io.BytesIO((self.path / meta["file"]).read_bytes()))
+            file = self.path / meta["file"]
+            out[key] = _chunked(file) if meta.get("chunked") else pl.read_ipc(io.BytesIO(file.read_bytes()))
         for key, name in entry.get("dirs", {}).items():
             out[key] = self.path / name
         return out
@@ -144,6 +235,14 @@ class CheckpointStore:
                         f.flush()
                         os.fsync(f.fileno())
                     frames[key] = {"file": file, "sha256": hashlib.sha256(data).hexdigest(), "rows": value.height}
+                elif isinstance(value, ChunkedFrame):
+                    file = f"{name}.{key}.arrow"
+                    with open(path / file, "wb") as f:
+                        sink = _HashingFile(f)
+                        rows = _write_chunks(sink, value, each=lambda: failpoint("during_chunked_state"))
+                        f.flush()
+                        os.fsync(f.fileno())
+                    frames[key] = {"file": file, "sha256": sink.sha.hexdigest(), "rows": rows, "chunked": True}
                 else:
                     scalars[key] = value
             manifest["steps"][name] = {"kind": kind, "fingerprint": fingerprint, "scalars": scalars, "frames": frames,
@@ -178,7 +277,7 @@ class CheckpointStore:
             for meta in step["frames"].values():
                 file = path / meta["file"]
                 try:
-                    digest = hashlib.sha256(file.read_bytes()).hexdigest()
+                    digest = _sha256_of(file)
                 except OSError as exc:
                     raise CheckpointError(f"checkpoint {cid}: {file} is missing: {exc}") from exc
                 if digest != meta["sha256"]:
@@ -270,9 +369,12 @@ def pack_state(steps: dict[str, tuple[str, Any, State]], meta: dict[str, Any]) -
             if isinstance(value, DirectoryState):
                 raise CheckpointError(f"step {name!r}: state kept on disk (RocksDB) cannot be checkpointed into Kafka "
                                       "yet; use the memory state backend with the Kafka runtime")
-            if isinstance(value, pl.DataFrame):
+            if isinstance(value, pl.DataFrame | ChunkedFrame):
                 buf = io.BytesIO()
-                value.write_ipc(buf, compression="lz4")
+                if isinstance(value, ChunkedFrame):  # read back as one DataFrame: the blob is whole anyway
+                    _write_chunks(buf, value, pa.ipc.IpcWriteOptions(compression="lz4"))
+                else:
+                    value.write_ipc(buf, compression="lz4")
                 frames[key] = [sum(len(b) for b in blobs), len(buf.getvalue())]  # offset, length in the body
                 blobs.append(buf.getvalue())
             else:

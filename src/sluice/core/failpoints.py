@@ -7,6 +7,8 @@ ends with exactly the output one uninterrupted run writes. Unarmed, `failpoint()
 The commit path's failpoints, in order:
 
     after_prepare         every sink has prepared (staged) the epoch; nothing durable records it yet
+    during_chunked_state  sl.run: a chunk of a state backend's dump is written (fires after each chunk);
+                          the checkpoint has no manifest yet
     after_manifest        sl.run: the checkpoint manifest is durable; no sink has committed the epoch
     after_kafka_commit    Kafka runtime: the Kafka transaction (output, state, offsets) has committed;
                           no other sink has committed the epoch
@@ -22,7 +24,7 @@ import os
 import signal
 from collections.abc import Iterable
 
-POINTS = ("after_prepare", "after_manifest", "after_kafka_commit", "after_sink_commit", "between_sink_commits",
+POINTS = ("after_prepare", "during_chunked_state", "after_manifest", "after_kafka_commit", "after_sink_commit", "between_sink_commits",
           "after_commit", "during_restore")
 
 _armed: dict[str, int] = {}  # name → hits left until it fires

@@ -11,7 +11,6 @@ handles bound to the current key; TTL is checked when an entry is read.
 from __future__ import annotations
 
 import copy
-import heapq
 import time
 from collections.abc import Iterable, Iterator
 from datetime import datetime, timedelta
@@ -24,6 +23,7 @@ from sluice.core.batch import END_OF_TIME, NO_WATERMARK, OFFSET, TIME, WATERMARK
 from sluice.core.deadletter import dead_letters
 from sluice.core.errors import PlanError, UserFunctionError, polars_detail
 from sluice.operators.base import SEQ, ArrivalBuffer, Emitted, Operator, key_bytes, require_event_time
+from sluice.operators.timers import TimerQueue
 from sluice.state.backends import StateBackend
 
 T = TypeVar("T")
@@ -274,33 +274,21 @@ class ProcessOperator(Operator):
         self.fn.open(StateContext(self.scope))
         self.ctx = ProcessContext(self)
         self.pending = ArrivalBuffer()
-        self.timers: list[tuple[int, int, bytes, str]] = []  # (ts, seq, key bytes, key json) event-time heap
-        self.ptimers: list[tuple[int, int, bytes, str]] = []  # processing-time heap
-        self.timer_seq = 0
-        self.timer_index: set[tuple[str, int, bytes]] = set()
+        self.timers = TimerQueue()  # event time
+        self.ptimers = TimerQueue()  # processing time
+        self.timer_seq = 0  # registrations so far: ties at one time fire in registration order
         self.watermark = NO_WATERMARK
         self.current_key: Any = None
         self.time_dtype: pl.DataType | None = None
 
     # timers ----------------------------------------------------------------------------------
     def add_timer(self, kind: str, at: int) -> None:
-        heap = self.timers if kind == "event" else self.ptimers
-        key = self.scope.key
-        if (kind, at, key) in self.timer_index:
-            return  # one timer per key and time, as in Flink
-        self.timer_index.add((kind, at, key))
-        self.timer_seq += 1
-        heapq.heappush(heap, (at, self.timer_seq, key, orjson.dumps(self.current_key).decode()))
+        queue = self.timers if kind == "event" else self.ptimers
+        if queue.add(at, self.timer_seq + 1, self.scope.key, orjson.dumps(self.current_key)):
+            self.timer_seq += 1  # (a second one for this key and time is no new timer, as in Flink)
 
     def delete_timer(self, kind: str, at: int) -> None:
-        heap = self.timers if kind == "event" else self.ptimers
-        self.timer_index.discard((kind, at, self.scope.key))
-        kept = [t for t in heap if not (t[0] == at and t[2] == self.scope.key)]
-        heapq.heapify(kept)
-        if kind == "event":
-            self.timers = kept
-        else:
-            self.ptimers = kept
+        (self.timers if kind == "event" else self.ptimers).delete(at, self.scope.key)
 
     # records ---------------------------------------------------------------------------------
     def on_batch(self, index: int, batch: Batch) -> Emitted:
@@ -338,22 +326,23 @@ class ProcessOperator(Operator):
             records = user_columns(released).to_dicts()
         n = len(records)
         i = 0
+        timers = self.timers
         while True:
             next_rec = times[i] if i < n else None
-            next_timer = self.timers[0][0] if self.timers and self.timers[0][0] < watermark else None
+            next_timer = timers.next_time()
+            if next_timer is not None and next_timer >= watermark:
+                next_timer = None
             if next_rec is None and next_timer is None:
                 break
             if next_timer is None or (next_rec is not None and next_rec <= next_timer):
                 self._call_process(records[i], kvs[i], times[i], offsets[i], out)
                 i += 1
             else:
-                ts, _, key, key_json = heapq.heappop(self.timers)
-                self.timer_index.discard(("event", ts, key))
+                ts, key, key_json = timers.pop()
                 self._call_timer(ts, key, orjson.loads(key_json), out)
         now = int(time.time() * 1000)
-        while self.ptimers and self.ptimers[0][0] <= now:
-            ts, _, key, key_json = heapq.heappop(self.ptimers)
-            self.timer_index.discard(("processing", ts, key))
+        while (due := self.ptimers.next_time()) is not None and due <= now:
+            ts, key, key_json = self.ptimers.pop()
             self._call_timer(ts, key, orjson.loads(key_json), out)
         return self._emit(out, start_wm, watermark, batch)
 
@@ -445,8 +434,8 @@ class ProcessOperator(Operator):
     def snapshot(self) -> dict[str, Any]:
         state: dict[str, Any] = {
             "watermark": self.watermark, "timer_seq": self.timer_seq,
-            "timers": [[t, s, k.hex(), j] for t, s, k, j in self.timers],
-            "ptimers": [[t, s, k.hex(), j] for t, s, k, j in self.ptimers],
+            "timers": [[t, s, k.hex(), j.decode()] for t, s, k, j in self.timers],
+            "ptimers": [[t, s, k.hex(), j.decode()] for t, s, k, j in self.ptimers],
             "backend": self.backend.snapshot(),
         }
         self.pending.snapshot(state)
@@ -455,11 +444,8 @@ class ProcessOperator(Operator):
     def restore(self, state: dict[str, Any]) -> None:
         self.watermark = int(state["watermark"])
         self.timer_seq = int(state["timer_seq"])
-        self.timers = [(int(t), int(s), bytes.fromhex(k), j) for t, s, k, j in state["timers"]]
-        self.ptimers = [(int(t), int(s), bytes.fromhex(k), j) for t, s, k, j in state["ptimers"]]
-        heapq.heapify(self.timers)
-        heapq.heapify(self.ptimers)
-        self.timer_index = {("event", t, k) for t, _, k, _ in self.timers} | {("processing", t, k) for t, _, k, _ in self.ptimers}
+        self.timers = TimerQueue.of([(int(t), int(s), bytes.fromhex(k), j.encode()) for t, s, k, j in state["timers"]])
+        self.ptimers = TimerQueue.of([(int(t), int(s), bytes.fromhex(k), j.encode()) for t, s, k, j in state["ptimers"]])
         self.backend.restore(state["backend"])
         self.pending.restore(state)
 

@@ -2,7 +2,9 @@
 `time` being when the entry was written (for TTL). Operators reach state through typed handles
 (sluice.operators.process) and never see the backend.
 
-Snapshots are full dumps into an Arrow frame (namespace, key, value, time); values are pickled.
+The memory backend's snapshot is a dump (namespace, key, value pickled, time) cut into chunks of _CHUNK
+entries as the checkpoint writes them (checkpoint/store.py, ChunkedFrame): beside the state, a checkpoint
+or a restore holds one chunk, never a copy of the whole state. RocksDB's is a native checkpoint directory.
 """
 
 from __future__ import annotations
@@ -18,12 +20,13 @@ from typing import Any, Protocol
 
 import polars as pl
 
+from sluice.checkpoint.store import ChunkedFrame
 from sluice.core.errors import PlanError
 
 Entry = tuple[Any, int]  # value, write time (ms)
 _TIME = struct.Struct("<q")  # an entry's write time, ahead of its pickled value in the memory backend
 _CHUNK = 65_536  # entries per chunk of a memory snapshot or restore
-_SNAPSHOT_SCHEMA = {"ns": pl.String, "key": pl.Binary, "value": pl.Binary, "time": pl.Int64}
+_SNAPSHOT_SCHEMA = pl.Schema({"ns": pl.String, "key": pl.Binary, "value": pl.Binary, "time": pl.Int64})
 
 
 class StateBackend(Protocol):
@@ -82,25 +85,28 @@ class MemoryBackend:
     def __len__(self) -> int:
         return sum(len(d) for d in self.data.values())
 
-    def snapshot(self) -> pl.DataFrame:
-        """A dump (namespace, key, value pickled, time), the stored pickles copied as they are, built
-        _CHUNK entries at a time: beside the state, only the dump and one chunk's Python lists."""
+    def snapshot(self) -> ChunkedFrame:
+        """The dump, in chunks of _CHUNK entries cut as they are asked for (the stored pickles copied as
+        they are): write it before the state changes."""
+        return ChunkedFrame(_SNAPSHOT_SCHEMA, self._chunks)
+
+    def _chunks(self) -> Iterator[pl.DataFrame]:
         unpack = _TIME.unpack_from
-        parts = []
         for n, d in self.data.items():
             entries = iter(d.items())
             while chunk := list(islice(entries, _CHUNK)):
-                parts.append(pl.DataFrame({"ns": [n] * len(chunk), "key": [k for k, _ in chunk],
-                                           "value": [r[8:] for _, r in chunk], "time": [unpack(r)[0] for _, r in chunk]},
-                                          schema=_SNAPSHOT_SCHEMA))
-        return pl.concat(parts, rechunk=False) if parts else pl.DataFrame(schema=_SNAPSHOT_SCHEMA)
+                yield pl.DataFrame({"ns": [n] * len(chunk), "key": [k for k, _ in chunk],
+                                    "value": [r[8:] for _, r in chunk], "time": [unpack(r)[0] for _, r in chunk]},
+                                   schema=_SNAPSHOT_SCHEMA)
 
     def restore(self, saved: Any) -> None:
-        if not isinstance(saved, pl.DataFrame):
+        """From a chunked dump (read a chunk at a time) or a dump written whole (checkpoints from before chunks,
+        and the Kafka runtime's snapshots)."""
+        if not isinstance(saved, ChunkedFrame | pl.DataFrame):
             raise PlanError("this checkpoint holds RocksDB state; run with state='rocksdb' to restore it")
         data: dict[str, dict[bytes, bytes]] = {}
         pack = _TIME.pack
-        for part in saved.iter_slices(_CHUNK):  # one chunk's Python lists at a time
+        for part in _parts(saved):  # one chunk's Python lists at a time
             for n, k, v, t in zip(part["ns"].to_list(), part["key"].to_list(), part["value"].to_list(),
                                   part["time"].to_list(), strict=True):
                 d = data.get(n)
@@ -163,13 +169,14 @@ class RocksDBBackend:
     def restore(self, saved: Any) -> None:
         from rocksdict import Options, Rdict
 
-        if isinstance(saved, pl.DataFrame):  # a dump (from the memory backend): load it entry by entry
+        if isinstance(saved, ChunkedFrame | pl.DataFrame):  # the memory backend's dump: entry by entry
             from rocksdict import WriteBatch
 
-            wb = WriteBatch(raw_mode=True)
-            for n, k, v, t in saved.iter_rows():
-                wb.put(self._k(n, k), pickle.dumps((pickle.loads(v), t), protocol=pickle.HIGHEST_PROTOCOL))
-            self.db.write(wb)
+            for part in _parts(saved):
+                wb = WriteBatch(raw_mode=True)
+                for n, k, v, t in part.iter_rows():
+                    wb.put(self._k(n, k), pickle.dumps((pickle.loads(v), t), protocol=pickle.HIGHEST_PROTOCOL))
+                self.db.write(wb)
             return
         self.db.close()
         shutil.rmtree(self.dir)
@@ -182,6 +189,10 @@ class RocksDBBackend:
         self.db.close()
         if self._owned:
             shutil.rmtree(self.dir, ignore_errors=True)
+
+
+def _parts(dump: ChunkedFrame | pl.DataFrame) -> Iterator[pl.DataFrame]:
+    return iter(dump) if isinstance(dump, ChunkedFrame) else dump.iter_slices(_CHUNK)
 
 
 def _link_or_copy(src: str, dst: str) -> None:
