@@ -388,14 +388,7 @@ impl<'a> Parser<'a> {
         let mut escaped = false;
         loop {
             // the common case: plain ASCII text, 8 bytes at a time
-            p = plain_run(b, p);
-            while p < b.len() {
-                let c = b[p];
-                if c == b'"' || c == b'\\' || c < 0x20 || c >= 0x80 {
-                    break;
-                }
-                p += 1;
-            }
+            p = next_special(b, p);
             if p >= b.len() {
                 return Err(());
             }
@@ -428,14 +421,7 @@ impl<'a> Parser<'a> {
         let mut run = p;
         let mut high = false;
         loop {
-            p = plain_run(b, p);
-            while p < b.len() {
-                let x = b[p];
-                if x == b'"' || x == b'\\' || x < 0x20 || x >= 0x80 {
-                    break;
-                }
-                p += 1;
-            }
+            p = next_special(b, p);
             if p >= b.len() {
                 return Err(());
             }
@@ -546,6 +532,20 @@ impl<'a> Parser<'a> {
             }
         }
     }
+}
+
+/// The first quote, backslash, control character or non-ASCII byte at or after `p` (or `b.len()`).
+#[inline(always)]
+fn next_special(b: &[u8], p: usize) -> usize {
+    let mut p = plain_run(b, p);
+    while p < b.len() {
+        let c = b[p];
+        if c == b'"' || c == b'\\' || c < 0x20 || c >= 0x80 {
+            break;
+        }
+        p += 1;
+    }
+    p
 }
 
 /// Past the 8-byte words from `p` that hold no quote, backslash, control character or non-ASCII byte.
