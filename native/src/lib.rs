@@ -13,6 +13,8 @@ use pyo3::exceptions::PyValueError;
 use pyo3::prelude::*;
 use pyo3::types::{PyBytes, PyList, PyTuple};
 
+mod panes;
+
 const MAX_DEPTH: u32 = 128;
 
 type R<T> = Result<T, ()>;
@@ -697,7 +699,7 @@ fn parse_float(text: &[u8]) -> R<f64> {
     }
 }
 
-fn pack_bits(bytes: &[u8]) -> Vec<u8> {
+pub(crate) fn pack_bits(bytes: &[u8]) -> Vec<u8> {
     let mut out = vec![0u8; bytes.len().div_ceil(8)];
     for (i, chunk) in bytes.chunks(8).enumerate() {
         let mut v = 0u8;
@@ -799,5 +801,6 @@ fn decode<'py>(py: Python<'py>, blob: &Bound<'py, PyBytes>, plan: &Bound<'py, Pl
 fn sluice_native(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_class::<Plan>()?;
     m.add_function(wrap_pyfunction!(decode, m)?)?;
+    m.add_class::<panes::Panes>()?;
     Ok(())
 }

@@ -12,19 +12,21 @@ one group-by row however many windows overlap it; panes then fan out to windows 
 
 from __future__ import annotations
 
+import os
 from collections.abc import Mapping
 from itertools import pairwise
-from typing import Any
+from typing import Any, ClassVar, Literal
 
 import numpy as np
 import polars as pl
+import pyarrow as pa
 
 from sluice.core.batch import NO_WATERMARK, TIME, WATERMARK, Batch
 from sluice.core.errors import StepError, polars_detail
 from sluice.core.plan import Window
 from sluice.core.plan import key_names as key_names  # its home was here; kept for importers
 from sluice.operators.base import Emitted, Operator, check_columns
-from sluice.time.aggregates import Aggregate, Percentile
+from sluice.time.aggregates import Aggregate, Count, Max, Mean, Min, Percentile, Sum
 from sluice.time.windows import Session, pane_ms
 
 WS = "__sl_ws"  # window start (ms)
@@ -102,6 +104,16 @@ class WindowOperator(Operator):
 
     # --- input ---------------------------------------------------------------------------------
     def _prepare(self, batch: Batch) -> pl.DataFrame:
+        df = self._evaluate(batch)
+        # text keys group several times faster as categoricals; outputs turn them back into text
+        text = [k for k in self.key_cols if df.schema[k] == pl.String] if self.categorical_keys else []
+        if text:
+            self.text_keys = text
+            df = df.with_columns(pl.col(text).cast(pl.Categorical))
+        return df
+
+    def _evaluate(self, batch: Batch) -> pl.DataFrame:
+        """The batch with its key and aggregated value columns."""
         if TIME not in batch.df.columns:
             from sluice.core.errors import PlanError
 
@@ -117,11 +129,6 @@ class WindowOperator(Operator):
         except pl.exceptions.PolarsError as exc:
             raise StepError(self.name, f"a batch starting at {batch.position_of(0)}", polars_detail(exc),
                             "check the keys and aggregates against the stream's columns and types") from exc
-        # text keys group several times faster as categoricals; outputs turn them back into text
-        text = [k for k in self.key_cols if df.schema[k] == pl.String] if self.categorical_keys else []
-        if text:
-            self.text_keys = text
-            df = df.with_columns(pl.col(text).cast(pl.Categorical))
         return df
 
     def _narrow(self, df: pl.DataFrame, extra: list[str]) -> pl.DataFrame:
@@ -155,9 +162,9 @@ class WindowOperator(Operator):
 
     # --- output --------------------------------------------------------------------------------
     def _emit(self, closing: pl.DataFrame, wms: np.ndarray, sketches: dict[str, pl.DataFrame],
-              extra: tuple[str, ...] = ()) -> pl.DataFrame:
+              extra: tuple[str, ...] = (), presorted: bool = False) -> pl.DataFrame:
         """Finish the closing windows (keys, WS, WE, partials; sketches: keys, WS, BUCKET, n) into output
-        rows; `extra` columns of `closing` come last."""
+        rows; `extra` columns of `closing` come last. `presorted`: `closing` is in output order already."""
         by = [*self.key_cols, WS]
         out = closing.select(*self.key_cols, WS, WE, *self._bounds(closing), *self.aggs.finish(), *extra)
         if self.text_keys:
@@ -177,7 +184,8 @@ class WindowOperator(Operator):
             out = out.join(picked, on=by, how="left", nulls_equal=True)
         if extra:
             out = out.select(pl.exclude(list(extra)), *extra)
-        out = out.sort([WE, *self.key_cols, WS], nulls_last=True)
+        if not presorted:
+            out = out.sort([WE, *self.key_cols, WS], nulls_last=True)
         ends = out[WE].to_numpy()
         idx = np.searchsorted(wms, ends, side="left") - 1
         wm_out = np.where(idx >= 0, wms[np.maximum(idx, 0)] if len(wms) else self.carry_wm, self.carry_wm)
@@ -222,8 +230,12 @@ class WindowOperator(Operator):
         """The input has ended: remember how far the windows emitted now reach."""
         from sluice.core.batch import END_OF_TIME
 
-        if watermark >= END_OF_TIME and self.state is not None and self.state.height:
+        if watermark >= END_OF_TIME and self._holds():
             self.flushed_end = max(self.flushed_end, self._held_end())
+
+    def _holds(self) -> bool:
+        """Whether any window is open."""
+        return self.state is not None and self.state.height > 0
 
     def _held_end(self) -> int:
         """The end of the last window that the state holds a record for."""
@@ -291,10 +303,18 @@ class WindowOperator(Operator):
 
 
 class FixedWindowOperator(WindowOperator):
-    """Tumbling and sliding windows."""
+    """Tumbling and sliding windows.
+
+    Where it can, the state is kept by the native kernel (`NativePanes`, native/src/panes.rs): one key,
+    count/sum/mean/min/max of Float64 values. Records that missed a window, and whatever the kernel does
+    not cover, take the Polars path, whose state (`self.state`) closes beside the kernel's."""
+
+    native_ok = True  # subclasses that work on `self.state` directly turn the kernel off
 
     def __init__(self, step: Window) -> None:
         super().__init__(step)
+        self.native: NativePanes | None = None
+        self.native_checked = False  # decided at the first batch; once off, off for good
         w = step.window
         self.size = w.size_ms
         self.slide = w.slide_ms
@@ -309,6 +329,34 @@ class FixedWindowOperator(WindowOperator):
         return self._advance(batch, late)
 
     def _ingest(self, batch: Batch) -> pl.DataFrame | None:
+        if self.native is not None or not self.native_checked:
+            df = self._evaluate(batch)
+            if not self.native_checked:
+                self.native_checked = True
+                self.native = NativePanes.make(self, df)
+            if self.native is not None:
+                rest = self.native.ingest(df, self.lateness, self.floor)
+                if rest is not True:
+                    return None if rest is None else self._ingest_polars(batch.with_df(batch.df[rest]))
+                self._leave_native()  # a batch the kernel cannot take (a null key, a NaN): Polars from now on
+        return self._ingest_polars(batch)
+
+    def _leave_native(self) -> None:
+        assert self.native is not None
+        held = self.native.state_rows(self)
+        self.native = None
+        if held.height:
+            self.state = held if self.state is None else self._merged_state([self.state, held])
+
+    def _merged_state(self, frames: list[pl.DataFrame]) -> pl.DataFrame:
+        merged = pl.concat(frames, how="diagonal_relaxed")
+        by = [*self.key_cols, PANE, LO]
+        return merged.group_by(by, maintain_order=True).agg(self.aggs.merge()) if self.aggs.rows else merged.unique(by)
+
+    def _holds(self) -> bool:
+        return super()._holds() or (self.native is not None and len(self.native) > 0)
+
+    def _ingest_polars(self, batch: Batch) -> pl.DataFrame | None:
         df = self._prepare(batch)
         size, slide, off, g = self.size, self.slide, self.offset, self.pane
         t = pl.col(TIME)
@@ -356,32 +404,53 @@ class FixedWindowOperator(WindowOperator):
     def _close(self, watermark: int, wms: np.ndarray) -> pl.DataFrame | None:
         """State is kept per pane; windows are put together from their panes only when they close."""
         after = self.closed_upto
-        if self.state is None or watermark <= after or self.state.height == 0:
+        if watermark <= after or not self._holds():
             return None
         self.closed_upto = watermark
-        pairs = self._closing_panes(after, watermark, int(self.state[PANE].min()), int(self.state[PANE].max()))  # type: ignore[arg-type]
         by = [*self.key_cols, WS]
-        rows = self._window_rows(self.state, pairs)
+        native = self.native.close(self, after, watermark) if self.native is not None and len(self.native) else None
         closing = None
-        if rows.height:
-            closing = rows.group_by(by).agg(self.aggs.merge()) if self.aggs.rows else rows.unique(by)
-            closing = closing.with_columns((pl.col(WS) + self.size).alias(WE))
-            sketches = {
-                name: self._window_rows(sk, pairs).group_by([*by, BUCKET]).agg(n=pl.col("n").sum())
-                for name, sk in self.sketch_state.items()
-            }
-        done = pl.col(PANE) + self.size <= watermark  # every window holding this pane has closed
-        self.state = self.state.filter(~done)
-        for name, sk in self.sketch_state.items():
-            self.sketch_state[name] = sk.filter(~done)
-        return self._emit(closing, wms, sketches) if closing is not None else None
+        sketches: dict[str, pl.DataFrame] = {}
+        if self.state is not None and self.state.height:
+            pairs = self._closing_panes(after, watermark, int(self.state[PANE].min()), int(self.state[PANE].max()))  # type: ignore[arg-type]
+            rows = self._window_rows(self.state, pairs)
+            if rows.height:
+                closing = rows.group_by(by).agg(self.aggs.merge()) if self.aggs.rows else rows.unique(by)
+                sketches = {
+                    name: self._window_rows(sk, pairs).group_by([*by, BUCKET]).agg(n=pl.col("n").sum())
+                    for name, sk in self.sketch_state.items()
+                }
+            done = pl.col(PANE) + self.size <= watermark  # every window holding this pane has closed
+            self.state = self.state.filter(~done)
+            for name, sk in self.sketch_state.items():
+                self.sketch_state[name] = sk.filter(~done)
+        presorted = False
+        if native is not None and native.height:
+            if closing is None:
+                closing, presorted = native, True  # the kernel gives them in output order
+            else:  # both paths held panes of these windows: one row per window
+                if self.text_keys:
+                    closing = closing.with_columns(pl.col(self.text_keys).cast(pl.String))
+                both = pl.concat([closing, native], how="diagonal_relaxed")
+                closing = both.group_by(by).agg(self.aggs.merge()) if self.aggs.rows else both.unique(by)
+        if closing is None:
+            return None
+        return self._emit(closing.with_columns((pl.col(WS) + self.size).alias(WE)), wms, sketches, presorted=presorted)
 
     def snapshot(self) -> dict[str, Any]:
-        return {**super().snapshot(), "closed_upto": self.closed_upto}
+        snap = {**super().snapshot(), "closed_upto": self.closed_upto}
+        held = self.native.state_rows(self) if self.native is not None else None
+        if held is not None:  # one state frame, as the Polars path keeps it (empty too: its schema)
+            snap["state"] = held if self.state is None else self._merged_state([self.state, held])
+        return snap
 
     def _held_end(self) -> int:
-        assert self.state is not None
-        last_pane = int(self.state[PANE].max())  # type: ignore[arg-type]
+        panes = []
+        if self.state is not None and self.state.height:
+            panes.append(int(self.state[PANE].max()))  # type: ignore[arg-type]
+        if self.native is not None and (span := self.native.pane_range()) is not None:
+            panes.append(span[1])
+        last_pane = max(panes)
         last_start = ((last_pane - self.offset) // self.slide) * self.slide + self.offset
         return int(last_start + self.size)
 
@@ -392,6 +461,8 @@ class FixedWindowOperator(WindowOperator):
     def restore(self, state: dict[str, Any]) -> None:
         super().restore(state)
         self.closed_upto = int(state["closed_upto"])
+        self.native = None  # what was restored stays on the Polars path; new records may take the kernel
+        self.native_checked = False
 
     def _late_rows(self, batch: Batch, df: pl.DataFrame) -> pl.DataFrame | None:
         late = df.filter(pl.col(LO) > pl.col(S0))
@@ -544,6 +615,118 @@ class SessionWindowOperator(WindowOperator):
         both = done if self.emitted_last is None else pl.concat([self.emitted_last, done])
         both = both.group_by(self.key_cols).agg(pl.col(LAST).max())
         self.emitted_last = both.filter(pl.col(LAST) > self.watermark - 2 * self.gap - 1)
+
+
+class NativePanes:
+    """The native pane kernel of one fixed-window step (native/src/panes.rs), and the frames it gives back in
+    the Polars path's columns: keys, PANE or WS, and each aggregate's partials ("out.n", "out.s", "out.m")."""
+
+    KINDS: ClassVar[dict[type, int]] = {Sum: 1, Mean: 1, Min: 2, Max: 3}
+
+    def __init__(self, panes: Any, key: str, key_dtype: pl.DataType, values: list[str],
+                 parts: list[tuple[str, list[str]]]) -> None:
+        self.panes = panes
+        self.key = key
+        self.key_dtype = key_dtype
+        self.text = key_dtype == pl.String
+        self.values = values  # value columns, in the kernel's order
+        self.parts = parts  # per aggregate: its output name and partial names
+
+    @classmethod
+    def make(cls, op: FixedWindowOperator, df: pl.DataFrame) -> NativePanes | None:
+        """The kernel for `op` when it covers the step (one key; count, sum, mean, min, max of Float64), else None."""
+        if not type(op).native_ok or os.environ.get("SLUICE_NATIVE_WINDOW", "1") == "0" or op.aggs.sketches:
+            return None
+        try:
+            from sluice_native import Panes
+        except ImportError:
+            return None
+        if len(op.key_cols) != 1 or df.schema.get(TIME) != pl.Int64 or df.schema.get(WATERMARK) != pl.Int64:
+            return None
+        key_dtype = df.schema[op.key_cols[0]]
+        if not (key_dtype == pl.String or (key_dtype.is_integer() and key_dtype != pl.UInt64)):
+            return None
+        kinds: list[tuple[int, int]] = []
+        values: list[str] = []
+        parts: list[tuple[str, list[str]]] = []
+        for out, agg in op.aggs.rows.items():
+            if type(agg) is Count and agg.of is None:
+                kinds.append((0, 0))
+            elif type(agg) in cls.KINDS and df.schema.get(f"__sl_v_{out}") == pl.Float64:
+                kinds.append((cls.KINDS[type(agg)], len(values)))
+                values.append(f"__sl_v_{out}")
+            else:
+                return None
+            parts.append((out, list(agg.update(pl.lit(0.0), pl.lit(0)))))
+        if key_dtype == pl.String:
+            op.text_keys = [op.key_cols[0]]
+        return cls(Panes(op.size, op.slide, op.offset, op.pane, kinds, key_dtype == pl.String),
+                   op.key_cols[0], key_dtype, values, parts)
+
+    def __len__(self) -> int:
+        return len(self.panes)
+
+    def pane_range(self) -> tuple[int, int] | None:
+        return self.panes.pane_range()  # type: ignore[no-any-return]
+
+    def ingest(self, df: pl.DataFrame, lateness: int, floor: int) -> np.ndarray | Literal[True] | None:
+        """Fold the batch in; the rows left for the Polars path (None: none), or True when the kernel cannot
+        take this batch at all (a null key, a NaN value: nothing was folded)."""
+        key = df[self.key]
+        vals = [df[v] for v in self.values]
+        if key.null_count() or any(v.is_nan().any() for v in vals):
+            return True
+        if self.text:
+            arr = key.to_arrow()
+            if arr.type != pa.large_string():
+                arr = arr.cast(pa.large_string())
+            _, offsets, data = arr.buffers()
+            keys: Any = (np.frombuffer(offsets, np.int64)[arr.offset: arr.offset + len(arr) + 1].view(np.uint8),
+                         np.frombuffer(data, np.uint8) if data is not None else np.zeros(0, np.uint8))
+        else:
+            keys = key.cast(pl.Int64).to_numpy().view(np.uint8)
+        raw = [v.to_numpy() for v in vals]  # nulls come as NaN
+        left = self.panes.ingest(keys, df[TIME].to_numpy().view(np.uint8), df[WATERMARK].to_numpy().view(np.uint8),
+                                 [np.ascontiguousarray(r, np.float64).view(np.uint8) for r in raw], lateness, floor)
+        return None if left is None else np.frombuffer(left, np.uint32)
+
+    def close(self, op: FixedWindowOperator, after: int, upto: int) -> pl.DataFrame:
+        """Windows ending in (after, upto]: keys, WS and merged partials; forgets panes no window needs."""
+        return self._frame(self.panes.close(after, upto), WS)
+
+    def state_rows(self, op: FixedWindowOperator) -> pl.DataFrame:
+        """What the kernel holds as Polars-path state rows (keys, PANE, LO, partials)."""
+        rows = self._frame(self.panes.dump(), PANE)
+        size, slide, off, g = op.size, op.slide, op.offset, op.pane
+        lo = _ceil_div(pl.col(PANE) + (g - size - off), slide) * slide + off  # records here missed no window
+        rows = rows.with_columns(lo.alias(LO))
+        if self.text and op.categorical_keys:
+            rows = rows.with_columns(pl.col(self.key).cast(pl.Categorical))
+        return rows.select(self.key, PANE, LO, pl.exclude(self.key, PANE, LO))
+
+    def _frame(self, cols: list[Any], time_name: str) -> pl.DataFrame:
+        n = cols[0]
+        names, arrays = [self.key, time_name], []
+        if self.text:
+            offsets, data, times, *rest = cols[1:]
+            arrays.append(pa.Array.from_buffers(pa.large_string(), n, [None, pa.py_buffer(offsets), pa.py_buffer(data)]))
+        else:
+            keys, times, *rest = cols[1:]
+            arrays.append(pa.Array.from_buffers(pa.int64(), n, [None, pa.py_buffer(keys)]))
+        arrays.append(pa.Array.from_buffers(pa.int64(), n, [None, pa.py_buffer(times)]))
+        counts, floats = rest[: len(self.parts)], iter(rest[len(self.parts):])
+        for (out, parts), count in zip(self.parts, counts, strict=True):
+            for part in parts:
+                names.append(f"{out}.{part}")
+                if part == "n":
+                    arrays.append(pa.Array.from_buffers(pa.int64(), n, [None, pa.py_buffer(count)]))
+                else:  # "s" of a sum or mean, "m" of a min or max (null where it saw no value)
+                    values, valid = next(floats), next(floats)
+                    arrays.append(pa.Array.from_buffers(
+                        pa.float64(), n, [None if valid is None else pa.py_buffer(valid), pa.py_buffer(values)]))
+        df = pl.from_arrow(pa.RecordBatch.from_arrays(arrays, names=names))
+        assert isinstance(df, pl.DataFrame)
+        return df if self.text or self.key_dtype == pl.Int64 else df.with_columns(pl.col(self.key).cast(self.key_dtype))
 
 
 def _joined(kept: pl.DataFrame | None, merged: pl.DataFrame) -> pl.DataFrame:

@@ -45,6 +45,8 @@ LAST = "__sl_last_round"  # deltas: the round of a live window's last row
 class UpdatingWindowOperator(FixedWindowOperator):
     """Tumbling and sliding windows with `emit` other than on close, or an allowed lateness."""
 
+    native_ok = False  # it reads and rewrites the pane state itself
+
     def __init__(self, step: Window, clock: Callable[[], float] = time.monotonic) -> None:
         super().__init__(step)
         emit = step.emit

@@ -1,0 +1,521 @@
+//! Fixed-window panes kept natively: the fast path of Sluice's tumbling and sliding window operator.
+//!
+//! The operator (src/sluice/operators/window.py, `FixedWindowOperator`) keeps one partial aggregate per
+//! (key, pane), panes being the gcd of size and slide. This kernel does the same per record in a hash map,
+//! for the cases it covers — one key (text or integer), aggregates count / sum / mean / min / max of
+//! Float64 values — and leaves every record that missed a window (late, or partly late under a sliding
+//! window) to the Polars path, which also holds whatever this kernel does not cover. The rules are the
+//! operator's, written out per record:
+//!
+//! pane = floor((t - off) / g) * g + off
+//! s0   = the earliest window start whose window holds the pane
+//! lo   = the earliest window start still open for the record, judged against the watermark before it
+//!        (its own `wm`, less the allowed lateness; `floor` is what was final when an ended input resumed)
+//!
+//! A record with lo == s0 missed nothing and is folded into its (key, pane); any other is returned to the
+//! caller. lo > s0 exactly when the window starting at s0 has ended: max(wm - lateness, floor) >= s0 + size
+//! (the operator's lo is ceil((wp - size + 1 - off) / slide) * slide + off, and s0 - off is a multiple of
+//! the slide; its third bound, pane - 2 * size, is always below s0 + size). Values are NaN-free (the caller checks); a NaN here is a null (the caller's null → NaN).
+
+use std::collections::HashMap;
+use std::hash::{BuildHasherDefault, Hasher};
+
+use pyo3::buffer::PyBuffer;
+use pyo3::exceptions::PyValueError;
+use pyo3::prelude::*;
+use pyo3::types::{PyBytes, PyList};
+
+/// Fx hashing (as in rustc): one multiply per word; keys here are short strings and small integers.
+#[derive(Default, Clone, Copy)]
+struct Fx(u64);
+
+impl Fx {
+    #[inline]
+    fn add(&mut self, w: u64) {
+        self.0 = (self.0.rotate_left(5) ^ w).wrapping_mul(0x51_7c_c1_b7_27_22_0a_95);
+    }
+}
+
+impl Hasher for Fx {
+    fn finish(&self) -> u64 {
+        // the table takes its buckets from the low bits, which a multiply leaves poorly mixed: fold the
+        // high bits down (murmur3's finalizer)
+        let mut x = self.0;
+        x ^= x >> 33;
+        x = x.wrapping_mul(0xff51_afd7_ed55_8ccd);
+        x ^= x >> 33;
+        x
+    }
+    fn write(&mut self, bytes: &[u8]) {
+        let mut chunks = bytes.chunks_exact(8);
+        for c in &mut chunks {
+            self.add(u64::from_le_bytes(c.try_into().unwrap()));
+        }
+        let rest = chunks.remainder();
+        if !rest.is_empty() {
+            let mut b = [0u8; 8];
+            b[..rest.len()].copy_from_slice(rest);
+            self.add(u64::from_le_bytes(b));
+        }
+    }
+    fn write_u32(&mut self, i: u32) {
+        self.add(i as u64)
+    }
+    fn write_u64(&mut self, i: u64) {
+        self.add(i)
+    }
+    fn write_i64(&mut self, i: i64) {
+        self.add(i as u64)
+    }
+    fn write_usize(&mut self, i: usize) {
+        self.add(i as u64)
+    }
+}
+
+type FxMap<K, V> = HashMap<K, V, BuildHasherDefault<Fx>>;
+
+/// One aggregate's partial: every kind keeps `n` (rows, or non-null values); sum/mean add `s`, min/max `m`.
+#[derive(Clone, Copy)]
+enum Agg {
+    Rows,
+    Sum(usize), // the value column's index
+    Min(usize),
+    Max(usize),
+}
+
+/// floor division and its ceiling twin for a positive divisor, as Polars' `//` on Int64
+#[inline]
+fn ceil_div(a: i64, b: i64) -> i64 {
+    -((-a).div_euclid(b))
+}
+
+/// A read-only view of a contiguous buffer's bytes as `T`s (numpy arrays and Arrow buffers are aligned).
+fn view<'a, T: Copy>(buf: &'a PyBuffer<u8>, what: &str) -> PyResult<&'a [T]> {
+    let bytes = buf.len_bytes();
+    let ptr = buf.buf_ptr() as *const T;
+    if !buf.is_c_contiguous() || bytes % std::mem::size_of::<T>() != 0 || (ptr as usize) % std::mem::align_of::<T>() != 0 {
+        return Err(PyValueError::new_err(format!("{what}: not a contiguous, aligned buffer")));
+    }
+    // SAFETY: the buffer is held (and kept alive by the caller's PyBuffer) for the slice's lifetime,
+    // contiguous, aligned and a whole number of T; the values are plain integers and floats.
+    Ok(unsafe { std::slice::from_raw_parts(ptr, bytes / std::mem::size_of::<T>()) })
+}
+
+enum Keys<'a> {
+    Str { offsets: &'a [i64], data: &'a [u8] },
+    Int(&'a [i64]),
+}
+
+#[pyclass(module = "sluice_native")]
+pub struct Panes {
+    size: i64,
+    slide: i64,
+    off: i64,
+    g: i64,
+    aggs: Vec<Agg>,
+    nf: usize, // float partials per slot (one per sum/min/max)
+    text: bool,
+    // keys, interned to codes: text up to 15 bytes packed in an integer (no pointer to follow), longer boxed
+    short: FxMap<u128, u32>,
+    skeys: FxMap<Box<[u8]>, u32>,
+    stext: Vec<Box<[u8]>>,
+    ikeys: FxMap<i64, u32>,
+    ivals: Vec<i64>,
+    last: Vec<(i64, u32)>, // per key code: the pane and slot of its latest record (most records hit it)
+    // one slot per (key code, pane)
+    map: FxMap<(u32, i64), u32>,
+    slot_key: Vec<u32>,
+    slot_pane: Vec<i64>,
+    ints: Vec<i64>,   // aggs.len() per slot: each aggregate's n
+    floats: Vec<f64>, // nf per slot
+}
+
+impl Panes {
+    fn new_slot(&mut self, code: u32, pane: i64) -> u32 {
+        let s = self.slot_key.len() as u32;
+        self.slot_key.push(code);
+        self.slot_pane.push(pane);
+        self.ints.extend(std::iter::repeat_n(0, self.aggs.len()));
+        for a in &self.aggs {
+            match a {
+                Agg::Rows => {}
+                Agg::Sum(_) => self.floats.push(0.0),
+                Agg::Min(_) => self.floats.push(f64::INFINITY),
+                Agg::Max(_) => self.floats.push(f64::NEG_INFINITY),
+            }
+        }
+        self.map.insert((code, pane), s);
+        s
+    }
+
+    fn code_str(&mut self, k: &[u8]) -> u32 {
+        if k.len() < 16 {
+            let mut b = [0u8; 16];
+            b[..k.len()].copy_from_slice(k);
+            b[15] = k.len() as u8;
+            let packed = u128::from_le_bytes(b);
+            if let Some(&c) = self.short.get(&packed) {
+                return c;
+            }
+            let c = self.new_code();
+            self.stext.push(k.into());
+            self.short.insert(packed, c);
+            return c;
+        }
+        if let Some(&c) = self.skeys.get(k) {
+            return c;
+        }
+        let c = self.new_code();
+        self.stext.push(k.into());
+        self.skeys.insert(k.into(), c);
+        c
+    }
+
+    fn new_code(&mut self) -> u32 {
+        self.last.push((i64::MIN, 0));
+        (self.last.len() - 1) as u32
+    }
+
+    fn code_int(&mut self, k: i64) -> u32 {
+        if let Some(&c) = self.ikeys.get(&k) {
+            return c;
+        }
+        let c = self.new_code();
+        self.ivals.push(k);
+        self.ikeys.insert(k, c);
+        c
+    }
+
+    #[allow(clippy::too_many_arguments)]
+    fn fold(&mut self, keys: &Keys, t: &[i64], wm: &[i64], vals: &[&[f64]], lateness: i64, floor: i64, skipped: &mut Vec<u32>) {
+        let (size, slide, off, g) = (self.size, self.slide, self.off, self.g);
+        let na = self.aggs.len();
+        let nf = self.nf;
+        // successive records mostly share a pane: divide only when the pane changes
+        let (mut pane, mut pane_end, mut first_end) = (i64::MAX, i64::MIN, i64::MIN);
+        for i in 0..t.len() {
+            if t[i] < pane || t[i] >= pane_end {
+                pane = (t[i] - off).div_euclid(g) * g + off;
+                pane_end = pane + g;
+                first_end = ceil_div(pane + (g - size - off), slide) * slide + off + size; // of its first window
+            }
+            // the operator's lo (the first start not late) exceeds s0 exactly when the first window has
+            // ended by the watermark before the record: max(W - lateness, floor) >= s0 + size
+            if (wm[i] - lateness).max(floor) >= first_end {
+                skipped.push(i as u32);
+                continue;
+            }
+            let code = match keys {
+                Keys::Str { offsets, data } => self.code_str(&data[offsets[i] as usize..offsets[i + 1] as usize]),
+                Keys::Int(v) => self.code_int(v[i]),
+            };
+            let (last_pane, last_slot) = self.last[code as usize];
+            let slot = if last_pane == pane {
+                last_slot
+            } else {
+                let s = match self.map.get(&(code, pane)) {
+                    Some(&s) => s,
+                    None => self.new_slot(code, pane),
+                };
+                self.last[code as usize] = (pane, s);
+                s
+            } as usize;
+            let (ib, mut fb) = (slot * na, slot * nf);
+            for (j, a) in self.aggs.iter().enumerate() {
+                match *a {
+                    Agg::Rows => self.ints[ib + j] += 1,
+                    Agg::Sum(v) => {
+                        let x = vals[v][i];
+                        if !x.is_nan() {
+                            self.floats[fb] += x;
+                            self.ints[ib + j] += 1;
+                        }
+                        fb += 1;
+                    }
+                    Agg::Min(v) | Agg::Max(v) => {
+                        let x = vals[v][i];
+                        if !x.is_nan() {
+                            let m = &mut self.floats[fb];
+                            *m = if matches!(a, Agg::Min(_)) { m.min(x) } else { m.max(x) };
+                            self.ints[ib + j] += 1;
+                        }
+                        fb += 1;
+                    }
+                }
+            }
+        }
+    }
+
+    /// Fold slot `s`'s partials into output row `o` of (ints, floats).
+    fn merge_into(&self, s: usize, o: usize, ints: &mut [i64], floats: &mut [f64]) {
+        let (na, nf) = (self.aggs.len(), self.nf);
+        let mut f = 0;
+        for (j, a) in self.aggs.iter().enumerate() {
+            ints[o * na + j] += self.ints[s * na + j];
+            match a {
+                Agg::Rows => {}
+                Agg::Sum(_) => {
+                    floats[o * nf + f] += self.floats[s * nf + f];
+                    f += 1;
+                }
+                Agg::Min(_) => {
+                    floats[o * nf + f] = floats[o * nf + f].min(self.floats[s * nf + f]);
+                    f += 1;
+                }
+                Agg::Max(_) => {
+                    floats[o * nf + f] = floats[o * nf + f].max(self.floats[s * nf + f]);
+                    f += 1;
+                }
+            }
+        }
+    }
+
+    fn empty_floats(&self, rows: usize) -> Vec<f64> {
+        let mut out = Vec::with_capacity(rows * self.nf);
+        for _ in 0..rows {
+            for a in &self.aggs {
+                match a {
+                    Agg::Rows => {}
+                    Agg::Sum(_) => out.push(0.0),
+                    Agg::Min(_) => out.push(f64::INFINITY),
+                    Agg::Max(_) => out.push(f64::NEG_INFINITY),
+                }
+            }
+        }
+        out
+    }
+
+    /// [rows, keys (text: offsets and data; else int64), times, n per aggregate, then per sum/min/max its
+    /// (values, validity bits or None)]: the columns Python builds a frame from, in the order of `order`
+    /// (indices into the other arguments). A min or max that saw no value is null.
+    fn columns<'py>(&self, py: Python<'py>, order: &[u32], codes: &[u32], times: &[i64], ints: &[i64], floats: &[f64]) -> PyResult<Bound<'py, PyList>> {
+        let rows = order.len();
+        let (na, nf) = (self.aggs.len(), self.nf);
+        let out = PyList::empty(py);
+        out.append(rows)?;
+        if self.text {
+            let mut offsets = Vec::with_capacity(rows + 1);
+            let mut data = Vec::new();
+            offsets.push(0i64);
+            for &r in order {
+                data.extend_from_slice(&self.stext[codes[r as usize] as usize]);
+                offsets.push(data.len() as i64);
+            }
+            out.append(PyBytes::new(py, as_bytes(&offsets)))?;
+            out.append(PyBytes::new(py, &data))?;
+        } else {
+            let keys: Vec<i64> = order.iter().map(|&r| self.ivals[codes[r as usize] as usize]).collect();
+            out.append(PyBytes::new(py, as_bytes(&keys)))?;
+        }
+        let t: Vec<i64> = order.iter().map(|&r| times[r as usize]).collect();
+        out.append(PyBytes::new(py, as_bytes(&t)))?;
+        for j in 0..na {
+            let col: Vec<i64> = order.iter().map(|&r| ints[r as usize * na + j]).collect();
+            out.append(PyBytes::new(py, as_bytes(&col)))?;
+        }
+        let mut f = 0;
+        for (j, a) in self.aggs.iter().enumerate() {
+            if matches!(a, Agg::Rows) {
+                continue;
+            }
+            let col: Vec<f64> = order.iter().map(|&r| floats[r as usize * nf + f]).collect();
+            out.append(PyBytes::new(py, as_bytes(&col)))?;
+            let valid: Vec<u8> = order.iter().map(|&r| (ints[r as usize * na + j] > 0) as u8).collect();
+            if matches!(a, Agg::Sum(_)) || valid.iter().all(|&v| v == 1) {
+                out.append(py.None())?;
+            } else {
+                out.append(PyBytes::new(py, &crate::pack_bits(&valid)))?;
+            }
+            f += 1;
+        }
+        Ok(out)
+    }
+
+    /// Rows ordered by (time, key): window start then key, as the operator emits them.
+    fn sorted(&self, codes: &[u32], times: &[i64]) -> Vec<u32> {
+        let mut order: Vec<u32> = (0..codes.len() as u32).collect();
+        if self.text {
+            order.sort_unstable_by(|&a, &b| {
+                let (a, b) = (a as usize, b as usize);
+                times[a].cmp(&times[b]).then_with(|| self.stext[codes[a] as usize].cmp(&self.stext[codes[b] as usize]))
+            });
+        } else {
+            order.sort_unstable_by_key(|&r| (times[r as usize], self.ivals[codes[r as usize] as usize]));
+        }
+        order
+    }
+}
+
+fn as_bytes<T>(v: &[T]) -> &[u8] {
+    // SAFETY: plain integers and floats, read as their bytes
+    unsafe { std::slice::from_raw_parts(v.as_ptr() as *const u8, std::mem::size_of_val(v)) }
+}
+
+#[pymethods]
+impl Panes {
+    /// `aggs`: per aggregate (kind, value column index): kind 0 rows, 1 sum (and mean), 2 min, 3 max.
+    #[new]
+    fn py_new(size: i64, slide: i64, off: i64, g: i64, aggs: Vec<(u8, usize)>, text: bool) -> PyResult<Self> {
+        if size <= 0 || slide <= 0 || g <= 0 {
+            return Err(PyValueError::new_err("window size, slide and pane must be positive"));
+        }
+        let aggs: Vec<Agg> = aggs
+            .into_iter()
+            .map(|(k, v)| match k {
+                0 => Ok(Agg::Rows),
+                1 => Ok(Agg::Sum(v)),
+                2 => Ok(Agg::Min(v)),
+                3 => Ok(Agg::Max(v)),
+                _ => Err(PyValueError::new_err(format!("unknown aggregate kind {k}"))),
+            })
+            .collect::<PyResult<_>>()?;
+        let nf = aggs.iter().filter(|a| !matches!(a, Agg::Rows)).count();
+        Ok(Panes {
+            size,
+            slide,
+            off,
+            g,
+            aggs,
+            nf,
+            text,
+            short: FxMap::default(),
+            skeys: FxMap::default(),
+            stext: Vec::new(),
+            ikeys: FxMap::default(),
+            ivals: Vec::new(),
+            last: Vec::new(),
+            map: FxMap::default(),
+            slot_key: Vec::new(),
+            slot_pane: Vec::new(),
+            ints: Vec::new(),
+            floats: Vec::new(),
+        })
+    }
+
+    /// Fold a batch in. `keys`: (offsets, data) of an Arrow large string array (its offsets already
+    /// sliced to the array: n + 1 of them), or the int64 keys; `t`, `wm`: int64; `vals`: float64 columns.
+    /// Every buffer is given as bytes-like. Returns the rows left to the caller (int32 indices), or None.
+    #[allow(clippy::too_many_arguments)]
+    fn ingest<'py>(&mut self, py: Python<'py>, keys: &Bound<'py, PyAny>, t: &Bound<'py, PyAny>, wm: &Bound<'py, PyAny>,
+                   vals: Vec<Bound<'py, PyAny>>, lateness: i64, floor: i64) -> PyResult<Option<Bound<'py, PyBytes>>> {
+        let tb = PyBuffer::<u8>::get(t)?;
+        let wb = PyBuffer::<u8>::get(wm)?;
+        let vb: Vec<PyBuffer<u8>> = vals.iter().map(PyBuffer::<u8>::get).collect::<PyResult<_>>()?;
+        let kb: Vec<PyBuffer<u8>> = if self.text {
+            let (o, d): (Bound<'py, PyAny>, Bound<'py, PyAny>) = keys.extract()?;
+            vec![PyBuffer::get(&o)?, PyBuffer::get(&d)?]
+        } else {
+            vec![PyBuffer::get(keys)?]
+        };
+        let tv: &[i64] = view(&tb, "times")?;
+        let wv: &[i64] = view(&wb, "watermarks")?;
+        let vv: Vec<&[f64]> = vb.iter().map(|b| view(b, "values")).collect::<PyResult<_>>()?;
+        let n = tv.len();
+        let k = if self.text {
+            Keys::Str { offsets: view(&kb[0], "key offsets")?, data: view(&kb[1], "key data")? }
+        } else {
+            Keys::Int(view(&kb[0], "keys")?)
+        };
+        let key_rows = match &k {
+            Keys::Str { offsets, .. } => offsets.len().saturating_sub(1),
+            Keys::Int(v) => v.len(),
+        };
+        if wv.len() != n || key_rows != n || vv.iter().any(|v| v.len() != n) {
+            return Err(PyValueError::new_err("ingest: columns of different lengths"));
+        }
+        if let Keys::Str { offsets, data } = &k {
+            if offsets.first().is_some_and(|&o| o < 0) || offsets.windows(2).any(|w| w[0] > w[1])
+                || offsets.last().is_some_and(|&o| o as usize > data.len()) {
+                return Err(PyValueError::new_err("ingest: bad string offsets"));
+            }
+        }
+        let mut skipped = Vec::new();
+        py.detach(|| self.fold(&k, tv, wv, &vv, lateness, floor, &mut skipped));
+        Ok(if skipped.is_empty() { None } else { Some(PyBytes::new(py, as_bytes(&skipped))) })
+    }
+
+    /// Windows ending in (after, upto], one row per (key, window start) with the merged partials, ordered
+    /// by (start, key); and drop the panes whose every window has now closed.
+    fn close<'py>(&mut self, py: Python<'py>, after: i64, upto: i64) -> PyResult<Bound<'py, PyList>> {
+        let (size, slide, off, g) = (self.size, self.slide, self.off, self.g);
+        let (na, nf) = (self.aggs.len(), self.nf);
+        let mut index: FxMap<(u32, i64), u32> = FxMap::default();
+        let (mut codes, mut starts, mut ints, mut floats) = (Vec::new(), Vec::new(), Vec::new(), Vec::new());
+        let mut keep = Vec::with_capacity(self.slot_key.len());
+        for s in 0..self.slot_key.len() {
+            let (code, pane) = (self.slot_key[s], self.slot_pane[s]);
+            let mut ws = ceil_div(pane + (g - size - off), slide) * slide + off;
+            while ws <= pane {
+                let we = ws + size;
+                if we > after && we <= upto {
+                    let o = match index.get(&(code, ws)) {
+                        Some(&o) => o as usize,
+                        None => {
+                            let o = codes.len();
+                            index.insert((code, ws), o as u32);
+                            codes.push(code);
+                            starts.push(ws);
+                            ints.extend(std::iter::repeat_n(0, na));
+                            floats.extend(self.empty_floats(1));
+                            o
+                        }
+                    };
+                    self.merge_into(s, o, &mut ints, &mut floats);
+                }
+                ws += slide;
+            }
+            keep.push(pane + size > upto);
+        }
+        let order = self.sorted(&codes, &starts);
+        let out = self.columns(py, &order, &codes, &starts, &ints, &floats)?;
+        if keep.iter().any(|k| !k) {
+            let mut w = 0;
+            for (s, &k) in keep.iter().enumerate() {
+                if !k {
+                    continue;
+                }
+                self.slot_key[w] = self.slot_key[s];
+                self.slot_pane[w] = self.slot_pane[s];
+                self.ints.copy_within(s * na..(s + 1) * na, w * na);
+                self.floats.copy_within(s * nf..(s + 1) * nf, w * nf);
+                w += 1;
+            }
+            self.slot_key.truncate(w);
+            self.slot_pane.truncate(w);
+            self.ints.truncate(w * na);
+            self.floats.truncate(w * nf);
+            self.map.clear();
+            self.last.fill((i64::MIN, 0));
+            for s in 0..w {
+                self.map.insert((self.slot_key[s], self.slot_pane[s]), s as u32);
+            }
+        }
+        Ok(out)
+    }
+
+    /// Every (key, pane) held, with its partials, in the same columns as `close` (panes for starts).
+    fn dump<'py>(&self, py: Python<'py>) -> PyResult<Bound<'py, PyList>> {
+        let order: Vec<u32> = (0..self.slot_key.len() as u32).collect();
+        self.columns(py, &order, &self.slot_key, &self.slot_pane, &self.ints, &self.floats)
+    }
+
+    fn clear(&mut self) {
+        self.map.clear();
+        self.last.fill((i64::MIN, 0));
+        self.slot_key.clear();
+        self.slot_pane.clear();
+        self.ints.clear();
+        self.floats.clear();
+    }
+
+    fn __len__(&self) -> usize {
+        self.slot_key.len()
+    }
+
+    /// (lowest, highest) pane held, or None.
+    fn pane_range(&self) -> Option<(i64, i64)> {
+        let lo = self.slot_pane.iter().min()?;
+        let hi = self.slot_pane.iter().max()?;
+        Some((*lo, *hi))
+    }
+}
