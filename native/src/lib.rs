@@ -714,7 +714,7 @@ pub(crate) fn pack_bits(bytes: &[u8]) -> Vec<u8> {
 /// Arrow's string views of the strings at `offsets` in `data` (one data buffer): 16 bytes each, the length
 /// and either the text itself (up to 12 bytes) or its first 4 bytes, buffer 0 and its offset. Polars keeps
 /// its strings so, and takes these without converting them.
-fn views(offsets: &[i64], data: &[u8], out: &mut [u8]) {
+pub(crate) fn views(offsets: &[i64], data: &[u8], out: &mut [u8]) {
     let n = offsets.len() - 1;
     for i in 0..n {
         let (start, end) = (offsets[i] as usize, offsets[i + 1] as usize);

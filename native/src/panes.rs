@@ -3,7 +3,7 @@
 //! The operator (src/sluice/operators/window.py, `FixedWindowOperator`) keeps one partial aggregate per
 //! (key, pane), panes being the gcd of size and slide. This kernel does the same per record in a hash map,
 //! for the cases it covers — one key (text or integer), aggregates count / sum / mean / min / max of
-//! Float64 values — and leaves every record that missed a window (late, or partly late under a sliding
+//! Float64 values and percentiles (DDSketch bucket counts; Python computes the buckets) — and leaves every record that missed a window (late, or partly late under a sliding
 //! window) to the Polars path, which also holds whatever this kernel does not cover. The rules are the
 //! operator's, written out per record:
 //!
@@ -79,6 +79,7 @@ type FxMap<K, V> = HashMap<K, V, BuildHasherDefault<Fx>>;
 enum Agg {
     Rows,
     Sum(usize), // the value column's index
+    Mean(usize),
     Min(usize),
     Max(usize),
 }
@@ -128,7 +129,12 @@ pub struct Panes {
     slot_pane: Vec<i64>,
     ints: Vec<i64>,   // aggs.len() per slot: each aggregate's n
     floats: Vec<f64>, // nf per slot
+    quantiles: Vec<f64>,     // per percentile sketch: its q
+    sk: Vec<FxMap<i64, i64>>, // quantiles.len() per slot: bucket -> records (DDSketch buckets, made by Python)
 }
+
+/// No bucket: the value was null or NaN.
+const NO_BUCKET: i64 = i64::MIN;
 
 impl Panes {
     fn new_slot(&mut self, code: u32, pane: i64) -> u32 {
@@ -139,11 +145,12 @@ impl Panes {
         for a in &self.aggs {
             match a {
                 Agg::Rows => {}
-                Agg::Sum(_) => self.floats.push(0.0),
+                Agg::Sum(_) | Agg::Mean(_) => self.floats.push(0.0),
                 Agg::Min(_) => self.floats.push(f64::INFINITY),
                 Agg::Max(_) => self.floats.push(f64::NEG_INFINITY),
             }
         }
+        self.sk.extend((0..self.quantiles.len()).map(|_| FxMap::default()));
         self.map.insert((code, pane), s);
         s
     }
@@ -187,7 +194,9 @@ impl Panes {
     }
 
     #[allow(clippy::too_many_arguments)]
-    fn fold(&mut self, keys: &Keys, t: &[i64], wm: &[i64], vals: &[&[f64]], lateness: i64, floor: i64, skipped: &mut Vec<u32>) {
+    fn fold(&mut self, keys: &Keys, t: &[i64], wm: &[i64], vals: &[&[f64]], buckets: &[&[i64]], lateness: i64, floor: i64,
+            skipped: &mut Vec<u32>) {
+        let ns = self.quantiles.len();
         let (size, slide, off, g) = (self.size, self.slide, self.off, self.g);
         let na = self.aggs.len();
         let nf = self.nf;
@@ -224,7 +233,7 @@ impl Panes {
             for (j, a) in self.aggs.iter().enumerate() {
                 match *a {
                     Agg::Rows => self.ints[ib + j] += 1,
-                    Agg::Sum(v) => {
+                    Agg::Sum(v) | Agg::Mean(v) => {
                         let x = vals[v][i];
                         if !x.is_nan() {
                             self.floats[fb] += x;
@@ -243,18 +252,29 @@ impl Panes {
                     }
                 }
             }
+            for (q, b) in buckets.iter().enumerate() {
+                if b[i] != NO_BUCKET {
+                    *self.sk[slot * ns + q].entry(b[i]).or_insert(0) += 1;
+                }
+            }
         }
     }
 
     /// Fold slot `s`'s partials into output row `o` of (ints, floats).
-    fn merge_into(&self, s: usize, o: usize, ints: &mut [i64], floats: &mut [f64]) {
-        let (na, nf) = (self.aggs.len(), self.nf);
+    fn merge_into(&self, s: usize, o: usize, ints: &mut [i64], floats: &mut [f64], sk: &mut [FxMap<i64, i64>]) {
+        let (na, nf, ns) = (self.aggs.len(), self.nf, self.quantiles.len());
+        for q in 0..ns {
+            let into = &mut sk[o * ns + q];
+            for (&b, &c) in &self.sk[s * ns + q] {
+                *into.entry(b).or_insert(0) += c;
+            }
+        }
         let mut f = 0;
         for (j, a) in self.aggs.iter().enumerate() {
             ints[o * na + j] += self.ints[s * na + j];
             match a {
                 Agg::Rows => {}
-                Agg::Sum(_) => {
+                Agg::Sum(_) | Agg::Mean(_) => {
                     floats[o * nf + f] += self.floats[s * nf + f];
                     f += 1;
                 }
@@ -276,7 +296,7 @@ impl Panes {
             for a in &self.aggs {
                 match a {
                     Agg::Rows => {}
-                    Agg::Sum(_) => out.push(0.0),
+                    Agg::Sum(_) | Agg::Mean(_) => out.push(0.0),
                     Agg::Min(_) => out.push(f64::INFINITY),
                     Agg::Max(_) => out.push(f64::NEG_INFINITY),
                 }
@@ -285,10 +305,18 @@ impl Panes {
         out
     }
 
-    /// [rows, keys (text: offsets and data; else int64), times, n per aggregate, then per sum/min/max its
-    /// (values, validity bits or None)]: the columns Python builds a frame from, in the order of `order`
-    /// (indices into the other arguments). A min or max that saw no value is null.
-    fn columns<'py>(&self, py: Python<'py>, order: &[u32], codes: &[u32], times: &[i64], ints: &[i64], floats: &[f64]) -> PyResult<Bound<'py, PyList>> {
+    /// [rows, keys (text: Arrow string views and data; else int64), times, then per aggregate: partials
+    /// (`finish` false: its n, then for a sum/mean/min/max the float partial and its validity bits or None)
+    /// or its result (`finish` true: a count's n; a sum, mean, min or max and its validity bits or None)]:
+    /// the columns Python builds a frame from, in the order of `order` (indices into the other arguments).
+    /// A sum, mean, min or max over no value is null.
+    #[allow(clippy::too_many_arguments)]
+    ///
+    /// Then per percentile sketch: `finish`: the bucket at rank max(ceil(q · count), 1) of the window's
+    /// buckets in order, and its validity bits or None (null: no value); else its (row, bucket, count)
+    /// rows as three int64 columns, rows being positions in `order`.
+    fn columns<'py>(&self, py: Python<'py>, order: &[u32], codes: &[u32], times: &[i64], ints: &[i64], floats: &[f64],
+                    sk: &[FxMap<i64, i64>], finish: bool) -> PyResult<Bound<'py, PyList>> {
         let rows = order.len();
         let (na, nf) = (self.aggs.len(), self.nf);
         let out = PyList::empty(py);
@@ -301,7 +329,11 @@ impl Panes {
                 data.extend_from_slice(&self.stext[codes[r as usize] as usize]);
                 offsets.push(data.len() as i64);
             }
-            out.append(PyBytes::new(py, as_bytes(&offsets)))?;
+            let v = PyBytes::new_with(py, rows * 16, |buf| {
+                crate::views(&offsets, &data, buf);
+                Ok(())
+            })?;
+            out.append(v)?;
             out.append(PyBytes::new(py, &data))?;
         } else {
             let keys: Vec<i64> = order.iter().map(|&r| self.ivals[codes[r as usize] as usize]).collect();
@@ -309,24 +341,73 @@ impl Panes {
         }
         let t: Vec<i64> = order.iter().map(|&r| times[r as usize]).collect();
         out.append(PyBytes::new(py, as_bytes(&t)))?;
-        for j in 0..na {
-            let col: Vec<i64> = order.iter().map(|&r| ints[r as usize * na + j]).collect();
-            out.append(PyBytes::new(py, as_bytes(&col)))?;
-        }
         let mut f = 0;
         for (j, a) in self.aggs.iter().enumerate() {
+            let n = |r: u32| ints[r as usize * na + j];
+            if !finish || matches!(a, Agg::Rows) {
+                let col: Vec<i64> = order.iter().map(|&r| n(r)).collect();
+                out.append(PyBytes::new(py, as_bytes(&col)))?;
+            }
             if matches!(a, Agg::Rows) {
                 continue;
             }
-            let col: Vec<f64> = order.iter().map(|&r| floats[r as usize * nf + f]).collect();
+            let x = |r: u32| floats[r as usize * nf + f];
+            let col: Vec<f64> = if finish && matches!(a, Agg::Mean(_)) {
+                order.iter().map(|&r| if n(r) > 0 { x(r) / n(r) as f64 } else { 0.0 }).collect()
+            } else {
+                order.iter().map(|&r| x(r)).collect()
+            };
             out.append(PyBytes::new(py, as_bytes(&col)))?;
-            let valid: Vec<u8> = order.iter().map(|&r| (ints[r as usize * na + j] > 0) as u8).collect();
-            if matches!(a, Agg::Sum(_)) || valid.iter().all(|&v| v == 1) {
+            let valid: Vec<u8> = order.iter().map(|&r| (n(r) > 0) as u8).collect();
+            let partial_sum = !finish && matches!(a, Agg::Sum(_) | Agg::Mean(_)); // a sum's partial is 0.0 over no value
+            if partial_sum || valid.iter().all(|&v| v == 1) {
                 out.append(py.None())?;
             } else {
                 out.append(PyBytes::new(py, &crate::pack_bits(&valid)))?;
             }
             f += 1;
+        }
+        let ns = self.quantiles.len();
+        for (q, &quantile) in self.quantiles.iter().enumerate() {
+            if finish {
+                let mut picked = Vec::with_capacity(rows);
+                let mut valid = Vec::with_capacity(rows);
+                let mut sorted: Vec<(i64, i64)> = Vec::new();
+                for &r in order {
+                    sorted.clear();
+                    sorted.extend(sk[r as usize * ns + q].iter().map(|(&b, &c)| (b, c)));
+                    sorted.sort_unstable();
+                    let total: i64 = sorted.iter().map(|&(_, c)| c).sum();
+                    let rank = (total as f64 * quantile).ceil().max(1.0);
+                    let mut cum = 0i64;
+                    let pick = sorted.iter().find(|&&(_, c)| {
+                        cum += c;
+                        cum as f64 >= rank
+                    });
+                    picked.push(pick.map_or(0, |&(b, _)| b));
+                    valid.push(pick.is_some() as u8);
+                }
+                out.append(PyBytes::new(py, as_bytes(&picked)))?;
+                if valid.iter().all(|&v| v == 1) {
+                    out.append(py.None())?;
+                } else {
+                    out.append(PyBytes::new(py, &crate::pack_bits(&valid)))?;
+                }
+            } else {
+                let (mut at, mut bs, mut cs) = (Vec::new(), Vec::new(), Vec::new());
+                for (pos, &r) in order.iter().enumerate() {
+                    let mut entries: Vec<(i64, i64)> = sk[r as usize * ns + q].iter().map(|(&b, &c)| (b, c)).collect();
+                    entries.sort_unstable();
+                    for (b, c) in entries {
+                        at.push(pos as i64);
+                        bs.push(b);
+                        cs.push(c);
+                    }
+                }
+                for col in [&at, &bs, &cs] {
+                    out.append(PyBytes::new(py, as_bytes(col)))?;
+                }
+            }
         }
         Ok(out)
     }
@@ -353,9 +434,11 @@ fn as_bytes<T>(v: &[T]) -> &[u8] {
 
 #[pymethods]
 impl Panes {
-    /// `aggs`: per aggregate (kind, value column index): kind 0 rows, 1 sum (and mean), 2 min, 3 max.
+    /// `aggs`: per aggregate (kind, value column index): kind 0 rows, 1 sum, 2 min, 3 max, 4 mean.
     #[new]
-    fn py_new(size: i64, slide: i64, off: i64, g: i64, aggs: Vec<(u8, usize)>, text: bool) -> PyResult<Self> {
+    /// `quantiles`: one per percentile sketch, whose buckets `ingest` takes.
+    #[allow(clippy::too_many_arguments)]
+    fn py_new(size: i64, slide: i64, off: i64, g: i64, aggs: Vec<(u8, usize)>, quantiles: Vec<f64>, text: bool) -> PyResult<Self> {
         if size <= 0 || slide <= 0 || g <= 0 {
             return Err(PyValueError::new_err("window size, slide and pane must be positive"));
         }
@@ -366,6 +449,7 @@ impl Panes {
                 1 => Ok(Agg::Sum(v)),
                 2 => Ok(Agg::Min(v)),
                 3 => Ok(Agg::Max(v)),
+                4 => Ok(Agg::Mean(v)),
                 _ => Err(PyValueError::new_err(format!("unknown aggregate kind {k}"))),
             })
             .collect::<PyResult<_>>()?;
@@ -389,6 +473,8 @@ impl Panes {
             slot_pane: Vec::new(),
             ints: Vec::new(),
             floats: Vec::new(),
+            quantiles,
+            sk: Vec::new(),
         })
     }
 
@@ -397,7 +483,13 @@ impl Panes {
     /// Every buffer is given as bytes-like. Returns the rows left to the caller (int32 indices), or None.
     #[allow(clippy::too_many_arguments)]
     fn ingest<'py>(&mut self, py: Python<'py>, keys: &Bound<'py, PyAny>, t: &Bound<'py, PyAny>, wm: &Bound<'py, PyAny>,
-                   vals: Vec<Bound<'py, PyAny>>, lateness: i64, floor: i64) -> PyResult<Option<Bound<'py, PyBytes>>> {
+                   vals: Vec<Bound<'py, PyAny>>, buckets: Vec<Bound<'py, PyAny>>, lateness: i64, floor: i64)
+                   -> PyResult<Option<Bound<'py, PyBytes>>> {
+        if buckets.len() != self.quantiles.len() {
+            return Err(PyValueError::new_err("ingest: one bucket column per percentile sketch"));
+        }
+        let bb: Vec<PyBuffer<u8>> = buckets.iter().map(PyBuffer::<u8>::get).collect::<PyResult<_>>()?;
+        let bv: Vec<&[i64]> = bb.iter().map(|b| view(b, "buckets")).collect::<PyResult<_>>()?;
         let tb = PyBuffer::<u8>::get(t)?;
         let wb = PyBuffer::<u8>::get(wm)?;
         let vb: Vec<PyBuffer<u8>> = vals.iter().map(PyBuffer::<u8>::get).collect::<PyResult<_>>()?;
@@ -420,7 +512,7 @@ impl Panes {
             Keys::Str { offsets, .. } => offsets.len().saturating_sub(1),
             Keys::Int(v) => v.len(),
         };
-        if wv.len() != n || key_rows != n || vv.iter().any(|v| v.len() != n) {
+        if wv.len() != n || key_rows != n || vv.iter().any(|v| v.len() != n) || bv.iter().any(|b| b.len() != n) {
             return Err(PyValueError::new_err("ingest: columns of different lengths"));
         }
         if let Keys::Str { offsets, data } = &k {
@@ -430,17 +522,19 @@ impl Panes {
             }
         }
         let mut skipped = Vec::new();
-        py.detach(|| self.fold(&k, tv, wv, &vv, lateness, floor, &mut skipped));
+        py.detach(|| self.fold(&k, tv, wv, &vv, &bv, lateness, floor, &mut skipped));
         Ok(if skipped.is_empty() { None } else { Some(PyBytes::new(py, as_bytes(&skipped))) })
     }
 
     /// Windows ending in (after, upto], one row per (key, window start) with the merged partials, ordered
     /// by (start, key); and drop the panes whose every window has now closed.
-    fn close<'py>(&mut self, py: Python<'py>, after: i64, upto: i64) -> PyResult<Bound<'py, PyList>> {
+    /// `finish`: the aggregates' results instead of their partials (see `columns`).
+    fn close<'py>(&mut self, py: Python<'py>, after: i64, upto: i64, finish: bool) -> PyResult<Bound<'py, PyList>> {
         let (size, slide, off, g) = (self.size, self.slide, self.off, self.g);
-        let (na, nf) = (self.aggs.len(), self.nf);
+        let (na, nf, ns) = (self.aggs.len(), self.nf, self.quantiles.len());
         let mut index: FxMap<(u32, i64), u32> = FxMap::default();
         let (mut codes, mut starts, mut ints, mut floats) = (Vec::new(), Vec::new(), Vec::new(), Vec::new());
+        let mut sk: Vec<FxMap<i64, i64>> = Vec::new();
         let mut keep = Vec::with_capacity(self.slot_key.len());
         for s in 0..self.slot_key.len() {
             let (code, pane) = (self.slot_key[s], self.slot_pane[s]);
@@ -457,17 +551,18 @@ impl Panes {
                             starts.push(ws);
                             ints.extend(std::iter::repeat_n(0, na));
                             floats.extend(self.empty_floats(1));
+                            sk.extend((0..ns).map(|_| FxMap::default()));
                             o
                         }
                     };
-                    self.merge_into(s, o, &mut ints, &mut floats);
+                    self.merge_into(s, o, &mut ints, &mut floats, &mut sk);
                 }
                 ws += slide;
             }
             keep.push(pane + size > upto);
         }
         let order = self.sorted(&codes, &starts);
-        let out = self.columns(py, &order, &codes, &starts, &ints, &floats)?;
+        let out = self.columns(py, &order, &codes, &starts, &ints, &floats, &sk, finish)?;
         if keep.iter().any(|k| !k) {
             let mut w = 0;
             for (s, &k) in keep.iter().enumerate() {
@@ -478,12 +573,16 @@ impl Panes {
                 self.slot_pane[w] = self.slot_pane[s];
                 self.ints.copy_within(s * na..(s + 1) * na, w * na);
                 self.floats.copy_within(s * nf..(s + 1) * nf, w * nf);
+                for q in 0..ns {
+                    self.sk.swap(s * ns + q, w * ns + q);
+                }
                 w += 1;
             }
             self.slot_key.truncate(w);
             self.slot_pane.truncate(w);
             self.ints.truncate(w * na);
             self.floats.truncate(w * nf);
+            self.sk.truncate(w * ns);
             self.map.clear();
             self.last.fill((i64::MIN, 0));
             for s in 0..w {
@@ -496,7 +595,7 @@ impl Panes {
     /// Every (key, pane) held, with its partials, in the same columns as `close` (panes for starts).
     fn dump<'py>(&self, py: Python<'py>) -> PyResult<Bound<'py, PyList>> {
         let order: Vec<u32> = (0..self.slot_key.len() as u32).collect();
-        self.columns(py, &order, &self.slot_key, &self.slot_pane, &self.ints, &self.floats)
+        self.columns(py, &order, &self.slot_key, &self.slot_pane, &self.ints, &self.floats, &self.sk, false)
     }
 
     fn clear(&mut self) {
@@ -506,6 +605,7 @@ impl Panes {
         self.slot_pane.clear();
         self.ints.clear();
         self.floats.clear();
+        self.sk.clear();
     }
 
     fn __len__(&self) -> usize {

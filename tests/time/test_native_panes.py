@@ -55,13 +55,17 @@ class Spy:
         monkeypatch.setattr(window_mod.NativePanes, "ingest", ingest)
 
 
-def run(recs: list[tuple], shape: Any, delay_ms: int, batch_size: int, int_keys: bool = False) -> tuple[pl.DataFrame, pl.DataFrame]:
+def run(recs: list[tuple], shape: Any, delay_ms: int, batch_size: int, int_keys: bool = False,
+        datetimes: bool = False) -> tuple[pl.DataFrame, pl.DataFrame]:
     df = pl.DataFrame(recs, schema={"t": pl.Int64, "k": pl.String, "v": pl.Float64}, orient="row")
+    if datetimes:
+        df = df.with_columns(pl.col("t").cast(pl.Datetime("ms", "UTC")))
     if int_keys:
         df = df.with_columns(pl.col("k").str.len_bytes().cast(pl.Int32))
     flow = sl.Flow("native")
     win = flow.read("in", testing.rows(df)).event_time("t", timedelta(milliseconds=delay_ms)).key_by("k").window(
-        "w", shape, n=sl.agg.count(), s=sl.agg.sum("v"), lo=sl.agg.min("v"), hi=sl.agg.max("v"), avg=sl.agg.mean("v"))
+        "w", shape, n=sl.agg.count(), s=sl.agg.sum("v"), lo=sl.agg.min("v"), hi=sl.agg.max("v"), avg=sl.agg.mean("v"),
+        p90=sl.agg.percentile("v", 0.9, relative_accuracy=0.01))
     out, late = testing.collect(win), testing.collect(win.late)
     sl.run(flow, batch_size=batch_size)
     return out.frame(), late.frame()
@@ -90,8 +94,18 @@ def reference(recs: list[tuple], size: int, slide: int, offset: int, delay: int,
                          orient="row")
     con = duckdb.connect()
     con.register("pairs", frame)
+    # p90: the exact nearest-rank quantile (rank ceil(0.9 n) of the sorted values), which the sketch is within 1% of
     return con.sql(f"select k, ws as window_start, ws + {size} as window_end, count(*) as n, sum(v) as s, min(v) as lo, "
-                   "max(v) as hi, avg(v) as avg from pairs group by k, ws order by window_end, k, ws").pl()
+                   "max(v) as hi, avg(v) as avg, list_sort(list(v) filter (v is not null))"
+                   "[greatest(ceil(0.9 * count(v)), 1)::bigint] as p90 "
+                   "from pairs group by k, ws order by window_end, k, ws").pl()
+
+
+def assert_matches_reference(out: pl.DataFrame, ref: pl.DataFrame) -> None:
+    got = out.select(ref.columns).with_columns(pl.col("k").cast(ref["k"].dtype))
+    assert_frame_equal(got.drop("p90"), ref.drop("p90"), check_dtypes=False, check_exact=False, rel_tol=1e-9, abs_tol=1e-9)
+    assert (got["p90"].is_null() == ref["p90"].is_null()).all()
+    assert ((got["p90"] - ref["p90"]).abs() <= 0.01 * ref["p90"].abs() + 1e-12).all()
 
 
 @settings(max_examples=120, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
@@ -106,9 +120,7 @@ def test_kernel_equals_polars_path_and_reference(monkeypatch: pytest.MonkeyPatch
     assert_frame_equal(out, want_out, check_exact=False, rel_tol=1e-9, abs_tol=1e-9)  # same rows, same order
     assert_frame_equal(late, want_late)
     w = SHAPES[shape]
-    ref = reference(recs, w.size_ms, w.slide_ms, w.offset_ms, delay, int_keys)
-    got = out.select("k", "window_start", "window_end", "n", "s", "lo", "hi", "avg").with_columns(pl.col("k").cast(ref["k"].dtype))
-    assert_frame_equal(got, ref, check_dtypes=False, check_exact=False, rel_tol=1e-9, abs_tol=1e-9)
+    assert_matches_reference(out, reference(recs, w.size_ms, w.slide_ms, w.offset_ms, delay, int_keys))
 
 
 # each shape's boundaries: a record whose (first) window ended exactly at the watermark before it (late, or
@@ -128,8 +140,17 @@ def test_boundaries(monkeypatch: pytest.MonkeyPatch, batch_size: int, shape: str
     assert_frame_equal(out, want_out, check_exact=False, rel_tol=1e-9)
     assert_frame_equal(late, want_late)
     w = SHAPES[shape]
-    ref = reference(BOUNDARY, w.size_ms, w.slide_ms, w.offset_ms, 5000, False)
-    assert_frame_equal(out.select(ref.columns), ref, check_dtypes=False, check_exact=False, rel_tol=1e-9)
+    assert_matches_reference(out, reference(BOUNDARY, w.size_ms, w.slide_ms, w.offset_ms, 5000, False))
+
+
+@pytest.mark.parametrize("batch_size", [1, 65536])
+def test_datetime_event_time_keeps_its_type(monkeypatch: pytest.MonkeyPatch, batch_size: int) -> None:
+    spy = Spy(monkeypatch)
+    out, late = run(BOUNDARY, SHAPES["sliding"], 5000, batch_size, datetimes=True)
+    assert spy.batches > 0 and out.schema["window_start"] == pl.Datetime("ms", "UTC")
+    want_out, want_late = polars_path(monkeypatch, BOUNDARY, SHAPES["sliding"], 5000, batch_size, datetimes=True)
+    assert_frame_equal(out, want_out, check_exact=False, rel_tol=1e-9)
+    assert_frame_equal(late, want_late)
 
 
 @pytest.mark.parametrize("batch_size", [1, 7, 65536])
@@ -179,7 +200,8 @@ def crash_flow(src: Path, out: Path) -> sl.Flow:
                                                          "metrics": {"value": pl.Float64}})
     ev.event_time("timestamp", timedelta(seconds=5)).key_by("user_id").window(
         "w", sl.Sliding(timedelta(seconds=60), timedelta(seconds=20)), n=sl.agg.count(), s=sl.agg.sum("metrics.value"),
-        lo=sl.agg.min("metrics.value"), hi=sl.agg.max("metrics.value")).write("out", sink)
+        lo=sl.agg.min("metrics.value"), hi=sl.agg.max("metrics.value"),
+        p99=sl.agg.percentile("metrics.value", 0.99)).write("out", sink)
     return flow
 
 
@@ -208,13 +230,13 @@ def test_kernel_forgets_a_pane_once_every_window_holding_it_closed() -> None:
 
     from sluice.core.batch import NO_WATERMARK
 
-    panes = Panes(30_000, 10_000, 0, 10_000, [(0, 0)], False)  # sliding 30 s every 10 s
+    panes = Panes(30_000, 10_000, 0, 10_000, [(0, 0)], [], False)  # sliding 30 s every 10 s
     t = np.array([0, 10_000, 20_000, 30_000, 40_000, 5_000], np.int64)
     wm = np.full(len(t), NO_WATERMARK, np.int64)
-    assert panes.ingest(np.zeros(len(t), np.int64).view(np.uint8), t.view(np.uint8), wm.view(np.uint8), [], 0,
+    assert panes.ingest(np.zeros(len(t), np.int64).view(np.uint8), t.view(np.uint8), wm.view(np.uint8), [], [], 0,
                         NO_WATERMARK) is None
     assert len(panes) == 5 and panes.pane_range() == (0, 40_000)
-    n, _keys, starts, counts = panes.close(NO_WATERMARK, 40_000)  # windows ending at or before 40 s
+    n, _keys, starts, counts = panes.close(NO_WATERMARK, 40_000, False)  # windows ending at or before 40 s
     assert n == 4 and np.frombuffer(starts, np.int64).tolist() == [-20_000, -10_000, 0, 10_000]
     assert np.frombuffer(counts, np.int64).tolist() == [2, 3, 4, 3]
     assert len(panes) == 3 and panes.pane_range() == (20_000, 40_000)  # panes 0 and 10 s: every window closed

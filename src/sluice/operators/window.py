@@ -187,11 +187,14 @@ class WindowOperator(Operator):
         if not presorted:
             out = out.sort([WE, *self.key_cols, WS], nulls_last=True)
         ends = out[WE].to_numpy()
-        idx = np.searchsorted(wms, ends, side="left") - 1
-        wm_out = np.where(idx >= 0, wms[np.maximum(idx, 0)] if len(wms) else self.carry_wm, self.carry_wm)
         return out.with_columns(
-            pl.Series(TIME, ends - 1, dtype=pl.Int64), pl.Series(WATERMARK, wm_out, dtype=pl.Int64)
+            pl.Series(TIME, ends - 1, dtype=pl.Int64), pl.Series(WATERMARK, self._row_watermarks(ends, wms), dtype=pl.Int64)
         ).drop(WS, WE)
+
+    def _row_watermarks(self, ends: np.ndarray, wms: np.ndarray) -> np.ndarray:
+        """Each output row's watermark: that of the last record before the one whose watermark closed its window."""
+        idx = np.searchsorted(wms, ends, side="left") - 1
+        return np.where(idx >= 0, wms[np.maximum(idx, 0)] if len(wms) else self.carry_wm, self.carry_wm)
 
     def _bounds(self, closing: pl.DataFrame) -> list[pl.Expr]:
         start, end = self._reported_bounds()
@@ -343,15 +346,26 @@ class FixedWindowOperator(WindowOperator):
 
     def _leave_native(self) -> None:
         assert self.native is not None
-        held = self.native.state_rows(self)
+        held, sketches = self.native.state_rows(self)
         self.native = None
-        if held.height:
-            self.state = held if self.state is None else self._merged_state([self.state, held])
+        self.state, self.sketch_state = self._with_held(held, sketches)
 
-    def _merged_state(self, frames: list[pl.DataFrame]) -> pl.DataFrame:
-        merged = pl.concat(frames, how="diagonal_relaxed")
+    def _with_held(self, held: pl.DataFrame, sketches: dict[str, pl.DataFrame]
+                   ) -> tuple[pl.DataFrame, dict[str, pl.DataFrame]]:
+        """The Polars path's state and sketch state with the kernel's rows added."""
         by = [*self.key_cols, PANE, LO]
-        return merged.group_by(by, maintain_order=True).agg(self.aggs.merge()) if self.aggs.rows else merged.unique(by)
+        state = held
+        if self.state is not None and self.state.height:
+            merged = pl.concat([self.state, held], how="diagonal_relaxed")
+            state = merged.group_by(by, maintain_order=True).agg(self.aggs.merge()) if self.aggs.rows else merged.unique(by)
+        out = {}
+        for name, sk in sketches.items():
+            prev = self.sketch_state.get(name)
+            if prev is not None and prev.height:
+                sk = pl.concat([prev, sk], how="diagonal_relaxed").group_by([*by, BUCKET], maintain_order=True).agg(
+                    n=pl.col("n").sum())
+            out[name] = sk
+        return state, out
 
     def _holds(self) -> bool:
         return super()._holds() or (self.native is not None and len(self.native) > 0)
@@ -407,8 +421,11 @@ class FixedWindowOperator(WindowOperator):
         if watermark <= after or not self._holds():
             return None
         self.closed_upto = watermark
+        native_only = self.native is not None and not (self.state is not None and self.state.height)
+        if native_only and self.native is not None:  # the kernel finishes the windows itself, in output order
+            return self._emit_finished(self.native.close_finished(after, watermark), wms)
         by = [*self.key_cols, WS]
-        native = self.native.close(self, after, watermark) if self.native is not None and len(self.native) else None
+        native, native_sketches = self.native.close(after, watermark) if self.native is not None and len(self.native) else (None, {})
         closing = None
         sketches: dict[str, pl.DataFrame] = {}
         if self.state is not None and self.state.height:
@@ -427,21 +444,39 @@ class FixedWindowOperator(WindowOperator):
         presorted = False
         if native is not None and native.height:
             if closing is None:
-                closing, presorted = native, True  # the kernel gives them in output order
+                closing, sketches, presorted = native, native_sketches, True  # the kernel gives them in output order
             else:  # both paths held panes of these windows: one row per window
-                if self.text_keys:
-                    closing = closing.with_columns(pl.col(self.text_keys).cast(pl.String))
-                both = pl.concat([closing, native], how="diagonal_relaxed")
+                text = [pl.col(self.text_keys).cast(pl.String)] if self.text_keys else []
+                both = pl.concat([closing.with_columns(*text), native], how="diagonal_relaxed")
                 closing = both.group_by(by).agg(self.aggs.merge()) if self.aggs.rows else both.unique(by)
+                for name, sk in native_sketches.items():
+                    mine = sketches.get(name)
+                    if mine is not None and mine.height:
+                        sk = pl.concat([mine.with_columns(*text), sk], how="diagonal_relaxed").group_by(
+                            [*by, BUCKET]).agg(n=pl.col("n").sum())
+                    sketches[name] = sk
         if closing is None:
             return None
         return self._emit(closing.with_columns((pl.col(WS) + self.size).alias(WE)), wms, sketches, presorted=presorted)
 
+    def _emit_finished(self, rows: pl.DataFrame, wms: np.ndarray) -> pl.DataFrame | None:
+        """Output rows from the kernel's finished windows (key, WS, results), as `_emit` makes them."""
+        if rows.height == 0:
+            return None
+        ends = rows[WS].to_numpy() + self.size
+        return rows.select(
+            self.key_cols[0], self._as_time(pl.col(WS)).alias("window_start"),
+            self._as_time(pl.col(WS) + self.size).alias("window_end"), *self.aggs.rows,
+            *[pl.when(pl.col(name).is_not_null()).then(agg.bucket_value(pl.col(name))).alias(name)
+              for name, agg in self.aggs.sketches.items()],
+            pl.Series(TIME, ends - 1, dtype=pl.Int64), pl.Series(WATERMARK, self._row_watermarks(ends, wms), dtype=pl.Int64),
+        )
+
     def snapshot(self) -> dict[str, Any]:
         snap = {**super().snapshot(), "closed_upto": self.closed_upto}
-        held = self.native.state_rows(self) if self.native is not None else None
-        if held is not None:  # one state frame, as the Polars path keeps it (empty too: its schema)
-            snap["state"] = held if self.state is None else self._merged_state([self.state, held])
+        if self.native is not None:  # one state frame, as the Polars path keeps it (empty too: its schema)
+            snap["state"], sketches = self._with_held(*self.native.state_rows(self))
+            snap.update({f"sketch.{name}": sk for name, sk in sketches.items()})
         return snap
 
     def _held_end(self) -> int:
@@ -619,23 +654,27 @@ class SessionWindowOperator(WindowOperator):
 
 class NativePanes:
     """The native pane kernel of one fixed-window step (native/src/panes.rs), and the frames it gives back in
-    the Polars path's columns: keys, PANE or WS, and each aggregate's partials ("out.n", "out.s", "out.m")."""
+    the Polars path's columns: keys, PANE or WS, each aggregate's partials ("out.n", "out.s", "out.m"), and
+    per percentile its (keys, PANE or WS, BUCKET, n) rows."""
 
-    KINDS: ClassVar[dict[type, int]] = {Sum: 1, Mean: 1, Min: 2, Max: 3}
+    KINDS: ClassVar[dict[type, int]] = {Sum: 1, Min: 2, Max: 3, Mean: 4}
+    NO_BUCKET = -(2**63)
 
     def __init__(self, panes: Any, key: str, key_dtype: pl.DataType, values: list[str],
-                 parts: list[tuple[str, list[str]]]) -> None:
+                 parts: list[tuple[str, list[str]]], sketches: list[str]) -> None:
         self.panes = panes
         self.key = key
         self.key_dtype = key_dtype
         self.text = key_dtype == pl.String
         self.values = values  # value columns, in the kernel's order
         self.parts = parts  # per aggregate: its output name and partial names
+        self.sketches = sketches  # the percentiles' output names
 
     @classmethod
     def make(cls, op: FixedWindowOperator, df: pl.DataFrame) -> NativePanes | None:
-        """The kernel for `op` when it covers the step (one key; count, sum, mean, min, max of Float64), else None."""
-        if not type(op).native_ok or os.environ.get("SLUICE_NATIVE_WINDOW", "1") == "0" or op.aggs.sketches:
+        """The kernel for `op` when it covers the step (one key; count, sum, mean, min, max of Float64,
+        percentiles), else None."""
+        if not type(op).native_ok or os.environ.get("SLUICE_NATIVE_WINDOW", "1") == "0":
             return None
         try:
             from sluice_native import Panes
@@ -658,10 +697,13 @@ class NativePanes:
             else:
                 return None
             parts.append((out, list(agg.update(pl.lit(0.0), pl.lit(0)))))
+        if any(df.schema.get(f"__sl_b_{out}") != pl.Int64 for out in op.aggs.sketches):
+            return None
         if key_dtype == pl.String:
             op.text_keys = [op.key_cols[0]]
-        return cls(Panes(op.size, op.slide, op.offset, op.pane, kinds, key_dtype == pl.String),
-                   op.key_cols[0], key_dtype, values, parts)
+        quantiles = [agg.q for agg in op.aggs.sketches.values()]
+        return cls(Panes(op.size, op.slide, op.offset, op.pane, kinds, quantiles, key_dtype == pl.String),
+                   op.key_cols[0], key_dtype, values, parts, list(op.aggs.sketches))
 
     def __len__(self) -> int:
         return len(self.panes)
@@ -685,48 +727,83 @@ class NativePanes:
                          np.frombuffer(data, np.uint8) if data is not None else np.zeros(0, np.uint8))
         else:
             keys = key.cast(pl.Int64).to_numpy().view(np.uint8)
-        raw = [v.to_numpy() for v in vals]  # nulls come as NaN
+        raw = [np.ascontiguousarray(v.to_numpy(), np.float64).view(np.uint8) for v in vals]  # nulls come as NaN
+        buckets = [df[f"__sl_b_{out}"].fill_null(self.NO_BUCKET).to_numpy().view(np.uint8) for out in self.sketches]
         left = self.panes.ingest(keys, df[TIME].to_numpy().view(np.uint8), df[WATERMARK].to_numpy().view(np.uint8),
-                                 [np.ascontiguousarray(r, np.float64).view(np.uint8) for r in raw], lateness, floor)
+                                 raw, buckets, lateness, floor)
         return None if left is None else np.frombuffer(left, np.uint32)
 
-    def close(self, op: FixedWindowOperator, after: int, upto: int) -> pl.DataFrame:
-        """Windows ending in (after, upto]: keys, WS and merged partials; forgets panes no window needs."""
-        return self._frame(self.panes.close(after, upto), WS)
+    def close(self, after: int, upto: int) -> tuple[pl.DataFrame, dict[str, pl.DataFrame]]:
+        """Windows ending in (after, upto]: keys, WS and merged partials, and per percentile (keys, WS, BUCKET,
+        n); forgets the panes no window needs any more."""
+        return self._frames(self.panes.close(after, upto, False), WS)
 
-    def state_rows(self, op: FixedWindowOperator) -> pl.DataFrame:
-        """What the kernel holds as Polars-path state rows (keys, PANE, LO, partials)."""
-        rows = self._frame(self.panes.dump(), PANE)
+    def close_finished(self, after: int, upto: int) -> pl.DataFrame:
+        """As `close`, with each aggregate's result under its output name (a percentile's as its bucket),
+        in output order (window start, key)."""
+        return self._frames(self.panes.close(after, upto, True), WS, finished=True)[0]
+
+    def state_rows(self, op: FixedWindowOperator) -> tuple[pl.DataFrame, dict[str, pl.DataFrame]]:
+        """What the kernel holds as Polars-path state rows (keys, PANE, LO, partials) and sketch rows
+        (keys, PANE, LO, BUCKET, n)."""
+        rows, sketches = self._frames(self.panes.dump(), PANE)
         size, slide, off, g = op.size, op.slide, op.offset, op.pane
         lo = _ceil_div(pl.col(PANE) + (g - size - off), slide) * slide + off  # records here missed no window
-        rows = rows.with_columns(lo.alias(LO))
-        if self.text and op.categorical_keys:
-            rows = rows.with_columns(pl.col(self.key).cast(pl.Categorical))
-        return rows.select(self.key, PANE, LO, pl.exclude(self.key, PANE, LO))
+        cat = [pl.col(self.key).cast(pl.Categorical)] if self.text and op.categorical_keys else []
+        rows = rows.with_columns(lo.alias(LO), *cat).select(self.key, PANE, LO, pl.exclude(self.key, PANE, LO))
+        sketches = {k: v.with_columns(lo.alias(LO), *cat).select(self.key, PANE, LO, BUCKET, "n")
+                    for k, v in sketches.items()}
+        return rows, sketches
 
-    def _frame(self, cols: list[Any], time_name: str) -> pl.DataFrame:
+    def _frames(self, cols: list[Any], time_name: str, finished: bool = False
+                ) -> tuple[pl.DataFrame, dict[str, pl.DataFrame]]:
         n = cols[0]
         names, arrays = [self.key, time_name], []
         if self.text:
-            offsets, data, times, *rest = cols[1:]
-            arrays.append(pa.Array.from_buffers(pa.large_string(), n, [None, pa.py_buffer(offsets), pa.py_buffer(data)]))
+            views, data, times, *rest = cols[1:]
+            arrays.append(pa.Array.from_buffers(pa.string_view(), n, [None, pa.py_buffer(views), pa.py_buffer(data)]))
         else:
             keys, times, *rest = cols[1:]
             arrays.append(pa.Array.from_buffers(pa.int64(), n, [None, pa.py_buffer(keys)]))
         arrays.append(pa.Array.from_buffers(pa.int64(), n, [None, pa.py_buffer(times)]))
-        counts, floats = rest[: len(self.parts)], iter(rest[len(self.parts):])
-        for (out, parts), count in zip(self.parts, counts, strict=True):
+        given = iter(rest)
+
+        def ints(count: int = n) -> pa.Array:
+            return pa.Array.from_buffers(pa.int64(), count, [None, pa.py_buffer(next(given))])
+
+        def nullable(kind: pa.DataType) -> pa.Array:
+            values, valid = next(given), next(given)
+            return pa.Array.from_buffers(kind, n, [None if valid is None else pa.py_buffer(valid), pa.py_buffer(values)])
+
+        for out, parts in self.parts:
+            if finished:  # a count's n; a sum, mean, min or max, null over no value
+                names.append(out)
+                arrays.append(ints() if parts == ["n"] else nullable(pa.float64()))
+                continue
+            cols_of = {"n": ints()}
+            if parts != ["n"]:  # "s" of a sum or mean, "m" of a min or max (null where it saw no value)
+                cols_of["s" if "s" in parts else "m"] = nullable(pa.float64())
             for part in parts:
                 names.append(f"{out}.{part}")
-                if part == "n":
-                    arrays.append(pa.Array.from_buffers(pa.int64(), n, [None, pa.py_buffer(count)]))
-                else:  # "s" of a sum or mean, "m" of a min or max (null where it saw no value)
-                    values, valid = next(floats), next(floats)
-                    arrays.append(pa.Array.from_buffers(
-                        pa.float64(), n, [None if valid is None else pa.py_buffer(valid), pa.py_buffer(values)]))
+                arrays.append(cols_of[part])
+        sketch_cols: dict[str, tuple[Any, Any, Any]] = {}
+        for out in self.sketches:
+            if finished:  # the bucket at the percentile's rank, null over no value
+                names.append(out)
+                arrays.append(nullable(pa.int64()))
+            else:
+                at, buckets, counts = next(given), next(given), next(given)
+                sketch_cols[out] = (at, buckets, counts)
         df = pl.from_arrow(pa.RecordBatch.from_arrays(arrays, names=names))
         assert isinstance(df, pl.DataFrame)
-        return df if self.text or self.key_dtype == pl.Int64 else df.with_columns(pl.col(self.key).cast(self.key_dtype))
+        if not (self.text or self.key_dtype == pl.Int64):
+            df = df.with_columns(pl.col(self.key).cast(self.key_dtype))
+        sketches = {}
+        for out, (at, buckets, counts) in sketch_cols.items():
+            rows = df.select(self.key, time_name)[np.frombuffer(at, np.int64)]
+            sketches[out] = rows.with_columns(pl.Series(BUCKET, np.frombuffer(buckets, np.int64)),
+                                              pl.Series("n", np.frombuffer(counts, np.int64)))
+        return df, sketches
 
 
 def _joined(kept: pl.DataFrame | None, merged: pl.DataFrame) -> pl.DataFrame:
