@@ -103,7 +103,9 @@ fn view<'a, T: Copy>(buf: &'a PyBuffer<u8>, what: &str) -> PyResult<&'a [T]> {
 }
 
 enum Keys<'a> {
-    Str { offsets: &'a [i64], data: &'a [u8] },
+    /// Arrow string views: 16 bytes each, the length then the text itself when up to 12 bytes, else its
+    /// first 4 bytes, the data buffer's index and the offset in it
+    Views { views: &'a [u128], bufs: Vec<&'a [u8]> },
     Int(&'a [i64]),
 }
 
@@ -155,20 +157,20 @@ impl Panes {
         s
     }
 
-    fn code_str(&mut self, k: &[u8]) -> u32 {
-        if k.len() < 16 {
-            let mut b = [0u8; 16];
-            b[..k.len()].copy_from_slice(k);
-            b[15] = k.len() as u8;
-            let packed = u128::from_le_bytes(b);
-            if let Some(&c) = self.short.get(&packed) {
+    /// The code of the text in string view `v` (a short text is its own view: no copy, one integer key).
+    fn code_view(&mut self, v: u128, bufs: &[&[u8]]) -> u32 {
+        let len = (v as u32) as usize;
+        if len <= 12 {
+            if let Some(&c) = self.short.get(&v) {
                 return c;
             }
             let c = self.new_code();
-            self.stext.push(k.into());
-            self.short.insert(packed, c);
+            self.stext.push(v.to_le_bytes()[4..4 + len].into());
+            self.short.insert(v, c);
             return c;
         }
+        let (buf, at) = ((v >> 64) as u32 as usize, (v >> 96) as u32 as usize);
+        let k = &bufs[buf][at..at + len];
         if let Some(&c) = self.skeys.get(k) {
             return c;
         }
@@ -215,7 +217,7 @@ impl Panes {
                 continue;
             }
             let code = match keys {
-                Keys::Str { offsets, data } => self.code_str(&data[offsets[i] as usize..offsets[i + 1] as usize]),
+                Keys::Views { views, bufs } => self.code_view(views[i], bufs),
                 Keys::Int(v) => self.code_int(v[i]),
             };
             let (last_pane, last_slot) = self.last[code as usize];
@@ -478,8 +480,7 @@ impl Panes {
         })
     }
 
-    /// Fold a batch in. `keys`: (offsets, data) of an Arrow large string array (its offsets already
-    /// sliced to the array: n + 1 of them), or the int64 keys; `t`, `wm`: int64; `vals`: float64 columns.
+    /// Fold a batch in. `keys`: (views, [data buffers]) of an Arrow string view array, or the int64 keys; `t`, `wm`: int64; `vals`: float64 columns.
     /// Every buffer is given as bytes-like. Returns the rows left to the caller (int32 indices), or None.
     #[allow(clippy::too_many_arguments)]
     fn ingest<'py>(&mut self, py: Python<'py>, keys: &Bound<'py, PyAny>, t: &Bound<'py, PyAny>, wm: &Bound<'py, PyAny>,
@@ -493,9 +494,10 @@ impl Panes {
         let tb = PyBuffer::<u8>::get(t)?;
         let wb = PyBuffer::<u8>::get(wm)?;
         let vb: Vec<PyBuffer<u8>> = vals.iter().map(PyBuffer::<u8>::get).collect::<PyResult<_>>()?;
+        // text: (views, [data buffers]); else the int64 keys
         let kb: Vec<PyBuffer<u8>> = if self.text {
-            let (o, d): (Bound<'py, PyAny>, Bound<'py, PyAny>) = keys.extract()?;
-            vec![PyBuffer::get(&o)?, PyBuffer::get(&d)?]
+            let (v, d): (Bound<'py, PyAny>, Vec<Bound<'py, PyAny>>) = keys.extract()?;
+            std::iter::once(&v).chain(d.iter()).map(PyBuffer::get).collect::<PyResult<_>>()?
         } else {
             vec![PyBuffer::get(keys)?]
         };
@@ -504,21 +506,26 @@ impl Panes {
         let vv: Vec<&[f64]> = vb.iter().map(|b| view(b, "values")).collect::<PyResult<_>>()?;
         let n = tv.len();
         let k = if self.text {
-            Keys::Str { offsets: view(&kb[0], "key offsets")?, data: view(&kb[1], "key data")? }
+            let bufs: Vec<&[u8]> = kb[1..].iter().map(|b| view(b, "key data")).collect::<PyResult<_>>()?;
+            Keys::Views { views: view(&kb[0], "key views")?, bufs }
         } else {
             Keys::Int(view(&kb[0], "keys")?)
         };
         let key_rows = match &k {
-            Keys::Str { offsets, .. } => offsets.len().saturating_sub(1),
+            Keys::Views { views, .. } => views.len(),
             Keys::Int(v) => v.len(),
         };
         if wv.len() != n || key_rows != n || vv.iter().any(|v| v.len() != n) || bv.iter().any(|b| b.len() != n) {
             return Err(PyValueError::new_err("ingest: columns of different lengths"));
         }
-        if let Keys::Str { offsets, data } = &k {
-            if offsets.first().is_some_and(|&o| o < 0) || offsets.windows(2).any(|w| w[0] > w[1])
-                || offsets.last().is_some_and(|&o| o as usize > data.len()) {
-                return Err(PyValueError::new_err("ingest: bad string offsets"));
+        if let Keys::Views { views, bufs } = &k {
+            let bad = |&v: &u128| {
+                let len = (v as u32) as u64;
+                let (buf, at) = ((v >> 64) as u32 as usize, (v >> 96) as u32 as u64);
+                len > 12 && bufs.get(buf).is_none_or(|b| at + len > b.len() as u64)
+            };
+            if views.iter().any(bad) {
+                return Err(PyValueError::new_err("ingest: a string view outside its buffers"));
             }
         }
         let mut skipped = Vec::new();

@@ -20,6 +20,7 @@ from typing import Any, ClassVar, Literal
 import numpy as np
 import polars as pl
 import pyarrow as pa
+from polars import CompatLevel
 
 from sluice.core.batch import NO_WATERMARK, TIME, WATERMARK, Batch
 from sluice.core.errors import StepError, polars_detail
@@ -718,13 +719,13 @@ class NativePanes:
         vals = [df[v] for v in self.values]
         if key.null_count() or any(v.is_nan().any() for v in vals):
             return True
-        if self.text:
-            arr = key.to_arrow()
-            if arr.type != pa.large_string():
-                arr = arr.cast(pa.large_string())
-            _, offsets, data = arr.buffers()
-            keys: Any = (np.frombuffer(offsets, np.int64)[arr.offset: arr.offset + len(arr) + 1].view(np.uint8),
-                         np.frombuffer(data, np.uint8) if data is not None else np.zeros(0, np.uint8))
+        if self.text:  # Polars' own string views, as they are
+            arr = key.to_arrow(compat_level=CompatLevel.newest())
+            if arr.type != pa.string_view():
+                arr = arr.cast(pa.string_view())
+            _, views, *data = arr.buffers()
+            keys: Any = (np.frombuffer(views, np.uint8)[arr.offset * 16: (arr.offset + len(arr)) * 16],
+                         [np.frombuffer(d, np.uint8) for d in data if d is not None])
         else:
             keys = key.cast(pl.Int64).to_numpy().view(np.uint8)
         raw = [np.ascontiguousarray(v.to_numpy(), np.float64).view(np.uint8) for v in vals]  # nulls come as NaN
