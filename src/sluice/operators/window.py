@@ -310,8 +310,9 @@ class FixedWindowOperator(WindowOperator):
     """Tumbling and sliding windows.
 
     Where it can, the state is kept by the native kernel (`NativePanes`, native/src/panes.rs): one key,
-    count/sum/mean/min/max of Float64 values. Records that missed a window, and whatever the kernel does
-    not cover, take the Polars path, whose state (`self.state`) closes beside the kernel's."""
+    count/sum/mean/min/max of Float64 values, percentiles. Records that missed a window, and whatever the
+    kernel does not cover, take the Polars path, whose state (`self.state`) closes beside the kernel's;
+    checkpoints hold both as the Polars path's frames, so either path restores them."""
 
     native_ok = True  # subclasses that work on `self.state` directly turn the kernel off
 
