@@ -215,13 +215,17 @@ class _JsonLinesReader(_FileReader):
         """The blocks from `start`, decoded, their rows numbered from `ordinal`; run in the parse thread (the
         reads, the cuts and the native decoder release the GIL). `skip`: rows of the first block consumed
         before (its bad records were set aside then)."""
+        known = (0, 1)  # a line start and its number: bad records' lines are counted on from the last one
         for byte, block, asked in self._cuts(path, start, want):
             if self.schema is None:
                 self.schema = Schema(pl.read_ndjson(io.BytesIO(bytes(block))).schema, ())
             decoded = self.format.decode_block(block, self.schema)
             records = decoded.rows.height + len(decoded.bad)
             bad = [] if skip else decoded.bad
-            lines = _record_lines(bytes(block), _line_at(path, byte)) if bad else []
+            lines: list[int] = []
+            if bad:
+                known = (byte, _line_at(path, byte, known))
+                lines = _record_lines(bytes(block), known[1])
             rows = decoded.rows.with_columns(pl.Series(OFFSET, ordinal + record_indexes(decoded), dtype=pl.Int64))
             yield _Block(byte, len(block), asked, rows, bad, lines, records)
             ordinal += records
@@ -272,10 +276,16 @@ def _ahead(items: Generator[_Block, None, None]) -> Iterator[_Block]:
         items.close()  # its file is closed
 
 
-def _line_at(path: Path, byte_pos: int) -> int:
-    """The 1-based line number at `byte_pos` (counted only when an error needs it)."""
+def _line_at(path: Path, byte_pos: int, since: tuple[int, int] = (0, 1)) -> int:
+    """The 1-based line number at `byte_pos`, counted (only when an error needs it) from `since`: a byte at or
+    before it that starts a line, and that line's number. Read a block at a time, not the whole prefix."""
+    at, line = since
     with open(path, "rb") as f:
-        return f.read(byte_pos).count(b"\n") + 1
+        f.seek(at)
+        while at < byte_pos and (chunk := f.read(min(8 << 20, byte_pos - at))):
+            line += chunk.count(b"\n")
+            at += len(chunk)
+    return line
 
 
 def _record_lines(block: bytes, first_line: int) -> list[int]:
