@@ -170,3 +170,21 @@ def test_a_read_resumed_anywhere_goes_on_as_an_uninterrupted_read(tmp_path: Path
         rest, dead2, _ = read(path, batch_size, position)
         assert pl.concat(first + rest).equals(whole), stop
         assert dead1 + dead2 == dead, stop
+
+
+# --- the decoder reads the reader's buffer in place -------------------------------------------------
+
+
+@pytest.mark.skipif(not json_native.ENABLED, reason="the native decoder is not built")
+def test_the_native_decoder_reads_any_byte_buffer_and_keeps_none_of_it() -> None:
+    schema = resolve_schema({"i": int, "s": str, "m": {"v": float}})
+    block = b"".join(b'{"i": %d, "s": "%s", "m": {"v": %d.5}}\n' % (n, b"long text " * (n % 4), n) for n in range(50))
+    want = pl.read_ndjson(block, schema=schema.wire)
+    buf = bytearray(b"xx\n" + block + b"{broken")  # the block inside a larger, reused buffer
+    view = memoryview(buf)[3:3 + len(block)]
+    got = [json_native.decode(b, schema) for b in (block, bytearray(block), view)]
+    buf[:] = b"#" * len(buf)  # the next block overwrites the buffer: the rows decoded before stay as they were
+    for df in got:
+        assert df is not None and df.equals(want)
+    with pytest.raises(ValueError, match="contiguous"):
+        json_native.decode(memoryview(block)[::2], schema)
