@@ -10,6 +10,7 @@
 //! of these, each optional. Undeclared fields are skipped, but validated as JSON.
 
 use pyo3::exceptions::PyValueError;
+use pyo3::buffer::PyBuffer;
 use pyo3::prelude::*;
 use pyo3::types::{PyBytes, PyList, PyTuple};
 
@@ -763,9 +764,21 @@ fn decode_block(buf: &[u8], plan: &Plan) -> Option<(usize, Vec<Column>)> {
 /// Decode a block: None when not sure, else (rows, [(validity bits or None, buffers...) per column in
 /// pre-order]). Int columns come as i64 values (the caller narrows them), booleans as packed bits, strings as
 /// Arrow string views and UTF-8 data.
+///
+/// `blob` is any C-contiguous byte buffer (bytes, bytearray, a memoryview of one), read in place, not copied.
+/// The caller must not change a mutable buffer during the call (it is read with the GIL released); nothing of
+/// it is kept afterwards (every output buffer is new).
 #[pyfunction]
-fn decode<'py>(py: Python<'py>, blob: &Bound<'py, PyBytes>, plan: &Bound<'py, Plan>) -> PyResult<Option<(usize, Vec<Bound<'py, PyTuple>>)>> {
-    let buf: &[u8] = blob.as_bytes();
+fn decode<'py>(py: Python<'py>, blob: PyBuffer<u8>, plan: &Bound<'py, Plan>) -> PyResult<Option<(usize, Vec<Bound<'py, PyTuple>>)>> {
+    if !blob.is_c_contiguous() {
+        return Err(PyValueError::new_err("decode: the block must be a contiguous byte buffer"));
+    }
+    // SAFETY: the buffer is held (and its memory pinned) until `blob` drops at the end of this function; a
+    // C-contiguous buffer of u8 is `len_bytes` bytes from `buf_ptr`; the caller does not write it meanwhile.
+    let buf: &[u8] = unsafe {
+        let n = blob.len_bytes();
+        if n == 0 { &[] } else { std::slice::from_raw_parts(blob.buf_ptr() as *const u8, n) }
+    };
     let plan_ref: &Plan = plan.get();
     let out = py.detach(|| decode_block(buf, plan_ref));
     let Some((n, cols)) = out else { return Ok(None) };

@@ -12,12 +12,12 @@ import logging
 import os
 import shutil
 import uuid
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Generator, Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from glob import glob
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 import polars as pl
 
@@ -26,9 +26,9 @@ from sluice.connectors.staging import new_lineage
 from sluice.core.batch import OFFSET, TIME, Batch, Origin, user_columns
 from sluice.core.errors import DecodeError, HeaderError, IncompatibleCheckpointError, PlanError, SinkError
 from sluice.core.schema import Schema
-from sluice.formats.api import Decoded
+from sluice.formats.api import BadRecord, Decoded
 from sluice.formats.csv import Csv, CsvFile
-from sluice.formats.decode import Split, split
+from sluice.formats.decode import Split, record_indexes, set_aside, split
 from sluice.formats.json import Json
 from sluice.formats.json_check import BOM
 
@@ -126,6 +126,18 @@ class JsonLinesSource:
         return _JsonLinesReader(self, ctx, _expand(self.path, ctx.step, ".jsonl", self.allow_empty))
 
 
+class _Block(NamedTuple):
+    """A block of a JSON Lines file, decoded (in the parse thread)."""
+
+    byte: int  # where it starts in the file
+    length: int  # its bytes: it ends at a line end, or at the end of the file
+    asked: int  # the bytes it was read with (a resumed read asks for as many, so it cuts the same block)
+    rows: pl.DataFrame  # its good rows, with their record ordinals (OFFSET)
+    bad: list[BadRecord]  # its bad records (none when a resumed read set them aside before)
+    lines: list[int]  # each record's line number: only when a record is bad
+    records: int  # good and bad
+
+
 class _JsonLinesReader(_FileReader):
     def __init__(self, spec: JsonLinesSource, ctx: SourceContext, files: list[Path]) -> None:
         # where to resume: file index, byte where its current block starts, rows of that block consumed,
@@ -135,58 +147,89 @@ class _JsonLinesReader(_FileReader):
         self.format = Json()
         self.schema = ctx.schema
 
-    def _blocks(self, path: Path, start: int, want: int) -> Iterator[tuple[int, bytes, int]]:
-        """(byte position, block, bytes asked for) from `start`; each block ends at a line end.
+    def _cuts(self, path: Path, start: int, want: int) -> Iterator[tuple[int, memoryview, int]]:
+        """(byte position, block, bytes asked for) from `start`; each block ends at a line end, or at the end
+        of the file (as it was when the read began). The block is a view of one buffer that is reused: it is
+        valid until the next one is asked for.
 
-        Plain reads, not mmap: pages of a mapped file stay resident, so memory would grow with the file."""
-        size = path.stat().st_size
-        # from the start of a file the first blocks are small and double up to block_bytes (`want`): the
-        # first records reach the flow (and the progress line) within a fraction of a second, not after a
-        # whole 8 MB block is parsed. A position records the size its block was read with, so a resumed
-        # read cuts the same blocks (and batches) as the run it resumes.
-        with open(path, "rb") as f:
-            pos = start
+        From the start of a file the first blocks are small and double up to block_bytes (`want` is the size of
+        the first): the first records reach the flow (and the progress line) within a fraction of a second, not
+        after a whole 8 MB block is parsed. A position records the size its block was read with, so a resumed
+        read cuts the same blocks (and batches) as the run it resumes. A block holds the lines that begin in
+        its first `asked` bytes and end within them; a line longer than that is read on, block_bytes at a time,
+        to the first read that holds a line end (and the block ends at the last line end of that read).
+
+        Plain reads into one buffer, not mmap: pages of a mapped file stay resident, so memory would grow with
+        the file; the bytes read after a block's last line end are moved to the buffer's start for the next."""
+        limit = self.spec.block_bytes
+        with open(path, "rb", buffering=0) as f:
+            size = os.fstat(f.fileno()).st_size
+            if start >= size:
+                return
+            f.seek(start)
+            buf = bytearray(0)
+            view = memoryview(buf)
+            pos, have = start, 0  # buf[:have] holds the file's bytes from pos
+
+            def fill(upto: int) -> int:
+                """Read until the buffer holds `upto` bytes from pos (fewer at the end of the file)."""
+                nonlocal buf, view, have, size
+                upto = min(upto, size - pos)
+                if upto > len(buf):  # the first blocks double up; a long line doubles it on
+                    grown = bytearray(min(max(upto, 2 * len(buf)), size - pos))
+                    grown[:have] = view[:have]
+                    buf, view = grown, memoryview(grown)
+                while have < upto:
+                    got = f.readinto(view[have:upto])
+                    if not got:  # the file was cut short since its size was taken
+                        size = pos + have
+                        break
+                    have += got
+                return min(upto, have)
+
             while pos < size:
-                f.seek(pos)
-                asked = min(want, self.spec.block_bytes)
-                data = f.read(asked)
+                asked = min(want, limit)
                 want = asked * 2
-                while pos + len(data) < size and b"\n" not in data[-1:]:
-                    cut = data.rfind(b"\n")
+                n = fill(asked)
+                if n == 0:
+                    return
+                if pos + n < size:  # not the end of the file: end at the window's last line end
+                    cut = buf.rfind(b"\n", 0, n)
+                    while cut < 0:  # a line longer than the block: read on
+                        seen = n
+                        n = fill(n + limit)
+                        if pos + n >= size:
+                            break
+                        cut = buf.rfind(b"\n", seen, n)
                     if cut >= 0:
-                        data = data[: cut + 1]
-                        break
-                    more = f.read(self.spec.block_bytes)  # a line longer than a block
-                    if not more:
-                        break
-                    data += more
-                if pos == 0 and data.startswith(BOM):
+                        n = cut + 1
+                if pos == 0 and buf.startswith(BOM):
                     # a byte order mark before the first line: blanks keep every byte's and line's position
-                    data = b"   " + data[len(BOM):]
-                yield pos, data, asked
-                pos += len(data)
+                    buf[: len(BOM)] = b"   "
+                yield pos, view[:n], asked
+                tail = have - n  # read past the block's end: moved to the start (copied first when they overlap)
+                buf[:tail] = view[n:have] if tail <= n else bytes(view[n:have])
+                pos, have = pos + n, tail
 
-    def _decoded(self, path: Path, start: int, want: int) -> Iterator[tuple[int, bytes, Decoded, int]]:
-        """Blocks with their decoded rows; the next block is parsed in the background meanwhile
-        (Polars releases the GIL while parsing, so parsing overlaps the operators' work)."""
-        blocks = self._blocks(path, start, want)
-        first = next(blocks, None)
-        if first is None:
-            return
-        if self.schema is None:
-            self.schema = Schema(pl.read_ndjson(io.BytesIO(first[1])).schema, ())
-        schema = self.schema
-
-        def decode(item: tuple[int, bytes, int]) -> tuple[int, bytes, Decoded, int]:
-            return item[0], item[1], self.format.decode_block(item[1], schema), item[2]
-
-        with ThreadPoolExecutor(max_workers=1, thread_name_prefix="sluice-parse") as pool:
-            pending = pool.submit(decode, first)
-            for item in blocks:
-                done = pending.result()
-                pending = pool.submit(decode, item)
-                yield done
-            yield pending.result()
+    def _parsed(self, path: Path, start: int, want: int, ordinal: int, skip: int) -> Generator[_Block, None, None]:
+        """The blocks from `start`, decoded, their rows numbered from `ordinal`; run in the parse thread (the
+        reads, the cuts and the native decoder release the GIL). `skip`: rows of the first block consumed
+        before (its bad records were set aside then)."""
+        known = (0, 1)  # a line start and its number: bad records' lines are counted on from the last one
+        for byte, block, asked in self._cuts(path, start, want):
+            if self.schema is None:
+                self.schema = Schema(pl.read_ndjson(io.BytesIO(bytes(block))).schema, ())
+            decoded = self.format.decode_block(block, self.schema)
+            records = decoded.rows.height + len(decoded.bad)
+            bad = [] if skip else decoded.bad
+            lines: list[int] = []
+            if bad:
+                known = (byte, _line_at(path, byte, known))
+                lines = _record_lines(bytes(block), known[1])
+            rows = decoded.rows.with_columns(pl.Series(OFFSET, ordinal + record_indexes(decoded), dtype=pl.Int64))
+            yield _Block(byte, len(block), asked, rows, bad, lines, records)
+            ordinal += records
+            skip = 0
 
     def batches(self) -> Iterator[tuple[str, Batch]]:
         start = self.start
@@ -200,33 +243,49 @@ class _JsonLinesReader(_FileReader):
             want = FIRST_BLOCK_BYTES
             if resume and start["byte"]:  # the size this block was read with (older checkpoints: a whole block)
                 want = start.get("block", self.spec.block_bytes)
-            for byte_pos, block, decoded, asked in self._decoded(path, start["byte"] if resume else 0, want):
-                records = decoded.rows.height + len(decoded.bad)
-                if skip:  # resuming inside this block: its bad records were set aside before
-                    decoded = decoded._replace(bad=[])
-                df, kept, dead = self._split(path, decoded,
-                                             lambda: _record_lines(block, _line_at(path, byte_pos)))  # noqa: B023
+            byte = start["byte"] if resume else 0
+            for block in _ahead(self._parsed(path, byte, want, ordinal, skip)):
+                dead = set_aside(block.bad, self.ctx.step, self.ctx.on_error,
+                                 lambda i: f"{path}:{block.lines[i]}", unit="line")  # noqa: B023
                 if dead is not None:
                     yield "dead_letters", dead
-                offsets = ordinal + kept
-                df = df.with_columns(pl.Series(OFFSET, offsets, dtype=pl.Int64))
-                size = self.ctx.batch_size
+                df, size = block.rows, self.ctx.batch_size
                 for first in range(skip, df.height, size):
                     piece = df.slice(first, size)
-                    self.pos = {"file": p, "byte": byte_pos, "skip": first + piece.height, "ordinal": ordinal,
-                                "block": asked}
+                    self.pos = {"file": p, "byte": block.byte, "skip": first + piece.height, "ordinal": ordinal,
+                                "block": block.asked}
                     yield "out", Batch(piece, origin=origin)
                 skip = 0
-                ordinal += records
-                self.pos = {"file": p, "byte": byte_pos + len(block), "skip": 0, "ordinal": ordinal,
-                            "block": min(asked * 2, self.spec.block_bytes)}
+                ordinal += block.records
+                self.pos = {"file": p, "byte": block.byte + block.length, "skip": 0, "ordinal": ordinal,
+                            "block": min(block.asked * 2, self.spec.block_bytes)}
             self.pos = {"file": p + 1, "byte": 0, "skip": 0, "ordinal": 0}
             yield _eof(origin)
 
-def _line_at(path: Path, byte_pos: int) -> int:
-    """The 1-based line number at `byte_pos` (counted only when an error needs it)."""
+
+def _ahead(items: Generator[_Block, None, None]) -> Iterator[_Block]:
+    """`items`, each one made in a background thread while the caller works on the one before."""
+    pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="sluice-parse")
+    try:
+        pending = pool.submit(next, items, None)
+        while (item := pending.result()) is not None:
+            pending = pool.submit(next, items, None)
+            yield item
+    finally:
+        pool.shutdown(wait=True, cancel_futures=True)  # a block being made is finished first
+        items.close()  # its file is closed
+
+
+def _line_at(path: Path, byte_pos: int, since: tuple[int, int] = (0, 1)) -> int:
+    """The 1-based line number at `byte_pos`, counted (only when an error needs it) from `since`: a byte at or
+    before it that starts a line, and that line's number. Read a block at a time, not the whole prefix."""
+    at, line = since
     with open(path, "rb") as f:
-        return f.read(byte_pos).count(b"\n") + 1
+        f.seek(at)
+        while at < byte_pos and (chunk := f.read(min(8 << 20, byte_pos - at))):
+            line += chunk.count(b"\n")
+            at += len(chunk)
+    return line
 
 
 def _record_lines(block: bytes, first_line: int) -> list[int]:

@@ -42,14 +42,14 @@ def decode_values(codec: Codec, values: list[bytes], schema: Schema, empty: str 
     bad = [BadRecord(i, empty, b"") for i, v in enumerate(values) if not v]
     bad += [BadRecord(keep[b.index], b.reason, b.raw) for b in decoded.bad]
     bad.sort(key=lambda b: b.index)
-    return Decoded(decoded.rows, bad, [keep[int(j)] for j in _records(decoded)])
+    return Decoded(decoded.rows, bad, [keep[int(j)] for j in record_indexes(decoded)])
 
 
 def split(decoded: Decoded, step: str, on_error: str, position: Callable[[int], str], unit: str = "record") -> Split:
     """The good rows with their record indexes, and the bad records as dead letters; raises the
     `DecodeError` for the first bad record unless `on_error` is "dead_letter". `position(i)` names record i
     (`topic/partition offset n`, `file:line`); `unit` is what the message calls a record ("line" in files)."""
-    return Split(decoded.rows, _records(decoded), set_aside(decoded.bad, step, on_error, position, unit))
+    return Split(decoded.rows, record_indexes(decoded), set_aside(decoded.bad, step, on_error, position, unit))
 
 
 def set_aside(bad: list[BadRecord], step: str, on_error: str, position: Callable[[int], str],
@@ -64,7 +64,8 @@ def set_aside(bad: list[BadRecord], step: str, on_error: str, position: Callable
     return dead_letters(step, positions, [b.reason for b in bad], [b.raw for b in bad])
 
 
-def _records(decoded: Decoded) -> np.ndarray:
+def record_indexes(decoded: Decoded) -> np.ndarray:
+    """Each good row's record index in its block."""
     if decoded.kept:
         return np.asarray(decoded.kept, dtype=np.int64)
     return np.arange(decoded.rows.height, dtype=np.int64)

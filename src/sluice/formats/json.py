@@ -51,15 +51,18 @@ class Json(Format, Codec, LineCodec):
     def lines(self) -> Json:
         return self
 
-    def decode_block(self, blob: bytes, schema: Schema) -> Decoded:
+    def decode_block(self, blob: bytes | bytearray | memoryview, schema: Schema) -> Decoded:
         """Decode newline-separated records.
 
         Returns the good rows, the bad records, and for every good row its record index in the block
         (only computed when something was bad; otherwise rows map one to one and the list is empty).
-        The native decoder (json_native.py) answers first when it is sure that every record is good.
+        The native decoder (json_native.py) answers first when it is sure that every record is good; it reads
+        any byte buffer in place. The Polars path works on a bytes copy of the exact block (none if `blob` is
+        bytes already), so nothing it returns refers to a buffer the caller reuses.
         """
         if json_native.ENABLED and (df := json_native.decode(blob, schema)) is not None:
             return Decoded(df, [], [])
+        blob = bytes(blob)
         try:
             df = pl.read_ndjson(io.BytesIO(blob), schema=schema.wire)
         except _PARSE_ERRORS:

@@ -105,15 +105,18 @@ def _array(f: _Field, n: int, cols: list[tuple[Any, ...]], at: list[int]) -> pa.
     return pa.Array.from_buffers(f.arrow, n, [valid, *(pa.py_buffer(b) for b in bufs)])
 
 
-def decode(blob: bytes, schema: Schema) -> pl.DataFrame | None:
-    """The block's rows when every record is good (in `schema.wire`'s types and order), else None."""
+def decode(blob: bytes | bytearray | memoryview, schema: Schema) -> pl.DataFrame | None:
+    """The block's rows when every record is good (in `schema.wire`'s types and order), else None.
+
+    `blob` is read in place (any contiguous byte buffer, not copied) with the GIL released: the caller must
+    not change it during the call. The rows keep no reference to it."""
     if not ENABLED:
         return None
     plan = _plan(schema)
     if plan is None:
         return None
     assert _native is not None
-    got = _native.decode(bytes(blob), plan.native)
+    got = _native.decode(blob, plan.native)
     if got is None:
         return None
     n, cols = got
