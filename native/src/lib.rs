@@ -15,6 +15,8 @@ use pyo3::types::{PyBytes, PyList, PyTuple};
 
 const MAX_DEPTH: u32 = 128;
 
+mod sessions;
+
 type R<T> = Result<T, ()>;
 
 #[derive(Clone, Copy, PartialEq)]
@@ -799,5 +801,6 @@ fn decode<'py>(py: Python<'py>, blob: &Bound<'py, PyBytes>, plan: &Bound<'py, Pl
 fn sluice_native(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_class::<Plan>()?;
     m.add_function(wrap_pyfunction!(decode, m)?)?;
+    m.add_class::<sessions::SessionKernel>()?;
     Ok(())
 }

@@ -23,6 +23,7 @@ from sluice.core.batch import NO_WATERMARK, TIME, WATERMARK, Batch
 from sluice.core.errors import StepError, polars_detail
 from sluice.core.plan import Window
 from sluice.core.plan import key_names as key_names  # its home was here; kept for importers
+from sluice.operators import session_kernel
 from sluice.operators.base import Emitted, Operator, check_columns
 from sluice.time.aggregates import Aggregate, Percentile
 from sluice.time.windows import Session, pane_ms
@@ -423,6 +424,9 @@ class SessionWindowOperator(WindowOperator):
         assert isinstance(step.window, Session)
         self.gap = step.window.gap_ms
         self.emitted_last: pl.DataFrame | None = None  # keys, LAST of the newest emitted session
+        # the native kernel holds the state instead while this step and its batches fit it (session_kernel.py)
+        self.native: session_kernel.SessionKernel | None = None
+        self.native_ok = session_kernel.fits(self.key_cols, step.aggregates)
 
     def _reported_bounds(self) -> tuple[pl.Expr, pl.Expr]:
         return pl.col(WS), pl.col(LAST) + self.gap
@@ -431,6 +435,8 @@ class SessionWindowOperator(WindowOperator):
         if not batch.height:
             return self._advance(batch, None)
         df = self._prepare(batch)
+        if self.native_ok and self._native_takes(df[self.key_cols[0]]):
+            return self._native_batch(batch, df)
         times = df[TIME].to_numpy()
         wms = np.maximum(df[WATERMARK].to_numpy(), self.floor)
         behind = np.flatnonzero(times < wms)
@@ -456,6 +462,61 @@ class SessionWindowOperator(WindowOperator):
                 pl.lit(None, pl.Int64).alias("missed_window_end"),
             )
         return self._advance(batch, late)
+
+    # --- the native kernel --------------------------------------------------------------------------
+    def _native_takes(self, keys: pl.Series) -> bool:
+        """Whether this batch goes to the kernel; the first batch that does not fit it hands the state over
+        to the Polars path for good."""
+        if self.native is None:
+            if self.state is None and self.emitted_last is None and keys.null_count() == 0 \
+                    and session_kernel.SessionKernel.takes_dtype(keys.dtype):
+                self.native = session_kernel.SessionKernel(self.gap, self.key_cols[0], keys.dtype, list(self.aggs.rows))
+                return True
+        elif self.native.takes(keys):
+            return True
+        self._hand_over()
+        return False
+
+    def _hand_over(self) -> None:
+        if self.native is not None:
+            self.state, self.emitted_last = self.native.export(NO_WATERMARK)
+        self.native = None
+        self.native_ok = False
+
+    def _native_batch(self, batch: Batch, df: pl.DataFrame) -> Emitted:
+        assert self.native is not None
+        wms = np.maximum(df[WATERMARK].to_numpy(), self.floor)
+        late_at, closed = self.native.ingest(df[self.key_cols[0]], df[TIME].to_numpy(), wms)
+        if closed.height:
+            # one emission round per record behind the watermark that closed sessions, as on the Polars path
+            rounds = closed["round"].to_numpy()
+            cuts = [0, *(np.flatnonzero(rounds[1:] != rounds[:-1]) + 1).tolist(), len(rounds)]
+            for a, b in pairwise(cuts):
+                self._pending.append(self._emit(closed.slice(a, b - a), wms, {}))
+        late = None
+        if len(late_at):
+            late = df[late_at].select(
+                *batch.df.columns,
+                pl.lit(None, pl.Int64).alias("missed_window_start"),
+                pl.lit(None, pl.Int64).alias("missed_window_end"),
+            )
+        return self._advance(batch, late)
+
+    def _close(self, watermark: int, wms: np.ndarray) -> pl.DataFrame | None:
+        if self.native is None:
+            return super()._close(watermark, wms)
+        closing = self.native.close(watermark)
+        return self._emit(closing, wms, {}) if closing.height else None
+
+    def _note_flush(self, watermark: int) -> None:
+        if self.native is None:
+            super()._note_flush(watermark)
+            return
+        from sluice.core.batch import END_OF_TIME
+
+        end = self.native.held_end()
+        if watermark >= END_OF_TIME and end is not None:
+            self.flushed_end = max(self.flushed_end, end)
 
     def _is_late(self, row: pl.DataFrame, t: int, wm: int) -> bool:
         if t + self.gap + 1 <= wm:
@@ -526,6 +587,18 @@ class SessionWindowOperator(WindowOperator):
         return parts.join(lasts, on=[*k, WS], nulls_equal=True), sketches
 
     def snapshot(self) -> dict[str, Any]:
+        if self.native is not None:
+            # the Polars path's frames, so that either path restores it; emitted sessions are kept while a
+            # record could still reach them (LAST ≥ W − 2·gap, W no later than any coming record's watermark)
+            since = max(min(self.watermark, self.carry_wm) - 2 * self.gap, NO_WATERMARK)
+            self.state, self.emitted_last = self.native.export(since)
+            try:
+                return self._snapshot()
+            finally:
+                self.state = self.emitted_last = None
+        return self._snapshot()
+
+    def _snapshot(self) -> dict[str, Any]:
         state = super().snapshot()
         if self.emitted_last is not None:
             state["emitted_last"] = self.emitted_last
@@ -534,6 +607,19 @@ class SessionWindowOperator(WindowOperator):
     def restore(self, state: dict[str, Any]) -> None:
         super().restore(state)
         self.emitted_last = state.get("emitted_last")
+        self.native = None
+        self.native_ok = session_kernel.fits(self.key_cols, self.step.aggregates)
+        if not self.native_ok:
+            return
+        key, counts = self.key_cols[0], list(self.aggs.rows)
+        if not session_kernel.SessionKernel.loadable(key, counts, self.state, self.emitted_last):
+            self.native_ok = False
+            return
+        held = [f for f in (self.state, self.emitted_last) if f is not None]
+        if held:
+            self.native = session_kernel.SessionKernel(self.gap, key, held[0].schema[key], counts)
+            self.native.load(self.state, self.emitted_last)
+            self.state = self.emitted_last = None
 
     def _held_end(self) -> int:
         assert self.state is not None
