@@ -16,7 +16,7 @@ use pyo3::exceptions::PyValueError;
 use pyo3::prelude::*;
 use pyo3::types::{PyBytes, PyTuple};
 
-/// FxHash (rustc's): keys are short; SipHash would cost more than the rest of a record's work.
+/// FxHash (rustc's) with a finalizer: keys are short; SipHash would cost more than the rest of a record's work.
 #[derive(Default)]
 struct Fx(u64);
 
@@ -30,7 +30,13 @@ impl Fx {
 impl Hasher for Fx {
     #[inline]
     fn finish(&self) -> u64 {
-        self.0
+        // the multiply leaves the low bits (hashbrown's bucket index) depending only on the low input bits:
+        // mix the high ones down (murmur3's finalizer)
+        let mut h = self.0;
+        h ^= h >> 33;
+        h = h.wrapping_mul(0xff51_afd7_ed55_8ccd);
+        h ^= h >> 33;
+        h
     }
     #[inline]
     fn write(&mut self, bytes: &[u8]) {
@@ -57,13 +63,19 @@ impl Hasher for Fx {
     fn write_usize(&mut self, v: usize) {
         self.add(v as u64);
     }
+    #[inline]
+    fn write_u128(&mut self, v: u128) {
+        self.add(v as u64);
+        self.add((v >> 64) as u64);
+    }
 }
 
 type FxMap<K> = HashMap<K, u32, BuildHasherDefault<Fx>>;
 
 /// Key values ↔ dense ids (an id indexes the per-key vectors).
 enum Keys {
-    Str { ids: FxMap<Box<[u8]>>, vals: Vec<Box<[u8]>> },
+    // keys of up to 15 bytes (most) are looked up packed in a u128 with their length, the others as bytes
+    Str { short: FxMap<u128>, ids: FxMap<Box<[u8]>>, vals: Vec<Box<[u8]>> },
     Int { ids: FxMap<i64>, vals: Vec<i64> },
 }
 
@@ -127,15 +139,29 @@ impl SessionKernel {
         (self.open.len() - 1) as u32
     }
 
+    #[inline]
     fn str_id(&mut self, k: &[u8]) -> u32 {
-        if let Keys::Str { ids, .. } = &self.keys {
-            if let Some(&id) = ids.get(k) {
+        let packed = (k.len() < 16).then(|| {
+            let mut w = [0u8; 16];
+            w[..k.len()].copy_from_slice(k);
+            w[15] = k.len() as u8;
+            u128::from_le_bytes(w)
+        });
+        if let Keys::Str { short, ids, .. } = &self.keys {
+            let hit = match packed {
+                Some(p) => short.get(&p),
+                None => ids.get(k),
+            };
+            if let Some(&id) = hit {
                 return id;
             }
         }
         let id = self.new_id();
-        if let Keys::Str { ids, vals } = &mut self.keys {
-            ids.insert(k.into(), id);
+        if let Keys::Str { short, ids, vals } = &mut self.keys {
+            match packed {
+                Some(p) => short.insert(p, id),
+                None => ids.insert(k.into(), id),
+            };
             vals.push(k.into());
         }
         id
@@ -285,7 +311,7 @@ impl SessionKernel {
             return Err(PyValueError::new_err("gap must not be negative"));
         }
         let keys = if string_keys {
-            Keys::Str { ids: FxMap::default(), vals: Vec::new() }
+            Keys::Str { short: FxMap::default(), ids: FxMap::default(), vals: Vec::new() }
         } else {
             Keys::Int { ids: FxMap::default(), vals: Vec::new() }
         };
