@@ -122,6 +122,16 @@ fn vec_of<T: pyo3::buffer::Element + Copy>(py: Python<'_>, obj: &Bound<'_, PyAny
     buf.to_vec(py)
 }
 
+fn check_offsets(offsets: &[i64], data_len: usize, n: usize) -> PyResult<()> {
+    let bad = offsets.len() != n + 1
+        || offsets.first().is_some_and(|&o| o < 0)
+        || offsets.windows(2).any(|w| w[0] > w[1] || w[1] as usize > data_len);
+    if bad {
+        return Err(PyValueError::new_err("key offsets do not fit the data"));
+    }
+    Ok(())
+}
+
 fn as_bytes<T: Copy>(v: &[T]) -> &[u8] {
     // SAFETY: plain numbers, read as their bytes
     unsafe { std::slice::from_raw_parts(v.as_ptr() as *const u8, std::mem::size_of_val(v)) }
@@ -188,9 +198,7 @@ impl SessionKernel {
             (Keys::Str { .. }, Some(b)) => {
                 let offsets: Vec<i64> = vec_of(py, a, "key offsets")?;
                 let data: Vec<u8> = vec_of(py, b, "key data")?;
-                if offsets.len() != n + 1 || offsets.windows(2).any(|w| w[0] > w[1] || w[1] as usize > data.len()) {
-                    return Err(PyValueError::new_err("key offsets do not fit the data"));
-                }
+                check_offsets(&offsets, data.len(), n)?;
                 for w in offsets.windows(2) {
                     out.push(self.str_id(&data[w[0] as usize..w[1] as usize]));
                 }
@@ -207,6 +215,26 @@ impl SessionKernel {
             _ => return Err(PyValueError::new_err("keys of the wrong kind for this kernel")),
         }
         Ok(out)
+    }
+
+    /// Records in arrival order (key ids, times, watermarks before them) → (late positions, closed rows).
+    fn run(&mut self, ids: impl Iterator<Item = u32>, times: &[i64], wms: &[i64]) -> (Vec<u32>, Rows) {
+        let gap = self.gap;
+        let mut late: Vec<u32> = Vec::new();
+        let mut closed = Rows::default();
+        for (i, k) in ids.enumerate() {
+            let (t, wm) = (times[i], wms[i]);
+            if t < wm {
+                self.close_into(wm, &mut closed);
+                let e = self.emitted[k as usize];
+                if t.saturating_add(gap).saturating_add(1) <= wm || (e != NONE && t <= e.saturating_add(gap)) {
+                    late.push(i as u32);
+                    continue;
+                }
+            }
+            self.insert(k, t);
+        }
+        (late, closed)
     }
 
     /// The record joins the sessions of its key it reaches (merging them), or starts one.
@@ -242,11 +270,13 @@ impl SessionKernel {
         self.min_end = self.min_end.min(end);
     }
 
-    /// Close every session that ended by `wm` (end ≤ wm), into `out`.
+    /// Close every session that ended by `wm` (end ≤ wm), into `out`, in the order the operator emits
+    /// them: by end, key, start.
     fn close_into(&mut self, wm: i64, out: &mut Rows) {
         if wm < self.min_end {
             return;
         }
+        let from = out.key.len();
         let gap = self.gap;
         let mut min_end = i64::MAX;
         for (k, sess) in self.open.iter_mut().enumerate() {
@@ -268,6 +298,31 @@ impl SessionKernel {
             }
         }
         self.min_end = min_end;
+        self.sort_from(out, from);
+    }
+
+    fn sort_from(&self, rows: &mut Rows, from: usize) {
+        let mut order: Vec<usize> = (from..rows.key.len()).collect();
+        let keys = &self.keys;
+        order.sort_unstable_by(|&i, &j| {
+            let (ki, kj) = (rows.key[i] as usize, rows.key[j] as usize);
+            rows.last[i].cmp(&rows.last[j]) // end = last + gap + 1
+                .then_with(|| match keys {
+                    // text sorts by its bytes (as Polars sorts it), integers by value
+                    Keys::Str { vals, .. } => vals[ki].cmp(&vals[kj]),
+                    Keys::Int { vals, .. } => vals[ki].cmp(&vals[kj]),
+                })
+                .then_with(|| rows.ws[i].cmp(&rows.ws[j]))
+        });
+        fn permute<T: Copy>(v: &mut [T], from: usize, order: &[usize]) {
+            let picked: Vec<T> = order.iter().map(|&i| v[i]).collect();
+            v[from..].copy_from_slice(&picked);
+        }
+        permute(&mut rows.key, from, &order);
+        permute(&mut rows.ws, from, &order);
+        permute(&mut rows.last, from, &order);
+        permute(&mut rows.n, from, &order);
+        permute(&mut rows.round, from, &order);
     }
 
     /// (rows, keys (offsets or values), key data or None, ws, last, n, round) as bytes.
@@ -335,22 +390,28 @@ impl SessionKernel {
         if wms.len() != times.len() {
             return Err(PyValueError::new_err("times and watermarks differ in length"));
         }
-        let ids = self.ids(py, keys, key_data, times.len())?;
-        let gap = self.gap;
-        let mut late: Vec<u32> = Vec::new();
-        let mut closed = Rows::default();
-        for (i, (&t, &wm)) in times.iter().zip(wms.iter()).enumerate() {
-            let k = ids[i];
-            if t < wm {
-                self.close_into(wm, &mut closed);
-                let e = self.emitted[k as usize];
-                if t.saturating_add(gap).saturating_add(1) <= wm || (e != NONE && t <= e.saturating_add(gap)) {
-                    late.push(i as u32);
-                    continue;
-                }
+        let (late, closed) = match (&self.keys, key_data) {
+            (Keys::Str { .. }, Some(b)) => {
+                let offsets: Vec<i64> = vec_of(py, keys, "key offsets")?;
+                let data: Vec<u8> = vec_of(py, b, "key data")?;
+                check_offsets(&offsets, data.len(), times.len())?;
+                py.detach(|| {
+                    let ids: Vec<u32> = offsets.windows(2).map(|w| self.str_id(&data[w[0] as usize..w[1] as usize])).collect();
+                    self.run(ids.into_iter(), &times, &wms)
+                })
             }
-            self.insert(k, t);
-        }
+            (Keys::Int { .. }, None) => {
+                let vals: Vec<i64> = vec_of(py, keys, "keys")?;
+                if vals.len() != times.len() {
+                    return Err(PyValueError::new_err("keys and times differ in length"));
+                }
+                py.detach(|| {
+                    let ids: Vec<u32> = vals.iter().map(|&v| self.int_id(v)).collect();
+                    self.run(ids.into_iter(), &times, &wms)
+                })
+            }
+            _ => return Err(PyValueError::new_err("keys of the wrong kind for this kernel")),
+        };
         Ok((PyBytes::new(py, as_bytes(&late)), self.rows_out(py, &closed)?))
     }
 

@@ -99,6 +99,8 @@ class SessionKernel:
 
     def _frame(self, rows: tuple[Any, ...], with_round: bool = False) -> pl.DataFrame:
         n, a, b, ws, last, count, rnd = rows
+        if n == 0:
+            return pl.DataFrame()
         last_ms = np.frombuffer(last, dtype=np.int64)
         counts = pl.Series(np.frombuffer(count, dtype=np.int64), dtype=pl.Int64)
         cols = [self._keys(n, a, b), pl.Series(WS, np.frombuffer(ws, dtype=np.int64), dtype=pl.Int64),

@@ -180,11 +180,14 @@ class WindowOperator(Operator):
             out = out.select(pl.exclude(list(extra)), *extra)
         out = out.sort([WE, *self.key_cols, WS], nulls_last=True)
         ends = out[WE].to_numpy()
+        return out.with_columns(*self._time_columns(ends, wms)).drop(WS, WE)
+
+    def _time_columns(self, ends: np.ndarray, wms: np.ndarray) -> list[pl.Series]:
+        """An emitted window's event time (its last millisecond) and watermark (the one before the record
+        that closed it)."""
         idx = np.searchsorted(wms, ends, side="left") - 1
         wm_out = np.where(idx >= 0, wms[np.maximum(idx, 0)] if len(wms) else self.carry_wm, self.carry_wm)
-        return out.with_columns(
-            pl.Series(TIME, ends - 1, dtype=pl.Int64), pl.Series(WATERMARK, wm_out, dtype=pl.Int64)
-        ).drop(WS, WE)
+        return [pl.Series(TIME, ends - 1, dtype=pl.Int64), pl.Series(WATERMARK, wm_out, dtype=pl.Int64)]
 
     def _bounds(self, closing: pl.DataFrame) -> list[pl.Expr]:
         start, end = self._reported_bounds()
@@ -492,7 +495,7 @@ class SessionWindowOperator(WindowOperator):
             rounds = closed["round"].to_numpy()
             cuts = [0, *(np.flatnonzero(rounds[1:] != rounds[:-1]) + 1).tolist(), len(rounds)]
             for a, b in pairwise(cuts):
-                self._pending.append(self._emit(closed.slice(a, b - a), wms, {}))
+                self._pending.append(self._native_emit(closed.slice(a, b - a), wms))
         late = None
         if len(late_at):
             late = df[late_at].select(
@@ -506,7 +509,15 @@ class SessionWindowOperator(WindowOperator):
         if self.native is None:
             return super()._close(watermark, wms)
         closing = self.native.close(watermark)
-        return self._emit(closing, wms, {}) if closing.height else None
+        return self._native_emit(closing, wms) if closing.height else None
+
+    def _native_emit(self, closing: pl.DataFrame, wms: np.ndarray) -> pl.DataFrame:
+        """`_emit` for the kernel's closed sessions, which come sorted and hold nothing to finish but counts."""
+        start, end = self._reported_bounds()
+        out = closing.select(self.key_cols[0], self._as_time(start).alias("window_start"),
+                             self._as_time(end).alias("window_end"),
+                             *[pl.col(f"{c}.n").alias(c) for c in self.aggs.rows])
+        return out.with_columns(*self._time_columns(closing[WE].to_numpy(), wms))
 
     def _note_flush(self, watermark: int) -> None:
         if self.native is None:
