@@ -171,6 +171,16 @@ def test_a_checkpoint_taken_after_the_input_ended_keeps_what_was_emitted_final(m
                                   ("a", 9000, 10000, 1)], (before, after)
 
 
+def test_a_checkpoint_keeps_the_emitted_sessions_a_record_can_still_reach(monkeypatch):
+    # a's session [500] is emitted at W = 2500 (its end 1501 ≤ W); at W = 2500 a record at 1500 is exactly
+    # the gap behind (on time by itself), yet it reaches that session (1500 ≤ 500 + gap): late, also after
+    # a restore, which must keep the emitted sessions as far back as W − 2·gap
+    for before, after in [(True, False), (False, True), (True, True)]:
+        run = Run(monkeypatch, 1000, 0, native=before).feed([(500, "a"), (2500, "b")], 7).feed([(2500, "c")], 7)
+        run.restart(after).feed([(1500, "a")], 7).end()
+        assert run.late_records() == [(1500, "a")], (before, after)
+
+
 @pytest.mark.parametrize("dtype", [pl.Int32, pl.Int64, pl.UInt32])
 def test_integer_keys(monkeypatch, dtype):
     recs = disordered(3, keys=[0, 7, 2**31 - 1, 42])
