@@ -57,9 +57,9 @@ def reference(recs, gap, delay):
 class Run:
     """The session operator fed `recs` (t, k) in batches, with the kernel on or off."""
 
-    def __init__(self, monkeypatch, gap, delay, native, key=pl.col("k"), aggs=None):
+    def __init__(self, monkeypatch, gap, delay, native, key=None, aggs=None):
         monkeypatch.setattr(session_kernel, "ENABLED", native)
-        step = Window("w", (), (key,), sl.Session(timedelta(milliseconds=gap)), aggs or {"n": sl.agg.count()})
+        step = Window("w", (), (pl.col("k") if key is None else key,), sl.Session(timedelta(milliseconds=gap)), aggs or {"n": sl.agg.count()})
         self.op = window_operator(step)
         assert isinstance(self.op, SessionWindowOperator)
         self.monkeypatch, self.delay, self.maxt = monkeypatch, delay, NO_WATERMARK
@@ -209,8 +209,8 @@ def test_a_batch_with_a_null_key_hands_the_state_over_for_good(monkeypatch):
 
 
 def test_the_kernel_is_used_only_where_it_fits(monkeypatch):
-    def op(key=pl.col("k"), **aggs):
-        return Run(monkeypatch, 1000, 0, True, key=key, aggs=aggs or None).op
+    def op(**aggs):
+        return Run(monkeypatch, 1000, 0, True, aggs=aggs or None).op
 
     assert op().native_ok
     assert op(n=sl.agg.count(), m=sl.agg.count()).native_ok

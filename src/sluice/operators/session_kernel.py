@@ -15,6 +15,7 @@ Off when the module is not installed or when SLUICE_NATIVE_SESSIONS=0.
 from __future__ import annotations
 
 import os
+from collections.abc import Mapping
 from typing import Any
 
 import numpy as np
@@ -34,7 +35,7 @@ WS, WE, LAST = "__sl_ws", "__sl_we", "__sl_last"
 _INTS = (pl.Int8, pl.Int16, pl.Int32, pl.Int64, pl.UInt8, pl.UInt16, pl.UInt32)
 
 
-def fits(key_cols: list[str], aggregates: dict[str, object]) -> bool:
+def fits(key_cols: list[str], aggregates: Mapping[str, object]) -> bool:
     """Whether the kernel can run this step at all: one key, only row counts."""
     return (ENABLED and len(key_cols) == 1 and bool(aggregates)
             and all(isinstance(a, Count) and a.of is None for a in aggregates.values()))
