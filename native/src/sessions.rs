@@ -115,6 +115,7 @@ pub struct SessionKernel {
     open: Vec<Vec<Sess>>,
     emitted: Vec<i64>, // LAST of the newest emitted session per key, NONE if none
     min_end: i64,      // at most the smallest end (last + gap + 1) of an open session
+    compact_at: usize, // forget keys with nothing left to hold once this many have been seen
 }
 
 fn vec_of<T: pyo3::buffer::Element + Copy>(py: Python<'_>, obj: &Bound<'_, PyAny>, what: &str) -> PyResult<Vec<T>> {
@@ -361,7 +362,8 @@ impl SessionKernel {
 #[pymethods]
 impl SessionKernel {
     #[new]
-    fn py_new(gap: i64, string_keys: bool) -> PyResult<Self> {
+    #[pyo3(signature = (gap, string_keys, compact_at = 65536))]
+    fn py_new(gap: i64, string_keys: bool, compact_at: usize) -> PyResult<Self> {
         if gap < 0 {
             return Err(PyValueError::new_err("gap must not be negative"));
         }
@@ -370,7 +372,7 @@ impl SessionKernel {
         } else {
             Keys::Int { ids: FxMap::default(), vals: Vec::new() }
         };
-        Ok(SessionKernel { gap, keys, open: Vec::new(), emitted: Vec::new(), min_end: i64::MAX })
+        Ok(SessionKernel { gap, keys, open: Vec::new(), emitted: Vec::new(), min_end: i64::MAX, compact_at: compact_at.max(1) })
     }
 
     /// Take a batch in arrival order: keys (see `ids`), event times and the watermark before each record
@@ -514,5 +516,42 @@ impl SessionKernel {
 
     fn keys_seen(&self) -> usize {
         self.keys.len()
+    }
+
+    /// Forget the keys with no open session whose newest emitted session ended before `since` (no record
+    /// can reach it any more), once as many keys have been seen as `compact_at`; then wait for twice as many
+    /// as are left. A key forgotten and seen again starts afresh, as it would have.
+    fn compact(&mut self, since: i64) {
+        if self.keys.len() < self.compact_at {
+            return;
+        }
+        let keep: Vec<bool> = (0..self.open.len()).map(|k| !self.open[k].is_empty() || self.emitted[k] >= since).collect();
+        let open = std::mem::take(&mut self.open);
+        let emitted = std::mem::take(&mut self.emitted);
+        let remap = |vals_len: usize| -> Vec<Option<u32>> {
+            let mut next = 0u32;
+            (0..vals_len).map(|k| keep[k].then(|| { next += 1; next - 1 })).collect()
+        };
+        let ids = remap(open.len());
+        for (k, (sess, e)) in open.into_iter().zip(emitted).enumerate() {
+            if keep[k] {
+                self.open.push(sess);
+                self.emitted.push(e);
+            }
+        }
+        match &mut self.keys {
+            Keys::Str { short, ids: long, vals } => {
+                short.retain(|_, id| ids[*id as usize].map(|n| *id = n).is_some());
+                long.retain(|_, id| ids[*id as usize].map(|n| *id = n).is_some());
+                let old = std::mem::take(vals);
+                vals.extend(old.into_iter().enumerate().filter(|(k, _)| keep[*k]).map(|(_, v)| v));
+            }
+            Keys::Int { ids: map, vals } => {
+                map.retain(|_, id| ids[*id as usize].map(|n| *id = n).is_some());
+                let old = std::mem::take(vals);
+                vals.extend(old.into_iter().enumerate().filter(|(k, _)| keep[*k]).map(|(_, v)| v));
+            }
+        }
+        self.compact_at = self.compact_at.max(2 * self.open.len());
     }
 }

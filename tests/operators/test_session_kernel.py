@@ -230,3 +230,19 @@ def test_a_step_without_keys_and_a_flow_use_the_kernel(monkeypatch):
     run.end()
     assert [(s[1], s[2], s[3]) for s in run.sessions()] == [(s[1], s[2], s[3]) for s in expected]
     assert [t for t, _ in run.late_records()] == [t for t, _ in expected_late]
+
+
+def test_keys_with_nothing_left_to_hold_are_forgotten(monkeypatch):
+    # many keys, each seen for a while: the kernel keeps only those it still holds something for
+    monkeypatch.setattr(session_kernel, "COMPACT_AT", 16)
+    rnd = random.Random(6)
+    recs = [(i * 300 + rnd.randrange(600), f"user-{i // 5 + rnd.randrange(3)}") for i in range(2000)]
+    expected, expected_late = reference(recs, 1000, 300)
+    for batch_size in (1, 7, 65536):
+        run = Run(monkeypatch, 1000, 300, native=True).feed(recs, batch_size)
+        assert run.op.native is not None
+        if batch_size < 65536:
+            assert run.op.native.keys_held() <= 64  # of about 400 keys seen
+        run.end()
+        assert run.sessions() == expected
+        assert run.late_records() == expected_late

@@ -32,6 +32,7 @@ except ImportError:  # not built: the Polars path does all the work
 ENABLED = _native is not None and hasattr(_native, "SessionKernel") and os.environ.get("SLUICE_NATIVE_SESSIONS", "1") != "0"
 
 WS, WE, LAST = "__sl_ws", "__sl_we", "__sl_last"
+COMPACT_AT = 65_536  # keys seen before the kernel forgets those it holds nothing for (then twice those left)
 _INTS = (pl.Int8, pl.Int16, pl.Int32, pl.Int64, pl.UInt8, pl.UInt16, pl.UInt32)
 
 
@@ -56,7 +57,7 @@ class SessionKernel:
         kind = _kind(dtype)
         assert _native is not None and kind is not None
         self.key, self.dtype, self.counts, self.gap = key, dtype, counts, gap_ms
-        self.kernel = _native.SessionKernel(gap_ms, kind == "str")
+        self.kernel = _native.SessionKernel(gap_ms, kind == "str", COMPACT_AT)
 
     @staticmethod
     def takes_dtype(dtype: pl.DataType) -> bool:
@@ -83,6 +84,13 @@ class SessionKernel:
         late, closed = self.kernel.ingest(a, b, np.ascontiguousarray(times, dtype=np.int64),
                                           np.ascontiguousarray(wms, dtype=np.int64))
         return np.frombuffer(late, dtype=np.uint32), self._frame(closed, with_round=True)
+
+    def compact(self, since: int) -> None:
+        """Forget keys without open sessions whose newest emitted session's last record is before `since`."""
+        self.kernel.compact(since)
+
+    def keys_held(self) -> int:
+        return int(self.kernel.keys_seen())
 
     def close(self, watermark: int) -> pl.DataFrame:
         """The sessions that ended by `watermark` (keys, WS, LAST, counts, WE), now closed."""

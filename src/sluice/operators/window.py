@@ -489,6 +489,7 @@ class SessionWindowOperator(WindowOperator):
     def _native_batch(self, batch: Batch, df: pl.DataFrame) -> Emitted:
         assert self.native is not None
         wms = np.maximum(df[WATERMARK].to_numpy(), self.floor)
+        self.native.compact(self._reachable_from())
         late_at, closed = self.native.ingest(df[self.key_cols[0]], df[TIME].to_numpy(), wms)
         if closed.height:
             # one emission round per record behind the watermark that closed sessions, as on the Polars path
@@ -599,15 +600,18 @@ class SessionWindowOperator(WindowOperator):
 
     def snapshot(self) -> dict[str, Any]:
         if self.native is not None:
-            # the Polars path's frames, so that either path restores it; emitted sessions are kept while a
-            # record could still reach them (LAST ≥ W − 2·gap, W no later than any coming record's watermark)
-            since = max(min(self.watermark, self.carry_wm) - 2 * self.gap, NO_WATERMARK)
-            self.state, self.emitted_last = self.native.export(since)
+            # the Polars path's frames, so that either path restores it
+            self.state, self.emitted_last = self.native.export(self._reachable_from())
             try:
                 return self._snapshot()
             finally:
                 self.state = self.emitted_last = None
         return self._snapshot()
+
+    def _reachable_from(self) -> int:
+        """Emitted sessions a coming record can still reach end at or after this (LAST ≥ W − 2·gap, with W
+        no later than any coming record's watermark)."""
+        return max(min(self.watermark, self.carry_wm) - 2 * self.gap, NO_WATERMARK)
 
     def _snapshot(self) -> dict[str, Any]:
         state = super().snapshot()
