@@ -246,3 +246,12 @@ def test_keys_with_nothing_left_to_hold_are_forgotten(monkeypatch):
         run.end()
         assert run.sessions() == expected
         assert run.late_records() == expected_late
+
+
+def test_a_key_is_not_forgotten_while_a_record_can_reach_its_emitted_session(monkeypatch):
+    # as in the checkpoint case: at W = 2500 a record at 1500 still reaches a's emitted session [500]
+    monkeypatch.setattr(session_kernel, "COMPACT_AT", 2)
+    run = Run(monkeypatch, 1000, 0, native=True).feed([(500, "a"), (2500, "b")], 7)
+    run.feed([(2500, "c"), (2500, "d"), (2500, "e")], 7)  # enough keys that the next batch compacts
+    run.feed([(1500, "a")], 7).end()
+    assert run.late_records() == [(1500, "a")]
