@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import os
 from collections.abc import Mapping
+from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
@@ -50,6 +51,28 @@ def _kind(dtype: pl.DataType) -> str | None:
     return None
 
 
+@dataclass(frozen=True)
+class Closed:
+    """Sessions the kernel closed: keys, start, last record's time, count, and the watermark that closed them."""
+
+    keys: pl.Series
+    ws: np.ndarray
+    last: np.ndarray
+    n: np.ndarray
+    round: np.ndarray
+
+    @staticmethod
+    def none(key: str, dtype: pl.DataType) -> Closed:
+        empty = np.zeros(0, dtype=np.int64)
+        return Closed(pl.Series(key, [], dtype=dtype), empty, empty, empty, empty)
+
+    def __len__(self) -> int:
+        return len(self.ws)
+
+    def slice(self, a: int, b: int) -> Closed:
+        return Closed(self.keys.slice(a, b - a), self.ws[a:b], self.last[a:b], self.n[a:b], self.round[a:b])
+
+
 class SessionKernel:
     """One operator's open sessions in the native kernel, for keys of one dtype."""
 
@@ -77,13 +100,13 @@ class SessionKernel:
             return off, (np.frombuffer(data, dtype=np.uint8) if data is not None else np.zeros(0, np.uint8))
         return keys.cast(pl.Int64).to_numpy(), None
 
-    def ingest(self, keys: pl.Series, times: np.ndarray, wms: np.ndarray) -> tuple[np.ndarray, pl.DataFrame]:
+    def ingest(self, keys: pl.Series, times: np.ndarray, wms: np.ndarray) -> tuple[np.ndarray, Closed]:
         """Records in arrival order → (positions of the late ones, sessions closed by records behind the
-        watermark with the watermark of the record that closed them, column `round`)."""
+        watermark, with the watermark of the record that closed them as `round`)."""
         a, b = self._key_buffers(keys)
         late, closed = self.kernel.ingest(a, b, np.ascontiguousarray(times, dtype=np.int64),
                                           np.ascontiguousarray(wms, dtype=np.int64))
-        return np.frombuffer(late, dtype=np.uint32), self._frame(closed, with_round=True)
+        return np.frombuffer(late, dtype=np.uint32), self._closed(closed)
 
     def compact(self, since: int) -> None:
         """Forget keys without open sessions whose newest emitted session's last record is before `since`."""
@@ -92,9 +115,9 @@ class SessionKernel:
     def keys_held(self) -> int:
         return int(self.kernel.keys_seen())
 
-    def close(self, watermark: int) -> pl.DataFrame:
-        """The sessions that ended by `watermark` (keys, WS, LAST, counts, WE), now closed."""
-        return self._frame(self.kernel.close(watermark))
+    def close(self, watermark: int) -> Closed:
+        """The sessions that ended by `watermark`, now closed, sorted by end, key, start."""
+        return self._closed(self.kernel.close(watermark))
 
     def held_end(self) -> int | None:
         end = self.kernel.held_end()
@@ -106,23 +129,25 @@ class SessionKernel:
         arr = pa.Array.from_buffers(pa.large_string(), n, [None, pa.py_buffer(a), pa.py_buffer(b)])
         return pl.Series(self.key, arr).cast(pl.String)
 
-    def _frame(self, rows: tuple[Any, ...], with_round: bool = False) -> pl.DataFrame:
+    def _closed(self, rows: tuple[Any, ...]) -> Closed:
         n, a, b, ws, last, count, rnd = rows
         if n == 0:
-            return pl.DataFrame()
-        last_ms = np.frombuffer(last, dtype=np.int64)
-        counts = pl.Series(np.frombuffer(count, dtype=np.int64), dtype=pl.Int64)
-        cols = [self._keys(n, a, b), pl.Series(WS, np.frombuffer(ws, dtype=np.int64), dtype=pl.Int64),
-                pl.Series(LAST, last_ms, dtype=pl.Int64), *[counts.alias(f"{c}.n") for c in self.counts],
-                pl.Series(WE, last_ms + (self.gap + 1), dtype=pl.Int64)]
-        if with_round:
-            cols.append(pl.Series("round", np.frombuffer(rnd, dtype=np.int64), dtype=pl.Int64))
-        return pl.DataFrame(cols)
+            return Closed.none(self.key, self.dtype)
+        return Closed(self._keys(n, a, b), np.frombuffer(ws, dtype=np.int64), np.frombuffer(last, dtype=np.int64),
+                      np.frombuffer(count, dtype=np.int64), np.frombuffer(rnd, dtype=np.int64))
+
+    def _frame(self, closed: Closed) -> pl.DataFrame:
+        """Sessions as the Polars path's state rows: keys, WS, LAST, partials, WE."""
+        counts = pl.Series(closed.n, dtype=pl.Int64)
+        return pl.DataFrame([closed.keys, pl.Series(WS, closed.ws, dtype=pl.Int64),
+                             pl.Series(LAST, closed.last, dtype=pl.Int64),
+                             *[counts.alias(f"{c}.n") for c in self.counts],
+                             pl.Series(WE, closed.last + (self.gap + 1), dtype=pl.Int64)])
 
     # --- state as the Polars path keeps it ---------------------------------------------------------
     def export(self, since: int) -> tuple[pl.DataFrame | None, pl.DataFrame | None]:
         """(open sessions as the Polars path's state, emitted sessions' LAST per key with LAST ≥ since)."""
-        state = self._frame(self.kernel.export_open()) if self.kernel.open_sessions() else None
+        state = self._frame(self._closed(self.kernel.export_open())) if self.kernel.open_sessions() else None
         n, a, b, _, last, _, _ = self.kernel.export_emitted(since)
         emitted = None
         if n:
