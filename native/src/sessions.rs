@@ -326,18 +326,27 @@ impl SessionKernel {
         permute(&mut rows.round, from, &order);
     }
 
-    /// (rows, keys (offsets or values), key data or None, ws, last, n, round) as bytes.
+    /// (rows, keys (string views or i64 values), key data or None, ws, last, n, round) as bytes.
     fn rows_out<'py>(&self, py: Python<'py>, rows: &Rows) -> PyResult<Bound<'py, PyTuple>> {
         let (a, b): (Bound<'py, PyAny>, Bound<'py, PyAny>) = match &self.keys {
             Keys::Str { vals, .. } => {
-                let mut offsets = Vec::with_capacity(rows.key.len() + 1);
+                // Arrow string views (Polars' own layout, taken without a copy): 16 bytes each, the length
+                // and the text itself up to 12 bytes, else its first 4 bytes, buffer 0 and the offset
+                let mut views = vec![0u8; rows.key.len() * 16];
                 let mut data = Vec::new();
-                offsets.push(0i64);
-                for &k in &rows.key {
-                    data.extend_from_slice(&vals[k as usize]);
-                    offsets.push(data.len() as i64);
+                for (i, &k) in rows.key.iter().enumerate() {
+                    let text = &vals[k as usize];
+                    let v = &mut views[i * 16..i * 16 + 16];
+                    v[0..4].copy_from_slice(&(text.len() as u32).to_le_bytes());
+                    if text.len() <= 12 {
+                        v[4..4 + text.len()].copy_from_slice(text);
+                    } else {
+                        v[4..8].copy_from_slice(&text[..4]);
+                        v[12..16].copy_from_slice(&(data.len() as u32).to_le_bytes());
+                        data.extend_from_slice(text);
+                    }
                 }
-                (PyBytes::new(py, as_bytes(&offsets)).into_any(), PyBytes::new(py, &data).into_any())
+                (PyBytes::new(py, &views).into_any(), PyBytes::new(py, &data).into_any())
             }
             Keys::Int { vals, .. } => {
                 let v: Vec<i64> = rows.key.iter().map(|&k| vals[k as usize]).collect();

@@ -126,8 +126,8 @@ class SessionKernel:
     def _keys(self, n: int, a: bytes, b: bytes | None) -> pl.Series:
         if b is None:
             return pl.Series(self.key, np.frombuffer(a, dtype=np.int64), dtype=pl.Int64).cast(self.dtype)
-        arr = pa.Array.from_buffers(pa.large_string(), n, [None, pa.py_buffer(a), pa.py_buffer(b)])
-        return pl.Series(self.key, arr).cast(pl.String)
+        arr = pa.Array.from_buffers(pa.string_view(), n, [None, pa.py_buffer(a), pa.py_buffer(b)])
+        return pl.Series(self.key, arr)
 
     def _closed(self, rows: tuple[Any, ...]) -> Closed:
         n, a, b, ws, last, count, rnd = rows
