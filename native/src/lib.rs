@@ -18,6 +18,8 @@ mod panes;
 
 const MAX_DEPTH: u32 = 128;
 
+mod sessions;
+
 type R<T> = Result<T, ()>;
 
 #[derive(Clone, Copy, PartialEq)]
@@ -815,5 +817,6 @@ fn sluice_native(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_class::<Plan>()?;
     m.add_function(wrap_pyfunction!(decode, m)?)?;
     m.add_class::<panes::Panes>()?;
+    m.add_class::<sessions::SessionKernel>()?;
     Ok(())
 }

@@ -26,6 +26,7 @@ from sluice.core.batch import NO_WATERMARK, TIME, WATERMARK, Batch
 from sluice.core.errors import StepError, polars_detail
 from sluice.core.plan import Window
 from sluice.core.plan import key_names as key_names  # its home was here; kept for importers
+from sluice.operators import session_kernel
 from sluice.operators.base import Emitted, Operator, check_columns
 from sluice.time.aggregates import Aggregate, Count, Max, Mean, Min, Percentile, Sum
 from sluice.time.windows import Session, pane_ms
@@ -188,14 +189,14 @@ class WindowOperator(Operator):
         if not presorted:
             out = out.sort([WE, *self.key_cols, WS], nulls_last=True)
         ends = out[WE].to_numpy()
-        return out.with_columns(
-            pl.Series(TIME, ends - 1, dtype=pl.Int64), pl.Series(WATERMARK, self._row_watermarks(ends, wms), dtype=pl.Int64)
-        ).drop(WS, WE)
+        return out.with_columns(*self._time_columns(ends, wms)).drop(WS, WE)
 
-    def _row_watermarks(self, ends: np.ndarray, wms: np.ndarray) -> np.ndarray:
-        """Each output row's watermark: that of the last record before the one whose watermark closed its window."""
+    def _time_columns(self, ends: np.ndarray, wms: np.ndarray) -> list[pl.Series]:
+        """An emitted window's event time (its last millisecond) and watermark (the one before the record
+        that closed it)."""
         idx = np.searchsorted(wms, ends, side="left") - 1
-        return np.where(idx >= 0, wms[np.maximum(idx, 0)] if len(wms) else self.carry_wm, self.carry_wm)
+        wm_out = np.where(idx >= 0, wms[np.maximum(idx, 0)] if len(wms) else self.carry_wm, self.carry_wm)
+        return [pl.Series(TIME, ends - 1, dtype=pl.Int64), pl.Series(WATERMARK, wm_out, dtype=pl.Int64)]
 
     def _bounds(self, closing: pl.DataFrame) -> list[pl.Expr]:
         start, end = self._reported_bounds()
@@ -471,7 +472,7 @@ class FixedWindowOperator(WindowOperator):
             self._as_time(pl.col(WS) + self.size).alias("window_end"), *self.aggs.rows,
             *[pl.when(pl.col(name).is_not_null()).then(agg.bucket_value(pl.col(name))).alias(name)
               for name, agg in self.aggs.sketches.items()],
-            pl.Series(TIME, ends - 1, dtype=pl.Int64), pl.Series(WATERMARK, self._row_watermarks(ends, wms), dtype=pl.Int64),
+            *self._time_columns(ends, wms),
         )
 
     def snapshot(self) -> dict[str, Any]:
@@ -531,6 +532,9 @@ class SessionWindowOperator(WindowOperator):
         assert isinstance(step.window, Session)
         self.gap = step.window.gap_ms
         self.emitted_last: pl.DataFrame | None = None  # keys, LAST of the newest emitted session
+        # the native kernel holds the state instead while this step and its batches fit it (session_kernel.py)
+        self.native: session_kernel.SessionKernel | None = None
+        self.native_ok = session_kernel.fits(self.key_cols, step.aggregates)
 
     def _reported_bounds(self) -> tuple[pl.Expr, pl.Expr]:
         return pl.col(WS), pl.col(LAST) + self.gap
@@ -539,6 +543,8 @@ class SessionWindowOperator(WindowOperator):
         if not batch.height:
             return self._advance(batch, None)
         df = self._prepare(batch)
+        if self.native_ok and self._native_takes(df[self.key_cols[0]]):
+            return self._native_batch(batch, df)
         times = df[TIME].to_numpy()
         wms = np.maximum(df[WATERMARK].to_numpy(), self.floor)
         behind = np.flatnonzero(times < wms)
@@ -564,6 +570,82 @@ class SessionWindowOperator(WindowOperator):
                 pl.lit(None, pl.Int64).alias("missed_window_end"),
             )
         return self._advance(batch, late)
+
+    # --- the native kernel --------------------------------------------------------------------------
+    def _native_takes(self, keys: pl.Series) -> bool:
+        """Whether this batch goes to the kernel; the first batch that does not fit it hands the state over
+        to the Polars path for good."""
+        if self.native is None:
+            if self.state is None and self.emitted_last is None and keys.null_count() == 0 \
+                    and session_kernel.SessionKernel.takes_dtype(keys.dtype):
+                self.native = session_kernel.SessionKernel(self.gap, self.key_cols[0], keys.dtype, list(self.aggs.rows))
+                return True
+        elif self.native.takes(keys):
+            return True
+        self._hand_over()
+        return False
+
+    def _hand_over(self) -> None:
+        if self.native is not None:
+            self.state, self.emitted_last = self.native.export(NO_WATERMARK)
+        self.native = None
+        self.native_ok = False
+
+    def _native_batch(self, batch: Batch, df: pl.DataFrame) -> Emitted:
+        assert self.native is not None
+        wms = np.maximum(df[WATERMARK].to_numpy(), self.floor)
+        self.native.compact(self._reachable_from())
+        late_at, closed = self.native.ingest(df[self.key_cols[0]], df[TIME].to_numpy(), wms)
+        if len(closed):
+            # one emission round per record behind the watermark that closed sessions, as on the Polars path
+            rounds = closed.round
+            cuts = [0, *(np.flatnonzero(rounds[1:] != rounds[:-1]) + 1).tolist(), len(rounds)]
+            for a, b in pairwise(cuts):
+                self._pending.append(self._native_emit(closed.slice(a, b), wms))
+        late = None
+        if len(late_at):
+            late = df[late_at].select(
+                *batch.df.columns,
+                pl.lit(None, pl.Int64).alias("missed_window_start"),
+                pl.lit(None, pl.Int64).alias("missed_window_end"),
+            )
+        return self._advance(batch, late)
+
+    def _close(self, watermark: int, wms: np.ndarray) -> pl.DataFrame | None:
+        if self.native is None:
+            return super()._close(watermark, wms)
+        closing = self.native.close(watermark)
+        return self._native_emit(closing, wms) if len(closing) else None
+
+    def _native_emit(self, closing: session_kernel.Closed, wms: np.ndarray) -> pl.DataFrame:
+        """`_emit` for the kernel's closed sessions, which come sorted and hold nothing to finish but counts:
+        the same rows, put together from arrays (a Polars query per round cost more than the rows)."""
+        counts = pl.Series(closing.n, dtype=pl.Int64)
+        return pl.DataFrame([
+            closing.keys,
+            self._time_series("window_start", closing.ws),
+            self._time_series("window_end", closing.last + self.gap),
+            *[counts.alias(c) for c in self.aggs.rows],
+            *self._time_columns(closing.last + (self.gap + 1), wms),
+        ])
+
+    def _time_series(self, name: str, ms: np.ndarray) -> pl.Series:
+        """`_as_time` of epoch milliseconds."""
+        s = pl.Series(name, ms, dtype=pl.Int64)
+        if self.time_dtype is None:
+            return s
+        tz = getattr(self.time_dtype, "time_zone", None)
+        return s.cast(pl.Datetime("ms", tz)).cast(self.time_dtype)
+
+    def _note_flush(self, watermark: int) -> None:
+        if self.native is None:
+            super()._note_flush(watermark)
+            return
+        from sluice.core.batch import END_OF_TIME
+
+        end = self.native.held_end()
+        if watermark >= END_OF_TIME and end is not None:
+            self.flushed_end = max(self.flushed_end, end)
 
     def _is_late(self, row: pl.DataFrame, t: int, wm: int) -> bool:
         if t + self.gap + 1 <= wm:
@@ -634,6 +716,21 @@ class SessionWindowOperator(WindowOperator):
         return parts.join(lasts, on=[*k, WS], nulls_equal=True), sketches
 
     def snapshot(self) -> dict[str, Any]:
+        if self.native is not None:
+            # the Polars path's frames, so that either path restores it
+            self.state, self.emitted_last = self.native.export(self._reachable_from())
+            try:
+                return self._snapshot()
+            finally:
+                self.state = self.emitted_last = None
+        return self._snapshot()
+
+    def _reachable_from(self) -> int:
+        """Emitted sessions a coming record can still reach end at or after this (LAST ≥ W − 2·gap, with W
+        no later than any coming record's watermark)."""
+        return max(min(self.watermark, self.carry_wm) - 2 * self.gap, NO_WATERMARK)
+
+    def _snapshot(self) -> dict[str, Any]:
         state = super().snapshot()
         if self.emitted_last is not None:
             state["emitted_last"] = self.emitted_last
@@ -642,6 +739,19 @@ class SessionWindowOperator(WindowOperator):
     def restore(self, state: dict[str, Any]) -> None:
         super().restore(state)
         self.emitted_last = state.get("emitted_last")
+        self.native = None
+        self.native_ok = session_kernel.fits(self.key_cols, self.step.aggregates)
+        if not self.native_ok:
+            return
+        key, counts = self.key_cols[0], list(self.aggs.rows)
+        if not session_kernel.SessionKernel.loadable(key, counts, self.state, self.emitted_last):
+            self.native_ok = False
+            return
+        held = [f for f in (self.state, self.emitted_last) if f is not None]
+        if held:
+            self.native = session_kernel.SessionKernel(self.gap, key, held[0].schema[key], counts)
+            self.native.load(self.state, self.emitted_last)
+            self.state = self.emitted_last = None
 
     def _held_end(self) -> int:
         assert self.state is not None
