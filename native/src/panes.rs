@@ -180,6 +180,52 @@ impl Panes {
         c
     }
 
+    /// Keys are interned for as long as they hold a pane: when the codes outnumber the keys held by more
+    /// than twice (and 4,096), the keys without a pane are forgotten and the rest renumbered, so that a
+    /// stream of ever-new keys does not grow the kernel.
+    fn forget_keys(&mut self) {
+        let held = {
+            let mut seen = vec![false; self.last.len()];
+            self.slot_key.iter().filter(|&&c| !std::mem::replace(&mut seen[c as usize], true)).count()
+        };
+        if self.last.len() <= 2 * held + 4096 {
+            return;
+        }
+        let mut renumbered = vec![u32::MAX; self.last.len()];
+        let (mut stext, mut ivals) = (Vec::with_capacity(held), Vec::with_capacity(held));
+        self.short.clear();
+        self.skeys.clear();
+        self.ikeys.clear();
+        for c in self.slot_key.iter_mut() {
+            let old = *c as usize;
+            if renumbered[old] == u32::MAX {
+                let new = if self.text { stext.len() } else { ivals.len() } as u32;
+                renumbered[old] = new;
+                if self.text {
+                    let k: Box<[u8]> = std::mem::take(&mut self.stext[old]);
+                    if k.len() <= 12 {
+                        // a short key is interned by its string view: the length, then the text
+                        let mut v = [0u8; 16];
+                        v[..4].copy_from_slice(&(k.len() as u32).to_le_bytes());
+                        v[4..4 + k.len()].copy_from_slice(&k);
+                        self.short.insert(u128::from_le_bytes(v), new);
+                    } else {
+                        self.skeys.insert(k.clone(), new);
+                    }
+                    stext.push(k);
+                } else {
+                    self.ikeys.insert(self.ivals[old], new);
+                    ivals.push(self.ivals[old]);
+                }
+            }
+            *c = renumbered[old];
+        }
+        self.stext = stext;
+        self.ivals = ivals;
+        let codes = if self.text { self.stext.len() } else { self.ivals.len() };
+        self.last = vec![(i64::MIN, 0); codes];
+    }
+
     fn new_code(&mut self) -> u32 {
         self.last.push((i64::MIN, 0));
         (self.last.len() - 1) as u32
@@ -590,6 +636,7 @@ impl Panes {
             self.ints.truncate(w * na);
             self.floats.truncate(w * nf);
             self.sk.truncate(w * ns);
+            self.forget_keys();
             self.map.clear();
             self.last.fill((i64::MIN, 0));
             for s in 0..w {
@@ -613,6 +660,11 @@ impl Panes {
         self.ints.clear();
         self.floats.clear();
         self.sk.clear();
+    }
+
+    /// Keys interned now (those holding a pane, and at most twice as many others plus 4,096).
+    fn keys(&self) -> usize {
+        self.last.len()
     }
 
     fn __len__(&self) -> usize {

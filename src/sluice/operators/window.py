@@ -183,7 +183,7 @@ class WindowOperator(Operator):
             rank = (pl.col("total") * agg.q).ceil().clip(lower_bound=1)
             picked = ranked.group_by(by).agg(pl.col(BUCKET).filter(pl.col("cum") >= rank).min())
             picked = picked.select(*by, agg.bucket_value(pl.col(BUCKET)).alias(name))
-            out = out.join(picked, on=by, how="left", nulls_equal=True)
+            out = out.join(picked, on=by, how="left", nulls_equal=True, maintain_order="left")
         if extra:
             out = out.select(pl.exclude(list(extra)), *extra)
         if not presorted:
@@ -795,8 +795,8 @@ class NativePanes:
         if len(op.key_cols) != 1 or df.schema.get(TIME) != pl.Int64 or df.schema.get(WATERMARK) != pl.Int64:
             return None
         key_dtype = df.schema[op.key_cols[0]]
-        if not (key_dtype == pl.String or (key_dtype.is_integer() and key_dtype != pl.UInt64)):
-            return None
+        if not (key_dtype == pl.String or key_dtype in (pl.Int8, pl.Int16, pl.Int32, pl.Int64, pl.UInt8, pl.UInt16, pl.UInt32)):
+            return None  # (UInt64 and the 128-bit integers do not fit the kernel's int64)
         kinds: list[tuple[int, int]] = []
         values: list[str] = []
         parts: list[tuple[str, list[str]]] = []
@@ -836,7 +836,7 @@ class NativePanes:
                 arr = arr.cast(pa.string_view())
             _, views, *data = arr.buffers()
             keys: Any = (np.frombuffer(views, np.uint8)[arr.offset * 16: (arr.offset + len(arr)) * 16],
-                         [np.frombuffer(d, np.uint8) for d in data if d is not None])
+                         [np.zeros(0, np.uint8) if d is None else np.frombuffer(d, np.uint8) for d in data])
         else:
             keys = key.cast(pl.Int64).to_numpy().view(np.uint8)
         raw = [np.ascontiguousarray(v.to_numpy(), np.float64).view(np.uint8) for v in vals]  # nulls come as NaN
