@@ -588,8 +588,12 @@ impl Panes {
         let mut index: FxMap<(u32, i64), u32> = FxMap::default();
         let (mut codes, mut starts, mut ints, mut floats) = (Vec::new(), Vec::new(), Vec::new(), Vec::new());
         let mut sk: Vec<FxMap<i64, i64>> = Vec::new();
-        let mut keep = Vec::with_capacity(self.slot_key.len());
-        for s in 0..self.slot_key.len() {
+        // panes merge into their windows in pane order: a window's float sums then do not depend on the order
+        // its panes were first seen (a run restored from a checkpoint gives the same bits as one that was not)
+        let mut by_pane: Vec<usize> = (0..self.slot_key.len()).collect();
+        by_pane.sort_unstable_by_key(|&s| (self.slot_pane[s], self.slot_key[s]));
+        let keep: Vec<bool> = self.slot_pane.iter().map(|&pane| pane + size > upto).collect();
+        for s in by_pane {
             let (code, pane) = (self.slot_key[s], self.slot_pane[s]);
             let mut ws = ceil_div(pane + (g - size - off), slide) * slide + off;
             while ws <= pane {
@@ -612,7 +616,6 @@ impl Panes {
                 }
                 ws += slide;
             }
-            keep.push(pane + size > upto);
         }
         let order = self.sorted(&codes, &starts);
         let out = self.columns(py, &order, &codes, &starts, &ints, &floats, &sk, finish)?;
@@ -644,6 +647,90 @@ impl Panes {
             }
         }
         Ok(out)
+    }
+
+    /// Fold in partials kept elsewhere (a checkpoint's state rows): `keys` as in `ingest`, `panes` int64,
+    /// then per aggregate its n (int64) and, for a sum, mean, min or max, its float partial (float64, NaN:
+    /// none), then per percentile sketch its (row, bucket, count) int64 columns.
+    fn load<'py>(&mut self, keys: &Bound<'py, PyAny>, panes: &Bound<'py, PyAny>, parts: Vec<Bound<'py, PyAny>>) -> PyResult<()> {
+        let kb: Vec<PyBuffer<u8>> = if self.text {
+            let (v, d): (Bound<'py, PyAny>, Vec<Bound<'py, PyAny>>) = keys.extract()?;
+            std::iter::once(&v).chain(d.iter()).map(PyBuffer::get).collect::<PyResult<_>>()?
+        } else {
+            vec![PyBuffer::get(keys)?]
+        };
+        let pb = PyBuffer::<u8>::get(panes)?;
+        let pv: &[i64] = view(&pb, "panes")?;
+        let bufs: Vec<PyBuffer<u8>> = parts.iter().map(PyBuffer::<u8>::get).collect::<PyResult<_>>()?;
+        let (na, nf, ns) = (self.aggs.len(), self.nf, self.quantiles.len());
+        let want = na + nf + 3 * ns;
+        if bufs.len() != want {
+            return Err(PyValueError::new_err(format!("load: {want} partial columns expected, got {}", bufs.len())));
+        }
+        let n = pv.len();
+        let text_bufs: Vec<&[u8]> = if self.text { kb[1..].iter().map(|b| view(b, "key data")).collect::<PyResult<_>>()? } else { vec![] };
+        let views: &[u128] = if self.text { view(&kb[0], "key views")? } else { &[] };
+        let ints_in: &[i64] = if self.text { &[] } else { view(&kb[0], "keys")? };
+        if (self.text && views.len() != n) || (!self.text && ints_in.len() != n) {
+            return Err(PyValueError::new_err("load: keys and panes of different lengths"));
+        }
+        let mut slots = Vec::with_capacity(n);
+        for r in 0..n {
+            let code = if self.text {
+                let v = views[r];
+                let (len, buf, at) = ((v as u32) as u64, (v >> 64) as u32 as usize, (v >> 96) as u32 as u64);
+                if len > 12 && text_bufs.get(buf).is_none_or(|b| at + len > b.len() as u64) {
+                    return Err(PyValueError::new_err("load: a string view outside its buffers"));
+                }
+                self.code_view(v, &text_bufs)
+            } else {
+                self.code_int(ints_in[r])
+            };
+            let slot = match self.map.get(&(code, pv[r])) {
+                Some(&s) => s,
+                None => self.new_slot(code, pv[r]),
+            } as usize;
+            slots.push(slot);
+        }
+        let mut at = 0;
+        let mut f = 0;
+        for j in 0..na {
+            let counts: &[i64] = view(&bufs[at], "counts")?;
+            at += 1;
+            let a = self.aggs[j];
+            let xs: Option<&[f64]> = if matches!(a, Agg::Rows) { None } else { at += 1; Some(view(&bufs[at - 1], "partials")?) };
+            if counts.len() != n || xs.is_some_and(|x| x.len() != n) {
+                return Err(PyValueError::new_err("load: partials of different lengths"));
+            }
+            for (r, &slot) in slots.iter().enumerate() {
+                self.ints[slot * na + j] += counts[r];
+                if let Some(x) = xs {
+                    let (cell, x) = (&mut self.floats[slot * nf + f], x[r]);
+                    match a {
+                        Agg::Rows => {}
+                        Agg::Sum(_) | Agg::Mean(_) => *cell += if x.is_nan() { 0.0 } else { x },
+                        Agg::Min(_) => if !x.is_nan() { *cell = cell.min(x) },
+                        Agg::Max(_) => if !x.is_nan() { *cell = cell.max(x) },
+                    }
+                }
+            }
+            if xs.is_some() {
+                f += 1;
+            }
+        }
+        for q in 0..ns {
+            let rows: &[i64] = view(&bufs[at], "sketch rows")?;
+            let buckets: &[i64] = view(&bufs[at + 1], "buckets")?;
+            let counts: &[i64] = view(&bufs[at + 2], "bucket counts")?;
+            at += 3;
+            if buckets.len() != rows.len() || counts.len() != rows.len() || rows.iter().any(|&r| r < 0 || r as usize >= n) {
+                return Err(PyValueError::new_err("load: bad sketch rows"));
+            }
+            for i in 0..rows.len() {
+                *self.sk[slots[rows[i] as usize] * ns + q].entry(buckets[i]).or_insert(0) += counts[i];
+            }
+        }
+        Ok(())
     }
 
     /// Every (key, pane) held, with its partials, in the same columns as `close` (panes for starts).

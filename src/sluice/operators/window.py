@@ -340,6 +340,8 @@ class FixedWindowOperator(WindowOperator):
             if not self.native_checked:
                 self.native_checked = True
                 self.native = NativePanes.make(self, df)
+                if self.native is not None and self.state is not None and self.state.height:
+                    self.native.take_state(self)  # restored state: the kernel goes on as if never stopped
             if self.native is not None:
                 rest = self.native.ingest(df, self.lateness, self.floor)
                 if rest is not True:
@@ -823,6 +825,58 @@ class NativePanes:
     def pane_range(self) -> tuple[int, int] | None:
         return self.panes.pane_range()  # type: ignore[no-any-return]
 
+    def take_state(self, op: FixedWindowOperator) -> None:
+        """Move the rows of the Polars path's state that the kernel would hold (records that missed no
+        window: LO is the pane's first window start) into the kernel, with their partials as they are, so
+        that a restored run adds up floats exactly as an uninterrupted one."""
+        assert op.state is not None
+        size, slide, off, g = op.size, op.slide, op.offset, op.pane
+        canonical = pl.col(LO) == _ceil_div(pl.col(PANE) + (g - size - off), slide) * slide + off
+        rows = op.state.filter(canonical).with_row_index(ROW)
+        if rows.height == 0:
+            return
+        keyed = [self.key, PANE, LO]
+        if self.text:
+            rows = rows.with_columns(pl.col(self.key).cast(pl.String))
+        parts: list[np.ndarray] = []
+        for out, names in self.parts:
+            if names == ["m"]:  # a min or max: counted as one value where it has one
+                m = rows[f"{out}.m"]
+                parts += [m.is_not_null().cast(pl.Int64).to_numpy(), m.fill_null(float("nan")).to_numpy()]
+            else:
+                parts.append(rows[f"{out}.n"].cast(pl.Int64).to_numpy())
+                if "s" in names:
+                    parts.append(rows[f"{out}.s"].cast(pl.Float64).fill_null(0.0).to_numpy())
+        kept_sketches = {}
+        for out in self.sketches:
+            sk = op.sketch_state.get(out)
+            if sk is None or sk.height == 0:
+                parts += [np.zeros(0, np.int64)] * 3
+                continue
+            if self.text:
+                sk = sk.with_columns(pl.col(self.key).cast(pl.String))
+            matched = sk.join(rows.select(*keyed, ROW), on=keyed, how="inner")
+            parts += [matched[ROW].cast(pl.Int64).to_numpy(), matched[BUCKET].cast(pl.Int64).to_numpy(),
+                      matched["n"].cast(pl.Int64).to_numpy()]
+            kept_sketches[out] = op.sketch_state[out].join(
+                rows.select(*keyed).with_columns(pl.col(self.key).cast(op.sketch_state[out].schema[self.key])),
+                on=keyed, how="anti")
+        self.panes.load(self._keys(rows[self.key]), rows[PANE].cast(pl.Int64).to_numpy().view(np.uint8),
+                        [np.ascontiguousarray(p).view(np.uint8) for p in parts])
+        op.state = op.state.filter(~canonical)
+        op.sketch_state.update(kept_sketches)
+
+    def _keys(self, key: pl.Series) -> Any:
+        """A key column as the kernel takes it: Polars' string views and data buffers, or int64."""
+        if not self.text:
+            return key.cast(pl.Int64).to_numpy().view(np.uint8)
+        arr = key.to_arrow(compat_level=CompatLevel.newest())
+        if arr.type != pa.string_view():
+            arr = arr.cast(pa.string_view())
+        _, views, *data = arr.buffers()
+        return (np.frombuffer(views, np.uint8)[arr.offset * 16: (arr.offset + len(arr)) * 16],
+                [np.zeros(0, np.uint8) if d is None else np.frombuffer(d, np.uint8) for d in data])
+
     def ingest(self, df: pl.DataFrame, lateness: int, floor: int) -> np.ndarray | Literal[True] | None:
         """Fold the batch in; the rows left for the Polars path (None: none), or True when the kernel cannot
         take this batch at all (a null key, a NaN value: nothing was folded)."""
@@ -830,15 +884,7 @@ class NativePanes:
         vals = [df[v] for v in self.values]
         if key.null_count() or any(v.is_nan().any() for v in vals):
             return True
-        if self.text:  # Polars' own string views, as they are
-            arr = key.to_arrow(compat_level=CompatLevel.newest())
-            if arr.type != pa.string_view():
-                arr = arr.cast(pa.string_view())
-            _, views, *data = arr.buffers()
-            keys: Any = (np.frombuffer(views, np.uint8)[arr.offset * 16: (arr.offset + len(arr)) * 16],
-                         [np.zeros(0, np.uint8) if d is None else np.frombuffer(d, np.uint8) for d in data])
-        else:
-            keys = key.cast(pl.Int64).to_numpy().view(np.uint8)
+        keys = self._keys(key)  # text: Polars' own string views, as they are
         raw = [np.ascontiguousarray(v.to_numpy(), np.float64).view(np.uint8) for v in vals]  # nulls come as NaN
         buckets = [df[f"__sl_b_{out}"].fill_null(self.NO_BUCKET).to_numpy().view(np.uint8) for out in self.sketches]
         left = self.panes.ingest(keys, df[TIME].to_numpy().view(np.uint8), df[WATERMARK].to_numpy().view(np.uint8),
