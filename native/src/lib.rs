@@ -14,6 +14,7 @@ use pyo3::buffer::PyBuffer;
 use pyo3::prelude::*;
 use pyo3::types::{PyBytes, PyList, PyTuple};
 
+mod fx;
 mod panes;
 
 const MAX_DEPTH: u32 = 128;

@@ -17,62 +17,13 @@
 //! (the operator's lo is ceil((wp - size + 1 - off) / slide) * slide + off, and s0 - off is a multiple of
 //! the slide; its third bound, pane - 2 * size, is always below s0 + size). Values are NaN-free (the caller checks); a NaN here is a null (the caller's null → NaN).
 
-use std::collections::HashMap;
-use std::hash::{BuildHasherDefault, Hasher};
 
 use pyo3::buffer::PyBuffer;
 use pyo3::exceptions::PyValueError;
 use pyo3::prelude::*;
 use pyo3::types::{PyBytes, PyList};
 
-/// Fx hashing (as in rustc): one multiply per word; keys here are short strings and small integers.
-#[derive(Default, Clone, Copy)]
-struct Fx(u64);
-
-impl Fx {
-    #[inline]
-    fn add(&mut self, w: u64) {
-        self.0 = (self.0.rotate_left(5) ^ w).wrapping_mul(0x51_7c_c1_b7_27_22_0a_95);
-    }
-}
-
-impl Hasher for Fx {
-    fn finish(&self) -> u64 {
-        // the table takes its buckets from the low bits, which a multiply leaves poorly mixed: fold the
-        // high bits down (murmur3's finalizer)
-        let mut x = self.0;
-        x ^= x >> 33;
-        x = x.wrapping_mul(0xff51_afd7_ed55_8ccd);
-        x ^= x >> 33;
-        x
-    }
-    fn write(&mut self, bytes: &[u8]) {
-        let mut chunks = bytes.chunks_exact(8);
-        for c in &mut chunks {
-            self.add(u64::from_le_bytes(c.try_into().unwrap()));
-        }
-        let rest = chunks.remainder();
-        if !rest.is_empty() {
-            let mut b = [0u8; 8];
-            b[..rest.len()].copy_from_slice(rest);
-            self.add(u64::from_le_bytes(b));
-        }
-    }
-    fn write_u32(&mut self, i: u32) {
-        self.add(i as u64)
-    }
-    fn write_u64(&mut self, i: u64) {
-        self.add(i)
-    }
-    fn write_i64(&mut self, i: i64) {
-        self.add(i as u64)
-    }
-    fn write_usize(&mut self, i: usize) {
-        self.add(i as u64)
-    }
-}
-
-type FxMap<K, V> = HashMap<K, V, BuildHasherDefault<Fx>>;
+use crate::fx::FxMap;
 
 /// One aggregate's partial: every kind keeps `n` (rows, or non-null values); sum/mean add `s`, min/max `m`.
 #[derive(Clone, Copy)]
