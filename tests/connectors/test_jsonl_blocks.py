@@ -151,11 +151,13 @@ def read(path: Path, batch_size: int, position: dict[str, Any] | None = None,
     return frames, dead, json.loads(json.dumps(reader.position()))
 
 
+@pytest.mark.parametrize("threads", [1, 2, 3])
 @pytest.mark.parametrize("native", [True, False])
 @pytest.mark.parametrize("batch_size", [1, 7, 65536])
 def test_a_read_resumed_anywhere_goes_on_as_an_uninterrupted_read(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
-                                                                   batch_size: int, native: bool) -> None:
+                                                                   batch_size: int, native: bool, threads: int) -> None:
     monkeypatch.setattr(files, "FIRST_BLOCK_BYTES", 16)  # the doubling first blocks, many of them
+    monkeypatch.setattr(files, "PARSE_THREADS", threads)  # blocks decoded by 1-3 threads, taken in file order
     monkeypatch.setattr(json_native, "ENABLED", native and json_native.ENABLED)
     data, good, bad = content()
     path = tmp_path / "in.jsonl"
@@ -170,6 +172,74 @@ def test_a_read_resumed_anywhere_goes_on_as_an_uninterrupted_read(tmp_path: Path
         rest, dead2, _ = read(path, batch_size, position)
         assert pl.concat(first + rest).equals(whole), stop
         assert dead1 + dead2 == dead, stop
+
+
+# --- blocks decoded by several threads ------------------------------------------------------------
+
+
+def test_blocks_are_taken_in_file_order_when_a_later_one_is_decoded_first(tmp_path: Path,
+                                                                           monkeypatch: pytest.MonkeyPatch) -> None:
+    import threading
+    import time
+
+    data, good, bad = content()
+    path = tmp_path / "in.jsonl"
+    path.write_bytes(data)
+    decode = files.Json.decode_block
+    calls = []
+    lock = threading.Lock()
+
+    def slow_first(self: Any, blob: Any, schema: Any) -> Any:
+        with lock:
+            calls.append(None)
+            first = len(calls) == 1
+        if first:
+            time.sleep(0.3)  # the next blocks are decoded meanwhile by the other threads
+        return decode(self, blob, schema)
+
+    monkeypatch.setattr(files.Json, "decode_block", slow_first)
+    monkeypatch.setattr(files, "PARSE_THREADS", 3)
+    frames, dead, _ = read(path, 7)
+    assert pl.concat(frames).drop(OFFSET).to_dicts() == good
+    assert pl.concat(frames)[OFFSET].to_list() == sorted(pl.concat(frames)[OFFSET].to_list())
+    assert dead == [f"{path}:{n}" for n in bad]
+
+
+def test_a_failed_read_is_raised_after_the_blocks_before_it(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    data, good, _ = content()
+    path = tmp_path / "in.jsonl"
+    path.write_bytes(data)
+    cut = files._Cutter.cut
+    calls = []
+
+    def failing(self: Any, buf: bytearray) -> Any:
+        calls.append(None)
+        if len(calls) == 4:
+            raise OSError("disk gone")
+        return cut(self, buf)
+
+    monkeypatch.setattr(files._Cutter, "cut", failing)
+    monkeypatch.setattr(files, "PARSE_THREADS", 2)
+    reader = sl.JsonLinesSource(path, block_bytes=64).open(SourceContext("in", SCHEMA, 1, "dead_letter"))
+    rows = []
+    with pytest.raises(OSError, match="disk gone"):
+        for port, batch in reader.batches():
+            if port == "out" and batch.height:
+                rows += batch.df.drop(OFFSET).to_dicts()
+    assert rows == good[: len(rows)] and rows  # the 3 blocks before, in order, and nothing after
+
+
+def test_a_read_stopped_early_ends_its_threads_and_closes_the_file(tmp_path: Path,
+                                                                    monkeypatch: pytest.MonkeyPatch) -> None:
+    import threading
+
+    data, _, _ = content()
+    path = tmp_path / "in.jsonl"
+    path.write_bytes(data)
+    monkeypatch.setattr(files, "PARSE_THREADS", 3)
+    frames, _, _ = read(path, 1, stop_after=2)
+    assert len(frames) == 2
+    assert not [t for t in threading.enumerate() if t.name.startswith("sluice-parse")]
 
 
 # --- the decoder reads the reader's buffer in place -------------------------------------------------

@@ -11,9 +11,9 @@ import io
 import logging
 import os
 import shutil
+import threading
 import uuid
-from collections.abc import Callable, Generator, Iterator, Sequence
-from concurrent.futures import ThreadPoolExecutor
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from glob import glob
 from pathlib import Path
@@ -148,88 +148,17 @@ class _JsonLinesReader(_FileReader):
         self.schema = ctx.schema
 
     def _cuts(self, path: Path, start: int, want: int) -> Iterator[tuple[int, memoryview, int]]:
-        """(byte position, block, bytes asked for) from `start`; each block ends at a line end, or at the end
-        of the file (as it was when the read began). The block is a view of one buffer that is reused: it is
-        valid until the next one is asked for.
-
-        From the start of a file the first blocks are small and double up to block_bytes (`want` is the size of
-        the first): the first records reach the flow (and the progress line) within a fraction of a second, not
-        after a whole 8 MB block is parsed. A position records the size its block was read with, so a resumed
-        read cuts the same blocks (and batches) as the run it resumes. A block holds the lines that begin in
-        its first `asked` bytes and end within them; a line longer than that is read on, block_bytes at a time,
-        to the first read that holds a line end (and the block ends at the last line end of that read).
-
-        Plain reads into one buffer, not mmap: pages of a mapped file stay resident, so memory would grow with
-        the file; the bytes read after a block's last line end are moved to the buffer's start for the next."""
-        limit = self.spec.block_bytes
-        with open(path, "rb", buffering=0) as f:
-            size = os.fstat(f.fileno()).st_size
-            if start >= size:
-                return
-            f.seek(start)
-            buf = bytearray(0)
-            view = memoryview(buf)
-            pos, have = start, 0  # buf[:have] holds the file's bytes from pos
-
-            def fill(upto: int) -> int:
-                """Read until the buffer holds `upto` bytes from pos (fewer at the end of the file)."""
-                nonlocal buf, view, have, size
-                upto = min(upto, size - pos)
-                if upto > len(buf):  # the first blocks double up; a long line doubles it on
-                    grown = bytearray(min(max(upto, 2 * len(buf)), size - pos))
-                    grown[:have] = view[:have]
-                    buf, view = grown, memoryview(grown)
-                while have < upto:
-                    got = f.readinto(view[have:upto])
-                    if not got:  # the file was cut short since its size was taken
-                        size = pos + have
-                        break
-                    have += got
-                return min(upto, have)
-
-            while pos < size:
-                asked = min(want, limit)
-                want = asked * 2
-                n = fill(asked)
-                if n == 0:
-                    return
-                if pos + n < size:  # not the end of the file: end at the window's last line end
-                    cut = buf.rfind(b"\n", 0, n)
-                    while cut < 0:  # a line longer than the block: read on
-                        seen = n
-                        n = fill(n + limit)
-                        if pos + n >= size:
-                            break
-                        cut = buf.rfind(b"\n", seen, n)
-                    if cut >= 0:
-                        n = cut + 1
-                if pos == 0 and buf.startswith(BOM):
-                    # a byte order mark before the first line: blanks keep every byte's and line's position
-                    buf[: len(BOM)] = b"   "
-                yield pos, view[:n], asked
-                tail = have - n  # read past the block's end: moved to the start (copied first when they overlap)
-                buf[:tail] = view[n:have] if tail <= n else bytes(view[n:have])
-                pos, have = pos + n, tail
-
-    def _parsed(self, path: Path, start: int, want: int, ordinal: int, skip: int) -> Generator[_Block, None, None]:
-        """The blocks from `start`, decoded, their rows numbered from `ordinal`; run in the parse thread (the
-        reads, the cuts and the native decoder release the GIL). `skip`: rows of the first block consumed
-        before (its bad records were set aside then)."""
-        known = (0, 1)  # a line start and its number: bad records' lines are counted on from the last one
-        for byte, block, asked in self._cuts(path, start, want):
-            if self.schema is None:
-                self.schema = Schema(pl.read_ndjson(io.BytesIO(bytes(block))).schema, ())
-            decoded = self.format.decode_block(block, self.schema)
-            records = decoded.rows.height + len(decoded.bad)
-            bad = [] if skip else decoded.bad
-            lines: list[int] = []
-            if bad:
-                known = (byte, _line_at(path, byte, known))
-                lines = _record_lines(bytes(block), known[1])
-            rows = decoded.rows.with_columns(pl.Series(OFFSET, ordinal + record_indexes(decoded), dtype=pl.Int64))
-            yield _Block(byte, len(block), asked, rows, bad, lines, records)
-            ordinal += records
-            skip = 0
+        """(byte position, block, bytes asked for) from `start`, as `_Cutter` cuts them, one buffer reused: a
+        block is valid until the next is asked for."""
+        cutter = _Cutter(path, start, want, self.spec.block_bytes)
+        buf = bytearray()
+        try:
+            while (got := cutter.cut(buf)) is not None:
+                byte, buf, n, asked = got
+                with memoryview(buf) as view:
+                    yield byte, view[:n], asked
+        finally:
+            cutter.close()
 
     def batches(self) -> Iterator[tuple[str, Batch]]:
         start = self.start
@@ -244,7 +173,7 @@ class _JsonLinesReader(_FileReader):
             if resume and start["byte"]:  # the size this block was read with (older checkpoints: a whole block)
                 want = start.get("block", self.spec.block_bytes)
             byte = start["byte"] if resume else 0
-            for block in _ahead(self._parsed(path, byte, want, ordinal, skip)):
+            for block in _ParseAhead(self, path, byte, want).blocks(ordinal, skip):
                 dead = set_aside(block.bad, self.ctx.step, self.ctx.on_error,
                                  lambda i: f"{path}:{block.lines[i]}", unit="line")  # noqa: B023
                 if dead is not None:
@@ -263,17 +192,186 @@ class _JsonLinesReader(_FileReader):
             yield _eof(origin)
 
 
-def _ahead(items: Generator[_Block, None, None]) -> Iterator[_Block]:
-    """`items`, each one made in a background thread while the caller works on the one before."""
-    pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="sluice-parse")
-    try:
-        pending = pool.submit(next, items, None)
-        while (item := pending.result()) is not None:
-            pending = pool.submit(next, items, None)
-            yield item
-    finally:
-        pool.shutdown(wait=True, cancel_futures=True)  # a block being made is finished first
-        items.close()  # its file is closed
+PARSE_THREADS = max(1, int(os.environ.get("SLUICE_PARSE_THREADS", "0")) or min(4, os.cpu_count() or 1))
+
+
+class _ParseAhead:
+    """The decoded blocks of one file, in order, decoded ahead of the caller by `PARSE_THREADS` threads (named
+    sluice-parse_N). Each thread takes the next block from the file in turn (under the lock: one `_Cutter`,
+    so blocks are cut exactly as a single reader cuts them) and decodes it outside the lock, into its own
+    buffer; the native decoder releases the GIL, so blocks decode on every core beside the operators. At most
+    `depth` blocks are cut and not yet taken by the caller: memory is bounded whatever the operators' pace.
+
+    What depends on the blocks before (the rows' record ordinals, a bad record's line number) is set by the
+    caller's thread as it takes each block, in order."""
+
+    def __init__(self, reader: _JsonLinesReader, path: Path, start: int, want: int,
+                 threads: int = 0) -> None:
+        self.reader, self.path = reader, path
+        self.cutter = _Cutter(path, start, want, reader.spec.block_bytes)
+        self.cond = threading.Condition()
+        self.done: dict[int, Any] = {}  # decoded blocks (or the exception that stopped one), by sequence number
+        self.cut = 0  # blocks cut
+        self.taken = 0  # blocks the caller took
+        self.end: int | None = None  # the number of blocks, once the file's end is reached (or a read failed)
+        self.stop = False
+        n = threads or PARSE_THREADS
+        self.depth = 2 * n
+        self.threads = [threading.Thread(target=self._work, name=f"sluice-parse_{i}", daemon=True) for i in range(n)]
+        for t in self.threads:
+            t.start()
+
+    def _work(self) -> None:
+        buf = bytearray()
+        reader = self.reader
+        while True:
+            with self.cond:
+                while not self.stop and self.end is None and self.cut - self.taken >= self.depth:
+                    self.cond.wait()
+                if self.stop or self.end is not None:
+                    return
+                seq = self.cut
+                try:
+                    got = self.cutter.cut(buf)
+                    if got is not None and reader.schema is None:  # inferred from the first block, once
+                        reader.schema = Schema(pl.read_ndjson(io.BytesIO(bytes(got[1][: got[2]]))).schema, ())
+                except BaseException as exc:  # handed to the caller's thread, raised there
+                    self.done[seq] = exc
+                    got = None
+                if got is None:
+                    self.end = seq + (seq in self.done)
+                    self.cond.notify_all()
+                    return
+                self.cut += 1
+                schema = reader.schema
+                assert schema is not None
+            byte, buf, n, asked = got
+            result: Any
+            try:
+                with memoryview(buf) as view:
+                    block = view[:n]
+                    decoded = reader.format.decode_block(block, schema)
+                    # a bad record's line within its block (the block's first line is set by the caller)
+                    rel = _record_lines(bytes(block), 1) if decoded.bad else []
+                    block.release()
+                result = (byte, n, asked, decoded, rel)
+            except BaseException as exc:  # handed to the caller's thread, raised there
+                result = exc
+            with self.cond:
+                self.done[seq] = result
+                self.cond.notify_all()
+
+    def blocks(self, ordinal: int, skip: int) -> Iterator[_Block]:
+        """The blocks in file order, their rows numbered from `ordinal`. `skip`: rows of the first block consumed
+        before (its bad records were set aside then)."""
+        known = (0, 1)  # a line start and its number: bad records' lines are counted on from the last one
+        seq = 0
+        try:
+            while True:
+                with self.cond:
+                    while seq not in self.done and (self.end is None or seq < self.end):
+                        self.cond.wait()
+                    if seq not in self.done:
+                        return
+                    got = self.done.pop(seq)
+                    self.taken += 1
+                    self.cond.notify_all()
+                if isinstance(got, BaseException):
+                    raise got
+                byte, length, asked, decoded, rel = got
+                records = decoded.rows.height + len(decoded.bad)
+                bad = [] if skip else decoded.bad
+                lines: list[int] = []
+                if bad:
+                    known = (byte, _line_at(self.path, byte, known))
+                    lines = [known[1] - 1 + r for r in rel]
+                rows = decoded.rows.with_columns(pl.Series(OFFSET, ordinal + record_indexes(decoded), dtype=pl.Int64))
+                yield _Block(byte, length, asked, rows, bad, lines, records)
+                ordinal += records
+                skip = 0
+                seq += 1
+        finally:
+            with self.cond:
+                self.stop = True
+                self.cond.notify_all()
+            for t in self.threads:
+                t.join()  # a block being decoded is finished first
+            self.cutter.close()
+
+
+class _Cutter:
+    """The blocks of one JSON Lines file from `start`, cut one after another into a caller's buffer; each block
+    ends at a line end, or at the end of the file (as it was when the read began).
+
+    From the start of a file the first blocks are small and double up to `limit` (`want` is the size of the
+    first): the first records reach the flow (and the progress line) within a fraction of a second, not after
+    a whole 8 MB block is parsed. A position records the size its block was read with, so a resumed read cuts
+    the same blocks (and batches) as the run it resumes. A block holds the lines that begin in its first
+    `asked` bytes and end within them; a line longer than that is read on, `limit` bytes at a time, to the
+    first read that holds a line end (and the block ends at the last line end of that read).
+
+    Plain reads, not mmap: pages of a mapped file stay resident, so memory would grow with the file. The bytes
+    read past a block's last line end (part of a line, as a rule) are carried to the start of the next block.
+    Not thread-safe: callers take turns (`_ParseAhead` holds a lock around `cut`)."""
+
+    def __init__(self, path: Path, start: int, want: int, limit: int) -> None:
+        self.f = open(path, "rb", buffering=0)  # noqa: SIM115 (closed by close())
+        self.size = os.fstat(self.f.fileno()).st_size
+        self.f.seek(start)
+        self.pos, self.want, self.limit = start, want, limit
+        self.carry = b""
+
+    def close(self) -> None:
+        self.f.close()
+
+    def cut(self, buf: bytearray) -> tuple[int, bytearray, int, int] | None:
+        """The next block: (its byte position, the buffer holding it at its start — `buf`, or a larger one —,
+        its length, the bytes it was asked with); None at the end of the file."""
+        if self.pos >= self.size:
+            return None
+        asked = min(self.want, self.limit)
+        self.want = asked * 2
+        have = len(self.carry)
+        if len(buf) < have:
+            buf = bytearray(have)
+        buf[:have] = self.carry  # the same length: never resizes a buffer a view may still hold
+
+        def fill(upto: int) -> int:
+            """Read until the buffer holds `upto` bytes from pos (fewer at the end of the file)."""
+            nonlocal buf, have
+            upto = min(upto, self.size - self.pos)
+            if upto > len(buf):  # the first blocks double up; a long line doubles it on
+                grown = bytearray(min(max(upto, 2 * len(buf)), self.size - self.pos))
+                grown[:have] = memoryview(buf)[:have]
+                buf = grown
+            with memoryview(buf) as view:
+                while have < upto:
+                    got = self.f.readinto(view[have:upto])
+                    if not got:  # the file was cut short since its size was taken
+                        self.size = self.pos + have
+                        break
+                    have += got
+            return min(upto, have)
+
+        n = fill(asked)
+        if n == 0:
+            return None
+        if self.pos + n < self.size:  # not the end of the file: end at the window's last line end
+            cut = buf.rfind(b"\n", 0, n)
+            while cut < 0:  # a line longer than the block: read on
+                seen = n
+                n = fill(n + self.limit)
+                if self.pos + n >= self.size:
+                    break
+                cut = buf.rfind(b"\n", seen, n)
+            if cut >= 0:
+                n = cut + 1
+        if self.pos == 0 and buf.startswith(BOM):
+            # a byte order mark before the first line: blanks keep every byte's and line's position
+            buf[: len(BOM)] = b"   "
+        self.carry = bytes(memoryview(buf)[n:have])
+        pos, self.pos = self.pos, self.pos + n
+        return pos, buf, n, asked
 
 
 def _line_at(path: Path, byte_pos: int, since: tuple[int, int] = (0, 1)) -> int:
