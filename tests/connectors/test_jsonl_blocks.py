@@ -131,10 +131,11 @@ def content() -> tuple[bytes, list[dict[str, Any]], list[int]]:
 
 
 def read(path: Path, batch_size: int, position: dict[str, Any] | None = None,
-         stop_after: int | None = None) -> tuple[list[pl.DataFrame], list[str], dict[str, Any]]:
+         stop_after: int | None = None, block_bytes: int | None = 64) -> tuple[list[pl.DataFrame], list[str], dict[str, Any]]:
     """The rows and the dead letters' positions of a read (from `position`), stopped after `stop_after`
     batches of rows; and the position to resume from (as a checkpoint holds it)."""
-    reader = sl.JsonLinesSource(path, block_bytes=64).open(SourceContext("in", SCHEMA, batch_size, "dead_letter"))
+    source = sl.JsonLinesSource(path, block_bytes=block_bytes)
+    reader = source.open(SourceContext("in", SCHEMA, batch_size, "dead_letter"))
     if position is not None:
         reader.seek(position)
     frames: list[pl.DataFrame] = []
@@ -172,6 +173,84 @@ def test_a_read_resumed_anywhere_goes_on_as_an_uninterrupted_read(tmp_path: Path
         rest, dead2, _ = read(path, batch_size, position)
         assert pl.concat(first + rest).equals(whole), stop
         assert dead1 + dead2 == dead, stop
+
+
+# --- blocks sized to the batch ----------------------------------------------------------------------
+
+
+def small_blocks(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(files, "FIRST_BLOCK_BYTES", 64)
+    monkeypatch.setattr(files, "MIN_BLOCK_BYTES", 16)
+
+
+@pytest.mark.parametrize("batch_size", [1, 7, 40, 65536])
+def test_blocks_sized_to_the_batch_make_whole_batches_and_resume_anywhere(tmp_path: Path,
+                                                                          monkeypatch: pytest.MonkeyPatch,
+                                                                          batch_size: int) -> None:
+    small_blocks(monkeypatch)
+    data, good, bad = content()
+    path = tmp_path / "in.jsonl"
+    path.write_bytes(data)
+    frames, dead, _ = read(path, batch_size, block_bytes=None)
+    whole = pl.concat(frames)
+    assert whole.drop(OFFSET).to_dicts() == good
+    assert dead == [f"{path}:{n}" for n in bad]
+    for stop in sorted({1, 2, 5, len(frames) // 2, len(frames) - 1}):
+        first, dead1, position = read(path, batch_size, stop_after=stop, block_bytes=None)
+        assert "limit" in position
+        rest, dead2, _ = read(path, batch_size, position, block_bytes=None)
+        assert pl.concat(first + rest).equals(whole), stop
+        assert [f.height for f in first + rest] == [f.height for f in frames], stop  # the same batches
+        assert dead1 + dead2 == dead, stop
+
+
+def test_the_block_size_is_chosen_from_the_first_block_to_hold_nine_tenths_of_a_batch(tmp_path: Path,
+                                                                                     monkeypatch: pytest.MonkeyPatch) -> None:
+    small_blocks(monkeypatch)
+    monkeypatch.setattr(files, "MAX_BLOCK_BYTES", 10_000)
+    path = tmp_path / "in.jsonl"
+    lines = [json.dumps({"i": n, "s": "x" * (n % 5)}).encode() for n in range(3000)]  # 20-24 bytes + line end
+    path.write_bytes(b"\n".join(lines) + b"\n")
+    cutter = files._Cutter(path, 0, 64, None, 100)
+    sizes, rows, lengths = [], [], []
+    buf = bytearray()
+    while (got := cutter.cut(buf)) is not None:
+        _, buf, n, asked = got
+        sizes.append(asked)
+        lengths.append(n)
+        rows.append(bytes(buf[:n]).count(b"\n"))
+    cutter.close()
+    assert cutter.limit == int(0.9 * 100 * lengths[0] / rows[0])  # 90 lines of the first block's mean length
+    assert sizes[:2] == [64, min(128, cutter.limit)]  # the first blocks double up to it ...
+    assert max(sizes) == cutter.limit and sizes[-2] == cutter.limit  # ... and stay there
+    # whole batches, none split into a small remainder (later lines hold longer numbers: a few less per block)
+    assert all(r <= 100 for r in rows) and max(rows) >= 70
+    # a batch of rows so long that 90% of it is more than MAX_BLOCK_BYTES: MAX_BLOCK_BYTES
+    big = files._Cutter(path, 0, 64, None, 1_000_000)
+    big.cut(bytearray())
+    assert big.limit == 10_000
+    big.close()
+
+
+def test_a_checkpoint_from_before_the_chosen_size_resumes_with_the_old_blocks(tmp_path: Path,
+                                                                              monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(files, "OLD_BLOCK_BYTES", 100)
+    data, _, _ = content()
+    path = tmp_path / "in.jsonl"
+    path.write_bytes(data)
+    reference = list(reference_blocks(path, 0, 50, 100))
+    byte, _, asked = reference[3]
+    position = {"file": 0, "byte": byte, "skip": 0, "ordinal": 0, "block": asked}  # no "limit": written before it
+    reader = sl.JsonLinesSource(path).open(SourceContext("in", SCHEMA, 7, "dead_letter"))
+    reader.seek(position)
+    starts, limits = set(), set()
+    for port, _batch in reader.batches():
+        if port == "out" and reader.position()["file"] == 0:
+            starts.add(reader.position()["byte"])  # the start of the block the batch is from
+            limits.add(reader.position()["limit"])
+    assert limits == {100}
+    cut_before = {b for b, _, _ in reference[3:]}
+    assert starts <= cut_before and len(starts) >= 0.8 * len(cut_before)  # (a block of bad lines makes no batch)
 
 
 # --- blocks decoded by several threads ------------------------------------------------------------

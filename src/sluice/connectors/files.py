@@ -33,6 +33,8 @@ from sluice.formats.json import Json
 from sluice.formats.json_check import BOM
 
 FIRST_BLOCK_BYTES = 256 << 10
+MIN_BLOCK_BYTES, MAX_BLOCK_BYTES = 1 << 20, 64 << 20  # the bounds of a block size chosen from the data
+OLD_BLOCK_BYTES = 8 << 20  # the one block size before it was chosen from the data
 log = logging.getLogger("sluice.files")
 
 
@@ -116,10 +118,14 @@ class _FileReader:
 
 @dataclass(frozen=True)
 class JsonLinesSource:
-    """One JSON object per line. `path` may be a glob or a list; each file is one partition."""
+    """One JSON object per line. `path` may be a glob or a list; each file is one partition.
+
+    `block_bytes`: the most bytes read (and decoded) at a time; by default each file's blocks are sized to hold
+    about 90% of a batch (its lines' mean length measured on the file's first block; 1-64 MB), so a block
+    makes one full batch rather than a full one and a small remainder."""
 
     path: str | Path | Sequence[str | Path]
-    block_bytes: int = 8 << 20
+    block_bytes: int | None = None
     allow_empty: bool = False  # a glob that matches no file reads nothing instead of failing
 
     def open(self, ctx: SourceContext) -> _JsonLinesReader:
@@ -132,6 +138,7 @@ class _Block(NamedTuple):
     byte: int  # where it starts in the file
     length: int  # its bytes: it ends at a line end, or at the end of the file
     asked: int  # the bytes it was read with (a resumed read asks for as many, so it cuts the same block)
+    limit: int  # the most bytes a block of its file is read with (a resumed read keeps it)
     rows: pl.DataFrame  # its good rows, with their record ordinals (OFFSET)
     bad: list[BadRecord]  # its bad records (none when a resumed read set them aside before)
     lines: list[int]  # each record's line number: only when a record is bad
@@ -170,10 +177,13 @@ class _JsonLinesReader(_FileReader):
             ordinal = start["ordinal"] if resume else 0
             skip = start["skip"] if resume else 0
             want = FIRST_BLOCK_BYTES
+            # the file's block size as chosen when its read began (a checkpoint older than the choice: 8 MB)
+            limit: int | None = self.spec.block_bytes or (start.get("limit") if resume else None)
             if resume and start["byte"]:  # the size this block was read with (older checkpoints: a whole block)
-                want = start.get("block", self.spec.block_bytes)
+                limit = limit or OLD_BLOCK_BYTES
+                want = start.get("block", limit)
             byte = start["byte"] if resume else 0
-            for block in _ParseAhead(self, path, byte, want).blocks(ordinal, skip):
+            for block in _ParseAhead(self, path, byte, want, limit).blocks(ordinal, skip):
                 dead = set_aside(block.bad, self.ctx.step, self.ctx.on_error,
                                  lambda i: f"{path}:{block.lines[i]}", unit="line")  # noqa: B023
                 if dead is not None:
@@ -182,12 +192,12 @@ class _JsonLinesReader(_FileReader):
                 for first in range(skip, df.height, size):
                     piece = df.slice(first, size)
                     self.pos = {"file": p, "byte": block.byte, "skip": first + piece.height, "ordinal": ordinal,
-                                "block": block.asked}
+                                "block": block.asked, "limit": block.limit}
                     yield "out", Batch(piece, origin=origin)
                 skip = 0
                 ordinal += block.records
                 self.pos = {"file": p, "byte": block.byte + block.length, "skip": 0, "ordinal": ordinal,
-                            "block": min(block.asked * 2, self.spec.block_bytes)}
+                            "block": min(block.asked * 2, block.limit), "limit": block.limit}
             self.pos = {"file": p + 1, "byte": 0, "skip": 0, "ordinal": 0}
             yield _eof(origin)
 
@@ -205,17 +215,16 @@ class _ParseAhead:
     What depends on the blocks before (the rows' record ordinals, a bad record's line number) is set by the
     caller's thread as it takes each block, in order."""
 
-    def __init__(self, reader: _JsonLinesReader, path: Path, start: int, want: int,
-                 threads: int = 0) -> None:
+    def __init__(self, reader: _JsonLinesReader, path: Path, start: int, want: int, limit: int | None) -> None:
         self.reader, self.path = reader, path
-        self.cutter = _Cutter(path, start, want, reader.spec.block_bytes)
+        self.cutter = _Cutter(path, start, want, limit, reader.ctx.batch_size)
         self.cond = threading.Condition()
         self.done: dict[int, Any] = {}  # decoded blocks (or the exception that stopped one), by sequence number
         self.cut = 0  # blocks cut
         self.taken = 0  # blocks the caller took
         self.end: int | None = None  # the number of blocks, once the file's end is reached (or a read failed)
         self.stop = False
-        n = threads or PARSE_THREADS
+        n = PARSE_THREADS
         self.depth = 2 * n
         self.threads = [threading.Thread(target=self._work, name=f"sluice-parse_{i}", daemon=True) for i in range(n)]
         for t in self.threads:
@@ -245,6 +254,7 @@ class _ParseAhead:
                 self.cut += 1
                 schema = reader.schema
                 assert schema is not None
+                limit = self.cutter.limit
             byte, buf, n, asked = got
             result: Any
             try:
@@ -254,7 +264,7 @@ class _ParseAhead:
                     # a bad record's line within its block (the block's first line is set by the caller)
                     rel = _record_lines(bytes(block), 1) if decoded.bad else []
                     block.release()
-                result = (byte, n, asked, decoded, rel)
+                result = (byte, n, asked, limit, decoded, rel)
             except BaseException as exc:  # handed to the caller's thread, raised there
                 result = exc
             with self.cond:
@@ -278,7 +288,7 @@ class _ParseAhead:
                     self.cond.notify_all()
                 if isinstance(got, BaseException):
                     raise got
-                byte, length, asked, decoded, rel = got
+                byte, length, asked, limit, decoded, rel = got
                 records = decoded.rows.height + len(decoded.bad)
                 bad = [] if skip else decoded.bad
                 lines: list[int] = []
@@ -286,7 +296,7 @@ class _ParseAhead:
                     known = (byte, _line_at(self.path, byte, known))
                     lines = [known[1] - 1 + r for r in rel]
                 rows = decoded.rows.with_columns(pl.Series(OFFSET, ordinal + record_indexes(decoded), dtype=pl.Int64))
-                yield _Block(byte, length, asked, rows, bad, lines, records)
+                yield _Block(byte, length, asked, limit, rows, bad, lines, records)
                 ordinal += records
                 skip = 0
                 seq += 1
@@ -314,11 +324,13 @@ class _Cutter:
     read past a block's last line end (part of a line, as a rule) are carried to the start of the next block.
     Not thread-safe: callers take turns (`_ParseAhead` holds a lock around `cut`)."""
 
-    def __init__(self, path: Path, start: int, want: int, limit: int) -> None:
+    def __init__(self, path: Path, start: int, want: int, limit: int | None, batch_size: int = 0) -> None:
         self.f = open(path, "rb", buffering=0)  # noqa: SIM115 (closed by close())
         self.size = os.fstat(self.f.fileno()).st_size
         self.f.seek(start)
-        self.pos, self.want, self.limit = start, want, limit
+        self.pos, self.want = start, want
+        self.limit = limit or 0  # 0: chosen from the first block, to hold about 90% of `batch_size` lines
+        self.batch_size = batch_size
         self.carry = b""
 
     def close(self) -> None:
@@ -329,7 +341,7 @@ class _Cutter:
         its length, the bytes it was asked with); None at the end of the file."""
         if self.pos >= self.size:
             return None
-        asked = min(self.want, self.limit)
+        asked = min(self.want, self.limit) if self.limit else self.want
         self.want = asked * 2
         have = len(self.carry)
         if len(buf) < have:
@@ -360,7 +372,7 @@ class _Cutter:
             cut = buf.rfind(b"\n", 0, n)
             while cut < 0:  # a line longer than the block: read on
                 seen = n
-                n = fill(n + self.limit)
+                n = fill(n + (self.limit or asked))
                 if self.pos + n >= self.size:
                     break
                 cut = buf.rfind(b"\n", seen, n)
@@ -370,6 +382,9 @@ class _Cutter:
             # a byte order mark before the first line: blanks keep every byte's and line's position
             buf[: len(BOM)] = b"   "
         self.carry = bytes(memoryview(buf)[n:have])
+        if not self.limit:
+            lines = buf.count(b"\n", 0, n) + (buf[n - 1] != ord("\n"))
+            self.limit = min(max(int(0.9 * self.batch_size * n / lines), MIN_BLOCK_BYTES), MAX_BLOCK_BYTES)
         pos, self.pos = self.pos, self.pos + n
         return pos, buf, n, asked
 
