@@ -314,12 +314,11 @@ impl Panes {
     /// Then per percentile sketch: `finish`: the bucket at rank max(ceil(q · count), 1) of the window's
     /// buckets in order, and its validity bits or None (null: no value); else its (row, bucket, count)
     /// rows as three int64 columns, rows being positions in `order`.
-    fn columns<'py>(&self, py: Python<'py>, order: &[u32], codes: &[u32], times: &[i64], ints: &[i64], floats: &[f64],
-                    sk: &[FxMap<i64, i64>], finish: bool) -> PyResult<Bound<'py, PyList>> {
+    fn columns(&self, order: &[u32], codes: &[u32], times: &[i64], ints: &[i64], floats: &[f64], sk: &[FxMap<i64, i64>],
+               finish: bool) -> Vec<Option<Vec<u8>>> {
         let rows = order.len();
         let (na, nf) = (self.aggs.len(), self.nf);
-        let out = PyList::empty(py);
-        out.append(rows)?;
+        let mut out: Vec<Option<Vec<u8>>> = Vec::new();
         if self.text {
             let mut offsets = Vec::with_capacity(rows + 1);
             let mut data = Vec::new();
@@ -328,24 +327,22 @@ impl Panes {
                 data.extend_from_slice(&self.stext[codes[r as usize] as usize]);
                 offsets.push(data.len() as i64);
             }
-            let v = PyBytes::new_with(py, rows * 16, |buf| {
-                crate::views(&offsets, &data, buf);
-                Ok(())
-            })?;
-            out.append(v)?;
-            out.append(PyBytes::new(py, &data))?;
+            let mut v = vec![0u8; rows * 16];
+            crate::views(&offsets, &data, &mut v);
+            out.push(Some(v));
+            out.push(Some(data));
         } else {
             let keys: Vec<i64> = order.iter().map(|&r| self.ivals[codes[r as usize] as usize]).collect();
-            out.append(PyBytes::new(py, as_bytes(&keys)))?;
+            out.push(Some(as_bytes(&keys).to_vec()));
         }
         let t: Vec<i64> = order.iter().map(|&r| times[r as usize]).collect();
-        out.append(PyBytes::new(py, as_bytes(&t)))?;
+        out.push(Some(as_bytes(&t).to_vec()));
         let mut f = 0;
         for (j, a) in self.aggs.iter().enumerate() {
             let n = |r: u32| ints[r as usize * na + j];
             if !finish || matches!(a, Agg::Rows) {
                 let col: Vec<i64> = order.iter().map(|&r| n(r)).collect();
-                out.append(PyBytes::new(py, as_bytes(&col)))?;
+                out.push(Some(as_bytes(&col).to_vec()));
             }
             if matches!(a, Agg::Rows) {
                 continue;
@@ -356,13 +353,13 @@ impl Panes {
             } else {
                 order.iter().map(|&r| x(r)).collect()
             };
-            out.append(PyBytes::new(py, as_bytes(&col)))?;
+            out.push(Some(as_bytes(&col).to_vec()));
             let valid: Vec<u8> = order.iter().map(|&r| (n(r) > 0) as u8).collect();
             let partial_sum = !finish && matches!(a, Agg::Sum(_) | Agg::Mean(_)); // a sum's partial is 0.0 over no value
             if partial_sum || valid.iter().all(|&v| v == 1) {
-                out.append(py.None())?;
+                out.push(None);
             } else {
-                out.append(PyBytes::new(py, &crate::pack_bits(&valid)))?;
+                out.push(Some(crate::pack_bits(&valid)));
             }
             f += 1;
         }
@@ -386,11 +383,11 @@ impl Panes {
                     picked.push(pick.map_or(0, |&(b, _)| b));
                     valid.push(pick.is_some() as u8);
                 }
-                out.append(PyBytes::new(py, as_bytes(&picked)))?;
+                out.push(Some(as_bytes(&picked).to_vec()));
                 if valid.iter().all(|&v| v == 1) {
-                    out.append(py.None())?;
+                    out.push(None);
                 } else {
-                    out.append(PyBytes::new(py, &crate::pack_bits(&valid)))?;
+                    out.push(Some(crate::pack_bits(&valid)));
                 }
             } else {
                 let (mut at, mut bs, mut cs) = (Vec::new(), Vec::new(), Vec::new());
@@ -404,8 +401,89 @@ impl Panes {
                     }
                 }
                 for col in [&at, &bs, &cs] {
-                    out.append(PyBytes::new(py, as_bytes(col)))?;
+                    out.push(Some(as_bytes(col).to_vec()));
                 }
+            }
+        }
+        out
+    }
+
+    /// `close`'s work (no Python object is touched): the rows, and the buffers of the columns (None: no validity).
+    fn close_windows(&mut self, after: i64, upto: i64, finish: bool) -> (usize, Vec<Option<Vec<u8>>>) {
+        let (size, slide, off, g) = (self.size, self.slide, self.off, self.g);
+        let (na, nf, ns) = (self.aggs.len(), self.nf, self.quantiles.len());
+        let mut index: FxMap<(u32, i64), u32> = FxMap::default();
+        let (mut codes, mut starts, mut ints, mut floats) = (Vec::new(), Vec::new(), Vec::new(), Vec::new());
+        let mut sk: Vec<FxMap<i64, i64>> = Vec::new();
+        // panes merge into their windows in pane order: a window's float sums then do not depend on the order
+        // its panes were first seen (a run restored from a checkpoint gives the same bits as one that was not)
+        let mut by_pane: Vec<usize> = (0..self.slot_key.len()).collect();
+        by_pane.sort_unstable_by_key(|&s| (self.slot_pane[s], self.slot_key[s]));
+        let keep: Vec<bool> = self.slot_pane.iter().map(|&pane| pane + size > upto).collect();
+        for s in by_pane {
+            let (code, pane) = (self.slot_key[s], self.slot_pane[s]);
+            let mut ws = ceil_div(pane + (g - size - off), slide) * slide + off;
+            while ws <= pane {
+                let we = ws + size;
+                if we > after && we <= upto {
+                    let o = match index.get(&(code, ws)) {
+                        Some(&o) => o as usize,
+                        None => {
+                            let o = codes.len();
+                            index.insert((code, ws), o as u32);
+                            codes.push(code);
+                            starts.push(ws);
+                            ints.extend(std::iter::repeat_n(0, na));
+                            floats.extend(self.empty_floats(1));
+                            sk.extend((0..ns).map(|_| FxMap::default()));
+                            o
+                        }
+                    };
+                    self.merge_into(s, o, &mut ints, &mut floats, &mut sk);
+                }
+                ws += slide;
+            }
+        }
+        let order = self.sorted(&codes, &starts);
+        let out = self.columns(&order, &codes, &starts, &ints, &floats, &sk, finish);
+        if keep.iter().any(|k| !k) {
+            let mut w = 0;
+            for (s, &k) in keep.iter().enumerate() {
+                if !k {
+                    continue;
+                }
+                self.slot_key[w] = self.slot_key[s];
+                self.slot_pane[w] = self.slot_pane[s];
+                self.ints.copy_within(s * na..(s + 1) * na, w * na);
+                self.floats.copy_within(s * nf..(s + 1) * nf, w * nf);
+                for q in 0..ns {
+                    self.sk.swap(s * ns + q, w * ns + q);
+                }
+                w += 1;
+            }
+            self.slot_key.truncate(w);
+            self.slot_pane.truncate(w);
+            self.ints.truncate(w * na);
+            self.floats.truncate(w * nf);
+            self.sk.truncate(w * ns);
+            self.forget_keys();
+            self.map.clear();
+            self.last.fill((i64::MIN, 0));
+            for s in 0..w {
+                self.map.insert((self.slot_key[s], self.slot_pane[s]), s as u32);
+            }
+        }
+        (order.len(), out)
+    }
+
+    /// [rows, column buffers as bytes (None: none)], as `close` and `dump` return them.
+    fn as_list<'py>(py: Python<'py>, rows: usize, cols: Vec<Option<Vec<u8>>>) -> PyResult<Bound<'py, PyList>> {
+        let out = PyList::empty(py);
+        out.append(rows)?;
+        for c in cols {
+            match c {
+                Some(b) => out.append(PyBytes::new(py, &b))?,
+                None => out.append(py.None())?,
             }
         }
         Ok(out)
@@ -534,70 +612,10 @@ impl Panes {
     /// by (start, key); and drop the panes whose every window has now closed.
     /// `finish`: the aggregates' results instead of their partials (see `columns`).
     fn close<'py>(&mut self, py: Python<'py>, after: i64, upto: i64, finish: bool) -> PyResult<Bound<'py, PyList>> {
-        let (size, slide, off, g) = (self.size, self.slide, self.off, self.g);
-        let (na, nf, ns) = (self.aggs.len(), self.nf, self.quantiles.len());
-        let mut index: FxMap<(u32, i64), u32> = FxMap::default();
-        let (mut codes, mut starts, mut ints, mut floats) = (Vec::new(), Vec::new(), Vec::new(), Vec::new());
-        let mut sk: Vec<FxMap<i64, i64>> = Vec::new();
-        // panes merge into their windows in pane order: a window's float sums then do not depend on the order
-        // its panes were first seen (a run restored from a checkpoint gives the same bits as one that was not)
-        let mut by_pane: Vec<usize> = (0..self.slot_key.len()).collect();
-        by_pane.sort_unstable_by_key(|&s| (self.slot_pane[s], self.slot_key[s]));
-        let keep: Vec<bool> = self.slot_pane.iter().map(|&pane| pane + size > upto).collect();
-        for s in by_pane {
-            let (code, pane) = (self.slot_key[s], self.slot_pane[s]);
-            let mut ws = ceil_div(pane + (g - size - off), slide) * slide + off;
-            while ws <= pane {
-                let we = ws + size;
-                if we > after && we <= upto {
-                    let o = match index.get(&(code, ws)) {
-                        Some(&o) => o as usize,
-                        None => {
-                            let o = codes.len();
-                            index.insert((code, ws), o as u32);
-                            codes.push(code);
-                            starts.push(ws);
-                            ints.extend(std::iter::repeat_n(0, na));
-                            floats.extend(self.empty_floats(1));
-                            sk.extend((0..ns).map(|_| FxMap::default()));
-                            o
-                        }
-                    };
-                    self.merge_into(s, o, &mut ints, &mut floats, &mut sk);
-                }
-                ws += slide;
-            }
-        }
-        let order = self.sorted(&codes, &starts);
-        let out = self.columns(py, &order, &codes, &starts, &ints, &floats, &sk, finish)?;
-        if keep.iter().any(|k| !k) {
-            let mut w = 0;
-            for (s, &k) in keep.iter().enumerate() {
-                if !k {
-                    continue;
-                }
-                self.slot_key[w] = self.slot_key[s];
-                self.slot_pane[w] = self.slot_pane[s];
-                self.ints.copy_within(s * na..(s + 1) * na, w * na);
-                self.floats.copy_within(s * nf..(s + 1) * nf, w * nf);
-                for q in 0..ns {
-                    self.sk.swap(s * ns + q, w * ns + q);
-                }
-                w += 1;
-            }
-            self.slot_key.truncate(w);
-            self.slot_pane.truncate(w);
-            self.ints.truncate(w * na);
-            self.floats.truncate(w * nf);
-            self.sk.truncate(w * ns);
-            self.forget_keys();
-            self.map.clear();
-            self.last.fill((i64::MIN, 0));
-            for s in 0..w {
-                self.map.insert((self.slot_key[s], self.slot_pane[s]), s as u32);
-            }
-        }
-        Ok(out)
+        // the work runs with the GIL released (the parse threads' Python goes on meanwhile); only the handing
+        // over of its buffers needs it
+        let (rows, cols) = py.detach(|| self.close_windows(after, upto, finish));
+        Self::as_list(py, rows, cols)
     }
 
     /// Fold in partials kept elsewhere (a checkpoint's state rows): `keys` as in `ingest`, `panes` int64,
@@ -687,7 +705,8 @@ impl Panes {
     /// Every (key, pane) held, with its partials, in the same columns as `close` (panes for starts).
     fn dump<'py>(&self, py: Python<'py>) -> PyResult<Bound<'py, PyList>> {
         let order: Vec<u32> = (0..self.slot_key.len() as u32).collect();
-        self.columns(py, &order, &self.slot_key, &self.slot_pane, &self.ints, &self.floats, &self.sk, false)
+        let cols = self.columns(&order, &self.slot_key, &self.slot_pane, &self.ints, &self.floats, &self.sk, false);
+        Self::as_list(py, order.len(), cols)
     }
 
     fn clear(&mut self) {
