@@ -189,7 +189,7 @@ class WindowOperator(Operator):
             self.sketch_state[out] = both.group_by([*by, BUCKET]).agg(n=pl.col("n").sum())
 
     # --- output --------------------------------------------------------------------------------
-    def _emit(self, closing: pl.DataFrame, wms: pl.Series, sketches: dict[str, pl.DataFrame],
+    def _emit(self, closing: pl.DataFrame, wms: pl.Series | np.ndarray, sketches: dict[str, pl.DataFrame],
               extra: tuple[str, ...] = (), presorted: bool = False) -> pl.DataFrame:
         """Finish the closing windows (keys, WS, WE, partials; sketches: keys, WS, BUCKET, n) into output
         rows; `extra` columns of `closing` come last. `presorted`: `closing` is in output order already."""
@@ -243,7 +243,7 @@ class WindowOperator(Operator):
     def _reported_bounds(self) -> tuple[pl.Expr, pl.Expr]:
         return pl.col(WS), pl.col(WE)
 
-    def _close(self, watermark: int, wms: pl.Series) -> pl.DataFrame | None:
+    def _close(self, watermark: int, wms: pl.Series | np.ndarray) -> pl.DataFrame | None:
         if self.state is None or self.state.height == 0:
             return None
         done = pl.col(WE) <= watermark
@@ -451,7 +451,7 @@ class FixedWindowOperator(WindowOperator):
         """Pane rows → rows of the closing windows they belong to (a pane counts for starts ≥ its lo)."""
         return parts.join(pairs, on=PANE, how="inner").filter(pl.col(WS) >= pl.col(LO)).drop(PANE, LO)
 
-    def _close(self, watermark: int, wms: pl.Series) -> pl.DataFrame | None:
+    def _close(self, watermark: int, wms: pl.Series | np.ndarray) -> pl.DataFrame | None:
         """State is kept per pane; windows are put together from their panes only when they close."""
         after = self.closed_upto
         if watermark <= after or not self._holds():
@@ -495,7 +495,7 @@ class FixedWindowOperator(WindowOperator):
             return None
         return self._emit(closing.with_columns((pl.col(WS) + self.size).alias(WE)), wms, sketches, presorted=presorted)
 
-    def _emit_finished(self, rows: pl.DataFrame, wms: pl.Series) -> pl.DataFrame | None:
+    def _emit_finished(self, rows: pl.DataFrame, wms: pl.Series | np.ndarray) -> pl.DataFrame | None:
         """Output rows from the kernel's finished windows (key, WS, results), as `_emit` makes them."""
         if rows.height == 0:
             return None

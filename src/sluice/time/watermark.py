@@ -7,8 +7,8 @@ whole batch is one cumulative maximum, and the result does not depend on where b
 
 from __future__ import annotations
 
-from dataclasses import dataclass
 from collections.abc import Sequence
+from dataclasses import dataclass
 from datetime import timedelta
 
 import polars as pl
@@ -51,7 +51,7 @@ def running_watermarks(times: Times, prev_max: int, delay_ms: int) -> tuple[pl.S
     run = t.cast(pl.Int64).cum_max().clip(lower_bound=prev_max)
     before = run.shift(1, fill_value=prev_max)
     wm = (before - delay_ms).clip(lower_bound=NO_WATERMARK)
-    return wm, int(run[-1])  # type: ignore[arg-type]
+    return wm, int(run[-1])
 
 
 class PartitionWatermarks:
