@@ -867,6 +867,7 @@ class NativePanes:
         assert op.state is not None
         size, slide, off, g = op.size, op.slide, op.offset, op.pane
         canonical = pl.col(LO) == _ceil_div(pl.col(PANE) + (g - size - off), slide) * slide + off
+        canonical = canonical & pl.col(self.key).is_not_null()  # the kernel has no null key: those rows stay
         rows = op.state.filter(canonical).with_row_index(ROW)
         if rows.height == 0:
             return
