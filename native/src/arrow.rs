@@ -420,19 +420,14 @@ pub(crate) fn buffers<'py>(py: Python<'py>, series: &Bound<'py, PyAny>) -> PyRes
         }
         ok
     };
-    let mut chunks = arrays.into_iter();
-    let array = match (chunks.next(), chunks.next()) {
-        (Some(a), None) => a,
-        (first, second) => {
-            let imported: Vec<Imported> = first.into_iter().chain(second).chain(chunks)
-                .map(|array| Imported { schema: ArrowSchema::empty(), array }).collect();
-            drop(imported);
-            let im = Imported { schema, array: ArrowArray::empty() };
-            drop(im);
-            return Err(PyValueError::new_err(if ok { "buffers: the series must be one chunk (rechunk it)" }
-                                             else { "buffers: the Arrow stream failed" }));
-        }
-    };
+    if !ok || arrays.len() != 1 {
+        // released by Imported's drop
+        let _schema = Imported { schema, array: ArrowArray::empty() };
+        let _arrays: Vec<Imported> = arrays.into_iter().map(|array| Imported { schema: ArrowSchema::empty(), array }).collect();
+        return Err(PyValueError::new_err(if ok { "buffers: the series must be one chunk (rechunk it)" }
+                                         else { "buffers: the Arrow stream failed" }));
+    }
+    let array = arrays.pop().expect("one array");
     let im = Arc::new(Imported { schema, array });
     // SAFETY: the schema's format is a C string; the array's buffers are as its format says
     let format = unsafe { std::ffi::CStr::from_ptr(im.schema.format) }.to_bytes().to_vec();
