@@ -71,7 +71,7 @@ def test_all_is_exactly_what_init_binds():
 
 
 def test_import_loads_no_connector_runtime_or_operator() -> None:
-    """`import sluice` loads numpy, polars and pyarrow; the rest loads when a name is first used."""
+    """`import sluice` loads polars; the rest loads when a name is first used."""
     code = "import sys, sluice; print(sorted(m for m in sys.modules if m.startswith('sluice.')))"
     loaded = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
     assert loaded.strip() == "[]", loaded

@@ -14,6 +14,7 @@ use pyo3::buffer::PyBuffer;
 use pyo3::prelude::*;
 use pyo3::types::{PyBytes, PyList, PyTuple};
 
+mod arrow;
 mod fx;
 mod panes;
 
@@ -817,6 +818,11 @@ fn decode<'py>(py: Python<'py>, blob: PyBuffer<u8>, plan: &Bound<'py, Plan>) -> 
 fn sluice_native(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_class::<Plan>()?;
     m.add_function(wrap_pyfunction!(decode, m)?)?;
+    m.add_function(wrap_pyfunction!(arrow::decode_arrow, m)?)?;
+    m.add_function(wrap_pyfunction!(arrow::frame, m)?)?;
+    m.add_function(wrap_pyfunction!(arrow::buffers, m)?)?;
+    m.add_class::<arrow::Export>()?;
+    m.add_class::<arrow::Buffer>()?;
     m.add_class::<panes::Panes>()?;
     m.add_class::<sessions::SessionKernel>()?;
     Ok(())

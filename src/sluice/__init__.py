@@ -11,7 +11,7 @@ from typing import TYPE_CHECKING
 
 from polars import col, lit
 
-# Everything else loads when first used (PEP 562): `import sluice` costs numpy, polars and pyarrow, not
+# Everything else loads when first used (PEP 562): `import sluice` costs Polars (not numpy or pyarrow), not
 # the Kafka, Cassandra, PostgreSQL, Redis, Delta or schema-registry code a flow may never touch.
 _LAZY = {
     "Avro": "sluice.formats.registry",

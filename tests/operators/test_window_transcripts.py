@@ -124,3 +124,72 @@ def test_late_rows_keep_the_stream_s_column_types() -> None:
     testing.collect(win)
     sl.run(flow)
     assert late.frame().schema["user"] == pl.String and late.frame()["user"].to_list() == ["a"]
+
+
+@pytest.mark.parametrize("native", ["1", "0"])
+@pytest.mark.parametrize("batch", [1, 7, 10_000])
+@pytest.mark.parametrize("shape", [sl.Tumbling(timedelta(seconds=10)),
+                                   sl.Sliding(timedelta(seconds=30), timedelta(seconds=10))])
+def test_an_emitted_window_carries_its_last_millisecond_and_the_watermark_before_its_closing_record(
+        monkeypatch, native, batch, shape):
+    """Each output row's TIME is its window's end − 1 and its WATERMARK is the last per-record watermark
+    below that end (the one before the record that closed it), whatever the batch split; what downstream
+    steps judge lateness by."""
+    monkeypatch.setenv("SLUICE_NATIVE_WINDOW", native)
+    rng = np.random.default_rng(batch)
+    # out of order within the delay; on a 500 ms grid, so that watermarks land on window ends too
+    times = (np.sort(rng.integers(0, 400, 400)) + rng.integers(-6, 1, 400)) * 500
+    keys = [f"k{i}" for i in rng.integers(0, 5, 400)]
+    step = Window("w", (), (pl.col("k"),), shape, {"n": sl.agg.count()})
+    op = window_operator(step)
+    maxt, delay, out = NO_WATERMARK, 3_000, []
+    all_wms = []
+    for i in range(0, len(times), batch):
+        t = times[i:i + batch]
+        wm, maxt = running_watermarks(t, maxt, delay)
+        all_wms += list(wm)
+        df = pl.DataFrame({"k": keys[i:i + batch], TIME: t, WATERMARK: wm})
+        out += [b.df for p, b in op.on_batch(0, Batch(df, watermark=maxt - delay)) if p == "out" and b.height]
+    out += [b.df for p, b in op.on_end() if p == "out" and b.height]
+    rows = pl.concat(out)
+    assert rows.height > 20
+    for end, t, w in rows.select("window_end", TIME, WATERMARK).iter_rows():
+        assert t == end - 1
+        below = [x for x in all_wms if x < end]
+        assert w == (max(below) if below else NO_WATERMARK)
+
+
+@pytest.mark.parametrize("shape", [sl.Tumbling(timedelta(seconds=10)),
+                                   sl.Sliding(timedelta(seconds=20), timedelta(seconds=10))])
+def test_restored_state_with_a_null_key_stays_apart_from_the_empty_key(shape):
+    """A null key sends a step to the Polars path; restored, the step may take the native kernel again for
+    batches without one, and the state's null-key rows stay on the Polars path: null and "" stay two keys."""
+    def fresh():
+        return window_operator(Window("w", (), (pl.col("k"),), shape,
+                                      {"n": sl.agg.count(), "s": sl.agg.sum("v"), "p": sl.agg.percentile("v", 0.5)}))
+
+    def batch(rows, maxt):
+        t = np.array([r[0] for r in rows], dtype=np.int64)
+        wm, maxt = running_watermarks(t, maxt, 0)
+        df = pl.DataFrame({"k": [r[1] for r in rows], "v": [float(r[0] % 7) for r in rows], TIME: t, WATERMARK: wm},
+                          schema_overrides={"k": pl.String})
+        return Batch(df, watermark=maxt), maxt
+
+    first = [(1000, None), (2000, ""), (3000, "a"), (4000, None)]
+    second = [(5000, ""), (6000, "a"), (7000, "b"), (25000, "a")]
+    outputs = []
+    for restore in (False, True):
+        op, maxt, out = fresh(), NO_WATERMARK, []
+        b, maxt = batch(first, maxt)
+        out += op.on_batch(0, b)
+        if restore:
+            op2 = fresh()
+            op2.restore(op.snapshot())
+            op = op2
+        b, maxt = batch(second, maxt)
+        out += op.on_batch(0, b)
+        out += op.on_end()
+        rows = pl.concat([x.df for p, x in out if p == "out" and x.height])
+        outputs.append(sorted(rows.select("k", "window_start", "n", "s", "p").rows(), key=repr))
+    assert outputs[0] == outputs[1]
+    assert any(r[0] is None for r in outputs[1]) and any(r[0] == "" for r in outputs[1])

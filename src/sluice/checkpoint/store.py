@@ -33,15 +33,16 @@ import shutil
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import polars as pl
-import pyarrow as pa
-import pyarrow.ipc
 
 from sluice.core.errors import CheckpointError as CheckpointError  # also importable from here, as before
 from sluice.core.errors import IncompatibleCheckpointError as IncompatibleCheckpointError
 from sluice.core.failpoints import failpoint
+
+if TYPE_CHECKING:
+    import pyarrow as pa
 
 log = logging.getLogger("sluice.checkpoint")
 
@@ -102,6 +103,9 @@ class _HashingFile:
 def _write_chunks(sink: Any, frame: ChunkedFrame, options: pa.ipc.IpcWriteOptions | None = None,
                   each: Callable[[], None] = lambda: None) -> int:
     """Write `frame` into `sink` as an Arrow IPC file, one record batch per part as it comes; the row count."""
+    import pyarrow as pa  # loaded only when chunked state is written: a run without it never needs pyarrow
+    import pyarrow.ipc
+
     rows = 0
     schema = pl.DataFrame(schema=frame.schema).to_arrow().schema
     with pa.ipc.new_file(sink, schema, options=options) as writer:
@@ -116,6 +120,9 @@ def _write_chunks(sink: Any, frame: ChunkedFrame, options: pa.ipc.IpcWriteOption
 def _read_chunks(path: Path) -> Iterator[pl.DataFrame]:
     """A chunked frame's parts from its file, one record batch at a time (read, not memory-mapped: mapped
     pages would count in the resident set as the whole file is touched)."""
+    import pyarrow as pa
+    import pyarrow.ipc
+
     with pa.OSFile(str(path)) as f:
         reader = pa.ipc.open_file(f)
         for i in range(reader.num_record_batches):
@@ -125,6 +132,9 @@ def _read_chunks(path: Path) -> Iterator[pl.DataFrame]:
 
 
 def _chunked(path: Path) -> ChunkedFrame:
+    import pyarrow as pa
+    import pyarrow.ipc
+
     with pa.OSFile(str(path)) as f:
         schema = pl.from_arrow(pa.ipc.open_file(f).schema.empty_table()).schema  # type: ignore[union-attr]
     return ChunkedFrame(schema, lambda: _read_chunks(path))
@@ -372,7 +382,9 @@ def pack_state(steps: dict[str, tuple[str, Any, State]], meta: dict[str, Any]) -
             if isinstance(value, pl.DataFrame | ChunkedFrame):
                 buf = io.BytesIO()
                 if isinstance(value, ChunkedFrame):  # read back as one DataFrame: the blob is whole anyway
-                    _write_chunks(buf, value, pa.ipc.IpcWriteOptions(compression="lz4"))
+                    import pyarrow.ipc
+
+                    _write_chunks(buf, value, pyarrow.ipc.IpcWriteOptions(compression="lz4"))
                 else:
                     value.write_ipc(buf, compression="lz4")
                 frames[key] = [sum(len(b) for b in blobs), len(buf.getvalue())]  # offset, length in the body

@@ -28,7 +28,7 @@ from sluice.core.errors import DecodeError, HeaderError, IncompatibleCheckpointE
 from sluice.core.schema import Schema
 from sluice.formats.api import BadRecord, Decoded
 from sluice.formats.csv import Csv, CsvFile
-from sluice.formats.decode import Split, record_indexes, set_aside, split
+from sluice.formats.decode import Split, record_numbers, set_aside, split
 from sluice.formats.json import Json
 from sluice.formats.json_check import BOM
 
@@ -295,7 +295,7 @@ class _ParseAhead:
                 if bad:
                     known = (byte, _line_at(self.path, byte, known))
                     lines = [known[1] - 1 + r for r in rel]
-                rows = decoded.rows.with_columns(pl.Series(OFFSET, ordinal + record_indexes(decoded), dtype=pl.Int64))
+                rows = decoded.rows.with_columns(record_numbers(decoded, ordinal, OFFSET))
                 yield _Block(byte, length, asked, limit, rows, bad, lines, records)
                 ordinal += records
                 skip = 0

@@ -14,9 +14,8 @@ bytes. Nothing is dropped silently.
 from __future__ import annotations
 
 from collections.abc import Callable
-from typing import NamedTuple
+from typing import TYPE_CHECKING, NamedTuple
 
-import numpy as np
 import polars as pl
 
 from sluice.core.batch import Batch
@@ -24,6 +23,9 @@ from sluice.core.deadletter import dead_letters
 from sluice.core.errors import DEAD_LETTER_FIX, DecodeError
 from sluice.core.schema import Schema
 from sluice.formats.api import BadRecord, Codec, Decoded
+
+if TYPE_CHECKING:
+    import numpy as np
 
 
 class Split(NamedTuple):
@@ -66,6 +68,15 @@ def set_aside(bad: list[BadRecord], step: str, on_error: str, position: Callable
 
 def record_indexes(decoded: Decoded) -> np.ndarray:
     """Each good row's record index in its block."""
+    import numpy as np  # loaded by the sources that number records so (the log, Kafka)
+
     if decoded.kept:
         return np.asarray(decoded.kept, dtype=np.int64)
     return np.arange(decoded.rows.height, dtype=np.int64)
+
+
+def record_numbers(decoded: Decoded, first: int, name: str) -> pl.Series:
+    """Each good row's record number: `first` plus its index in the block (Int64, without numpy)."""
+    if decoded.kept:
+        return pl.Series(name, decoded.kept, dtype=pl.Int64) + first
+    return pl.int_range(first, first + decoded.rows.height, dtype=pl.Int64, eager=True).alias(name)

@@ -9,6 +9,8 @@ UInt64, Float64, String and Boolean; for any other schema it is not called.
 
 It is off when the module is not installed (Sluice works without it) or when SLUICE_NATIVE_JSON=0.
 The Rust code parses with the GIL released, so the file source's background parse runs beside the operators.
+Its columns reach Polars through the Arrow C data interface (a PyCapsule), moved, not copied, and without
+pyarrow or numpy.
 """
 
 from __future__ import annotations
@@ -16,9 +18,7 @@ from __future__ import annotations
 import os
 from typing import Any
 
-import numpy as np
 import polars as pl
-import pyarrow as pa
 
 from sluice.core.schema import Schema
 
@@ -29,18 +29,17 @@ except ImportError:  # not built: the Polars path does all the work
 
 ENABLED = _native is not None and os.environ.get("SLUICE_NATIVE_JSON", "1") != "0"
 
-_KINDS: dict[Any, tuple[str, pa.DataType]] = {
-    pl.Int64: ("i64", pa.int64()), pl.Int32: ("i32", pa.int32()), pl.UInt32: ("u32", pa.uint32()),
-    pl.UInt64: ("u64", pa.uint64()), pl.Float64: ("f64", pa.float64()), pl.String: ("str", pa.string_view()),
-    pl.Boolean: ("bool", pa.bool_()),
+_KINDS: dict[Any, str] = {
+    pl.Int64: "i64", pl.Int32: "i32", pl.UInt32: "u32", pl.UInt64: "u64", pl.Float64: "f64", pl.String: "str",
+    pl.Boolean: "bool",
 }
 
 
 class _Field:
-    __slots__ = ("arrow", "children", "kind", "name")
+    __slots__ = ("children", "kind", "name")
 
-    def __init__(self, name: str, kind: str, arrow: pa.DataType, children: list[_Field]) -> None:
-        self.name, self.kind, self.arrow, self.children = name, kind, arrow, children
+    def __init__(self, name: str, kind: str, children: list[_Field]) -> None:
+        self.name, self.kind, self.children = name, kind, children
 
 
 def _field(name: str, dtype: Any) -> _Field | None:
@@ -48,13 +47,11 @@ def _field(name: str, dtype: Any) -> _Field | None:
         children = [_field(f.name, f.dtype) for f in dtype.fields]
         if not children or len(children) > 64 or any(c is None for c in children):
             return None
-        kids = [c for c in children if c is not None]
-        return _Field(name, "struct", pa.struct([pa.field(c.name, c.arrow) for c in kids]), kids)
+        return _Field(name, "struct", [c for c in children if c is not None])
     base = dtype.base_type() if isinstance(dtype, pl.DataType) else dtype
     if base not in _KINDS:
         return None
-    kind, arrow = _KINDS[base]
-    return _Field(name, kind, arrow, [])
+    return _Field(name, _KINDS[base], [])
 
 
 class _Plan:
@@ -92,19 +89,6 @@ def supports(schema: Schema) -> bool:
     return _native is not None and _plan(schema) is not None
 
 
-def _array(f: _Field, n: int, cols: list[tuple[Any, ...]], at: list[int]) -> pa.Array:
-    validity, *bufs = cols[at[0]]
-    at[0] += 1
-    valid = None if validity is None else pa.py_buffer(validity)
-    if f.kind == "struct":
-        children = [_array(c, n, cols, at) for c in f.children]
-        return pa.Array.from_buffers(f.arrow, n, [valid], children=children)
-    if f.kind in ("i32", "u32"):
-        narrow = np.frombuffer(bufs[0], dtype=np.int64).astype(np.int32 if f.kind == "i32" else np.uint32)
-        return pa.Array.from_buffers(f.arrow, n, [valid, pa.py_buffer(narrow)])
-    return pa.Array.from_buffers(f.arrow, n, [valid, *(pa.py_buffer(b) for b in bufs)])
-
-
 def decode(blob: bytes | bytearray | memoryview, schema: Schema) -> pl.DataFrame | None:
     """The block's rows when every record is good (in `schema.wire`'s types and order), else None.
 
@@ -116,14 +100,10 @@ def decode(blob: bytes | bytearray | memoryview, schema: Schema) -> pl.DataFrame
     if plan is None:
         return None
     assert _native is not None
-    got = _native.decode(blob, plan.native)
+    got = _native.decode_arrow(blob, plan.native)
     if got is None:
         return None
-    n, cols = got
-    at = [0]
-    arrays = [_array(f, n, cols, at) for f in plan.fields]
-    df = pl.from_arrow(pa.RecordBatch.from_arrays(arrays, names=[f.name for f in plan.fields]))
-    assert isinstance(df, pl.DataFrame)
+    df = pl.Series(got).struct.unnest()
     if df.schema != plan.schema:
-        df = df.cast(plan.schema)  # from_arrow keeps these types; a safety net
+        df = df.cast(plan.schema)  # the native side makes these types; a safety net
     return df

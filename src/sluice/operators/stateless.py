@@ -7,7 +7,6 @@ import traceback
 from collections.abc import Mapping, Sequence
 from typing import Any
 
-import numpy as np
 import polars as pl
 
 from sluice.core.batch import INTERNAL_PREFIX, OFFSET, TIME, WATERMARK, Batch, user_columns
@@ -114,7 +113,7 @@ class MapOperator(Operator):
         out_df = pl.from_dicts(results, schema=self.schema) if results else pl.DataFrame(schema=self.schema)
         internal = batch.df.select(_internal(batch.df))
         if internal.width:
-            out_df = pl.concat([out_df, internal[np.asarray(source_rows, dtype=np.int64)]], how="horizontal")
+            out_df = pl.concat([out_df, internal[pl.Series(source_rows, dtype=pl.Int64)]], how="horizontal")
         emitted: Emitted = [("out", batch.with_df(out_df))]
         if bad:
             failed = batch.df[bad]
@@ -344,7 +343,7 @@ class EventTimeOperator(Operator):
         emitted: Emitted = []
         if ms.has_nulls():
             missing = ms.is_null()
-            bad_rows = np.flatnonzero(missing.to_numpy())
+            bad_rows = missing.arg_true()
             if self.on_error != "dead_letter":
                 raise MissingTimestampError(
                     self.name, batch.position_of(int(bad_rows[0])), f"the event-time column {ts.name!r} is null or missing",
@@ -360,7 +359,7 @@ class EventTimeOperator(Operator):
             ms = ms.filter(keep)
         far = (ms >= LATEST_TIME) | (ms <= -LATEST_TIME)
         if far.any():
-            bad_rows = np.flatnonzero(far.to_numpy())
+            bad_rows = far.arg_true()
             reason = (f"event time {int(ms[int(bad_rows[0])])} ms in column {ts.name!r} lies beyond ±2^61 ms (about "
                       "73 million years from 1970): a window or pattern deadline there would end past the "
                       "end-of-input watermark (2^62) and never be emitted")
@@ -379,10 +378,10 @@ class EventTimeOperator(Operator):
         if df.height == 0:
             emitted.append(("out", replace(batch, df=df, watermark=self.wms.current)))
             return emitted
-        times = ms.to_numpy()
+        times = ms.cast(pl.Int64)
         row_wm, after = self.wms.advance(pid, times, now)
         after = max(after, NO_WATERMARK)
-        df = df.with_columns(pl.Series(TIME, times, dtype=pl.Int64), pl.Series(WATERMARK, row_wm, dtype=pl.Int64))
+        df = df.with_columns(times.alias(TIME), row_wm.alias(WATERMARK))
         emitted.append(("out", replace(batch, df=df, watermark=after, time_dtype=time_dtype or batch.time_dtype)))
         return emitted
 

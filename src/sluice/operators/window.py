@@ -15,21 +15,22 @@ from __future__ import annotations
 import os
 from collections.abc import Mapping
 from itertools import pairwise
-from typing import Any, ClassVar, Literal
+from typing import TYPE_CHECKING, Any, ClassVar, Literal
 
-import numpy as np
 import polars as pl
-import pyarrow as pa
-from polars import CompatLevel
 
 from sluice.core.batch import NO_WATERMARK, TIME, WATERMARK, Batch
 from sluice.core.errors import StepError, polars_detail
 from sluice.core.plan import Window
 from sluice.core.plan import key_names as key_names  # its home was here; kept for importers
-from sluice.operators import session_kernel
 from sluice.operators.base import Emitted, Operator, check_columns
 from sluice.time.aggregates import Aggregate, Count, Max, Mean, Min, Percentile, Sum
 from sluice.time.windows import Session, pane_ms
+
+if TYPE_CHECKING:
+    import numpy as np
+
+    from sluice.operators import session_kernel
 
 WS = "__sl_ws"  # window start (ms)
 WE = "__sl_we"  # window end, exclusive (ms)
@@ -38,6 +39,31 @@ LO = "__sl_lo"  # earliest window start this record is not late for
 S0 = "__sl_s0"  # earliest window start that contains this record
 BUCKET = "__sl_bucket"
 ROW = "__sl_row"
+
+
+def _sessions() -> Any:
+    """The session kernel's module, loaded by session windows only (it needs numpy)."""
+    from sluice.operators import session_kernel
+
+    return session_kernel
+
+
+_NO_WMS = pl.Series(WATERMARK, [], dtype=pl.Int64)
+
+
+def _buffer(s: pl.Series) -> Any:
+    """The values of a Series without nulls (Int64, Float64) as a bytes-like buffer, not copied."""
+    from sluice_native import buffers
+
+    return buffers(s.rechunk())[0]
+
+
+def _int64s(name: str, raw: Any, valid: Any = None, kind: str = "l") -> pl.Series:
+    """A Series of the int64 ("l"), float64 ("g") or uint32 ("I") values in the bytes `raw` (copied)."""
+    from sluice_native import frame
+
+    n = len(raw) // (4 if kind == "I" else 8)
+    return pl.Series(frame([(name, kind, n, [valid, raw])], n)).struct.unnest().to_series()
 
 
 def _ceil_div(a: pl.Expr, b: int) -> pl.Expr:
@@ -163,7 +189,7 @@ class WindowOperator(Operator):
             self.sketch_state[out] = both.group_by([*by, BUCKET]).agg(n=pl.col("n").sum())
 
     # --- output --------------------------------------------------------------------------------
-    def _emit(self, closing: pl.DataFrame, wms: np.ndarray, sketches: dict[str, pl.DataFrame],
+    def _emit(self, closing: pl.DataFrame, wms: pl.Series | np.ndarray, sketches: dict[str, pl.DataFrame],
               extra: tuple[str, ...] = (), presorted: bool = False) -> pl.DataFrame:
         """Finish the closing windows (keys, WS, WE, partials; sketches: keys, WS, BUCKET, n) into output
         rows; `extra` columns of `closing` come last. `presorted`: `closing` is in output order already."""
@@ -188,15 +214,20 @@ class WindowOperator(Operator):
             out = out.select(pl.exclude(list(extra)), *extra)
         if not presorted:
             out = out.sort([WE, *self.key_cols, WS], nulls_last=True)
-        ends = out[WE].to_numpy()
-        return out.with_columns(*self._time_columns(ends, wms)).drop(WS, WE)
+        return out.with_columns(*self._time_columns(out[WE], wms)).drop(WS, WE)
 
-    def _time_columns(self, ends: np.ndarray, wms: np.ndarray) -> list[pl.Series]:
+    def _time_columns(self, ends: pl.Series | np.ndarray, wms: pl.Series | np.ndarray) -> list[pl.Series]:
         """An emitted window's event time (its last millisecond) and watermark (the one before the record
-        that closed it)."""
-        idx = np.searchsorted(wms, ends, side="left") - 1
-        wm_out = np.where(idx >= 0, wms[np.maximum(idx, 0)] if len(wms) else self.carry_wm, self.carry_wm)
-        return [pl.Series(TIME, ends - 1, dtype=pl.Int64), pl.Series(WATERMARK, wm_out, dtype=pl.Int64)]
+        that closed it: the last of `wms`, the batch's watermarks in order, below the window's end)."""
+        ends = ends if isinstance(ends, pl.Series) else pl.Series(ends, dtype=pl.Int64)
+        wms = wms if isinstance(wms, pl.Series) else pl.Series(wms, dtype=pl.Int64)
+        if len(wms):
+            below = wms.search_sorted(ends, side="left").cast(pl.Int64) - 1
+            wm_out = pl.select(pl.when(below >= 0).then(wms.gather(below.clip(lower_bound=0)))
+                               .otherwise(self.carry_wm)).to_series()
+        else:
+            wm_out = pl.repeat(self.carry_wm, len(ends), dtype=pl.Int64, eager=True)
+        return [(ends - 1).cast(pl.Int64).alias(TIME), wm_out.cast(pl.Int64).alias(WATERMARK)]
 
     def _bounds(self, closing: pl.DataFrame) -> list[pl.Expr]:
         start, end = self._reported_bounds()
@@ -212,7 +243,7 @@ class WindowOperator(Operator):
     def _reported_bounds(self) -> tuple[pl.Expr, pl.Expr]:
         return pl.col(WS), pl.col(WE)
 
-    def _close(self, watermark: int, wms: np.ndarray) -> pl.DataFrame | None:
+    def _close(self, watermark: int, wms: pl.Series | np.ndarray) -> pl.DataFrame | None:
         if self.state is None or self.state.height == 0:
             return None
         done = pl.col(WE) <= watermark
@@ -283,7 +314,7 @@ class WindowOperator(Operator):
 
     def _advance(self, batch: Batch, late: pl.DataFrame | None) -> Emitted:
         """Move the watermark to the batch's, emit what closed, pass late rows on."""
-        wms = batch.df[WATERMARK].to_numpy() if batch.height else np.array([], dtype=np.int64)
+        wms = batch.df[WATERMARK] if batch.height else _NO_WMS
         watermark = batch.watermark if batch.watermark is not None else self.watermark
         self.watermark = max(self.watermark, watermark)
         self._note_flush(self.watermark)
@@ -300,9 +331,8 @@ class WindowOperator(Operator):
     def on_end(self) -> Emitted:
         from sluice.core.batch import END_OF_TIME
 
-        wms = np.array([], dtype=np.int64)
         self._note_flush(END_OF_TIME)
-        out = self._close(END_OF_TIME, wms)
+        out = self._close(END_OF_TIME, _NO_WMS)
         self.watermark = END_OF_TIME
         return [("out", self._out_batch([out] if out is not None else [], None, END_OF_TIME))]
 
@@ -411,16 +441,17 @@ class FixedWindowOperator(WindowOperator):
         lowest_end = max(after, min_pane) + 1
         first = -((-(lowest_end - size - off)) // slide) * slide + off  # smallest start on the grid
         last = min(max_pane, upto - size)
-        starts = np.arange(first, last + 1, slide, dtype=np.int64)
-        offsets = np.arange(0, size, g, dtype=np.int64)
-        panes = (starts[:, None] + offsets[None, :]).ravel()
-        return pl.DataFrame({PANE: panes, WS: np.repeat(starts, len(offsets))})
+        per = size // g  # panes in a window
+        n = max(0, (last - first) // slide + 1) if last >= first else 0
+        i = pl.int_range(0, n * per, dtype=pl.Int64, eager=True)  # start-major, as the panes of each start
+        starts = (i // per) * slide + first
+        return pl.DataFrame([(starts + (i % per) * g).alias(PANE), starts.alias(WS)])
 
     def _window_rows(self, parts: pl.DataFrame, pairs: pl.DataFrame) -> pl.DataFrame:
         """Pane rows → rows of the closing windows they belong to (a pane counts for starts ≥ its lo)."""
         return parts.join(pairs, on=PANE, how="inner").filter(pl.col(WS) >= pl.col(LO)).drop(PANE, LO)
 
-    def _close(self, watermark: int, wms: np.ndarray) -> pl.DataFrame | None:
+    def _close(self, watermark: int, wms: pl.Series | np.ndarray) -> pl.DataFrame | None:
         """State is kept per pane; windows are put together from their panes only when they close."""
         after = self.closed_upto
         if watermark <= after or not self._holds():
@@ -464,11 +495,11 @@ class FixedWindowOperator(WindowOperator):
             return None
         return self._emit(closing.with_columns((pl.col(WS) + self.size).alias(WE)), wms, sketches, presorted=presorted)
 
-    def _emit_finished(self, rows: pl.DataFrame, wms: np.ndarray) -> pl.DataFrame | None:
+    def _emit_finished(self, rows: pl.DataFrame, wms: pl.Series | np.ndarray) -> pl.DataFrame | None:
         """Output rows from the kernel's finished windows (key, WS, results), as `_emit` makes them."""
         if rows.height == 0:
             return None
-        ends = rows[WS].to_numpy() + self.size
+        ends = rows[WS] + self.size
         return rows.select(
             self.key_cols[0], self._as_time(pl.col(WS)).alias("window_start"),
             self._as_time(pl.col(WS) + self.size).alias("window_end"), *self.aggs.rows,
@@ -536,7 +567,7 @@ class SessionWindowOperator(WindowOperator):
         self.emitted_last: pl.DataFrame | None = None  # keys, LAST of the newest emitted session
         # the native kernel holds the state instead while this step and its batches fit it (session_kernel.py)
         self.native: session_kernel.SessionKernel | None = None
-        self.native_ok = session_kernel.fits(self.key_cols, step.aggregates)
+        self.native_ok = _sessions().fits(self.key_cols, step.aggregates)
 
     def _reported_bounds(self) -> tuple[pl.Expr, pl.Expr]:
         return pl.col(WS), pl.col(LAST) + self.gap
@@ -547,6 +578,8 @@ class SessionWindowOperator(WindowOperator):
         df = self._prepare(batch)
         if self.native_ok and self._native_takes(df[self.key_cols[0]]):
             return self._native_batch(batch, df)
+        import numpy as np
+
         times = df[TIME].to_numpy()
         wms = np.maximum(df[WATERMARK].to_numpy(), self.floor)
         behind = np.flatnonzero(times < wms)
@@ -579,8 +612,8 @@ class SessionWindowOperator(WindowOperator):
         to the Polars path for good."""
         if self.native is None:
             if self.state is None and self.emitted_last is None and keys.null_count() == 0 \
-                    and session_kernel.SessionKernel.takes_dtype(keys.dtype):
-                self.native = session_kernel.SessionKernel(self.gap, self.key_cols[0], keys.dtype, list(self.aggs.rows))
+                    and _sessions().SessionKernel.takes_dtype(keys.dtype):
+                self.native = _sessions().SessionKernel(self.gap, self.key_cols[0], keys.dtype, list(self.aggs.rows))
                 return True
         elif self.native.takes(keys):
             return True
@@ -595,6 +628,8 @@ class SessionWindowOperator(WindowOperator):
 
     def _native_batch(self, batch: Batch, df: pl.DataFrame) -> Emitted:
         assert self.native is not None
+        import numpy as np
+
         wms = np.maximum(df[WATERMARK].to_numpy(), self.floor)
         self.native.compact(self._reachable_from())
         late_at, closed = self.native.ingest(df[self.key_cols[0]], df[TIME].to_numpy(), wms)
@@ -613,13 +648,13 @@ class SessionWindowOperator(WindowOperator):
             )
         return self._advance(batch, late)
 
-    def _close(self, watermark: int, wms: np.ndarray) -> pl.DataFrame | None:
+    def _close(self, watermark: int, wms: pl.Series | np.ndarray) -> pl.DataFrame | None:
         if self.native is None:
             return super()._close(watermark, wms)
         closing = self.native.close(watermark)
         return self._native_emit(closing, wms) if len(closing) else None
 
-    def _native_emit(self, closing: session_kernel.Closed, wms: np.ndarray) -> pl.DataFrame:
+    def _native_emit(self, closing: session_kernel.Closed, wms: pl.Series | np.ndarray) -> pl.DataFrame:
         """`_emit` for the kernel's closed sessions, which come sorted and hold nothing to finish but counts:
         the same rows, put together from arrays (a Polars query per round cost more than the rows)."""
         counts = pl.Series(closing.n, dtype=pl.Int64)
@@ -742,16 +777,16 @@ class SessionWindowOperator(WindowOperator):
         super().restore(state)
         self.emitted_last = state.get("emitted_last")
         self.native = None
-        self.native_ok = session_kernel.fits(self.key_cols, self.step.aggregates)
+        self.native_ok = _sessions().fits(self.key_cols, self.step.aggregates)
         if not self.native_ok:
             return
         key, counts = self.key_cols[0], list(self.aggs.rows)
-        if not session_kernel.SessionKernel.loadable(key, counts, self.state, self.emitted_last):
+        if not _sessions().SessionKernel.loadable(key, counts, self.state, self.emitted_last):
             self.native_ok = False
             return
         held = [f for f in (self.state, self.emitted_last) if f is not None]
         if held:
-            self.native = session_kernel.SessionKernel(self.gap, key, held[0].schema[key], counts)
+            self.native = _sessions().SessionKernel(self.gap, key, held[0].schema[key], counts)
             self.native.load(self.state, self.emitted_last)
             self.state = self.emitted_last = None
 
@@ -832,52 +867,50 @@ class NativePanes:
         assert op.state is not None
         size, slide, off, g = op.size, op.slide, op.offset, op.pane
         canonical = pl.col(LO) == _ceil_div(pl.col(PANE) + (g - size - off), slide) * slide + off
+        canonical = canonical & pl.col(self.key).is_not_null()  # the kernel has no null key: those rows stay
         rows = op.state.filter(canonical).with_row_index(ROW)
         if rows.height == 0:
             return
         keyed = [self.key, PANE, LO]
         if self.text:
             rows = rows.with_columns(pl.col(self.key).cast(pl.String))
-        parts: list[np.ndarray] = []
+        parts: list[pl.Series] = []
         for out, names in self.parts:
             if names == ["m"]:  # a min or max: counted as one value where it has one
                 m = rows[f"{out}.m"]
-                parts += [m.is_not_null().cast(pl.Int64).to_numpy(), m.fill_null(float("nan")).to_numpy()]
+                parts += [m.is_not_null().cast(pl.Int64), m.cast(pl.Float64).fill_null(float("nan"))]
             else:
-                parts.append(rows[f"{out}.n"].cast(pl.Int64).to_numpy())
+                parts.append(rows[f"{out}.n"].cast(pl.Int64))
                 if "s" in names:
-                    parts.append(rows[f"{out}.s"].cast(pl.Float64).fill_null(0.0).to_numpy())
+                    parts.append(rows[f"{out}.s"].cast(pl.Float64).fill_null(0.0))
         kept_sketches = {}
         for out in self.sketches:
             sk = op.sketch_state.get(out)
             if sk is None or sk.height == 0:
-                parts += [np.zeros(0, np.int64)] * 3
+                parts += [pl.Series([], dtype=pl.Int64)] * 3
                 continue
             if self.text:
                 sk = sk.with_columns(pl.col(self.key).cast(pl.String))
             matched = sk.join(rows.select(*keyed, ROW), on=keyed, how="inner")
-            parts += [matched[ROW].cast(pl.Int64).to_numpy(), matched[BUCKET].cast(pl.Int64).to_numpy(),
-                      matched["n"].cast(pl.Int64).to_numpy()]
+            parts += [matched[ROW].cast(pl.Int64), matched[BUCKET].cast(pl.Int64), matched["n"].cast(pl.Int64)]
             kept_sketches[out] = op.sketch_state[out].join(
                 rows.select(*keyed).with_columns(pl.col(self.key).cast(op.sketch_state[out].schema[self.key])),
                 on=keyed, how="anti")
-        self.panes.load(self._keys(rows[self.key]), rows[PANE].cast(pl.Int64).to_numpy().view(np.uint8),
-                        [np.ascontiguousarray(p).view(np.uint8) for p in parts])
+        self.panes.load(self._keys(rows[self.key]), _buffer(rows[PANE].cast(pl.Int64)), [_buffer(p) for p in parts])
         op.state = op.state.filter(~canonical)
         op.sketch_state.update(kept_sketches)
 
     def _keys(self, key: pl.Series) -> Any:
-        """A key column as the kernel takes it: Polars' string views and data buffers, or int64."""
+        """A key column (without nulls) as the kernel takes it: Polars' string views and data buffers, or
+        int64; not copied."""
         if not self.text:
-            return key.cast(pl.Int64).to_numpy().view(np.uint8)
-        arr = key.to_arrow(compat_level=CompatLevel.newest())
-        if arr.type != pa.string_view():
-            arr = arr.cast(pa.string_view())
-        _, views, *data = arr.buffers()
-        return (np.frombuffer(views, np.uint8)[arr.offset * 16: (arr.offset + len(arr)) * 16],
-                [np.zeros(0, np.uint8) if d is None else np.frombuffer(d, np.uint8) for d in data])
+            return _buffer(key.cast(pl.Int64))
+        from sluice_native import buffers
 
-    def ingest(self, df: pl.DataFrame, lateness: int, floor: int) -> np.ndarray | Literal[True] | None:
+        views, *data = buffers(key.cast(pl.String).rechunk())
+        return views, data
+
+    def ingest(self, df: pl.DataFrame, lateness: int, floor: int) -> pl.Series | Literal[True] | None:
         """Fold the batch in; the rows left for the Polars path (None: none), or True when the kernel cannot
         take this batch at all (a null key, a NaN value: nothing was folded)."""
         key = df[self.key]
@@ -885,11 +918,10 @@ class NativePanes:
         if key.null_count() or any(v.is_nan().any() for v in vals):
             return True
         keys = self._keys(key)  # text: Polars' own string views, as they are
-        raw = [np.ascontiguousarray(v.to_numpy(), np.float64).view(np.uint8) for v in vals]  # nulls come as NaN
-        buckets = [df[f"__sl_b_{out}"].fill_null(self.NO_BUCKET).to_numpy().view(np.uint8) for out in self.sketches]
-        left = self.panes.ingest(keys, df[TIME].to_numpy().view(np.uint8), df[WATERMARK].to_numpy().view(np.uint8),
-                                 raw, buckets, lateness, floor)
-        return None if left is None else np.frombuffer(left, np.uint32)
+        raw = [_buffer(v.cast(pl.Float64).fill_null(float("nan"))) for v in vals]  # the kernel skips NaN (null)
+        buckets = [_buffer(df[f"__sl_b_{out}"].fill_null(self.NO_BUCKET)) for out in self.sketches]
+        left = self.panes.ingest(keys, _buffer(df[TIME]), _buffer(df[WATERMARK]), raw, buckets, lateness, floor)
+        return None if left is None else _int64s(ROW, left, kind="I")
 
     def close(self, after: int, upto: int) -> tuple[pl.DataFrame, dict[str, pl.DataFrame]]:
         """Windows ending in (after, upto]: keys, WS and merged partials, and per percentile (keys, WS, BUCKET,
@@ -915,52 +947,49 @@ class NativePanes:
 
     def _frames(self, cols: list[Any], time_name: str, finished: bool = False
                 ) -> tuple[pl.DataFrame, dict[str, pl.DataFrame]]:
+        from sluice_native import frame
+
         n = cols[0]
-        names, arrays = [self.key, time_name], []
+        columns: list[tuple[str, str, int, list[Any]]] = []
         if self.text:
             views, data, times, *rest = cols[1:]
-            arrays.append(pa.Array.from_buffers(pa.string_view(), n, [None, pa.py_buffer(views), pa.py_buffer(data)]))
+            columns.append((self.key, "vu", n, [None, views, data]))
         else:
             keys, times, *rest = cols[1:]
-            arrays.append(pa.Array.from_buffers(pa.int64(), n, [None, pa.py_buffer(keys)]))
-        arrays.append(pa.Array.from_buffers(pa.int64(), n, [None, pa.py_buffer(times)]))
+            columns.append((self.key, "l", n, [None, keys]))
+        columns.append((time_name, "l", n, [None, times]))
         given = iter(rest)
 
-        def ints(count: int = n) -> pa.Array:
-            return pa.Array.from_buffers(pa.int64(), count, [None, pa.py_buffer(next(given))])
+        def ints(name: str) -> tuple[str, str, int, list[Any]]:
+            return name, "l", n, [None, next(given)]
 
-        def nullable(kind: pa.DataType) -> pa.Array:
+        def nullable(name: str, kind: str) -> tuple[str, str, int, list[Any]]:
             values, valid = next(given), next(given)
-            return pa.Array.from_buffers(kind, n, [None if valid is None else pa.py_buffer(valid), pa.py_buffer(values)])
+            return name, kind, n, [valid, values]
 
         for out, parts in self.parts:
             if finished:  # a count's n; a sum, mean, min or max, null over no value
-                names.append(out)
-                arrays.append(ints() if parts == ["n"] else nullable(pa.float64()))
+                columns.append(ints(out) if parts == ["n"] else nullable(out, "g"))
                 continue
-            cols_of = {"n": ints()}
+            cols_of = {"n": ints(f"{out}.n")}
             if parts != ["n"]:  # "s" of a sum or mean, "m" of a min or max (null where it saw no value)
-                cols_of["s" if "s" in parts else "m"] = nullable(pa.float64())
-            for part in parts:
-                names.append(f"{out}.{part}")
-                arrays.append(cols_of[part])
+                part = "s" if "s" in parts else "m"
+                cols_of[part] = nullable(f"{out}.{part}", "g")
+            columns += [cols_of[part] for part in parts]
         sketch_cols: dict[str, tuple[Any, Any, Any]] = {}
         for out in self.sketches:
             if finished:  # the bucket at the percentile's rank, null over no value
-                names.append(out)
-                arrays.append(nullable(pa.int64()))
+                columns.append(nullable(out, "l"))
             else:
                 at, buckets, counts = next(given), next(given), next(given)
                 sketch_cols[out] = (at, buckets, counts)
-        df = pl.from_arrow(pa.RecordBatch.from_arrays(arrays, names=names))
-        assert isinstance(df, pl.DataFrame)
+        df = pl.Series(frame(columns, n)).struct.unnest()
         if not (self.text or self.key_dtype == pl.Int64):
             df = df.with_columns(pl.col(self.key).cast(self.key_dtype))
         sketches = {}
         for out, (at, buckets, counts) in sketch_cols.items():
-            rows = df.select(self.key, time_name)[np.frombuffer(at, np.int64)]
-            sketches[out] = rows.with_columns(pl.Series(BUCKET, np.frombuffer(buckets, np.int64)),
-                                              pl.Series("n", np.frombuffer(counts, np.int64)))
+            rows = df.select(self.key, time_name)[_int64s(ROW, at)]
+            sketches[out] = rows.with_columns(_int64s(BUCKET, buckets), _int64s("n", counts))
         return df, sketches
 
 

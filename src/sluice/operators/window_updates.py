@@ -107,7 +107,7 @@ class UpdatingWindowOperator(FixedWindowOperator):
         return False
 
     # --- emission ---------------------------------------------------------------------------------
-    def _close(self, watermark: int, wms: np.ndarray) -> pl.DataFrame | None:
+    def _close(self, watermark: int, wms: pl.Series | np.ndarray) -> pl.DataFrame | None:
         w = watermark
         final_upto = w if w >= END_OF_TIME else w - self.lateness
         final_after, fired_after = self.closed_upto, self.fired_upto

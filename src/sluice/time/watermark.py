@@ -2,16 +2,16 @@
 
 On one source partition, the watermark after record i is max(t_0..t_i) − delay. A record is judged
 against the watermark *before* it, W_prev(i) = max(t_0..t_{i-1}) − delay. Both are running maxima, so a
-whole batch is one `np.maximum.accumulate`, and the result does not depend on where batches are cut.
+whole batch is one cumulative maximum, and the result does not depend on where batches are cut.
 """
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import timedelta
 
-import numpy as np
-import numpy.typing as npt
+import polars as pl
 
 from sluice.core.batch import NO_WATERMARK
 from sluice.core.errors import PlanError
@@ -42,17 +42,15 @@ class BoundedOutOfOrderness:
         return to_ms(self.delay, "watermark delay")
 
 
-def running_watermarks(
-    times: npt.NDArray[np.int64], prev_max: int, delay_ms: int
-) -> tuple[npt.NDArray[np.int64], int]:
-    """The watermark before each record, and the new largest event time."""
-    run = np.maximum.accumulate(times)
-    np.maximum(run, prev_max, out=run)
-    before = np.empty_like(run)
-    before[0] = prev_max
-    before[1:] = run[:-1]
-    wm = before - delay_ms
-    np.maximum(wm, NO_WATERMARK, out=wm)
+Times = pl.Series | Sequence[int]  # epoch ms, int64 (a numpy array too)
+
+
+def running_watermarks(times: Times, prev_max: int, delay_ms: int) -> tuple[pl.Series, int]:
+    """The watermark before each record (Int64), and the new largest event time."""
+    t = times if isinstance(times, pl.Series) else pl.Series(times, dtype=pl.Int64)
+    run = t.cast(pl.Int64).cum_max().clip(lower_bound=prev_max)
+    before = run.shift(1, fill_value=prev_max)
+    wm = (before - delay_ms).clip(lower_bound=NO_WATERMARK)
     return wm, int(run[-1])
 
 
@@ -83,18 +81,16 @@ class PartitionWatermarks:
             floor = min(floor, mx - self.delay_ms if mx > NO_WATERMARK else NO_WATERMARK)
         return floor
 
-    def advance(
-        self, partition: int, times: npt.NDArray[np.int64], now: float
-    ) -> tuple[npt.NDArray[np.int64], int]:
+    def advance(self, partition: int, times: Times, now: float) -> tuple[pl.Series, int]:
         """Per-record watermarks for a batch from `partition`, and the watermark after it."""
         self.max_time.setdefault(partition, NO_WATERMARK)
         self.last_active[partition] = now
         own, new_max = running_watermarks(times, self.max_time[partition], self.delay_ms)
         self.max_time[partition] = new_max
         floor = self._floor_excluding(partition, now)
-        wm = np.minimum(own, floor) if floor < 2**62 else own
+        wm = own.clip(upper_bound=floor) if floor < 2**62 else own
         # The watermark never goes back, even when a partition wakes up from idleness.
-        np.maximum(wm, self.current, out=wm)
+        wm = wm.clip(lower_bound=self.current)
         after = max(self.current, min(new_max - self.delay_ms, floor))
         self.current = after
         return wm, after
