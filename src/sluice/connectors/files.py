@@ -225,7 +225,7 @@ class _ParseAhead:
         self.end: int | None = None  # the number of blocks, once the file's end is reached (or a read failed)
         self.stop = False
         n = PARSE_THREADS
-        self.depth = 2 * n
+        self.depth = n + 1  # each thread one block, and one decoded and waiting
         self.threads = [threading.Thread(target=self._work, name=f"sluice-parse_{i}", daemon=True) for i in range(n)]
         for t in self.threads:
             t.start()
