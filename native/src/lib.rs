@@ -166,11 +166,29 @@ impl<'a> Parser<'a> {
         }
     }
 
+    /// Past any spaces, tabs and carriage returns.
     #[inline(always)]
     fn ws(&mut self) {
+        // mostly there are none: one comparison (peek's 0 at the end is below b' ' too, and the loop stops)
+        if self.peek() > b' ' {
+            return;
+        }
         while self.pos < self.buf.len() && is_ws(self.buf[self.pos]) {
             self.pos += 1;
         }
+    }
+
+    /// Past the `:` after a key, and any whitespace around it.
+    #[inline(always)]
+    fn colon(&mut self) -> R<()> {
+        if self.peek() == b':' {
+            self.pos += 1;
+        } else {
+            self.ws();
+            self.expect(b':')?;
+        }
+        self.ws();
+        Ok(())
     }
 
     #[inline(always)]
@@ -236,9 +254,7 @@ impl<'a> Parser<'a> {
                     && (f.name.len() <= 8 || self.buf[start + 8..end] == f.name[8..])
                 {
                     self.pos = end + 1;
-                    self.ws();
-                    self.expect(b':')?;
-                    self.ws();
+                    self.colon()?;
                     let found = hint;
                     if seen & (1u64 << found) != 0 {
                         return Err(()); // a duplicate declared key
@@ -257,9 +273,7 @@ impl<'a> Parser<'a> {
                 let decoded = if escaped { Some(unescape(raw)?) } else { None };
                 let key: &[u8] = decoded.as_deref().unwrap_or(raw);
                 let head = if escaped { word(key, 0, key.len()) } else { word(self.buf, start, key.len()) };
-                self.ws();
-                self.expect(b':')?;
-                self.ws();
+                self.colon()?;
                 let mut found = usize::MAX;
                 for k in 0..fields.len() {
                     let i = if hint + k < fields.len() { hint + k } else { hint + k - fields.len() };
@@ -479,15 +493,27 @@ impl<'a> Parser<'a> {
 
     /// Past a string's closing quote (its opening one consumed), checking escapes, control characters,
     /// surrogates and UTF-8; whether it holds an escape.
-    #[inline]
+    #[inline(always)]
     fn skip_string_body(&mut self) -> R<bool> {
+        // the common case, inlined: plain ASCII up to the closing quote
+        let p = next_special(self.buf, self.pos);
+        if p < self.buf.len() && self.buf[p] == b'"' {
+            self.pos = p + 1;
+            return Ok(false);
+        }
+        self.skip_string_rest(p)
+    }
+
+    /// `skip_string_body` from `p`, the first byte after the opening quote (at `self.pos`) that is not plain.
+    #[inline(never)]
+    fn skip_string_rest(&mut self, from: usize) -> R<bool> {
         let b = self.buf;
         let start = self.pos;
-        let mut p = start;
+        let mut p = from;
         let mut high = false;
         let mut escaped = false;
         loop {
-            // the common case: plain ASCII text, 8 bytes at a time
+            // plain ASCII text, 16 bytes at a time
             p = next_special(b, p);
             if p >= b.len() {
                 return Err(());
@@ -574,9 +600,7 @@ impl<'a> Parser<'a> {
                 loop {
                     self.expect(b'"')?;
                     self.skip_string_body()?;
-                    self.ws();
-                    self.expect(b':')?;
-                    self.ws();
+                    self.colon()?;
                     self.skip_value(depth + 1)?;
                     self.ws();
                     match self.peek() {
