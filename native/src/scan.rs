@@ -2,15 +2,16 @@
 //! float conversion, the search for a string's end 16 bytes at a time, and short copies without a call.
 //! Pure functions of byte slices; each fast path answers exactly what its slow one would (tests/test_json_native.py).
 
-/// Whether the 8 bytes of `w` (read little-endian) are all ASCII digits.
+/// A mask with the high bit of each byte of `w` (read little-endian) that may not be an ASCII digit: exact up
+/// to and including the first non-digit (the bytes after it may be flagged by its carry or borrow).
 #[inline(always)]
-pub(crate) fn eight_digits(w: u64) -> bool {
+fn non_digits(w: u64) -> u64 {
     // a byte c passes when c + 0x46 < 0x80 (c <= '9') and c - 0x30 does not wrap (c >= '0'); a failing byte
-    // sets its high bit in one of the two, whatever carry or borrow it passes on
-    (w.wrapping_add(0x4646_4646_4646_4646) | w.wrapping_sub(0x3030_3030_3030_3030)) & 0x8080_8080_8080_8080 == 0
+    // sets its high bit in one of the two. Digits pass on no carry or borrow, so the lowest flag is exact.
+    (w.wrapping_add(0x4646_4646_4646_4646) | w.wrapping_sub(0x3030_3030_3030_3030)) & 0x8080_8080_8080_8080
 }
 
-/// The value of 8 ASCII digits (checked by `eight_digits`), the first in the lowest byte.
+/// The value of 8 ASCII digits (checked by `non_digits`), the first in the lowest byte.
 #[inline(always)]
 pub(crate) fn parse8(w: u64) -> u64 {
     let w = w.wrapping_sub(0x3030_3030_3030_3030);
@@ -25,15 +26,27 @@ pub(crate) fn parse8(w: u64) -> u64 {
 /// counting them in `digits`.
 #[inline(always)]
 pub(crate) fn digit_run(b: &[u8], mut p: usize, mant: &mut u64, digits: &mut usize) -> usize {
+    const ZEROS: u64 = 0x3030_3030_3030_3030;
     while p + 8 <= b.len() {
         let w = u64::from_le_bytes(b[p..p + 8].try_into().unwrap());
-        if !eight_digits(w) {
-            break;
+        let m = non_digits(w);
+        if m == 0 {
+            *mant = mant.wrapping_mul(100_000_000).wrapping_add(parse8(w));
+            *digits += 8;
+            p += 8;
+            continue;
         }
-        *mant = mant.wrapping_mul(100_000_000).wrapping_add(parse8(w));
-        *digits += 8;
-        p += 8;
+        // the n (0..=7) digits before the first non-digit: moved to the word's top, below them '0's
+        let n = (m.trailing_zeros() / 8) as usize;
+        if n > 0 {
+            let top = (w << (64 - 8 * n)) | (ZEROS >> (8 * n));
+            *mant = mant.wrapping_mul(POW10_INT[n]).wrapping_add(parse8(top));
+            *digits += n;
+            p += n;
+        }
+        return p;
     }
+    // fewer than 8 bytes left in the block
     while p < b.len() && b[p].is_ascii_digit() {
         *mant = mant.wrapping_mul(10).wrapping_add((b[p] - b'0') as u64);
         *digits += 1;
@@ -41,6 +54,8 @@ pub(crate) fn digit_run(b: &[u8], mut p: usize, mant: &mut u64, digits: &mut usi
     }
     p
 }
+
+const POW10_INT: [u64; 8] = [1, 10, 100, 1_000, 10_000, 100_000, 1_000_000, 10_000_000];
 
 const POW10: [f64; 23] = [
     1e0, 1e1, 1e2, 1e3, 1e4, 1e5, 1e6, 1e7, 1e8, 1e9, 1e10, 1e11, 1e12, 1e13, 1e14, 1e15, 1e16, 1e17, 1e18, 1e19,
