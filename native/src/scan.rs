@@ -104,7 +104,7 @@ pub(crate) fn next_special(b: &[u8], mut p: usize) -> usize {
     p = plain_run(b, p);
     while p < b.len() {
         let c = b[p];
-        if c == b'"' || c == b'\\' || c < 0x20 || c >= 0x80 {
+        if c == b'"' || c == b'\\' || !(0x20..0x80).contains(&c) {
             break;
         }
         p += 1;
