@@ -17,6 +17,9 @@ use pyo3::types::{PyBytes, PyList, PyTuple};
 mod arrow;
 mod fx;
 mod panes;
+mod scan;
+
+use scan::{append, clinger, digit_run, next_special};
 
 const MAX_DEPTH: u32 = 128;
 
@@ -42,16 +45,49 @@ struct Spec {
     required: bool,
     col: usize,
     children: Vec<Spec>,
+    plain: bool, // the name holds no quote, backslash or control character: its JSON spelling can be its bytes
 }
 
 #[derive(Default)]
 struct Column {
-    valid: Vec<u8>, // one byte per row (packed to bits at the end)
+    valid: Vec<u8>, // one byte per row (packed to bits at the end), kept only from the column's first null on
     nulls: usize,
+    rows: usize, // values and nulls so far
     ints: Vec<i64>,
     floats: Vec<f64>,
     offsets: Vec<i64>,
     data: Vec<u8>,
+}
+
+impl Column {
+    /// A value (not null) was added. Invariant: once `nulls` > 0, `valid` holds one byte per row.
+    #[inline(always)]
+    fn present(&mut self) {
+        if self.nulls != 0 {
+            self.valid.push(1);
+        }
+        self.rows += 1;
+    }
+
+    /// A null was added: the first one materializes the validity of the rows before it (all valid).
+    fn absent(&mut self) {
+        if self.nulls == 0 {
+            self.valid.resize(self.rows, 1);
+        }
+        self.valid.push(0);
+        self.nulls += 1;
+        self.rows += 1;
+    }
+}
+
+/// A number's text, checked against JSON's grammar, and what its scan learnt on the way.
+struct Num {
+    start: usize,
+    int: bool,     // no fraction, no exponent
+    neg: bool,
+    mant: u64,     // the digits of the integer and fraction parts as one integer: exact while `digits` <= 19
+    digits: usize, // how many there are
+    exp10: i64,    // the value is mant * 10^exp10 (saturated far beyond any finite f64's exponent)
 }
 
 /// A schema, resolved once (Python keeps it per schema).
@@ -89,7 +125,8 @@ fn build(obj: &Bound<'_, PyAny>, top: bool, kinds: &mut Vec<Kind>) -> PyResult<S
         }
     }
     let head = word(&name, 0, name.len());
-    Ok(Spec { name, head, kind, min, max, required: required && top, col, children })
+    let plain = !name.iter().any(|&c| c == b'"' || c == b'\\' || c < 0x20);
+    Ok(Spec { name, head, kind, min, max, required: required && top, col, children, plain })
 }
 
 #[pymethods]
@@ -130,11 +167,29 @@ impl<'a> Parser<'a> {
         }
     }
 
+    /// Past any spaces, tabs and carriage returns.
     #[inline(always)]
     fn ws(&mut self) {
+        // mostly there are none: one comparison (peek's 0 at the end is below b' ' too, and the loop stops)
+        if self.peek() > b' ' {
+            return;
+        }
         while self.pos < self.buf.len() && is_ws(self.buf[self.pos]) {
             self.pos += 1;
         }
+    }
+
+    /// Past the `:` after a key, and any whitespace around it.
+    #[inline(always)]
+    fn colon(&mut self) -> R<()> {
+        if self.peek() == b':' {
+            self.pos += 1;
+        } else {
+            self.ws();
+            self.expect(b':')?;
+        }
+        self.ws();
+        Ok(())
     }
 
     #[inline(always)]
@@ -189,15 +244,37 @@ impl<'a> Parser<'a> {
             loop {
                 self.expect(b'"')?;
                 let start = self.pos;
+                // the predicted field's name, spelt plainly, then the closing quote: that is the key (a plain
+                // name's bytes cannot hold an escape or end the string early)
+                let f = &fields[hint];
+                let end = start + f.name.len();
+                if f.plain
+                    && end < self.buf.len()
+                    && self.buf[end] == b'"'
+                    && word(self.buf, start, f.name.len()) == f.head
+                    && (f.name.len() <= 8 || self.buf[start + 8..end] == f.name[8..])
+                {
+                    self.pos = end + 1;
+                    self.colon()?;
+                    let found = hint;
+                    if seen & (1u64 << found) != 0 {
+                        return Err(()); // a duplicate declared key
+                    }
+                    seen |= 1u64 << found;
+                    hint = if found + 1 == fields.len() { 0 } else { found + 1 };
+                    self.value(&fields[found], depth)?;
+                    if self.after_member()? {
+                        break;
+                    }
+                    continue;
+                }
                 let escaped = self.skip_string_body()?;
                 let raw = &self.buf[start..self.pos - 1];
                 // a key spelt with escapes ("\u00e9" for "é", as Python's json.dumps writes) is compared decoded
                 let decoded = if escaped { Some(unescape(raw)?) } else { None };
                 let key: &[u8] = decoded.as_deref().unwrap_or(raw);
                 let head = if escaped { word(key, 0, key.len()) } else { word(self.buf, start, key.len()) };
-                self.ws();
-                self.expect(b':')?;
-                self.ws();
+                self.colon()?;
                 let mut found = usize::MAX;
                 for k in 0..fields.len() {
                     let i = if hint + k < fields.len() { hint + k } else { hint + k - fields.len() };
@@ -220,17 +297,8 @@ impl<'a> Parser<'a> {
                 } else {
                     self.skip_value(depth)?;
                 }
-                self.ws();
-                match self.peek() {
-                    b',' => {
-                        self.pos += 1;
-                        self.ws();
-                    }
-                    b'}' => {
-                        self.pos += 1;
-                        break;
-                    }
-                    _ => return Err(()),
+                if self.after_member()? {
+                    break;
                 }
             }
         }
@@ -248,10 +316,27 @@ impl<'a> Parser<'a> {
         Ok(())
     }
 
+    /// Past the `,` (and whitespace) or `}` after an object's member: whether it was the `}`.
+    #[inline(always)]
+    fn after_member(&mut self) -> R<bool> {
+        self.ws();
+        match self.peek() {
+            b',' => {
+                self.pos += 1;
+                self.ws();
+                Ok(false)
+            }
+            b'}' => {
+                self.pos += 1;
+                Ok(true)
+            }
+            _ => Err(()),
+        }
+    }
+
     fn null(&mut self, f: &Spec) {
         let c = &mut self.cols[f.col];
-        c.valid.push(0);
-        c.nulls += 1;
+        c.absent();
         match f.kind {
             Kind::Int | Kind::Bool => c.ints.push(0),
             Kind::Float => c.floats.push(0.0),
@@ -275,25 +360,30 @@ impl<'a> Parser<'a> {
         }
         match f.kind {
             Kind::Int => {
-                let (start, int) = self.number()?;
-                if !int {
+                let n = self.number()?;
+                if !n.int {
                     return Err(());
                 }
-                let v = parse_int(&self.buf[start..self.pos])?;
+                let v = self.int_value(&n)?;
                 if v < f.min || v > f.max {
                     return Err(());
                 }
                 let c = &mut self.cols[f.col];
-                c.valid.push(1);
+                c.present();
                 c.ints.push(v);
             }
             Kind::Float => {
-                let (start, int) = self.number()?;
-                let text = &self.buf[start..self.pos];
+                let n = self.number()?;
                 // an integer is read as one and converted (so -0 is 0.0, as Polars reads it)
-                let v = if int { parse_int(text)? as f64 } else { parse_float(text)? };
+                let v = if n.int {
+                    self.int_value(&n)? as f64
+                } else if let Some(v) = clinger(n.mant, n.exp10, n.neg).filter(|_| n.digits <= 19) {
+                    v
+                } else {
+                    parse_float(&self.buf[n.start..self.pos])?
+                };
                 let c = &mut self.cols[f.col];
-                c.valid.push(1);
+                c.present();
                 c.floats.push(v);
             }
             Kind::Bool => {
@@ -309,7 +399,7 @@ impl<'a> Parser<'a> {
                     _ => return Err(()),
                 };
                 let c = &mut self.cols[f.col];
-                c.valid.push(1);
+                c.present();
                 c.ints.push(v);
             }
             Kind::Str => {
@@ -321,80 +411,110 @@ impl<'a> Parser<'a> {
                 if depth >= MAX_DEPTH {
                     return Err(());
                 }
-                let c = &mut self.cols[f.col];
-                c.valid.push(1);
+                self.cols[f.col].present();
                 self.object(&f.children, depth + 1)?;
             }
         }
         Ok(())
     }
 
-    /// A number's text (checked against JSON's grammar): its start, and whether it is an integer.
+    /// The integer value of a number that is one (`n.int`); Err when it does not fit an i64.
+    #[inline(always)]
+    fn int_value(&self, n: &Num) -> R<i64> {
+        if n.digits <= 18 {
+            let v = n.mant as i64; // exact: below 10^18 < 2^63
+            Ok(if n.neg { -v } else { v })
+        } else {
+            parse_int(&self.buf[n.start..self.pos])
+        }
+    }
+
+    /// A number (checked against JSON's grammar), its digits gathered on the way.
     #[inline]
-    fn number(&mut self) -> R<(usize, bool)> {
+    fn number(&mut self) -> R<Num> {
         let b = self.buf;
         let start = self.pos;
         let mut p = start;
-        if p < b.len() && b[p] == b'-' {
+        let neg = p < b.len() && b[p] == b'-';
+        if neg {
             p += 1;
         }
         if p >= b.len() {
             return Err(());
         }
+        let mut mant = 0u64;
+        let mut digits = 0usize;
         if b[p] == b'0' {
             p += 1;
+            digits = 1;
         } else if b[p].is_ascii_digit() {
-            while p < b.len() && b[p].is_ascii_digit() {
-                p += 1;
-            }
+            p = digit_run(b, p, &mut mant, &mut digits);
         } else {
             return Err(());
         }
         let mut int = true;
+        let mut exp10 = 0i64;
         if p < b.len() && b[p] == b'.' {
             int = false;
             p += 1;
             let d = p;
-            while p < b.len() && b[p].is_ascii_digit() {
-                p += 1;
-            }
+            p = digit_run(b, p, &mut mant, &mut digits);
             if p == d {
                 return Err(());
             }
+            exp10 = -((p - d) as i64);
         }
         if p < b.len() && (b[p] == b'e' || b[p] == b'E') {
             int = false;
             p += 1;
+            let eneg = p < b.len() && b[p] == b'-';
             if p < b.len() && (b[p] == b'+' || b[p] == b'-') {
                 p += 1;
             }
             let d = p;
+            let mut e = 0i64;
             while p < b.len() && b[p].is_ascii_digit() {
+                if e < 1_000_000_000 {
+                    e = e * 10 + (b[p] - b'0') as i64; // saturates far outside every fast path's range
+                }
                 p += 1;
             }
             if p == d {
                 return Err(());
             }
+            exp10 = exp10.saturating_add(if eneg { -e } else { e });
         }
         // what follows a number must end it (`01`, `1x` are not numbers)
         if p < b.len() && !matches!(b[p], b',' | b'}' | b']' | b' ' | b'\t' | b'\r' | b'\n') {
             return Err(());
         }
         self.pos = p;
-        Ok((start, int))
+        Ok(Num { start, int, neg, mant, digits, exp10 })
     }
 
     /// Past a string's closing quote (its opening one consumed), checking escapes, control characters,
     /// surrogates and UTF-8; whether it holds an escape.
-    #[inline]
+    #[inline(always)]
     fn skip_string_body(&mut self) -> R<bool> {
+        // the common case, inlined: plain ASCII up to the closing quote
+        let p = next_special(self.buf, self.pos);
+        if p < self.buf.len() && self.buf[p] == b'"' {
+            self.pos = p + 1;
+            return Ok(false);
+        }
+        self.skip_string_rest(p)
+    }
+
+    /// `skip_string_body` from `p`, the first byte after the opening quote (at `self.pos`) that is not plain.
+    #[inline(never)]
+    fn skip_string_rest(&mut self, from: usize) -> R<bool> {
         let b = self.buf;
         let start = self.pos;
-        let mut p = start;
+        let mut p = from;
         let mut high = false;
         let mut escaped = false;
         loop {
-            // the common case: plain ASCII text, 8 bytes at a time
+            // plain ASCII text, 16 bytes at a time
             p = next_special(b, p);
             if p >= b.len() {
                 return Err(());
@@ -435,7 +555,7 @@ impl<'a> Parser<'a> {
             match b[p] {
                 b'"' => break,
                 b'\\' => {
-                    c.data.extend_from_slice(&b[run..p]);
+                    append(&mut c.data, b, run, p - run);
                     let data = &mut c.data;
                     p = escape(b, p + 1, &mut |ch: char| {
                         let mut tmp = [0u8; 4];
@@ -450,12 +570,12 @@ impl<'a> Parser<'a> {
                 _ => return Err(()),
             }
         }
-        c.data.extend_from_slice(&b[run..p]);
+        append(&mut c.data, b, run, p - run);
         // escapes only add whole characters: the text is valid exactly when its raw bytes are
         if high && std::str::from_utf8(&c.data[out_start..]).is_err() {
             return Err(());
         }
-        c.valid.push(1);
+        c.present();
         c.offsets.push(c.data.len() as i64);
         self.pos = p + 1;
         Ok(())
@@ -481,9 +601,7 @@ impl<'a> Parser<'a> {
                 loop {
                     self.expect(b'"')?;
                     self.skip_string_body()?;
-                    self.ws();
-                    self.expect(b':')?;
-                    self.ws();
+                    self.colon()?;
                     self.skip_value(depth + 1)?;
                     self.ws();
                     match self.peek() {
@@ -529,51 +647,18 @@ impl<'a> Parser<'a> {
             b'f' => self.literal(b"false"),
             b'n' => self.literal(b"null"),
             _ => {
-                let (start, int) = self.number()?;
-                // only an exponent (or hundreds of digits) can make a number overflow to infinity
-                let text = &self.buf[start..self.pos];
-                if !int && (text.len() > 300 || text.iter().any(|&c| c == b'e' || c == b'E')) {
+                let n = self.number()?;
+                // only an exponent (or hundreds of digits) can make a number overflow to infinity; at most 19
+                // digits times 10^±22 cannot
+                let text = &self.buf[n.start..self.pos];
+                let small = n.digits <= 19 && (-22..=22).contains(&n.exp10);
+                if !n.int && !small && (text.len() > 300 || text.iter().any(|&c| c == b'e' || c == b'E')) {
                     parse_float(text)?;
                 }
                 Ok(())
             }
         }
     }
-}
-
-/// The first quote, backslash, control character or non-ASCII byte at or after `p` (or `b.len()`).
-#[inline(always)]
-fn next_special(b: &[u8], p: usize) -> usize {
-    let mut p = plain_run(b, p);
-    while p < b.len() {
-        let c = b[p];
-        if c == b'"' || c == b'\\' || c < 0x20 || c >= 0x80 {
-            break;
-        }
-        p += 1;
-    }
-    p
-}
-
-/// Past the 8-byte words from `p` that hold no quote, backslash, control character or non-ASCII byte.
-#[inline(always)]
-fn plain_run(b: &[u8], mut p: usize) -> usize {
-    const ONES: u64 = 0x0101_0101_0101_0101;
-    const HIGH: u64 = 0x8080_8080_8080_8080;
-    while p + 8 <= b.len() {
-        let w = u64::from_le_bytes(b[p..p + 8].try_into().unwrap());
-        let quote = w ^ (ONES * b'"' as u64);
-        let slash = w ^ (ONES * b'\\' as u64);
-        let special = (quote.wrapping_sub(ONES) & !quote)
-            | (slash.wrapping_sub(ONES) & !slash)
-            | (w.wrapping_sub(ONES * 0x20) & !w)
-            | w;
-        if special & HIGH != 0 {
-            break;
-        }
-        p += 8;
-    }
-    p
 }
 
 /// A string's text (between its quotes, already checked) with its escapes decoded.
@@ -745,7 +830,7 @@ fn decode_block(buf: &[u8], plan: &Plan) -> Option<(usize, Vec<Column>)> {
     let mut parser = Parser { buf, pos: 0, cols: Vec::with_capacity(plan.kinds.len()) };
     let guess = buf.len() / 64 + 16;
     for k in &plan.kinds {
-        let mut c = Column { valid: Vec::with_capacity(guess), ..Default::default() };
+        let mut c = Column::default(); // `valid` only grows once the column has a null
         match k {
             Kind::Int | Kind::Bool => c.ints.reserve(guess),
             Kind::Float => c.floats.reserve(guess),
