@@ -209,8 +209,10 @@ class Oracle:
                 for j in range(p + 1, self.n):
                     if j > p + 1 and not self.inner_skips(run, j - 1, ctx):
                         break
-                    if self.take(k, j, ctx) and self.in_time(run, j) and not self.killed(run, j, ctx):
-                        extend(Run((*run.taken, (j, k)), k, c + 1))
+                    if self.take(k, j, ctx) and self.in_time(run, j):
+                        # a repeat taken while a negation ends the run: Flink discards the partial match
+                        # but keeps a match the take completes (doProcess keeps final states of a stopped path)
+                        extend(Run((*run.taken, (j, k)), k, c + 1, self.killed(run, j, ctx)))
             if c >= s.min:
                 for k2 in self.later(k):
                     for j in range(p + 1, self.n):
@@ -235,6 +237,8 @@ class Oracle:
         s = self.st[k]
         if c < s.min or any(not self.st[g].optional for g in self.pos if g > k):
             return None
+        if run.doomed and self.trailing is not None:
+            return None  # a trailing negation is no final state: a stopped path reaches none
         if self.trailing is None:
             ctx = self.ctx(Run(run.taken[:-1], k, c)) if len(run.taken) > 1 else {}
             # completing through skipped optional stages evaluates the way there with the taken event itself
