@@ -15,6 +15,10 @@ Rules, for a run that took event p last (at stage k, c times) and takes event j 
   in [k, k2); later y in (p+1, j] ¬cond_{k2-1} if k2-1 is greedy and k2 is not optional.
 - not_next between k and k2: event p+1 must not satisfy it; not_followed_by: no y in (p, j].
 - a negation right after a quantified stage k also ends its repeats (see `killed`).
+- a run whose taken event meets a negation that ends it (the not_followed_by before the stage it enters,
+  or `killed` for a repeat) is doomed: it goes no further, but the match the take completes stands (Flink's
+  NFA keeps the final states a path reaches with an event that also reaches a stop state), unless the
+  pattern ends in a negation (a pending or not_next state is no final state).
 - a negation before optional stages holds until the next taken event, whichever stage takes it (Flink's
   transitive negations): a run entering k2 checks the negation between k and k2, if any.
 - within: every taken event less than W after the first (or after the previous one).

@@ -236,3 +236,13 @@ def test_the_reported_case_equals_the_brute_force_matcher():
     p = (P.begin("s0").where(pl.col("v") == "a").not_followed_by("n").where(pl.col("v") == "a")
          .next("s1").where(pl.col("v").is_in(["a", "b"])).times(1, 3).allow_combinations())
     assert_equals_matcher(p, [(0, "x", "a"), (0, "x", "a"), (0, "x", "b"), (0, "x", "a")], "no_skip", 0)
+
+
+def test_a_stopped_take_completes_no_match_before_a_trailing_not_next():
+    """A trailing not_next is no final state (Flink reaches the final state from it by IGNORE on the next
+    event, not by PROCEED), so a take that meets the negation before its stage completes nothing."""
+    p = (P.begin("s0").where(lit("a")).not_followed_by("n").where(lit("a")).followed_by("s1")
+         .where(pl.col("v").str.contains("^[ab]")).not_next("m").where(lit("m")))
+    assert matches(p, "a1 a2 x") == []
+    assert matches(p, "a1 b1 x") == ["a1 b1"]
+    assert matches(p, "a1 b1 m1") == []
