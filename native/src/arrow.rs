@@ -499,15 +499,7 @@ fn decoded(spec: &Spec, n: usize, cols: &mut [Column]) -> Node {
 /// `pl.Series(export).struct.unnest()`), their buffers moved, not copied; Int32 and UInt32 narrowed here.
 #[pyfunction]
 pub(crate) fn decode_arrow(py: Python<'_>, blob: PyBuffer<u8>, plan: &Bound<'_, Plan>) -> PyResult<Option<Export>> {
-    if !blob.is_c_contiguous() {
-        return Err(PyValueError::new_err("decode: the block must be a contiguous byte buffer"));
-    }
-    // SAFETY: the buffer is held (and its memory pinned) until `blob` drops at the end of this function; a
-    // C-contiguous buffer of u8 is `len_bytes` bytes from `buf_ptr`; the caller does not write it meanwhile.
-    let buf: &[u8] = unsafe {
-        let n = blob.len_bytes();
-        if n == 0 { &[] } else { std::slice::from_raw_parts(blob.buf_ptr() as *const u8, n) }
-    };
+    let buf = crate::block_bytes(&blob)?;
     let plan: &Plan = plan.get();
     Ok(py.detach(|| {
         let (n, mut cols) = crate::decode_block(buf, plan)?;

@@ -850,6 +850,18 @@ fn decode_block(buf: &[u8], plan: &Plan) -> Option<(usize, Vec<Column>)> {
     Some((n, parser.cols))
 }
 
+/// The bytes of a block handed to `decode` or `decode_arrow`: any C-contiguous byte buffer, read in place
+/// for as long as `blob` is held. The caller must not change a mutable buffer meanwhile.
+pub(crate) fn block_bytes(blob: &PyBuffer<u8>) -> PyResult<&[u8]> {
+    if !blob.is_c_contiguous() {
+        return Err(PyValueError::new_err("decode: the block must be a contiguous byte buffer"));
+    }
+    let n = blob.len_bytes();
+    // SAFETY: the buffer is held (and its memory pinned) while `blob` lives, which the returned slice's
+    // lifetime is tied to; a C-contiguous buffer of u8 is `len_bytes` bytes from `buf_ptr`
+    Ok(if n == 0 { &[] } else { unsafe { std::slice::from_raw_parts(blob.buf_ptr() as *const u8, n) } })
+}
+
 /// Decode a block: None when not sure, else (rows, [(validity bits or None, buffers...) per column in
 /// pre-order]). Int columns come as i64 values (the caller narrows them), booleans as packed bits, strings as
 /// Arrow string views and UTF-8 data.
@@ -859,15 +871,7 @@ fn decode_block(buf: &[u8], plan: &Plan) -> Option<(usize, Vec<Column>)> {
 /// it is kept afterwards (every output buffer is new).
 #[pyfunction]
 fn decode<'py>(py: Python<'py>, blob: PyBuffer<u8>, plan: &Bound<'py, Plan>) -> PyResult<Option<(usize, Vec<Bound<'py, PyTuple>>)>> {
-    if !blob.is_c_contiguous() {
-        return Err(PyValueError::new_err("decode: the block must be a contiguous byte buffer"));
-    }
-    // SAFETY: the buffer is held (and its memory pinned) until `blob` drops at the end of this function; a
-    // C-contiguous buffer of u8 is `len_bytes` bytes from `buf_ptr`; the caller does not write it meanwhile.
-    let buf: &[u8] = unsafe {
-        let n = blob.len_bytes();
-        if n == 0 { &[] } else { std::slice::from_raw_parts(blob.buf_ptr() as *const u8, n) }
-    };
+    let buf = block_bytes(&blob)?;
     let plan_ref: &Plan = plan.get();
     let out = py.detach(|| decode_block(buf, plan_ref));
     let Some((n, cols)) = out else { return Ok(None) };

@@ -52,9 +52,16 @@ def reference_blocks(path: Path, start: int, want: int, block_bytes: int) -> Ite
 
 
 def cuts(path: Path, start: int, want: int, block_bytes: int) -> list[tuple[int, bytes, int]]:
-    reader = sl.JsonLinesSource(path, block_bytes=block_bytes).open(SourceContext("in", SCHEMA, 7, "fail"))
-    # each block is a view of a reused buffer: copied before the next is asked for
-    return [(pos, bytes(block), asked) for pos, block, asked in reader._cuts(path, start, want)]
+    # the reader's cutter, one buffer reused (as each parse thread reuses its own): copied before the next cut
+    cutter = files._Cutter(path, start, want, block_bytes)
+    out, buf = [], bytearray()
+    try:
+        while (got := cutter.cut(buf)) is not None:
+            pos, buf, n, asked = got
+            out.append((pos, bytes(buf[:n]), asked))
+    finally:
+        cutter.close()
+    return out
 
 
 def check_cuts(path: Path, block_bytes: int, want: int) -> None:

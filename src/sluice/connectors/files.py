@@ -154,19 +154,6 @@ class _JsonLinesReader(_FileReader):
         self.format = Json()
         self.schema = ctx.schema
 
-    def _cuts(self, path: Path, start: int, want: int) -> Iterator[tuple[int, memoryview, int]]:
-        """(byte position, block, bytes asked for) from `start`, as `_Cutter` cuts them, one buffer reused: a
-        block is valid until the next is asked for."""
-        cutter = _Cutter(path, start, want, self.spec.block_bytes)
-        buf = bytearray()
-        try:
-            while (got := cutter.cut(buf)) is not None:
-                byte, buf, n, asked = got
-                with memoryview(buf) as view:
-                    yield byte, view[:n], asked
-        finally:
-            cutter.close()
-
     def batches(self) -> Iterator[tuple[str, Batch]]:
         start = self.start
         for p, path in enumerate(self.files):
