@@ -1,0 +1,51 @@
+"""The native one-pass watermarks (native/src/wm.rs) equal the Polars path's, record by record."""
+
+from __future__ import annotations
+
+import polars as pl
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from sluice.core.batch import NO_WATERMARK
+from sluice.time import watermark as wmod
+
+pytestmark = pytest.mark.skipif(not wmod._NATIVE, reason="the native module is not built")
+
+T = st.integers(-(2**61) + 1, 2**61 - 1)
+
+
+def polars_path(times: list[int], prev_max: int, delay: int, floor: int, current: int) -> tuple[list[int], int]:
+    own, new_max = wmod.running_watermarks(pl.Series(times, dtype=pl.Int64), prev_max, delay)
+    wm = own.clip(upper_bound=floor) if floor < 2**62 else own
+    return wm.clip(lower_bound=current).to_list(), new_max
+
+
+@settings(max_examples=400, deadline=None)
+@given(times=st.lists(st.one_of(T, st.integers(0, 100)), min_size=1, max_size=60),
+       prev_max=st.one_of(st.just(NO_WATERMARK), st.integers(-50, 150)), delay=st.integers(0, 40),
+       floor=st.one_of(st.just(2**62), st.integers(-60, 160)), current=st.one_of(st.just(NO_WATERMARK), st.integers(-60, 160)))
+def test_native_watermarks_equal_the_polars_path(times: list[int], prev_max: int, delay: int, floor: int,
+                                                 current: int) -> None:
+    wm, new_max = wmod._native_watermarks(pl.Series(times, dtype=pl.Int64), prev_max, delay, floor, current)
+    assert (wm.to_list(), new_max) == polars_path(times, prev_max, delay, floor, current)
+    assert wm.dtype == pl.Int64 and wm.null_count() == 0
+
+
+def test_a_record_is_judged_by_the_watermark_before_it() -> None:
+    # the first record sees only prev_max; a record equal to the running max does not raise it
+    wm, new_max = wmod._native_watermarks(pl.Series([10, 5, 20, 20], dtype=pl.Int64), 7, 3, 2**62, NO_WATERMARK)
+    assert wm.to_list() == [4, 7, 7, 17] and new_max == 20
+
+
+def test_partition_watermarks_take_the_native_path_and_agree(monkeypatch: pytest.MonkeyPatch) -> None:
+    runs = []
+    for native in (True, False):
+        monkeypatch.setattr(wmod, "_NATIVE", native)
+        p = wmod.PartitionWatermarks(5, None)
+        p.declare(2, 0.0)
+        got = [p.advance(0, pl.Series([100, 90, 130], dtype=pl.Int64), 1.0),
+               p.advance(1, pl.Series([50, 200], dtype=pl.Int64), 1.0),
+               p.advance(0, pl.Series([300], dtype=pl.Int64), 1.0)]
+        runs.append([(w.to_list(), a) for w, a in got])
+    assert runs[0] == runs[1]
