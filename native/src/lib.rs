@@ -910,6 +910,7 @@ fn sluice_native(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_class::<arrow::Export>()?;
     m.add_class::<arrow::Buffer>()?;
     m.add_function(wrap_pyfunction!(wm::watermarks, m)?)?;
+    m.add_function(wrap_pyfunction!(wm::window_watermarks, m)?)?;
     m.add_class::<panes::Panes>()?;
     m.add_class::<sessions::SessionKernel>()?;
     Ok(())

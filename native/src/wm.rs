@@ -35,3 +35,27 @@ pub(crate) fn watermarks<'py>(py: Python<'py>, times: PyBuffer<u8>, prev_max: i6
     })?;
     Ok((out, run))
 }
+
+/// For windows ending at `ends` (int64), emitted by a batch whose per-record watermarks are `wms` (int64,
+/// non-decreasing): each window's watermark, the last of `wms` below its end (the one before the record that
+/// closed it), or `carry` when none is; little-endian int64 bytes.
+#[pyfunction]
+pub(crate) fn window_watermarks<'py>(py: Python<'py>, wms: PyBuffer<u8>, ends: PyBuffer<u8>, carry: i64)
+                                     -> PyResult<Bound<'py, PyBytes>> {
+    let read = |b: &PyBuffer<u8>, what: &str| -> PyResult<Vec<i64>> {
+        if !b.is_c_contiguous() || b.len_bytes() % 8 != 0 {
+            return Err(PyValueError::new_err(format!("window_watermarks: {what} must be a contiguous int64 buffer")));
+        }
+        let bytes = b.to_vec(py)?;
+        Ok(bytes.chunks_exact(8).map(|c| i64::from_le_bytes(c.try_into().unwrap())).collect())
+    };
+    let (wms, ends) = (read(&wms, "the watermarks")?, read(&ends, "the window ends")?);
+    PyBytes::new_with(py, ends.len() * 8, |buf| {
+        for (i, &e) in ends.iter().enumerate() {
+            let below = wms.partition_point(|&w| w < e); // how many watermarks lie below the end
+            let wm = if below > 0 { wms[below - 1] } else { carry };
+            buf[i * 8..i * 8 + 8].copy_from_slice(&wm.to_le_bytes());
+        }
+        Ok(())
+    })
+}

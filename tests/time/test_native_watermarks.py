@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import polars as pl
 import pytest
-from hypothesis import given, settings
+from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from sluice.core.batch import NO_WATERMARK
@@ -49,3 +49,21 @@ def test_partition_watermarks_take_the_native_path_and_agree(monkeypatch: pytest
                p.advance(0, pl.Series([300], dtype=pl.Int64), 1.0)]
         runs.append([(w.to_list(), a) for w, a in got])
     assert runs[0] == runs[1]
+
+
+@settings(max_examples=400, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(wms=st.lists(st.integers(-5, 60), max_size=40).map(sorted), ends=st.lists(st.integers(-10, 70), min_size=1, max_size=30),
+       carry=st.integers(-20, 5))
+def test_an_emitted_windows_watermark_natively_equals_the_polars_path(monkeypatch: pytest.MonkeyPatch, wms: list[int],
+                                                                     ends: list[int], carry: int) -> None:
+    from sluice.operators import window
+
+    op = type("Op", (), {"carry_wm": carry})()
+    got = []
+    for native in (True, False):
+        monkeypatch.setattr(window, "_NATIVE_TIMES", native)
+        cols = window.WindowOperator._time_columns(op, pl.Series(ends, dtype=pl.Int64), pl.Series(wms, dtype=pl.Int64))
+        got.append([c.to_list() for c in cols])
+    assert got[0] == got[1]
+    # the last watermark below each end (the one before the record that closed the window), else the carry
+    assert got[0][1] == [max([w for w in wms if w < e], default=carry) for e in ends]
