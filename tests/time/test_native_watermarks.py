@@ -67,3 +67,31 @@ def test_an_emitted_windows_watermark_natively_equals_the_polars_path(monkeypatc
     assert got[0] == got[1]
     # the last watermark below each end (the one before the record that closed the window), else the carry
     assert got[0][1] == [max([w for w in wms if w < e], default=carry) for e in ends]
+
+
+@pytest.mark.parametrize("batch_size", [1, 7, 65536])
+def test_a_window_job_writes_the_same_rows_with_native_watermarks_or_without(monkeypatch: pytest.MonkeyPatch,
+                                                                             batch_size: int) -> None:
+    import random
+    from datetime import timedelta
+
+    import sluice as sl
+    from sluice.operators import window
+
+    rng = random.Random(7)
+    # on a 1 s grid: records land exactly on window ends and watermarks, where an off-by-one shows
+    rows = [{"k": f"u{rng.randint(0, 9)}", "t": 1_000_000 + 1000 * rng.randint(0, 600), "v": rng.random()} for _ in range(3000)]
+    outs = []
+    for native in (True, False):
+        monkeypatch.setattr(wmod, "_NATIVE", native)
+        monkeypatch.setattr(window, "_NATIVE_TIMES", native)
+        flow = sl.Flow("wm")
+        ev = flow.read("in", sl.MemorySource(pl.DataFrame(rows))).event_time("t", timedelta(seconds=20))
+        w = ev.key_by("k").window("w", sl.Tumbling(timedelta(seconds=30)), n=sl.agg.count(), s=sl.agg.sum("v"))
+        out, late = sl.CollectSink(), sl.CollectSink()
+        w.write("out", out)
+        w.late.write("late", late)
+        sl.run(flow, batch_size=batch_size)
+        outs.append((out.frame(), late.frame()))
+    assert outs[0][0].equals(outs[1][0]) and outs[0][1].equals(outs[1][1])
+    assert outs[0][0].height > 0 and outs[0][1].height > 0  # windows, and late records, both seen
