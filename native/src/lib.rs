@@ -24,6 +24,7 @@ use scan::{append, clinger, digit_run, next_special};
 const MAX_DEPTH: u32 = 128;
 
 mod sessions;
+mod wm;
 
 type R<T> = Result<T, ()>;
 
@@ -912,6 +913,8 @@ fn sluice_native(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_function(wrap_pyfunction!(arrow::buffers, m)?)?;
     m.add_class::<arrow::Export>()?;
     m.add_class::<arrow::Buffer>()?;
+    m.add_function(wrap_pyfunction!(wm::watermarks, m)?)?;
+    m.add_function(wrap_pyfunction!(wm::window_watermarks, m)?)?;
     m.add_class::<panes::Panes>()?;
     m.add_class::<sessions::SessionKernel>()?;
     Ok(())

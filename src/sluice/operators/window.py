@@ -51,6 +51,14 @@ def _sessions() -> Any:
 _NO_WMS = pl.Series(WATERMARK, [], dtype=pl.Int64)
 
 
+try:  # an emitted window's watermark found natively (native/src/wm.rs), when the module is built
+    import sluice_native as _sn
+
+    _NATIVE_TIMES = hasattr(_sn, "window_watermarks") and os.environ.get("SLUICE_NATIVE_WATERMARKS", "1") != "0"
+except ImportError:
+    _NATIVE_TIMES = False
+
+
 def _buffer(s: pl.Series) -> Any:
     """The values of a Series without nulls (Int64, Float64) as a bytes-like buffer, not copied."""
     from sluice_native import buffers
@@ -221,7 +229,13 @@ class WindowOperator(Operator):
         that closed it: the last of `wms`, the batch's watermarks in order, below the window's end)."""
         ends = ends if isinstance(ends, pl.Series) else pl.Series(ends, dtype=pl.Int64)
         wms = wms if isinstance(wms, pl.Series) else pl.Series(wms, dtype=pl.Int64)
-        if len(wms):
+        if len(wms) and len(ends) and _NATIVE_TIMES and not ends.has_nulls() and not wms.has_nulls():
+            from sluice_native import frame, window_watermarks
+
+            n = len(ends)
+            got = window_watermarks(_buffer(wms.cast(pl.Int64)), _buffer(ends.cast(pl.Int64)), self.carry_wm)
+            wm_out = pl.Series(frame([("wm", "l", n, [None, got])], n)).struct.unnest().to_series()
+        elif len(wms):
             below = wms.search_sorted(ends, side="left").cast(pl.Int64) - 1
             wm_out = pl.select(pl.when(below >= 0).then(wms.gather(below.clip(lower_bound=0)))
                                .otherwise(self.carry_wm)).to_series()

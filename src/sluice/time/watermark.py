@@ -7,6 +7,7 @@ whole batch is one cumulative maximum, and the result does not depend on where b
 
 from __future__ import annotations
 
+import os
 from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import timedelta
@@ -54,6 +55,24 @@ def running_watermarks(times: Times, prev_max: int, delay_ms: int) -> tuple[pl.S
     return wm, int(run[-1])
 
 
+try:  # the same in one native pass (native/src/wm.rs), when the module is built
+    from sluice_native import watermarks as _wm_pass
+
+    _NATIVE = os.environ.get("SLUICE_NATIVE_WATERMARKS", "1") != "0"
+except ImportError:
+    _NATIVE = False
+
+
+def _native_watermarks(times: pl.Series, prev_max: int, delay_ms: int, floor: int, current: int) -> tuple[pl.Series, int]:
+    """`PartitionWatermarks.advance`'s per-record watermarks (clipped to `floor` and `current`) in one pass."""
+    from sluice_native import buffers, frame
+
+    n = len(times)
+    out, new_max = _wm_pass(buffers(times.rechunk())[0], prev_max, delay_ms, floor, current, NO_WATERMARK)
+    wm = pl.Series(frame([("wm", "l", n, [None, out])], n)).struct.unnest().to_series()
+    return wm, new_max
+
+
 class PartitionWatermarks:
     """The watermark of a multi-partition input: the minimum over its live partitions."""
 
@@ -85,12 +104,15 @@ class PartitionWatermarks:
         """Per-record watermarks for a batch from `partition`, and the watermark after it."""
         self.max_time.setdefault(partition, NO_WATERMARK)
         self.last_active[partition] = now
-        own, new_max = running_watermarks(times, self.max_time[partition], self.delay_ms)
-        self.max_time[partition] = new_max
         floor = self._floor_excluding(partition, now)
-        wm = own.clip(upper_bound=floor) if floor < 2**62 else own
-        # The watermark never goes back, even when a partition wakes up from idleness.
-        wm = wm.clip(lower_bound=self.current)
+        if _NATIVE and isinstance(times, pl.Series) and times.dtype == pl.Int64 and len(times) and not times.has_nulls():
+            wm, new_max = _native_watermarks(times, self.max_time[partition], self.delay_ms, floor, self.current)
+        else:
+            own, new_max = running_watermarks(times, self.max_time[partition], self.delay_ms)
+            wm = own.clip(upper_bound=floor) if floor < 2**62 else own
+            # The watermark never goes back, even when a partition wakes up from idleness.
+            wm = wm.clip(lower_bound=self.current)
+        self.max_time[partition] = new_max
         after = max(self.current, min(new_max - self.delay_ms, floor))
         self.current = after
         return wm, after
