@@ -915,6 +915,7 @@ fn sluice_native(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_class::<arrow::Buffer>()?;
     m.add_function(wrap_pyfunction!(wm::watermarks, m)?)?;
     m.add_function(wrap_pyfunction!(wm::window_watermarks, m)?)?;
+    m.add_function(wrap_pyfunction!(wm::any_nan, m)?)?;
     m.add_class::<panes::Panes>()?;
     m.add_class::<sessions::SessionKernel>()?;
     Ok(())

@@ -59,3 +59,18 @@ pub(crate) fn window_watermarks<'py>(py: Python<'py>, wms: PyBuffer<u8>, ends: P
         Ok(())
     })
 }
+
+/// Whether the float64 `values` (a contiguous buffer of little-endian f64) hold a NaN: the pane kernel
+/// skips NaN as it skips null, so a batch with a real NaN goes to the Polars path (which keeps it).
+#[pyfunction]
+pub(crate) fn any_nan(py: Python<'_>, values: PyBuffer<u8>) -> PyResult<bool> {
+    if !values.is_c_contiguous() || values.len_bytes() % 8 != 0 {
+        return Err(PyValueError::new_err("any_nan: the values must be a contiguous float64 buffer"));
+    }
+    let n = values.len_bytes() / 8;
+    // SAFETY: a held, C-contiguous buffer of n * 8 bytes
+    let raw: &[u8] = unsafe {
+        if n == 0 { &[] } else { std::slice::from_raw_parts(values.buf_ptr() as *const u8, n * 8) }
+    };
+    Ok(py.detach(|| raw.chunks_exact(8).any(|c| f64::from_le_bytes(c.try_into().unwrap()).is_nan())))
+}

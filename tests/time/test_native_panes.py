@@ -154,11 +154,13 @@ def test_datetime_event_time_keeps_its_type(monkeypatch: pytest.MonkeyPatch, bat
 
 
 @pytest.mark.parametrize("batch_size", [1, 7, 65536])
-@pytest.mark.parametrize("poison", ["null_key", "nan"])
+@pytest.mark.parametrize("poison", ["null_key", "nan", "nan_and_null"])
 def test_a_batch_the_kernel_cannot_take_hands_over_to_polars(monkeypatch: pytest.MonkeyPatch, batch_size: int,
                                                              poison: str) -> None:
     recs = [(i * 700, "abc"[i % 3], float(i % 11)) for i in range(200)]
     recs[150] = (150 * 700, None, 1.0) if poison == "null_key" else (150 * 700, "a", float("nan"))  # type: ignore[assignment]
+    if poison == "nan_and_null":  # the NaN's batch also holds a null value (the kernel's nullable path)
+        recs[149] = (149 * 700, "c", None)  # type: ignore[assignment]
     spy = Spy(monkeypatch)
     out, late = run(recs, SHAPES["sliding_panes"], 2000, batch_size)
     assert (spy.batches > 0) == (batch_size < 150)  # the kernel took the batches before the poisoned one

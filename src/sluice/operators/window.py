@@ -66,6 +66,13 @@ def _buffer(s: pl.Series) -> Any:
     return buffers(s.rechunk())[0]
 
 
+def _any_nan(values: Any) -> bool:
+    """Whether a float64 buffer (`_buffer`) holds a NaN."""
+    from sluice_native import any_nan
+
+    return bool(any_nan(values))
+
+
 def _int64s(name: str, raw: Any, valid: Any = None, kind: str = "l") -> pl.Series:
     """A Series of the int64 ("l"), float64 ("g") or uint32 ("I") values in the bytes `raw` (copied)."""
     from sluice_native import frame
@@ -928,12 +935,23 @@ class NativePanes:
         """Fold the batch in; the rows left for the Polars path (None: none), or True when the kernel cannot
         take this batch at all (a null key, a NaN value: nothing was folded)."""
         key = df[self.key]
-        vals = [df[v] for v in self.values]
-        if key.null_count() or any(v.is_nan().any() for v in vals):
+        if key.null_count():
             return True
+        raw = []
+        for name in self.values:  # Float64 (NativePanes.make checked), each a call or none without nulls
+            v = df[name]
+            if v.null_count() == 0:
+                values = _buffer(v)
+                if _any_nan(values):
+                    return True
+            elif v.is_nan().any():
+                return True
+            else:
+                values = _buffer(v.fill_null(float("nan")))  # the kernel skips NaN as null
+            raw.append(values)
         keys = self._keys(key)  # text: Polars' own string views, as they are
-        raw = [_buffer(v.cast(pl.Float64).fill_null(float("nan"))) for v in vals]  # the kernel skips NaN (null)
-        buckets = [_buffer(df[f"__sl_b_{out}"].fill_null(self.NO_BUCKET)) for out in self.sketches]
+        buckets = [_buffer(b if (b := df[f"__sl_b_{out}"]).null_count() == 0 else b.fill_null(self.NO_BUCKET))
+                   for out in self.sketches]
         left = self.panes.ingest(keys, _buffer(df[TIME]), _buffer(df[WATERMARK]), raw, buckets, lateness, floor)
         return None if left is None else _int64s(ROW, left, kind="I")
 
