@@ -133,14 +133,14 @@ impl Panes {
 
     /// Keys are interned for as long as they hold a pane: when the codes outnumber the keys held by more
     /// than twice (and 4,096), the keys without a pane are forgotten and the rest renumbered, so that a
-    /// stream of ever-new keys does not grow the kernel.
-    fn forget_keys(&mut self) {
+    /// stream of ever-new keys does not grow the kernel. Whether it renumbered them.
+    fn forget_keys(&mut self) -> bool {
         let held = {
             let mut seen = vec![false; self.last.len()];
             self.slot_key.iter().filter(|&&c| !std::mem::replace(&mut seen[c as usize], true)).count()
         };
         if self.last.len() <= 2 * held + 4096 {
-            return;
+            return false;
         }
         let mut renumbered = vec![u32::MAX; self.last.len()];
         let (mut stext, mut ivals) = (Vec::with_capacity(held), Vec::with_capacity(held));
@@ -175,6 +175,7 @@ impl Panes {
         self.ivals = ivals;
         let codes = if self.text { self.stext.len() } else { self.ivals.len() };
         self.last = vec![(i64::MIN, 0); codes];
+        true
     }
 
     fn new_code(&mut self) -> u32 {
@@ -417,7 +418,9 @@ impl Panes {
         let mut sk: Vec<FxMap<i64, i64>> = Vec::new();
         // panes merge into their windows in pane order: a window's float sums then do not depend on the order
         // its panes were first seen (a run restored from a checkpoint gives the same bits as one that was not)
-        let mut by_pane: Vec<usize> = (0..self.slot_key.len()).collect();
+        // a pane's windows end in (pane, pane + size]: only panes whose span meets (after, upto] can close one
+        let mut by_pane: Vec<usize> =
+            (0..self.slot_key.len()).filter(|&s| self.slot_pane[s] < upto && self.slot_pane[s] + size > after).collect();
         by_pane.sort_unstable_by_key(|&s| (self.slot_pane[s], self.slot_key[s]));
         let keep: Vec<bool> = self.slot_pane.iter().map(|&pane| pane + size > upto).collect();
         for s in by_pane {
@@ -448,10 +451,12 @@ impl Panes {
         let out = self.columns(&order, &codes, &starts, &ints, &floats, &sk, finish);
         if keep.iter().any(|k| !k) {
             let mut w = 0;
+            let mut moved = vec![u32::MAX; keep.len()]; // each kept slot's new number
             for (s, &k) in keep.iter().enumerate() {
                 if !k {
                     continue;
                 }
+                moved[s] = w as u32;
                 self.slot_key[w] = self.slot_key[s];
                 self.slot_pane[w] = self.slot_pane[s];
                 self.ints.copy_within(s * na..(s + 1) * na, w * na);
@@ -466,11 +471,19 @@ impl Panes {
             self.ints.truncate(w * na);
             self.floats.truncate(w * nf);
             self.sk.truncate(w * ns);
-            self.forget_keys();
-            self.map.clear();
             self.last.fill((i64::MIN, 0));
-            for s in 0..w {
-                self.map.insert((self.slot_key[s], self.slot_pane[s]), s as u32);
+            if self.forget_keys() {
+                self.map.clear();
+                for s in 0..w {
+                    self.map.insert((self.slot_key[s], self.slot_pane[s]), s as u32);
+                }
+            } else {
+                // the keys kept their codes: drop the forgotten slots and renumber the rest in place
+                self.map.retain(|_, slot| {
+                    let m = moved[*slot as usize];
+                    *slot = m;
+                    m != u32::MAX
+                });
             }
         }
         (order.len(), out)
