@@ -236,6 +236,7 @@ class EventTimeOperator(Operator):
     partitions: dict[tuple[str, int], int]
     wms: PartitionWatermarks
     ended_at: int | None  # the last real watermark, once the input has ended
+    plain: str | None  # the time column's name, when the event time is a plain column
     resumed_after_end: int | None  # restored from a checkpoint taken after the input ended
 
     def snapshot(self) -> dict[str, Any]:
@@ -279,6 +280,8 @@ class EventTimeOperator(Operator):
     def __init__(self, step: EventTime) -> None:
         self.name = step.name
         self.column = step.column
+        # a plain column is read directly (a select is a lazy query on Polars' pool, every batch)
+        self.plain = step.column.meta.output_name() if step.column.meta.is_column() else None
         self.on_error = step.on_error
         wm = step.watermark
         idle = wm.idle_timeout.total_seconds() if wm.idle_timeout is not None else None
@@ -326,7 +329,8 @@ class EventTimeOperator(Operator):
             return [("out", replace(batch, watermark=self.wms.current))]
         df = batch.df
         try:
-            ts = df.select(self.column).to_series()
+            plain = self.plain is not None and self.plain in df.columns
+            ts = df.get_column(self.plain) if plain else df.select(self.column).to_series()  # type: ignore[arg-type]
         except pl.exceptions.PolarsError as exc:
             raise PlanError(f"event_time step {self.name!r}: cannot read the time column: {exc}") from exc
         time_dtype = None
@@ -357,8 +361,8 @@ class EventTimeOperator(Operator):
             keep = ~missing
             df = df.filter(keep)
             ms = ms.filter(keep)
-        far = (ms >= LATEST_TIME) | (ms <= -LATEST_TIME)
-        if far.any():
+        if ms.len() and (ms.max() >= LATEST_TIME or ms.min() <= -LATEST_TIME):  # type: ignore[operator]
+            far = (ms >= LATEST_TIME) | (ms <= -LATEST_TIME)
             bad_rows = far.arg_true()
             reason = (f"event time {int(ms[int(bad_rows[0])])} ms in column {ts.name!r} lies beyond ±2^61 ms (about "
                       "73 million years from 1970): a window or pattern deadline there would end past the "
@@ -381,7 +385,9 @@ class EventTimeOperator(Operator):
         times = ms.cast(pl.Int64)
         row_wm, after = self.wms.advance(pid, times, now)
         after = max(after, NO_WATERMARK)
-        df = df.with_columns(times.alias(TIME), row_wm.alias(WATERMARK))
+        stamps = [times.alias(TIME), row_wm.alias(WATERMARK)]
+        # hstack adds them directly; with_columns (a lazy query) replaces those an earlier event_time set
+        df = df.with_columns(stamps) if TIME in df.columns or WATERMARK in df.columns else df.hstack(stamps)
         emitted.append(("out", replace(batch, df=df, watermark=after, time_dtype=time_dtype or batch.time_dtype)))
         return emitted
 
