@@ -71,3 +71,30 @@ def user_columns(df: pl.DataFrame) -> pl.DataFrame:
     if len(kept) == len(names):
         return df
     return df[kept] if kept else df.drop(names)
+
+
+def column_picks(exprs: list[pl.Expr]) -> list[tuple[str, str]] | None:
+    """(source column, output name) of each expression when every one is a plain column, perhaps renamed,
+    and the output names differ; else None. `with_picks` then adds them without a Polars query."""
+    picks = []
+    for e in exprs:
+        source = e.meta.undo_aliases()
+        if not source.meta.is_column():
+            return None
+        picks.append((source.meta.output_name(), e.meta.output_name()))
+    outs = [out for _, out in picks]
+    return picks if len(set(outs)) == len(outs) else None
+
+
+def with_picks(df: pl.DataFrame, picks: list[tuple[str, str]], exprs: list[pl.Expr]) -> pl.DataFrame:
+    """`df.with_columns(exprs)` for the `column_picks` of `exprs`: the renamed columns are appended directly
+    (a with_columns is a lazy query that waits for a thread of Polars' pool, at every batch). Anything else
+    (a missing source, an output replacing another column) goes through with_columns, with its errors."""
+    names = set(df.columns)
+    added = []
+    for source, out in picks:
+        if source not in names or (out != source and out in names):
+            return df.with_columns(exprs)
+        if out != source:
+            added.append(df.get_column(source).alias(out))
+    return df.hstack(added) if added else df

@@ -19,7 +19,7 @@ from typing import TYPE_CHECKING, Any, ClassVar, Literal
 
 import polars as pl
 
-from sluice.core.batch import NO_WATERMARK, TIME, WATERMARK, Batch
+from sluice.core.batch import NO_WATERMARK, TIME, WATERMARK, Batch, column_picks, with_picks
 from sluice.core.errors import StepError, polars_detail
 from sluice.core.plan import Window
 from sluice.core.plan import key_names as key_names  # its home was here; kept for importers
@@ -144,6 +144,8 @@ class WindowOperator(Operator):
         self.text_keys: list[str] = []
         self.categorical_keys = not isinstance(step.window, Session)
         self.columns_checked = False
+        # the keys and aggregated values as plain columns to append (None: not yet looked at), and their exprs
+        self.picks: tuple[list[tuple[str, str]] | None, list[pl.Expr]] | None = None
 
     # --- input ---------------------------------------------------------------------------------
     def _prepare(self, batch: Batch) -> pl.DataFrame:
@@ -168,7 +170,11 @@ class WindowOperator(Operator):
             check_columns("window", self.name, batch, {**{f"key {k!r}": e for k, e in zip(self.key_cols, self.keys, strict=True)}, **reads})
             self.columns_checked = True
         try:
-            df = batch.df.with_columns(*self.keys, *self.aggs.value_columns())
+            if self.picks is None:
+                exprs = [*self.keys, *self.aggs.value_columns()]
+                self.picks = (column_picks(exprs), exprs)
+            picks, exprs = self.picks
+            df = batch.df.with_columns(exprs) if picks is None else with_picks(batch.df, picks, exprs)
         except pl.exceptions.PolarsError as exc:
             raise StepError(self.name, f"a batch starting at {batch.position_of(0)}", polars_detail(exc),
                             "check the keys and aggregates against the stream's columns and types") from exc
