@@ -286,3 +286,41 @@ def test_a_resumed_read_continues_exactly_where_it_stopped(tmp_path: Path, stop_
     resumed.seek(first.position())
     seen += [i for port, b in resumed.batches() if port == "out" and b.height for i in b.df["i"].to_list()]
     assert seen == list(range(40_000))
+
+
+# --- the writing thread: staged writes run in the background, in order ------------------------------------
+MANY = [{"ts": T0 + i * 1000, "user": f"u{i % 3}", "amount": float(i)} for i in range(500)]
+
+
+@pytest.mark.parametrize("batch_size", [1, 7, 65536])
+@pytest.mark.parametrize("fmt", ["jsonl", "csv"])
+def test_a_single_file_appended_on_the_writing_thread_keeps_every_row_in_order(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch, batch_size: int, fmt: str) -> None:
+    import sluice.connectors.files as files
+
+    monkeypatch.setattr(files, "APPEND_ROWS", 5)  # many appends in flight, checkpoints between them
+    flow = sl.Flow("t")
+    sink = sl.JsonLinesSink(tmp_path / "out.jsonl") if fmt == "jsonl" else sl.CsvSink(tmp_path / "out.csv")
+    flow.read("in", testing.rows(MANY)).write("out", sink)
+    sl.run(flow, batch_size=batch_size, checkpoint_dir=tmp_path / "ck", checkpoint_interval=0.0)
+    path = tmp_path / f"out.{fmt}"
+    back = pl.read_ndjson(path) if fmt == "jsonl" else pl.read_csv(path)
+    assert back.to_dicts() == MANY  # each row once, in input order (CSV: one header)
+    assert not list(tmp_path.glob(".out*"))  # no stage left
+
+
+@pytest.mark.parametrize("rows", [3, 500])  # the error at the checkpoint's wait, or at a write handed over before
+@pytest.mark.parametrize("layout", ["file", "dir"])
+def test_a_failed_write_on_the_writing_thread_names_the_step_and_the_fix(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch, rows: int, layout: str) -> None:
+    import sluice.connectors.files as files
+
+    monkeypatch.setattr(files, "APPEND_ROWS", 5)
+    blocker = tmp_path / "not-a-dir"
+    blocker.write_text("a file where the output directory should be")
+    flow = sl.Flow("t")
+    target = blocker / "out.jsonl" if layout == "file" else blocker / "out"
+    flow.read("in", testing.rows(MANY[:rows])).write("results", sl.JsonLinesSink(target, rows_per_file=5))
+    with pytest.raises(sl.SinkError, match=r"write step 'results': writing into .*not-a-dir.* failed.*Fix: make"):
+        sl.run(flow, batch_size=7)
+    assert blocker.read_text().startswith("a file")

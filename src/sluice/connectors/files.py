@@ -611,6 +611,9 @@ class _FileWriter:
     written: list[Path] = field(default_factory=list)
     fresh: bool = False  # not resumed, and nothing prepared yet: the first transaction replaces old output
     lineage: str = field(default_factory=new_lineage)
+    # staged files are encoded and written on one background thread, in order, while the operators go on
+    # (Polars releases the GIL as it encodes); prepare waits for them
+    ahead: _WriteAhead = field(default_factory=lambda: _WriteAhead())
 
     def __post_init__(self) -> None:
         if self.single_file and self.ctx.task is not None:
@@ -685,33 +688,47 @@ class _FileWriter:
     def _buffer(self, key: str, df: pl.DataFrame) -> None:
         self.buffers.setdefault(key, []).append(df)
         self.rows[key] = self.rows.get(key, 0) + df.height
-        if self.rows[key] >= self.spec.rows_per_file and (not self.single_file or self.spec.appendable):
+        limit: int | None = self.spec.rows_per_file if not self.single_file else None
+        if self.single_file and self.spec.appendable:
+            # one file grows by appends: hand them to the writing thread in batch-sized pieces
+            limit = min(self.spec.rows_per_file, APPEND_ROWS)
+        if limit is not None and self.rows[key] >= limit:
             self._flush(key)
 
     def _flush(self, key: str) -> None:
-        self._io(lambda: self._flush_one(key), "writing into", self.target)
-
-    def _flush_one(self, key: str) -> None:
+        """Hand the rows buffered under `key` to the writing thread (an error of an earlier write raises)."""
         frames = self.buffers.pop(key, [])
         self.rows.pop(key, None)
         if not frames:
             return
-        df = pl.concat(frames, how="diagonal_relaxed")
+        df = pl.concat(frames, how="diagonal_relaxed") if len(frames) > 1 else frames[0]
         if self.single_file:
             stage = self._stage_path(self.epoch)
-            stage.parent.mkdir(parents=True, exist_ok=True)
             if self.spec.appendable:
-                first = not stage.exists() or stage.stat().st_size == 0
-                self.spec.append_file(df, stage, header=first and self.committed_len == 0)
+                header_allowed = self.committed_len == 0
+
+                def write() -> None:
+                    stage.parent.mkdir(parents=True, exist_ok=True)
+                    first = not stage.exists() or stage.stat().st_size == 0
+                    self.spec.append_file(df, stage, header=first and header_allowed)
             else:
+                def write() -> None:
+                    stage.parent.mkdir(parents=True, exist_ok=True)
+                    self.spec.write_file(df, stage)
+        else:
+            directory = self.target / key if key else self.target
+            self.seq += 1
+            stage = directory / f".{self.part_prefix}{self.run_id}-{self.seq:06d}{self.spec.suffix}.stage"
+            self.staged.append((str(stage), ""))  # named at prepare, once the epoch is known
+
+            def write() -> None:
+                directory.mkdir(parents=True, exist_ok=True)
                 self.spec.write_file(df, stage)
-            return
-        directory = self.target / key if key else self.target
-        self.seq += 1
-        stage = directory / f".{self.part_prefix}{self.run_id}-{self.seq:06d}{self.spec.suffix}.stage"
-        directory.mkdir(parents=True, exist_ok=True)
-        self.spec.write_file(df, stage)
-        self.staged.append((str(stage), ""))  # named at prepare, once the epoch is known
+        self.ahead.submit(lambda: self._io(write, "writing into", self.target))
+
+    def _written(self) -> None:
+        """Wait for every staged write handed to the writing thread; the first one that failed raises."""
+        self.ahead.wait()
 
     def _io(self, action: Callable[[], Any], doing: str, path: Path | str) -> Any:
         """Run a file operation; an OSError other than a full disk becomes an error naming the step and path."""
@@ -734,6 +751,7 @@ class _FileWriter:
     def prepare(self, epoch: int) -> dict[str, Any]:
         for key in list(self.buffers):
             self._flush(key)
+        self._written()
         txn: dict[str, Any] = self._replaced() if self.fresh else {}
         txn.update(path=str(self.spec.path), epoch=epoch, lineage=self.lineage)
         self.fresh = False
@@ -855,7 +873,41 @@ class _FileWriter:
             _remove_part(part, self.target)
 
     def close(self) -> None:
-        pass
+        self.ahead.close()
+
+
+APPEND_ROWS = 65_536  # rows per append to a single JSON Lines or CSV file, on the writing thread
+AHEAD = 2  # writes handed over and not yet done, at most: more wait (memory stays bounded)
+
+
+class _WriteAhead:
+    """One thread that runs a file sink's staged writes in the order they were handed over."""
+
+    def __init__(self) -> None:
+        self.pool: Any = None
+        self.pending: list[Any] = []  # futures, oldest first
+
+    def submit(self, write: Callable[[], None]) -> None:
+        while len(self.pending) >= AHEAD:
+            self.pending.pop(0).result()  # the oldest: its error, if any, raises here
+        if self.pool is None:
+            from concurrent.futures import ThreadPoolExecutor
+
+            self.pool = ThreadPoolExecutor(1, thread_name_prefix="sluice-sink")
+        self.pending.append(self.pool.submit(write))
+
+    def wait(self) -> None:
+        while self.pending:
+            self.pending.pop(0).result()
+
+    def close(self) -> None:
+        """Let the writes handed over finish (an error raised already, or the run is ending on another)."""
+        for f in self.pending:
+            f.exception()
+        self.pending = []
+        if self.pool is not None:
+            self.pool.shutdown()
+            self.pool = None
 
 
 def _remove_part(path: Path, root: Path) -> None:
