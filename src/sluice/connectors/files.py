@@ -510,6 +510,8 @@ MODES = ("replace", "append")
 
 @dataclass(frozen=True)
 class _FileSink:
+    """What every file sink takes: where, how output is partitioned and cut into files, replace or append."""
+
     path: str | Path
     partition_by: str | None = None  # "date" or "hour": Hive-style date=YYYY-MM-DD[/hour=H] directories
     time_column: str | None = None  # which column partitions; default: the event time

@@ -41,6 +41,8 @@ log = logging.getLogger("sluice.runtime")
 
 @dataclass
 class StepStats:
+    """What one step did in a run: rows in, rows out per port, batches."""
+
     rows_in: int = 0
     rows_out: dict[str, int] = field(default_factory=lambda: defaultdict(int))
     batches: int = 0
