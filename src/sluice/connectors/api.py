@@ -23,6 +23,8 @@ IDLE = "idle"  # the port of a followed source's "nothing new yet" (an empty bat
 
 @dataclass(frozen=True)
 class SourceContext:
+    """What a source is opened with: its read step's name, the declared schema, rows per batch, and `on_error`."""
+
     step: str
     schema: Schema | None
     batch_size: int

@@ -17,7 +17,7 @@ from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from glob import glob
 from pathlib import Path
-from typing import Any, NamedTuple
+from typing import TYPE_CHECKING, Any, NamedTuple
 
 import polars as pl
 
@@ -27,10 +27,12 @@ from sluice.core.batch import OFFSET, TIME, Batch, Origin, user_columns
 from sluice.core.errors import DecodeError, HeaderError, IncompatibleCheckpointError, PlanError, SinkError
 from sluice.core.schema import Schema
 from sluice.formats.api import BadRecord, Decoded
-from sluice.formats.csv import Csv, CsvFile
 from sluice.formats.decode import Split, record_numbers, set_aside, split
 from sluice.formats.json import Json
 from sluice.formats.json_check import BOM
+
+if TYPE_CHECKING:
+    from sluice.formats.csv import Csv, CsvFile
 
 FIRST_BLOCK_BYTES = 256 << 10
 MIN_BLOCK_BYTES, MAX_BLOCK_BYTES = 1 << 20, 64 << 20  # the bounds of a block size chosen from the data
@@ -406,6 +408,8 @@ class CsvSource:
     allow_empty: bool = False  # a glob that matches no file reads nothing instead of failing
 
     def open(self, ctx: SourceContext) -> _CsvReader:
+        from sluice.formats.csv import Csv  # loaded only by flows that read CSV
+
         fmt = Csv(self.separator)
         if ctx.schema is not None:
             fmt.check(ctx.schema, ctx.step)
@@ -506,6 +510,8 @@ MODES = ("replace", "append")
 
 @dataclass(frozen=True)
 class _FileSink:
+    """What every file sink takes: where, how output is partitioned and cut into files, replace or append."""
+
     path: str | Path
     partition_by: str | None = None  # "date" or "hour": Hive-style date=YYYY-MM-DD[/hour=H] directories
     time_column: str | None = None  # which column partitions; default: the event time

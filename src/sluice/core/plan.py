@@ -51,6 +51,8 @@ class Ref:
 
 @dataclass(frozen=True, eq=False)
 class Step:
+    """One step of a plan: its stable `name` and the output ports of other steps it reads (`inputs`)."""
+
     name: str
     inputs: tuple[Ref, ...]
 
@@ -127,6 +129,8 @@ def _show(value: Any) -> str:
 
 @dataclass(frozen=True, eq=False)
 class Read(Step):
+    """Records from `source`, decoded to `schema`; undecodable ones fail the run or go to `dead_letters`."""
+
     source: Any
     schema: Schema | None
     on_error: OnError = "fail"
@@ -139,6 +143,8 @@ class Read(Step):
 
 @dataclass(frozen=True, eq=False)
 class Filter(Step):
+    """The rows where `predicate` holds."""
+
     predicate: pl.Expr
     kind = "filter"
 
@@ -158,18 +164,24 @@ class ToChangelog(Step):
 
 @dataclass(frozen=True, eq=False)
 class Select(Step):
+    """Only the columns `exprs` give."""
+
     exprs: tuple[pl.Expr, ...]
     kind = "select"
 
 
 @dataclass(frozen=True, eq=False)
 class WithColumns(Step):
+    """Every column, with those `exprs` give added or replaced."""
+
     exprs: tuple[pl.Expr, ...]
     kind = "with_columns"
 
 
 @dataclass(frozen=True, eq=False)
 class Map(Step):
+    """A Python function per record (a dict): it returns the new record, or with `flat` any number of them."""
+
     fn: Callable[[dict[str, Any]], Any]
     flat: bool
     schema: Schema | None
@@ -182,12 +194,16 @@ class Map(Step):
 
 @dataclass(frozen=True, eq=False)
 class KeyBy(_Keyed):
+    """Names the key columns the stateful steps after it keep their state by."""
+
     keys: tuple[pl.Expr, ...]
     kind = "key_by"
 
 
 @dataclass(frozen=True, eq=False)
 class EventTime(Step):
+    """Each record's event time from `column`, and the watermark that follows it (`watermark`)."""
+
     column: pl.Expr
     watermark: Any  # time.watermark.BoundedOutOfOrderness
     on_error: OnError = "fail"
@@ -270,6 +286,8 @@ class Window(_Keyed):
 
 @dataclass(frozen=True, eq=False)
 class Process(_Keyed):
+    """A keyed process function (`fn`) with its own state and timers per key."""
+
     keys: tuple[pl.Expr, ...]
     fn: Any  # operators.process.KeyedProcessFunction
     schema: Schema | None
@@ -292,6 +310,8 @@ class Process(_Keyed):
 
 @dataclass(frozen=True, eq=False)
 class AsofJoin(_Joined):
+    """Each record with the latest right record of the same `by` key at most `tolerance_ms` earlier."""
+
     by: tuple[str, ...]
     tolerance_ms: int | None  # None: any age (a table's latest version)
     strict: bool = True
@@ -319,6 +339,8 @@ class TemporalJoin(AsofJoin):
 
 @dataclass(frozen=True, eq=False)
 class IntervalJoin(_Joined):
+    """Each record with every right record of the same `by` key whose time is in [time + lower_ms, time + upper_ms]."""
+
     by: tuple[str, ...]
     lower_ms: int
     upper_ms: int
@@ -336,6 +358,8 @@ class IntervalJoin(_Joined):
 
 @dataclass(frozen=True, eq=False)
 class DetectAnomalies(_Keyed):
+    """Per key, each record's `value` against the key's records in the preceding `window_ms` (mean, stddev, z-score)."""
+
     keys: tuple[pl.Expr, ...]
     value: pl.Expr
     window_ms: int
@@ -355,6 +379,8 @@ class DetectAnomalies(_Keyed):
 
 @dataclass(frozen=True, eq=False)
 class Match(_Keyed):
+    """The matches of a CEP `pattern` per key."""
+
     keys: tuple[pl.Expr, ...]
     pattern: Any  # cep.pattern.Pattern
     skip: str = "no_skip"
@@ -375,6 +401,8 @@ class Match(_Keyed):
 
 @dataclass(frozen=True, eq=False)
 class WindowJoin(_Joined):
+    """The pairs of records of the same `by` key that fall in the same `window`, when the window closes."""
+
     by: tuple[str, ...]
     window: Any  # time.windows.Tumbling | Sliding
     suffix: str = "_right"
@@ -390,6 +418,8 @@ class WindowJoin(_Joined):
 
 @dataclass(frozen=True, eq=False)
 class LookupJoin(Step):
+    """Each record enriched from an external store (`lookup`) by its `by` value, through a cache."""
+
     by: str
     lookup: Any  # connectors.lookup.RedisLookup
     how: str = "left"
@@ -403,6 +433,8 @@ class LookupJoin(Step):
 
 @dataclass(frozen=True, eq=False)
 class Union(Step):
+    """The records of all its inputs, which have the same columns."""
+
     kind = "union"
 
     def state_fields(self) -> dict[str, Any] | None:
@@ -411,6 +443,8 @@ class Union(Step):
 
 @dataclass(frozen=True, eq=False)
 class Branch(Step):
+    """Each record to the port of the first of `routes` whose predicate it meets, else to `other`."""
+
     routes: Mapping[str, pl.Expr]  # label → predicate; a row takes the first label that matches
     kind = "branch"
 
@@ -420,6 +454,8 @@ class Branch(Step):
 
 @dataclass(frozen=True, eq=False)
 class Write(Step):
+    """Its input, written to `sink`."""
+
     sink: Any
     kind = "write"
     stateful = True

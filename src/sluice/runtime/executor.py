@@ -11,12 +11,18 @@ from collections import defaultdict
 from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from sluice.checkpoint.store import Checkpoint, CheckpointStore, Damage, IncompatibleCheckpointError
 from sluice.connectors.api import IDLE, SinkContext, SinkWriter, SourceContext, SourceReader
 from sluice.core.batch import INTERNAL_PREFIX, Batch
-from sluice.core.errors import ENCODE_FIX, DiskFullError, EncodeError, PlanError, RejectedRecord
+from sluice.core.errors import (
+    ENCODE_FIX,
+    DiskFullError,
+    EncodeError,
+    IncompatibleCheckpointError,
+    PlanError,
+    RejectedRecord,
+)
 from sluice.core.failpoints import failpoint
 from sluice.core.plain import canonical, describe_changes
 from sluice.core.plan import EventTime, Match, Plan, Process, Read, Ref, Step, Union, Window, Write
@@ -26,12 +32,17 @@ from sluice.runtime.commit import SINK_COMMIT_ATTEMPTS, SINK_COMMIT_BACKOFF_S, E
 from sluice.runtime.registry import BuildContext, build
 from sluice.runtime.schemas import stream_schema
 
+if TYPE_CHECKING:  # the store loads only for a run that checkpoints
+    from sluice.checkpoint.store import Checkpoint, CheckpointStore, Damage
+
 DEFAULT_BATCH_SIZE = 65_536
 log = logging.getLogger("sluice.runtime")
 
 
 @dataclass
 class StepStats:
+    """What one step did in a run: rows in, rows out per port, batches."""
+
     rows_in: int = 0
     rows_out: dict[str, int] = field(default_factory=lambda: defaultdict(int))
     batches: int = 0
@@ -145,6 +156,12 @@ def _check_unions(plan: Plan) -> None:
                 raise PlanError(problem)
 
 
+def _open_store(checkpoints: CheckpointSettings) -> CheckpointStore:
+    from sluice.checkpoint.store import CheckpointStore
+
+    return CheckpointStore(checkpoints.directory, checkpoints.keep)
+
+
 class Executor:
     def __init__(self, plan: Plan, batch_size: int = DEFAULT_BATCH_SIZE, progress: Progress | None = None,
                  checkpoints: CheckpointSettings | None = None, state_backend: str = "memory",
@@ -169,7 +186,7 @@ class Executor:
         self.checkpoints = checkpoints
         self.state_backend = state_backend
         self.state_dir = state_dir
-        self.store = CheckpointStore(checkpoints.directory, checkpoints.keep) if checkpoints else None
+        self.store = _open_store(checkpoints) if checkpoints else None
         self.renames = dict(checkpoints.allow_rename) if checkpoints else dict(renames or {})
         self._recoverable: tuple[Checkpoint | None, list[Damage]] = (None, [])
         if self.store is not None:

@@ -96,6 +96,8 @@ class Sum(Aggregate):
 
 @dataclass(frozen=True, eq=False)
 class Min(Aggregate):
+    """Least of the non-null values; null when there are none."""
+
     of: pl.Expr
 
     def update(self, value: pl.Expr, time: pl.Expr) -> dict[str, pl.Expr]:
@@ -110,6 +112,8 @@ class Min(Aggregate):
 
 @dataclass(frozen=True, eq=False)
 class Max(Aggregate):
+    """Greatest of the non-null values; null when there are none."""
+
     of: pl.Expr
 
     def update(self, value: pl.Expr, time: pl.Expr) -> dict[str, pl.Expr]:
@@ -124,6 +128,8 @@ class Max(Aggregate):
 
 @dataclass(frozen=True, eq=False)
 class Mean(Aggregate):
+    """Mean of the non-null values; null when there are none."""
+
     additive: ClassVar[bool] = True
     of: pl.Expr
 
