@@ -24,6 +24,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 import sluice as sl
+from sluice.runtime.ending import skip_exit_collections
 from workloads import WORKLOADS, file_flow
 
 
@@ -47,6 +48,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"error: {exc}", file=sys.stderr)
         return 1
     seconds = time.perf_counter() - start
+    skip_exit_collections()  # as the `sluice` command does once its flow has ended
     rss_mb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
     if not out.exists():
         out.touch()

@@ -22,6 +22,7 @@ from pathlib import Path
 
 from sluice.core.errors import SluiceError
 from sluice.flow import Flow
+from sluice.runtime.ending import skip_exit_collections
 from sluice.state.backends import BACKENDS
 
 
@@ -329,7 +330,9 @@ def main(argv: list[str] | None = None) -> int:
     a = build_parser().parse_args(args)
     a.pipeline_args = rest
     try:
-        return int(a.fn(a))
+        code = int(a.fn(a))
+        skip_exit_collections()  # the flows have ended: their sinks are committed and closed
+        return code
     except SluiceError as exc:
         print(f"sluice: error: {exc}", file=sys.stderr)
         return 1
