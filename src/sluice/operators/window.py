@@ -527,7 +527,9 @@ class FixedWindowOperator(WindowOperator):
         if rows.height == 0:
             return None
         ends = rows[WS] + self.size
-        return rows.select(
+        # select_seq: on this thread (a select waits for a thread of Polars' pool, which the parse threads
+        # hold off the cores); the closed windows of one batch are few rows
+        return rows.select_seq(
             self.key_cols[0], self._as_time(pl.col(WS)).alias("window_start"),
             self._as_time(pl.col(WS) + self.size).alias("window_end"), *self.aggs.rows,
             *[pl.when(pl.col(name).is_not_null()).then(agg.bucket_value(pl.col(name))).alias(name)
