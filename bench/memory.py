@@ -36,9 +36,10 @@ import os
 import subprocess
 import sys
 import time
+from collections.abc import Iterator
 from datetime import timedelta
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any
 
 import numpy as np
 import polars as pl
@@ -168,11 +169,12 @@ def _sum_digests(parts: list[pl.DataFrame]) -> pl.DataFrame:
     return pl.concat([empty, *parts]).group_by("chunk").agg(pl.col("n", "lo", "hi").sum())
 
 
-def _read_pairs(out: Path, only_chunk: int | None = None, chunk_ms: int = W5_CHUNK_MS) -> Iterator[pl.DataFrame]:
+def _read_pairs(out: Path, chunks: list[int] | None = None, chunk_ms: int = W5_CHUNK_MS) -> Iterator[pl.DataFrame]:
+    """The run's output block by block (only the rows whose search is in `chunks`, if given)."""
     if not out.stat().st_size:
         return
     for b in ndjson_blocks(out, W5_SCHEMA):
-        yield b if only_chunk is None else b.filter(pl.col("timestamp") // chunk_ms == only_chunk)
+        yield b if chunks is None else b.filter((pl.col("timestamp") // chunk_ms).is_in(chunks))
 
 
 def check_w5(inp: Path, out: Path, chunk_ms: int = W5_CHUNK_MS, sample: int = W5_SAMPLE) -> str:
@@ -194,17 +196,18 @@ def check_w5(inp: Path, out: Path, chunk_ms: int = W5_CHUNK_MS, sample: int = W5
     bad = both.filter((pl.col("n") != pl.col("n_got")) | (pl.col("lo") != pl.col("lo_got"))
                       | (pl.col("hi") != pl.col("hi_got")))
     n_want, n_got = int(both["n"].sum()), int(both["n_got"].sum())
-    if bad.height:
-        c = int(bad["chunk"][0])
-        exp = next((p for k, p in w5_chunks(inp, chunk_ms) if k == c), pl.DataFrame(schema=W5_SCHEMA))
-        rows = [b for b in _read_pairs(out, c, chunk_ms)]
+    if bad.height:  # the first few chunks that differ, row by row
+        first = [int(c) for c in bad["chunk"].head(3)]
+        exp_rows = [p for k, p in w5_chunks(inp, chunk_ms) if k in first]
+        rows = list(_read_pairs(out, first, chunk_ms))
         have = pl.concat(rows).select(list(W5_SCHEMA)) if rows else pl.DataFrame(schema=W5_SCHEMA)
-        exp = exp.cast(have.schema)  # type: ignore[arg-type]
+        exp = pl.concat(exp_rows).cast(have.schema) if exp_rows else pl.DataFrame(schema=have.schema)  # type: ignore[arg-type]
         missing, extra = _multiset_minus(exp, have), _multiset_minus(have, exp)
+        spans = ", ".join(f"[{c * chunk_ms}, {(c + 1) * chunk_ms})" for c in first)
         return (f"DIFFERS: {n_got:,} rows, expected {n_want:,}; {bad.height} of {both.height} chunks of search time "
-                f"differ, the first [{c * chunk_ms}, {(c + 1) * chunk_ms}) ms: {have.height:,} rows, expected "
-                f"{exp.height:,}; {missing.height} missing, e.g. {missing.head(2).to_dicts()}; {extra.height} "
-                f"extra, e.g. {extra.head(2).to_dicts()}")
+                f"differ; in the first {len(first)} ({spans} ms): {have.height:,} rows, expected {exp.height:,}, "
+                f"{int(missing['copies'].sum())} missing, e.g. {missing.head(2).to_dicts()}, "
+                f"{int(extra['copies'].sum())} extra, e.g. {extra.head(2).to_dicts()}")
     keys = list(W5_SCHEMA)
     ws = pl.concat(want_s).sort(keys) if want_s else pl.DataFrame(schema=W5_SCHEMA)
     gs = pl.concat(got_s).sort(keys) if got_s else pl.DataFrame(schema=W5_SCHEMA)
