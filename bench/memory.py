@@ -437,10 +437,14 @@ def main(argv: list[str] | None = None) -> int:
         got, wall, ru, quarters = measured([sys.executable, str(HERE / "memory.py"), "_run", workload, "--input", str(inp),
                                   "--output", str(out)])
         cpu = ru.ru_utime + ru.ru_stime
+        load = round(os.getloadavg()[0], 1)
+        t = time.perf_counter()
+        verdict = check(workload, inp, out)
         report({"workload": workload, "events": got["events"], "peak_rss_mb": got["vm_hwm_mb"], "rss_by_quarter_mb": quarters,
                 "wall_s": round(wall, 2), "cpu_s": round(cpu, 2), "us_per_event": round(wall / n * 1e6, 2),
                 "cpu_us_per_event": round(cpu / n * 1e6, 2), "run_us_per_event": round(got["seconds"] / n * 1e6, 2),
-                "load": round(os.getloadavg()[0], 1), "check": check(workload, inp, out)})
+                "load": load, "check": verdict, "check_s": round(time.perf_counter() - t, 1),
+                "bench_peak_rss_mb": peak_mb()})  # this process's, the oracles' included: its peak so far
         out.unlink(missing_ok=True)
     if a.keys:
         inp = keys_input(data, a.keys, a.extra)
