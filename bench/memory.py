@@ -180,7 +180,7 @@ def _read_pairs(out: Path, chunks: list[int] | None = None, chunk_ms: int = W5_C
 def check_w5(inp: Path, out: Path, chunk_ms: int = W5_CHUNK_MS, sample: int = W5_SAMPLE) -> str:
     """'ok (N rows)' or what differs between the run's output and the oracle's pairs, in bounded memory: both
     reduced chunk by chunk to digests (_digest) and a sample; on a difference, the first three chunks that differ
-    is compared row by row for the message."""
+    are compared row by row for the message."""
     want_d, want_s = [], []
     for _, pairs in w5_chunks(inp, chunk_ms):
         d, smp = _digest(pairs, chunk_ms, sample)
