@@ -11,7 +11,10 @@ stream, running longer, so state bounded by time should stay flat); `--big N` ad
 For each run: peak RSS of the whole process (VmHWM, read by the process at its end), its CPU time (user + sys), its wall
 time, and the time per event (whole process, and inside the run as bench/run.py reports it). Each output
 is compared with an oracle (DuckDB's in tests/oracle.py for w1–w3; for w4, w5 and cep the same answers as
-Polars as-of and bucketed equi-joins, which scale to 10M skewed events: ORACLES below).
+Polars as-of and bucketed equi-joins, which scale to 10M skewed events: ORACLES below). w5's, ~1.2 pairs an
+event, is checked in streaming (check_w5): the oracle's pairs made an hour of event time at a time, and both
+sides reduced to a row count and a sum of 64-bit row hashes per hour, plus an exact comparison of a sample;
+50M events (~58M pairs) fit in a few hundred MB beside the run instead of over 24 GB.
 
 `--keys K`: the state-size-bound job: K distinct integer keys (K + `--extra` records, shuffled: every key
 once, `--extra` of them again) through a keyed process function keeping a running count per key in value
@@ -27,11 +30,13 @@ at the end. Prints a table on stderr and a JSON line per run on stdout (--out ap
 from __future__ import annotations
 
 import argparse
+import io
 import json
 import os
 import subprocess
 import sys
 import time
+from collections.abc import Iterator
 from datetime import timedelta
 from pathlib import Path
 from typing import Any
@@ -54,9 +59,28 @@ TX_SCHEMA = {"tx_id": pl.String, "user_id": pl.String, "amount": pl.Float64, "ti
 EV_SCHEMA = {"event_id": pl.String, "event_type": pl.String, "timestamp": pl.Int64, "user_id": pl.String}
 
 
+W5_SCHEMA = {"user_id": pl.String, "search_id": pl.String, "click_id": pl.String, "timestamp": pl.Int64,
+             "click_ts": pl.Int64}
+
+
+def ndjson_blocks(path: Path, schema: dict[str, Any], block_bytes: int = 256 << 20) -> Iterator[pl.DataFrame]:
+    """A JSON Lines file as frames of whole lines, ~block_bytes of text each: memory bounded by the block, not
+    the file (the 50M-event inputs are 8.7 GB of JSON)."""
+    with open(path, "rb") as f:
+        while lines := f.readlines(block_bytes):
+            yield pl.read_ndjson(io.BytesIO(b"".join(lines)), schema=schema)
+
+
+def _smalls_and_larges(path: Path) -> pl.DataFrame:
+    """The transactions w4 and cep look at (amount < 10 or > 1000, ~13%), read block by block."""
+    return pl.concat([b.filter((pl.col("amount") < 10) | (pl.col("amount") > 1000))
+                      for b in ndjson_blocks(path, TX_SCHEMA)]) if Path(path).stat().st_size else pl.DataFrame(
+        schema=TX_SCHEMA)
+
+
 def _w4(path: Path) -> pl.DataFrame:
     """The latest small strictly before each large (ties: the larger tx_id), at most 10 minutes earlier."""
-    tx = pl.read_ndjson(path, schema=TX_SCHEMA)
+    tx = _smalls_and_larges(path)
     small = (tx.filter(pl.col("amount") < 10).group_by("user_id", "timestamp")
                .agg(small_tx_id=pl.col("tx_id").max()).with_columns(small_ts=pl.col("timestamp")).sort("timestamp"))
     large = tx.filter(pl.col("amount") > 1000).sort("timestamp")
@@ -68,7 +92,7 @@ def _w4(path: Path) -> pl.DataFrame:
 
 def _cep(path: Path) -> pl.DataFrame:
     """Every small with the first large after it in (event time, arrival) order, if within 10 minutes."""
-    tx = pl.read_ndjson(path, schema=TX_SCHEMA).with_columns(
+    tx = _smalls_and_larges(path).with_columns(
         order=(pl.col("timestamp") - T0) * 1_000_000_000 + pl.col("tx_id").str.slice(1).cast(pl.Int64))
     small = tx.filter(pl.col("amount") < 10).sort("order")
     large = (tx.filter(pl.col("amount") > 1000).select("user_id", "order", large_tx_id="tx_id", large_ts="timestamp")
@@ -91,6 +115,114 @@ def _w5(path: Path) -> pl.DataFrame:
 
 
 ORACLES = {"w4": _w4, "cep": _cep, "w5": _w5}
+
+# w5 in streaming: its pairs (~1.2 an event) do not fit whole at 50M events, nor does the run's output read whole.
+W5_CHUNK_MS = 3_600_000  # an hour of search time: ~0.6M pairs at the generator's density
+W5_SAMPLE = 1000  # the pairs of 1 search in ~1,000 are compared exactly, beside the digests
+HASH_SEED = 0x5EED
+
+
+def _bucket_pairs(search: pl.DataFrame, click: pl.DataFrame) -> pl.DataFrame:
+    """Searches (user_id, search_id, timestamp) with each click (user_id, click_id, click_ts) of the same user
+    0–10 s later, both ends included: an equi-join on 10 s buckets (a click in the search's bucket or the
+    next), then the bounds."""
+    s = search.with_columns(b=pl.col("timestamp") // 10_000)
+    c = (click.with_columns(sb=pl.concat_list(pl.col("click_ts") // 10_000, pl.col("click_ts") // 10_000 - 1))
+              .explode("sb"))
+    j = s.join(c, left_on=["user_id", "b"], right_on=["user_id", "sb"])
+    return j.filter(pl.col("click_ts").is_between(pl.col("timestamp"), pl.col("timestamp") + 10_000)).select(
+        list(W5_SCHEMA))
+
+
+def w5_chunks(path: Path, chunk_ms: int = W5_CHUNK_MS) -> Iterator[tuple[int, pl.DataFrame]]:
+    """w5's pairs, (c, the pairs whose search is in [c·chunk_ms, (c+1)·chunk_ms)) in order of c: each chunk's
+    searches joined with the clicks from its start to 10 s after its end, so every pair is made once, in
+    its search's chunk. Only searches and clicks are kept from the input (~20% of it), read block by block."""
+    keep = [b.filter(pl.col("event_type").is_in(["search", "click"])) for b in ndjson_blocks(path, EV_SCHEMA)]
+    ev = pl.concat(keep) if keep else pl.DataFrame(schema=EV_SCHEMA)
+    search = (ev.filter(pl.col("event_type") == "search").select("user_id", "timestamp", search_id="event_id")
+                .sort("timestamp"))
+    click = (ev.filter(pl.col("event_type") == "click").select("user_id", click_id="event_id", click_ts="timestamp")
+               .sort("click_ts"))
+    del ev, keep
+    s_ts, c_ts = search["timestamp"].to_numpy(), click["click_ts"].to_numpy()
+    for c in np.unique(s_ts // chunk_ms):
+        lo, hi = int(c) * chunk_ms, (int(c) + 1) * chunk_ms  # searches in [lo, hi); clicks in [lo, hi - 1 + 10 s]
+        s0, s1 = np.searchsorted(s_ts, [lo, hi], side="left")
+        c0, c1 = np.searchsorted(c_ts, [lo, hi + 10_000], side="left")
+        yield int(c), _bucket_pairs(search.slice(s0, s1 - s0), click.slice(c0, c1 - c0))
+
+
+def _digest(pairs: pl.DataFrame, chunk_ms: int, sample: int) -> tuple[pl.DataFrame, pl.DataFrame]:
+    """Per chunk of search time: row count and the exact sums of the low and high 32 bits of each row's
+    64-bit hash (order-independent: one row missing, extra or changed moves the count or a sum, unless two
+    rows' hashes collide); and the rows in the sample (1 search in `sample`, by a hash of its id)."""
+    pairs = pairs.select([pl.col(k).cast(t) for k, t in W5_SCHEMA.items()])
+    h = pairs.hash_rows(seed=HASH_SEED).to_numpy()
+    d = (pl.DataFrame({"chunk": pairs["timestamp"] // chunk_ms, "lo": h & 0xFFFFFFFF, "hi": h >> 32})
+           .group_by("chunk").agg(n=pl.len().cast(pl.Int64), lo=pl.col("lo").sum(), hi=pl.col("hi").sum()))
+    return d, pairs.filter(pl.col("search_id").hash(seed=HASH_SEED) % sample == 0)
+
+
+def _sum_digests(parts: list[pl.DataFrame]) -> pl.DataFrame:
+    empty = pl.DataFrame(schema={"chunk": pl.Int64, "n": pl.Int64, "lo": pl.UInt64, "hi": pl.UInt64})
+    return pl.concat([empty, *parts]).group_by("chunk").agg(pl.col("n", "lo", "hi").sum())
+
+
+def _read_pairs(out: Path, chunks: list[int] | None = None, chunk_ms: int = W5_CHUNK_MS) -> Iterator[pl.DataFrame]:
+    """The run's output block by block (only the rows whose search is in `chunks`, if given)."""
+    if not out.stat().st_size:
+        return
+    for b in ndjson_blocks(out, W5_SCHEMA):
+        yield b if chunks is None else b.filter((pl.col("timestamp") // chunk_ms).is_in(chunks))
+
+
+def check_w5(inp: Path, out: Path, chunk_ms: int = W5_CHUNK_MS, sample: int = W5_SAMPLE) -> str:
+    """'ok (N rows)' or what differs between the run's output and the oracle's pairs, in bounded memory: both
+    reduced chunk by chunk to digests (_digest) and a sample; on a difference, the first three chunks that differ
+    are compared row by row for the message."""
+    want_d, want_s = [], []
+    for _, pairs in w5_chunks(inp, chunk_ms):
+        d, smp = _digest(pairs, chunk_ms, sample)
+        want_d.append(d)
+        want_s.append(smp)
+    got_d, got_s = [], []
+    for block in _read_pairs(out):
+        d, smp = _digest(block, chunk_ms, sample)
+        got_d.append(d)
+        got_s.append(smp)
+    want, got = _sum_digests(want_d), _sum_digests(got_d)
+    both = want.join(got, on="chunk", how="full", coalesce=True, suffix="_got").fill_null(0).sort("chunk")
+    bad = both.filter((pl.col("n") != pl.col("n_got")) | (pl.col("lo") != pl.col("lo_got"))
+                      | (pl.col("hi") != pl.col("hi_got")))
+    n_want, n_got = int(both["n"].sum()), int(both["n_got"].sum())
+    if bad.height:  # the first few chunks that differ, row by row
+        first = [int(c) for c in bad["chunk"].head(3)]
+        exp_rows = [p for k, p in w5_chunks(inp, chunk_ms) if k in first]
+        rows = list(_read_pairs(out, first, chunk_ms))
+        have = pl.concat(rows).select(list(W5_SCHEMA)) if rows else pl.DataFrame(schema=W5_SCHEMA)
+        exp = pl.concat(exp_rows).cast(have.schema) if exp_rows else pl.DataFrame(schema=have.schema)  # type: ignore[arg-type]
+        missing, extra = _multiset_minus(exp, have), _multiset_minus(have, exp)
+        spans = ", ".join(f"[{c * chunk_ms}, {(c + 1) * chunk_ms})" for c in first)
+        return (f"DIFFERS: {n_got:,} rows, expected {n_want:,}; {bad.height} of {both.height} chunks of search time "
+                f"differ; in the first {len(first)} ({spans} ms): {have.height:,} rows, expected {exp.height:,}, "
+                f"{int(missing['copies'].sum())} missing, e.g. {missing.head(2).to_dicts()}, "
+                f"{int(extra['copies'].sum())} extra, e.g. {extra.head(2).to_dicts()}")
+    keys = list(W5_SCHEMA)
+    ws = pl.concat(want_s).sort(keys) if want_s else pl.DataFrame(schema=W5_SCHEMA)
+    gs = pl.concat(got_s).sort(keys) if got_s else pl.DataFrame(schema=W5_SCHEMA)
+    if not gs.equals(ws):
+        return f"DIFFERS: the sampled rows differ ({gs.height:,} rows, expected {ws.height:,})"
+    return f"ok ({n_got:,} rows; digests of {both.height} chunks and {ws.height:,} sampled rows equal)"
+
+
+def _multiset_minus(a: pl.DataFrame, b: pl.DataFrame) -> pl.DataFrame:
+    """The rows of a not in b, counting duplicates (a row twice in a and once in b is once in the result)."""
+    keys = list(a.columns)
+    ca = a.group_by(keys).agg(n=pl.len())
+    cb = b.group_by(keys).agg(m=pl.len())
+    j = ca.join(cb, on=keys, how="left", nulls_equal=True).with_columns(pl.col("m").fill_null(0))
+    return j.filter(pl.col("n") > pl.col("m")).select(*keys, copies=pl.col("n") - pl.col("m"))
 
 
 def oracle_of(workload: str, path: Path) -> pl.DataFrame:
@@ -164,6 +296,8 @@ def check(workload: str, inp: Path, out: Path) -> str:
     """'ok (N rows)' or what differs from the oracle."""
     import oracle
 
+    if workload == "w5":
+        return check_w5(Path(inp), Path(out))
     got = pl.read_ndjson(out) if out.stat().st_size else pl.DataFrame()
     try:
         if workload in ("w1", "w2", "w3"):
@@ -303,10 +437,14 @@ def main(argv: list[str] | None = None) -> int:
         got, wall, ru, quarters = measured([sys.executable, str(HERE / "memory.py"), "_run", workload, "--input", str(inp),
                                   "--output", str(out)])
         cpu = ru.ru_utime + ru.ru_stime
+        load = round(os.getloadavg()[0], 1)
+        t = time.perf_counter()
+        verdict = check(workload, inp, out)
         report({"workload": workload, "events": got["events"], "peak_rss_mb": got["vm_hwm_mb"], "rss_by_quarter_mb": quarters,
                 "wall_s": round(wall, 2), "cpu_s": round(cpu, 2), "us_per_event": round(wall / n * 1e6, 2),
                 "cpu_us_per_event": round(cpu / n * 1e6, 2), "run_us_per_event": round(got["seconds"] / n * 1e6, 2),
-                "load": round(os.getloadavg()[0], 1), "check": check(workload, inp, out)})
+                "load": load, "check": verdict, "check_s": round(time.perf_counter() - t, 1),
+                "bench_peak_rss_mb": peak_mb()})  # this process's, the oracles' included: its peak so far
         out.unlink(missing_ok=True)
     if a.keys:
         inp = keys_input(data, a.keys, a.extra)

@@ -11,7 +11,7 @@ import pytest
 
 import oracle
 from conftest import generate
-from memory import KEYS, oracle_of
+from memory import HASH_SEED, KEYS, W5_SCHEMA, _w5, check_w5, oracle_of, w5_chunks
 
 CEP_PAIRS = """
     with tx as (select * from read_json('{f}', format='newline_delimited',
@@ -69,3 +69,103 @@ def test_oracles_at_their_boundaries(tmp_path: Path) -> None:
     # c: the small at the large's own time is not before it, but is before the next large; d: ties, larger id
     assert w4 == [("t000000000", "t000000001"), ("t000000004", "t000000006"), ("t000000008", "t000000009")]
     assert w4 == oracle.w4(str(path)).sort("large_tx_id").select("small_tx_id", "large_tx_id").rows()
+
+
+# --- w5 in streaming: the pairs chunk by chunk of search time, and the check by digests --------------------
+def _pairs(frames: object) -> pl.DataFrame:
+    return pl.concat([f for _, f in frames]).sort(KEYS["w5"])  # type: ignore[attr-defined]
+
+
+@pytest.mark.parametrize("chunk_ms", [7_000, 10_000, 60_000, 3_600_000])
+def test_w5_streaming_oracle_equals_the_whole_one(events_medium: Path, chunk_ms: int) -> None:
+    # chunks shorter than the 10 s a click may follow its search, as long, longer, and one chunk for all
+    want = _w5(events_medium).select(list(W5_SCHEMA)).sort(KEYS["w5"])
+    assert want.height > 10_000
+    got = _pairs(w5_chunks(events_medium, chunk_ms))
+    assert got.equals(want)
+    c = [k for k, _ in w5_chunks(events_medium, chunk_ms)]
+    assert c == sorted(set(c))
+
+
+def _edge_events(path: Path, edge: int) -> Path:
+    """Searches and clicks around a chunk edge (edge: a multiple of the chunk length), out of order."""
+    rows = [  # (event_id, type, user, ms)
+        ("e01", "search", "a", edge - 1), ("e02", "click", "a", edge - 1),  # 0 s, before the edge: a pair
+        ("e03", "click", "a", edge - 1 + 10_000),  # exactly 10 s after, in the next chunk: a pair
+        ("e04", "click", "a", edge + 10_000),  # 1 ms more: none
+        ("e05", "search", "b", edge), ("e06", "click", "b", edge),  # 0 s, at the edge: a pair
+        ("e07", "click", "b", edge - 1),  # 1 ms before the search: none
+        ("e08", "click", "b", edge + 10_000),  # 10 s: a pair
+        ("e09", "click", "c", edge + 5),  # another user: none
+        ("e10", "search", "a", edge + 9_999),  # a's clicks e03 (at 0 s) and e04 (1 ms later): pairs
+        ("e11", "page_view", "a", edge + 1),
+    ]
+    rows = [rows[i] for i in (10, 3, 7, 0, 9, 5, 1, 8, 2, 6, 4)]
+    pl.DataFrame(rows, schema=["event_id", "event_type", "user_id", "timestamp"], orient="row").write_ndjson(path)
+    return path
+
+
+@pytest.mark.parametrize("chunk_ms", [7_000, 10_000, 60_000])
+def test_w5_streaming_oracle_at_the_bounds_and_chunk_edges(tmp_path: Path, chunk_ms: int) -> None:
+    edge = (1767225600000 // chunk_ms + 3) * chunk_ms
+    path = _edge_events(tmp_path / "ev.jsonl", edge)
+    got = _pairs(w5_chunks(path, chunk_ms))
+    assert got.select("search_id", "click_id").rows() == [("e01", "e02"), ("e01", "e03"), ("e05", "e06"),
+                                                          ("e05", "e08"), ("e10", "e03"), ("e10", "e04")]
+    assert got.equals(_w5(path).select(list(W5_SCHEMA)).sort(KEYS["w5"]))
+    assert got.equals(oracle.w5(str(path)).select(list(W5_SCHEMA)).sort(KEYS["w5"]))
+    out = tmp_path / "out.jsonl"
+    got.write_ndjson(out)
+    assert check_w5(path, out, chunk_ms, sample=2).startswith("ok (6 rows")
+    got.slice(1).write_ndjson(out)
+    assert check_w5(path, out, chunk_ms, sample=2).startswith("DIFFERS: 5 rows, expected 6")
+    out.write_bytes(b"")
+    assert check_w5(path, out, chunk_ms, sample=2).startswith("DIFFERS: 0 rows, expected 6")
+
+
+def _doctored(pairs: pl.DataFrame, how: str) -> pl.DataFrame:
+    i = pairs.height // 2
+    if how == "dropped":
+        return pl.concat([pairs.head(i), pairs.slice(i + 1)])
+    if how == "duplicated":
+        return pl.concat([pairs, pairs.slice(i, 1)])
+    if how == "dropped and another duplicated":  # the same row count
+        return pl.concat([pairs.head(i), pairs.slice(i + 1), pairs.slice(i + 1, 1)])
+    changed = pl.int_range(pl.len()) == i
+    if how == "click_ts + 1 ms":
+        return pairs.with_columns(click_ts=pl.when(changed).then(pl.col("click_ts") + 1).otherwise("click_ts"))
+    if how == "click_id swapped":  # two rows' clicks exchanged: the same columns' multisets
+        j = pairs.filter(pl.col("search_id") != pairs["search_id"][i]).head(1)
+        return pairs.with_columns(click_id=pl.when(changed).then(pl.lit(j["click_id"][0])).otherwise("click_id"))
+    if how == "user_id changed":
+        return pairs.with_columns(user_id=pl.when(changed).then(pl.lit("u99999")).otherwise("user_id"))
+    raise AssertionError(how)
+
+
+@pytest.fixture(scope="module")
+def w5_output(events_medium: Path, tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, pl.DataFrame]:
+    pairs = _w5(events_medium).select(list(W5_SCHEMA)).sample(fraction=1.0, shuffle=True, seed=5)  # any order
+    return tmp_path_factory.mktemp("w5out") / "out.jsonl", pairs
+
+
+@pytest.mark.parametrize("chunk_ms", [7_000, 3_600_000])
+def test_w5_check_accepts_the_oracles_rows_in_any_order(events_medium: Path, w5_output: tuple[Path, pl.DataFrame],
+                                                        chunk_ms: int) -> None:
+    out, pairs = w5_output
+    pairs.write_ndjson(out)
+    assert check_w5(events_medium, out, chunk_ms, sample=7) == (
+        f"ok ({pairs.height:,} rows; digests of {len(list(w5_chunks(events_medium, chunk_ms)))} chunks and "
+        f"{pairs.filter(pl.col('search_id').hash(seed=HASH_SEED) % 7 == 0).height:,} sampled rows equal)")
+
+
+@pytest.mark.parametrize("how", ["dropped", "duplicated", "dropped and another duplicated", "click_ts + 1 ms",
+                                 "click_id swapped", "user_id changed"])
+def test_w5_check_rejects_one_row_missing_extra_or_changed(events_medium: Path, w5_output: tuple[Path, pl.DataFrame],
+                                                           how: str) -> None:
+    out, pairs = w5_output
+    _doctored(pairs, how).write_ndjson(out)
+    # the sample cannot catch it alone (a 1-in-10^9 sample holds nothing): the digests must
+    verdict = check_w5(events_medium, out, 60_000, sample=1_000_000_000)
+    assert verdict.startswith("DIFFERS:"), verdict
+    assert ("1 missing" in verdict) == (how != "duplicated"), verdict
+    assert ("1 extra" in verdict) == (how != "dropped"), verdict
