@@ -73,28 +73,48 @@ def user_columns(df: pl.DataFrame) -> pl.DataFrame:
     return df[kept] if kept else df.drop(names)
 
 
-def column_picks(exprs: list[pl.Expr]) -> list[tuple[str, str]] | None:
-    """(source column, output name) of each expression when every one is a plain column, perhaps renamed,
-    and the output names differ; else None. `with_picks` then adds them without a Polars query."""
+def column_picks(exprs: list[pl.Expr]) -> list[tuple[str, tuple[str, ...], str]] | None:
+    """(source column, struct fields within it, output name) of each expression when every one is a plain
+    column or a struct field of one (`pl.col("m").struct.field("v")`), perhaps renamed, and the output names
+    differ; else None. `with_picks` then adds them without a Polars query."""
+    import json
+
     picks = []
     for e in exprs:
-        source = e.meta.undo_aliases()
-        if not source.meta.is_column():
+        try:
+            node = json.loads(e.meta.undo_aliases().meta.serialize(format="json"))
+        except pl.exceptions.PolarsError:  # an expression Polars cannot serialize (a Python function): a query
             return None
-        picks.append((source.meta.output_name(), e.meta.output_name()))
-    outs = [out for _, out in picks]
+        fields: list[str] = []
+        while isinstance(node, dict) and "Function" in node:
+            fn = node["Function"]
+            field = fn.get("function", {}).get("StructExpr", {}) if isinstance(fn.get("function"), dict) else {}
+            if not isinstance(field, dict) or not isinstance(field.get("FieldByName"), str) or len(fn["input"]) != 1:
+                return None
+            fields.insert(0, field["FieldByName"])
+            node = fn["input"][0]
+        if not (isinstance(node, dict) and isinstance(node.get("Column"), str)):
+            return None
+        picks.append((node["Column"], tuple(fields), e.meta.output_name()))
+    outs = [out for _, _, out in picks]
     return picks if len(set(outs)) == len(outs) else None
 
 
-def with_picks(df: pl.DataFrame, picks: list[tuple[str, str]], exprs: list[pl.Expr]) -> pl.DataFrame:
-    """`df.with_columns(exprs)` for the `column_picks` of `exprs`: the renamed columns are appended directly
-    (a with_columns is a lazy query that waits for a thread of Polars' pool, at every batch). Anything else
-    (a missing source, an output replacing another column) goes through with_columns, with its errors."""
+def with_picks(df: pl.DataFrame, picks: list[tuple[str, tuple[str, ...], str]], exprs: list[pl.Expr]) -> pl.DataFrame:
+    """`df.with_columns(exprs)` for the `column_picks` of `exprs`: the columns are appended directly (a
+    with_columns is a lazy query that waits for a thread of Polars' pool, at every batch). Anything else (a
+    missing source or field, an output replacing another column) goes through
+    with_columns, with its errors."""
     names = set(df.columns)
     added = []
-    for source, out in picks:
-        if source not in names or (out != source and out in names):
+    for source, fields, out in picks:
+        if source not in names or (out in names and (out != source or fields)):
             return df.with_columns(exprs)
-        if out != source:
-            added.append(df.get_column(source).alias(out))
+        s = df.get_column(source)
+        for field in fields:  # unnest: direct (a null struct row gives null fields, as struct.field does)
+            if s.dtype != pl.Struct or field not in s.struct.fields:
+                return df.with_columns(exprs)
+            s = s.struct.unnest().get_column(field)
+        if out != source or fields:
+            added.append(s.alias(out))
     return df.hstack(added) if added else df

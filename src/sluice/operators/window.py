@@ -145,7 +145,7 @@ class WindowOperator(Operator):
         self.categorical_keys = not isinstance(step.window, Session)
         self.columns_checked = False
         # the keys and aggregated values as plain columns to append (None: not yet looked at), and their exprs
-        self.picks: tuple[list[tuple[str, str]] | None, list[pl.Expr]] | None = None
+        self.picks: tuple[list[tuple[str, tuple[str, ...], str]] | None, list[pl.Expr]] | None = None
 
     # --- input ---------------------------------------------------------------------------------
     def _prepare(self, batch: Batch) -> pl.DataFrame:
