@@ -253,7 +253,8 @@ class _ParseAhead:
                     # a bad record's line within its block (the block's first line is set by the caller)
                     rel = _record_lines(bytes(block), 1) if decoded.bad else []
                     block.release()
-                result = (byte, n, asked, limit, decoded, rel)
+                numbers = record_numbers(decoded, 0, OFFSET)  # within the block; the caller adds the first
+                result = (byte, n, asked, limit, decoded, rel, numbers)
             except BaseException as exc:  # handed to the caller's thread, raised there
                 result = exc
             with self.cond:
@@ -277,14 +278,17 @@ class _ParseAhead:
                     self.cond.notify_all()
                 if isinstance(got, BaseException):
                     raise got
-                byte, length, asked, limit, decoded, rel = got
+                byte, length, asked, limit, decoded, rel, numbers = got
                 records = decoded.rows.height + len(decoded.bad)
                 bad = [] if skip else decoded.bad
                 lines: list[int] = []
                 if bad:
                     known = (byte, _line_at(self.path, byte, known))
                     lines = [known[1] - 1 + r for r in rel]
-                rows = decoded.rows.with_columns(record_numbers(decoded, ordinal, OFFSET))
+                numbers = numbers + ordinal if ordinal else numbers
+                # hstack: direct (with_columns is a query waiting for a thread of Polars' pool)
+                rows = (decoded.rows.hstack([numbers]) if OFFSET not in decoded.rows.columns
+                        else decoded.rows.with_columns(numbers))
                 yield _Block(byte, length, asked, limit, rows, bad, lines, records)
                 ordinal += records
                 skip = 0
