@@ -15,6 +15,7 @@ use pyo3::prelude::*;
 use pyo3::types::{PyBytes, PyList, PyTuple};
 
 mod arrow;
+mod asof;
 mod fx;
 mod panes;
 mod scan;
@@ -915,6 +916,7 @@ fn sluice_native(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_class::<arrow::Buffer>()?;
     m.add_function(wrap_pyfunction!(wm::watermarks, m)?)?;
     m.add_function(wrap_pyfunction!(wm::window_watermarks, m)?)?;
+    m.add_function(wrap_pyfunction!(asof::asof_match, m)?)?;
     m.add_class::<panes::Panes>()?;
     m.add_class::<sessions::SessionKernel>()?;
     Ok(())
