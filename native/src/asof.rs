@@ -12,7 +12,7 @@ use std::cmp::Ordering;
 use pyo3::buffer::PyBuffer;
 use pyo3::exceptions::PyValueError;
 use pyo3::prelude::*;
-use pyo3::types::PyList;
+use pyo3::types::{PyBytes, PyList};
 
 use crate::arrow::{held, Export, Node};
 use crate::fx::FxMap;
@@ -143,15 +143,14 @@ fn text(k: &[u8]) -> Text<'_> {
 }
 
 /// (positions of the due left rows in (time, seq) order — only the matched ones when `inner` —, the right
-/// row of each or None, how many left rows are not yet due).
+/// row of each or None, positions of the left rows not yet due).
 ///
 /// The right rows are grouped by key (a counting sort over key ids) and each group sorted by (time, order,
 /// seq); a left row's match is then a binary search in its key's group.
 fn run(s: &Sides<'_>, nl: usize, nr: usize, due: i64, tolerance: Option<i64>, strict: bool, inner: bool)
-       -> (Vec<u32>, Vec<Option<u32>>, usize) {
+       -> (Vec<u32>, Vec<Option<u32>>, Vec<u32>) {
     let ltime: Vec<i64> = (0..nl).map(|i| s.ltime.int(i)).collect();
-    let mut ready: Vec<u32> = (0..nl as u32).filter(|&i| ltime[i as usize] < due).collect();
-    let waiting = nl - ready.len();
+    let (mut ready, waiting): (Vec<u32>, Vec<u32>) = (0..nl as u32).partition(|&i| ltime[i as usize] < due);
     if ready.is_empty() {
         return (ready, Vec::new(), waiting);
     }
@@ -218,16 +217,17 @@ fn run(s: &Sides<'_>, nl: usize, nr: usize, due: i64, tolerance: Option<i64>, st
 ///
 /// Returns (columns, waiting): a struct array of `left` (uint32 positions into the left rows, in (time,
 /// seq) order) and `right` (uint32 positions into the right rows, null where none matched; when `inner`,
-/// only matched left rows are listed), and the number of left rows not yet due.
+/// only matched left rows are listed), and the positions of the left rows not yet due (uint32 bytes).
 #[pyfunction]
 #[pyo3(signature = (left_key, left_time, left_seq, right_key, right_time, right_seq, key_text, right_order,
                     order_text, due, tolerance, strict, inner))]
 #[allow(clippy::too_many_arguments)]
-pub(crate) fn asof_match(py: Python<'_>, left_key: &Bound<'_, PyList>, left_time: &Bound<'_, PyList>,
+pub(crate) fn asof_match<'py>(py: Python<'py>, left_key: &Bound<'_, PyList>, left_time: &Bound<'_, PyList>,
                          left_seq: &Bound<'_, PyList>, right_key: &Bound<'_, PyList>,
                          right_time: &Bound<'_, PyList>, right_seq: &Bound<'_, PyList>, key_text: bool,
                          right_order: Option<&Bound<'_, PyList>>, order_text: bool, due: i64,
-                         tolerance: Option<i64>, strict: bool, inner: bool) -> PyResult<(Export, usize)> {
+                         tolerance: Option<i64>, strict: bool, inner: bool)
+                         -> PyResult<(Export, Bound<'py, PyBytes>)> {
     let cols = [
         Buffers::new(left_key, key_text)?, Buffers::new(left_time, false)?, Buffers::new(left_seq, false)?,
         Buffers::new(right_key, key_text)?, Buffers::new(right_time, false)?, Buffers::new(right_seq, false)?,
@@ -258,5 +258,6 @@ pub(crate) fn asof_match(py: Python<'_>, left_key: &Bound<'_, PyList>, left_time
     let col = |name: &str, values: Vec<u32>, valid: Option<Vec<u8>>, nulls: usize| Node {
         format: "I", name: name.into(), len: n, nulls, bufs: vec![held(valid), held(Some(values))], children: vec![],
     };
+    let waiting = PyBytes::new(py, crate::as_bytes(&waiting));
     Ok((Export::new(vec![col("left", left, None, 0), col("right", right, valid, nulls)], n), waiting))
 }

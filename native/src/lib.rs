@@ -823,7 +823,7 @@ pub(crate) fn views(offsets: &[i64], data: &[u8], out: &mut [u8]) {
     }
 }
 
-fn as_bytes<T: Copy>(v: &[T]) -> &[u8] {
+pub(crate) fn as_bytes<T: Copy>(v: &[T]) -> &[u8] {
     // SAFETY: plain numbers, read as their bytes
     unsafe { std::slice::from_raw_parts(v.as_ptr() as *const u8, std::mem::size_of_val(v)) }
 }

@@ -19,6 +19,7 @@ from __future__ import annotations
 import os
 from typing import Any
 
+import numpy as np
 import polars as pl
 
 from sluice.core.batch import END_OF_TIME, OFFSET, TIME, WATERMARK, Batch
@@ -36,6 +37,32 @@ except ImportError:
     NATIVE = False
 
 _INTS = (pl.Int8, pl.Int16, pl.Int32, pl.Int64, pl.UInt8, pl.UInt16, pl.UInt32)
+STALE_KEPT = 1024  # right rows past the tolerance kept behind a newer one before the buffer is filtered
+
+
+def _append(buffer: pl.DataFrame | None, df: pl.DataFrame) -> pl.DataFrame:
+    """`df` under `buffer`: stacked as a new chunk when the columns agree, else aligned by name."""
+    if buffer is None:
+        return df
+    if buffer.columns == df.columns and buffer.dtypes == df.dtypes:
+        return buffer.vstack(df)
+    return pl.concat([buffer, df], how="diagonal_relaxed")
+
+
+def _evict(right: pl.DataFrame, keep_from: int) -> pl.DataFrame:
+    """The right rows without those before `keep_from`, which no future left record can match. The buffer
+    is in arrival order, nearly time order: the stale rows at its head are sliced off; the few behind a
+    newer row are only filtered out once there are more than STALE_KEPT (kept, they never match: a match
+    is checked against the tolerance)."""
+    times = right.get_column(TIME).to_numpy()
+    stale = times < keep_from
+    n = int(np.count_nonzero(stale))
+    if n == 0:
+        return right
+    head = len(times) if n == len(times) else int(np.argmin(stale))  # numpy: the first False
+    if n - head > STALE_KEPT:
+        return right.filter(pl.col(TIME) >= keep_from)
+    return right.slice(head)
 
 
 class AsofJoinOperator(TwoInputState, Operator):
@@ -56,7 +83,9 @@ class AsofJoinOperator(TwoInputState, Operator):
         if batch.height:
             require_event_time("asof_join", self.name, batch)
             self.time_dtype = batch.time_dtype or self.time_dtype
-            df = batch.df.with_columns(pl.int_range(self.seq, self.seq + batch.height, dtype=pl.Int64, eager=True).alias(SEQ))
+            # Series and column calls, not frame expressions: these run in place, without a query plan
+            seq = pl.Series(SEQ, np.arange(self.seq, self.seq + batch.height, dtype=np.int64))
+            df = batch.df.with_columns(seq) if SEQ in batch.df.columns else batch.df.hstack([seq])
             self.seq += batch.height
             behind = df.get_column(TIME) < df.get_column(WATERMARK)  # judged by its own input's watermark before it
             if behind.any():
@@ -64,12 +93,12 @@ class AsofJoinOperator(TwoInputState, Operator):
                                               time_dtype=batch.time_dtype)))
                 df = df.filter(~behind)
             if index == 0:
-                self.left = df if self.left is None else pl.concat([self.left, df], how="diagonal_relaxed")
+                self.left = _append(self.left, df)
             else:
-                df = df.drop(WATERMARK, OFFSET, strict=False)
+                df = df[[c for c in df.columns if c not in (WATERMARK, OFFSET)]]
                 if self.deleted is not None:
                     df = df.with_columns(self.deleted.fill_null(False).alias(DELETED))
-                self.right = df if self.right is None else pl.concat([self.right, df], how="diagonal_relaxed")
+                self.right = _append(self.right, df)
         return self._advance(self._input_watermark(index, batch)) + emitted
 
     def on_end(self) -> Emitted:
@@ -91,9 +120,7 @@ class AsofJoinOperator(TwoInputState, Operator):
                     out = self._join(ready).with_columns(pl.lit(start, pl.Int64).alias(WATERMARK))
         if self.right is not None and self.right.height and self.watermark < END_OF_TIME:
             if self.tolerance is not None:
-                keep_from = self.watermark - self.tolerance
-                if self.right.get_column(TIME).min() < keep_from:  # type: ignore[operator]
-                    self.right = self.right.filter(pl.col(TIME) >= keep_from)
+                self.right = _evict(self.right, self.watermark - self.tolerance)
             else:  # a table: of the versions before the watermark only the latest per key can still match
                 old = pl.col(TIME) < self.watermark
                 order = [TIME, self.right_order] if self.right_order else [TIME, SEQ]
@@ -115,24 +142,32 @@ class AsofJoinOperator(TwoInputState, Operator):
         if lk.dtype == pl.String:
             text = True
         elif any(lk.dtype == t for t in _INTS):
-            text, lk, rk = False, lk.cast(pl.Int64), rk.cast(pl.Int64)
+            text = False
         else:
             return None
-        order: list[Any] | None = None
+        ro = right.get_column(self.right_order) if self.right_order is not None else None
         order_text = False
-        if self.right_order is not None:
-            ro = right.get_column(self.right_order)
+        if ro is not None:
             if ro.has_nulls():
                 return None
             if ro.dtype == pl.String:
                 order_text = True
-            elif any(ro.dtype == t for t in _INTS):
-                ro = ro.cast(pl.Int64)
-            else:
+            elif not any(ro.dtype == t for t in _INTS):
                 return None
-            order = _sn.buffers(ro.rechunk())
-        cols = [_sn.buffers(s.rechunk()) for s in (lk, left.get_column(TIME), left.get_column(SEQ), rk,
-                                                   right.get_column(TIME), right.get_column(SEQ))]
+        # the kernel reads single-chunk columns: buffered batches are joined into one chunk here
+        if left.n_chunks() > 1:
+            self.left = left = left.rechunk()
+        if right.n_chunks() > 1:
+            self.right = right = right.rechunk()
+        lk, rk = left.get_column(by), right.get_column(by)
+        if not text:
+            lk, rk = lk.cast(pl.Int64), rk.cast(pl.Int64)
+        order: list[Any] | None = None
+        if self.right_order is not None:
+            ro = right.get_column(self.right_order)
+            order = _sn.buffers(ro if order_text else ro.cast(pl.Int64))
+        cols = [_sn.buffers(s) for s in (lk, left.get_column(TIME), left.get_column(SEQ), rk,
+                                         right.get_column(TIME), right.get_column(SEQ))]
         return (*cols, [text], order, [order_text])
 
     def _release_native(self, native: tuple[list[Any], ...], start: int) -> pl.DataFrame | None:
@@ -142,18 +177,22 @@ class AsofJoinOperator(TwoInputState, Operator):
         lk, lt, ls, rk, rt, rs, (text,), order, (order_text,) = native
         found, waiting = _sn.asof_match(lk, lt, ls, rk, rt, rs, text, order, order_text, self.watermark,
                                         self.tolerance, self.strict, self.how == "inner")
-        released = left.height - waiting
-        self.left = left.slice(0, 0) if waiting == 0 else left.filter(pl.col(TIME) >= self.watermark)
-        if released == 0:
+        held = len(waiting) // 4
+        self.left = left.clear() if held == 0 else left[pl.Series(np.frombuffer(waiting, dtype=np.uint32))]
+        if held == left.height:
             return None
         pos = pl.Series(found).struct.unnest()
         lpos, rpos = pos.get_column("left"), pos.get_column("right")
-        wm = pl.lit(start, pl.Int64).alias(WATERMARK)
-        out = left.select([wm if c == WATERMARK else pl.col(c).gather(lpos) for c in left.columns if c != SEQ])
+        out = left[[c for c in left.columns if c != SEQ]][lpos]
+        wm = pl.Series(WATERMARK, [start], dtype=pl.Int64).new_from_index(0, out.height)
+        if WATERMARK in out.columns:
+            out.replace_column(out.get_column_index(WATERMARK), wm)
         rename = {c: f"{c}{self.suffix}" for c in right.columns if c in left.columns and c not in self.by}
         kept = [c for c in right.columns if c not in (SEQ, TIME, *self.by)]
-        out = out.hstack(right.select([pl.col(c).gather(rpos).alias(rename.get(c, c)) for c in kept]))
-        return out if WATERMARK in left.columns else out.with_columns(wm)
+        matched = right[kept][rpos]
+        matched.columns = [rename.get(c, c) for c in kept]
+        out = out.hstack(matched)
+        return out if WATERMARK in left.columns else out.hstack([wm])
 
     def _join(self, ready: pl.DataFrame) -> pl.DataFrame:
         left = ready.drop(SEQ)
