@@ -19,7 +19,6 @@ from __future__ import annotations
 import os
 from typing import Any
 
-import numpy as np
 import polars as pl
 
 from sluice.core.batch import END_OF_TIME, OFFSET, TIME, WATERMARK, Batch
@@ -49,17 +48,24 @@ def _append(buffer: pl.DataFrame | None, df: pl.DataFrame) -> pl.DataFrame:
     return pl.concat([buffer, df], how="diagonal_relaxed")
 
 
+def _positions(raw: bytes) -> pl.Series:
+    """uint32 row positions from their bytes."""
+    n = len(raw) // 4
+    return pl.Series(_sn.frame([("", "I", n, [None, raw])], n)).struct.unnest().to_series()
+
+
 def _evict(right: pl.DataFrame, keep_from: int) -> pl.DataFrame:
     """The right rows without those before `keep_from`, which no future left record can match. The buffer
     is in arrival order, nearly time order: the stale rows at its head are sliced off; the few behind a
     newer row are only filtered out once there are more than STALE_KEPT (kept, they never match: a match
     is checked against the tolerance)."""
-    times = right.get_column(TIME).to_numpy()
-    stale = times < keep_from
-    n = int(np.count_nonzero(stale))
-    if n == 0:
+    times = right.get_column(TIME)
+    if times.min() >= keep_from:  # type: ignore[operator]
         return right
-    head = len(times) if n == len(times) else int(np.argmin(stale))  # numpy: the first False
+    stale = times < keep_from
+    n = stale.sum()
+    head = right.height if n == right.height else stale.index_of(False)
+    assert head is not None
     if n - head > STALE_KEPT:
         return right.filter(pl.col(TIME) >= keep_from)
     return right.slice(head)
@@ -84,7 +90,7 @@ class AsofJoinOperator(TwoInputState, Operator):
             require_event_time("asof_join", self.name, batch)
             self.time_dtype = batch.time_dtype or self.time_dtype
             # Series and column calls, not frame expressions: these run in place, without a query plan
-            seq = pl.Series(SEQ, np.arange(self.seq, self.seq + batch.height, dtype=np.int64))
+            seq = pl.int_range(self.seq, self.seq + batch.height, dtype=pl.Int64, eager=True).alias(SEQ)
             df = batch.df.with_columns(seq) if SEQ in batch.df.columns else batch.df.hstack([seq])
             self.seq += batch.height
             behind = df.get_column(TIME) < df.get_column(WATERMARK)  # judged by its own input's watermark before it
@@ -178,7 +184,7 @@ class AsofJoinOperator(TwoInputState, Operator):
         found, waiting = _sn.asof_match(lk, lt, ls, rk, rt, rs, text, order, order_text, self.watermark,
                                         self.tolerance, self.strict, self.how == "inner")
         held = len(waiting) // 4
-        self.left = left.clear() if held == 0 else left[pl.Series(np.frombuffer(waiting, dtype=np.uint32))]
+        self.left = left.clear() if held == 0 else left[_positions(waiting)]
         if held == left.height:
             return None
         pos = pl.Series(found).struct.unnest()
