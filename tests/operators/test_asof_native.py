@@ -5,6 +5,7 @@ strict and not, inner and left, string and integer keys, batch sizes 1, 7 and 65
 from __future__ import annotations
 
 from datetime import timedelta
+from pathlib import Path
 from typing import Any
 
 import polars as pl
@@ -13,8 +14,12 @@ from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
 
 import sluice as sl
+from conftest import generate
 from sluice import testing
+from sluice.connectors.files import JsonLinesSink
 from sluice.operators import asof
+from test_resume_operators import CrashingSink
+from workloads import fraud_alerts
 
 pytestmark = pytest.mark.skipif(not asof.NATIVE, reason="the native module is not built (or SLUICE_NATIVE_ASOF=0)")
 
@@ -101,3 +106,31 @@ def test_native_equals_polars_and_brute_force(case: dict[str, Any], batch_size: 
     assert {r["id"]: r.get("rid") for r in got} == want  # no right row yet: how="left" adds no right column
     assert len(got) == len(want)
     assert {r.get("id") or r.get("rid") for r in late} == want_late
+
+
+@pytest.fixture(scope="module")
+def transactions(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return generate("transactions", 20_000, tmp_path_factory.mktemp("asof_native") / "tx.jsonl", users=60, span_s=3600)
+
+
+@pytest.mark.parametrize("before", [True, False], ids=["native_then_polars", "polars_then_native"])
+def test_w4_resumes_across_paths(before: bool, transactions: Path, tmp_path: Path) -> None:
+    """A checkpoint of one path restores into the other (the state is the same frames): crash part-way
+    with one, resume with the other, and the output is an uninterrupted run's."""
+    reference = tmp_path / "reference.jsonl"
+    sl.run(fraud_alerts(sl.JsonLinesSource(transactions), JsonLinesSink(reference)), batch_size=700)
+    assert pl.read_ndjson(reference).height > 50
+    out, ckpt = tmp_path / "out.jsonl", tmp_path / "ck"
+    Path(str(out) + ".armed").write_text("6")
+    asof.NATIVE = before
+    try:
+        with pytest.raises(sl.SinkError):
+            sl.run(fraud_alerts(sl.JsonLinesSource(transactions), CrashingSink(out)), batch_size=700,
+                   checkpoint_dir=ckpt, checkpoint_interval=0.0)
+        assert not out.exists() or len(out.read_bytes()) < len(reference.read_bytes())  # it died part-way
+        asof.NATIVE = not before
+        sl.run(fraud_alerts(sl.JsonLinesSource(transactions), CrashingSink(out)), batch_size=700,
+               checkpoint_dir=ckpt, checkpoint_interval=0.0)
+    finally:
+        asof.NATIVE = True
+    assert pl.read_ndjson(out).equals(pl.read_ndjson(reference))
