@@ -161,9 +161,9 @@ class AsofJoinOperator(TwoInputState, Operator):
             elif not any(ro.dtype == t for t in _INTS):
                 return None
         # the kernel reads single-chunk columns: buffered batches are joined into one chunk here
-        if left.n_chunks() > 1:
+        if max(left.n_chunks("all")) > 1:
             self.left = left = left.rechunk()
-        if right.n_chunks() > 1:
+        if max(right.n_chunks("all")) > 1:
             self.right = right = right.rechunk()
         lk, rk = left.get_column(by), right.get_column(by)
         if not text:
