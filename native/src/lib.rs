@@ -15,6 +15,7 @@ use pyo3::prelude::*;
 use pyo3::types::{PyBytes, PyList, PyTuple};
 
 mod arrow;
+mod asof;
 mod fx;
 mod panes;
 mod scan;
@@ -822,7 +823,7 @@ pub(crate) fn views(offsets: &[i64], data: &[u8], out: &mut [u8]) {
     }
 }
 
-fn as_bytes<T: Copy>(v: &[T]) -> &[u8] {
+pub(crate) fn as_bytes<T: Copy>(v: &[T]) -> &[u8] {
     // SAFETY: plain numbers, read as their bytes
     unsafe { std::slice::from_raw_parts(v.as_ptr() as *const u8, std::mem::size_of_val(v)) }
 }
@@ -916,6 +917,7 @@ fn sluice_native(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_function(wrap_pyfunction!(wm::watermarks, m)?)?;
     m.add_function(wrap_pyfunction!(wm::window_watermarks, m)?)?;
     m.add_function(wrap_pyfunction!(wm::any_nan, m)?)?;
+    m.add_function(wrap_pyfunction!(asof::asof_match, m)?)?;
     m.add_class::<panes::Panes>()?;
     m.add_class::<sessions::SessionKernel>()?;
     Ok(())
