@@ -24,8 +24,13 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 import sluice as sl
-from sluice.runtime.ending import skip_exit_collections
 from workloads import WORKLOADS, file_flow
+
+try:
+    from sluice.runtime.ending import skip_exit_collections
+except ImportError:  # an older Sluice (batch_limit.py --before-src): it ended with the interpreter's collections
+    def skip_exit_collections() -> None:
+        pass
 
 
 def main(argv: list[str] | None = None) -> int:
