@@ -33,9 +33,10 @@ def run_to_completion_with_kills(workload: str, events: Path, out: Path, ckpt: P
     """Start the run, kill -9 it `kills` times at random moments, then let it finish. Returns kills done.
 
     Each kill lands mid-run whatever the machine's speed: after the restarted process has written a new
-    checkpoint (so it has made progress), at a random moment up to 0.15 s later."""
+    checkpoint (so it has made progress), at a random moment up to 0.02 s later (one checkpoint interval:
+    a whole w1 run over this input now takes about a second, and a later kill found it finished)."""
     args = [*RUN, workload, "--input", str(events), "--output", str(out), "--checkpoint-dir", str(ckpt),
-            "--checkpoint-interval", "0.05", "--batch-size", "1024", *extra]
+            "--checkpoint-interval", "0.02", "--batch-size", "1024", *extra]
     done = 0
     while True:
         seen = max((int(p.parent.name[4:]) for p in ckpt.glob("chk-*/manifest.json")), default=0)
@@ -44,7 +45,7 @@ def run_to_completion_with_kills(workload: str, events: Path, out: Path, ckpt: P
             while proc.poll() is None and max(
                     (int(p.parent.name[4:]) for p in ckpt.glob("chk-*/manifest.json")), default=0) <= seen:
                 time.sleep(0.005)
-            time.sleep(rng.uniform(0.0, 0.15))
+            time.sleep(rng.uniform(0.0, 0.02))
             if proc.poll() is None:
                 proc.kill()  # SIGKILL: no cleanup, no flush
                 proc.wait()
