@@ -23,7 +23,7 @@ import polars as pl
 
 from sluice.connectors.api import SinkContext, SourceContext
 from sluice.connectors.staging import new_lineage
-from sluice.core.batch import OFFSET, TIME, Batch, Origin, user_columns
+from sluice.core.batch import OFFSET, TIME, Batch, Origin, user_columns, with_series
 from sluice.core.errors import DecodeError, HeaderError, IncompatibleCheckpointError, PlanError, SinkError
 from sluice.core.schema import Schema
 from sluice.formats.api import BadRecord, Decoded
@@ -286,9 +286,7 @@ class _ParseAhead:
                     known = (byte, _line_at(self.path, byte, known))
                     lines = [known[1] - 1 + r for r in rel]
                 numbers = numbers + ordinal if ordinal else numbers
-                # hstack: direct (with_columns is a query waiting for a thread of Polars' pool)
-                rows = (decoded.rows.hstack([numbers]) if OFFSET not in decoded.rows.columns
-                        else decoded.rows.with_columns(numbers))
+                rows = with_series(decoded.rows, [numbers])
                 yield _Block(byte, length, asked, limit, rows, bad, lines, records)
                 ordinal += records
                 skip = 0

@@ -73,6 +73,15 @@ def user_columns(df: pl.DataFrame) -> pl.DataFrame:
     return df[kept] if kept else df.drop(names)
 
 
+def with_series(df: pl.DataFrame, columns: list[pl.Series]) -> pl.DataFrame:
+    """`df.with_columns(columns)` for ready Series: appended directly when their names are new (a
+    with_columns is a lazy query that waits for a thread of Polars' pool, at every batch)."""
+    names = set(df.columns)
+    if any(s.name in names for s in columns):
+        return df.with_columns(columns)
+    return df.hstack(columns)
+
+
 def column_picks(exprs: list[pl.Expr]) -> list[tuple[str, tuple[str, ...], str]] | None:
     """(source column, struct fields within it, output name) of each expression when every one is a plain
     column or a struct field of one (`pl.col("m").struct.field("v")`), perhaps renamed, and the output names
@@ -117,4 +126,4 @@ def with_picks(df: pl.DataFrame, picks: list[tuple[str, tuple[str, ...], str]], 
             s = s.struct.unnest().get_column(field)
         if out != source or fields:
             added.append(s.alias(out))
-    return df.hstack(added) if added else df
+    return with_series(df, added) if added else df

@@ -21,7 +21,7 @@ from typing import Any
 
 import polars as pl
 
-from sluice.core.batch import END_OF_TIME, OFFSET, TIME, WATERMARK, Batch
+from sluice.core.batch import END_OF_TIME, OFFSET, TIME, WATERMARK, Batch, with_series
 from sluice.operators.base import Emitted, Operator, TwoInputState, require_event_time
 
 SEQ = "__sl_seq"
@@ -91,7 +91,7 @@ class AsofJoinOperator(TwoInputState, Operator):
             self.time_dtype = batch.time_dtype or self.time_dtype
             # Series and column calls, not frame expressions: these run in place, without a query plan
             seq = pl.int_range(self.seq, self.seq + batch.height, dtype=pl.Int64, eager=True).alias(SEQ)
-            df = batch.df.with_columns(seq) if SEQ in batch.df.columns else batch.df.hstack([seq])
+            df = with_series(batch.df, [seq])
             self.seq += batch.height
             behind = df.get_column(TIME) < df.get_column(WATERMARK)  # judged by its own input's watermark before it
             if behind.any():

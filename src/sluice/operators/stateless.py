@@ -9,7 +9,7 @@ from typing import Any
 
 import polars as pl
 
-from sluice.core.batch import INTERNAL_PREFIX, OFFSET, TIME, WATERMARK, Batch, user_columns
+from sluice.core.batch import INTERNAL_PREFIX, OFFSET, TIME, WATERMARK, Batch, user_columns, with_series
 from sluice.core.deadletter import dead_letters, rows_as_json
 from sluice.core.errors import (
     DEAD_LETTER_FIX,
@@ -385,9 +385,7 @@ class EventTimeOperator(Operator):
         times = ms.cast(pl.Int64)
         row_wm, after = self.wms.advance(pid, times, now)
         after = max(after, NO_WATERMARK)
-        stamps = [times.alias(TIME), row_wm.alias(WATERMARK)]
-        # hstack adds them directly; with_columns (a lazy query) replaces those an earlier event_time set
-        df = df.with_columns(stamps) if TIME in df.columns or WATERMARK in df.columns else df.hstack(stamps)
+        df = with_series(df, [times.alias(TIME), row_wm.alias(WATERMARK)])  # replaces an earlier event_time's
         emitted.append(("out", replace(batch, df=df, watermark=after, time_dtype=time_dtype or batch.time_dtype)))
         return emitted
 
